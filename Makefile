@@ -1,0 +1,41 @@
+# labtel: `make run` starts the collector and query API; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install run test lint typecheck format pytest bench bench-ingest clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP) ## create the virtual environment and install labtel with server and dev extras
+
+run: $(STAMP) ## run labtel: OTLP gRPC :4317, HTTP :4318, query API :8000, data in ./labtel-data
+	$(BIN)/labtel serve
+
+test: $(STAMP) lint typecheck pytest ## everything CI runs
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# mypy checks the installed names (labtel.sdk, ...) through a tree of symlinks to the folders.
+typecheck: $(STAMP)
+	@rm -rf .typecheck && mkdir -p .typecheck/labtel
+	@for d in sdk collector query_api cli; do ln -s ../../$$d .typecheck/labtel/$$d; done
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p labtel
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -n $${PYTEST_WORKERS:-2}
+
+clean:
+	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,228 @@
+"""The `labtel` command line: run the collector and the query API, migrate the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from labtel.sdk import __version__
+
+app = typer.Typer(
+    name="labtel",
+    help="labtel: an OpenTelemetry-native event pipeline for laboratories and observatories.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="otel-config.yaml (default: $LABTEL_CONFIG, ./otel-config.yaml, the built-in one)",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Directory of the embedded store (overrides the exporter's chdb:// endpoint)"),
+]
+ReadyFileOption = Annotated[
+    Path | None,
+    typer.Option("--ready-file", help="Write the listening addresses here as JSON once ready"),
+]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(config_path: Path | None, data_dir: Path | None):  # type: ignore[no-untyped-def]
+    from labtel.collector.config import ConfigError, default_config_path, load_config
+    from labtel.collector.service import embedded_endpoint
+
+    path = config_path or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        console.print(f"[red]labtel: configuration error in {path}:[/red] {error}")
+        raise typer.Exit(2) from None
+    if data_dir is not None:
+        endpoint = embedded_endpoint(data_dir)
+        exporters = {
+            name: exporter.model_copy(update={"endpoint": endpoint}) for name, exporter in config.exporters.items()
+        }
+        config = config.model_copy(update={"exporters": exporters})
+    return path, config
+
+
+async def _run_until_signalled(service, ready_file: Path | None, what: str) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    console.print(
+        f"[bold green]labtel {__version__}[/bold green] {what} is running (storage: {service.storage_description()})"
+    )
+    listening = {}
+    for listener in service.listeners():
+        console.print(f"  {listener.kind:<10} listening on {listener.address}")
+        listening[listener.kind] = listener.address
+    console.print("  Press Ctrl-C to stop.")
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": listening}))
+        tmp.replace(ready_file)
+    await stop.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)  # a second Ctrl-C stops at once
+    console.print("labtel: stopping; storing what was accepted...")
+    await service.shutdown()
+    console.print("labtel: stopped.")
+
+
+def _serve(
+    config_path: Path | None,
+    data_dir: Path | None,
+    ready_file: Path | None,
+    log_level: str,
+    extensions: bool,
+    what: str,
+) -> None:
+    from labtel.collector.config import ConfigError
+    from labtel.collector.service import Service
+    from labtel.collector.storage.client import StorageError
+
+    _setup_logging(log_level)
+    _, config = _load(config_path, data_dir)
+    try:
+        service = Service(config, extensions=extensions)
+        asyncio.run(_run_until_signalled(service, ready_file, what))
+    except ConfigError as error:
+        console.print(f"[red]labtel: configuration error:[/red] {error}")
+        raise typer.Exit(2) from None
+    except (OSError, StorageError) as error:
+        console.print(f"[red]labtel: cannot start:[/red] {_explain(error)}")
+        raise typer.Exit(1) from None
+
+
+def _explain(error: Exception) -> str:
+    text = str(error)
+    if "chdb engine" in text or "EmbeddedServer" in text or "lock" in text.lower():
+        return f"{text}\n  (the embedded store's directory can be open in one process only: is labtel already running?)"
+    return text
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    ready_file: ReadyFileOption = None,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Run the collector and the query API in one process, with embedded storage by default."""
+    _serve(config, data_dir, ready_file, log_level, extensions=True, what="collector + query API")
+
+
+@app.command()
+def collector(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    ready_file: ReadyFileOption = None,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Run the collector only (receivers, processors, exporters); the query API runs elsewhere."""
+    _serve(config, data_dir, ready_file, log_level, extensions=False, what="collector")
+
+
+@app.command()
+def api(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="host:port to listen on (default: the query_api extension's)")
+    ] = None,
+    ready_file: ReadyFileOption = None,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Run the query API only, against the storage of the config's ClickHouse exporter."""
+    from labtel.collector.config import QueryApiConfig
+
+    _setup_logging(log_level)
+    _path, cfg = _load(config, data_dir)
+    ext = next(iter(cfg.extensions.values()), QueryApiConfig())
+    if endpoint:
+        ext = QueryApiConfig(endpoint=endpoint, storage=ext.storage)
+    exporters = {name: e for name, e in cfg.exporters.items() if name == ext.storage} or cfg.exporters
+    api_only = cfg.model_copy(
+        update={
+            "extensions": {"query_api": ext},
+            "exporters": exporters,
+            "service": cfg.service.model_copy(update={"extensions": ["query_api"], "pipelines": {}}),
+        }
+    )
+    from labtel.collector.service import Service
+
+    service = Service(api_only, extensions=True)
+    try:
+        asyncio.run(_run_until_signalled(service, ready_file, "query API"))
+    except OSError as error:
+        console.print(f"[red]labtel: cannot start:[/red] {_explain(error)}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def migrate(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create or upgrade the storage schema to this labtel's version, and apply the TTLs."""
+    from labtel.collector.storage import migrations
+    from labtel.collector.storage.client import Storage, StorageError
+
+    _, cfg = _load(config, data_dir)
+    exporter = cfg.storage_exporter()
+    storage = Storage.from_config(exporter)
+    try:
+        report = migrations.migrate(storage)
+        changed = migrations.reconcile_ttl(storage, {s: exporter.signal_ttl(s) for s in ("logs", "traces")})
+    except (StorageError, Exception) as error:
+        console.print(f"[red]labtel: migration failed:[/red] {_explain(error)}")
+        raise typer.Exit(1) from None
+    finally:
+        storage.close()
+    for migration in report.applied:
+        console.print(f"applied migration {migration.version}: {migration.name}")
+    for table in changed:
+        console.print(f"updated the TTL of {table}")
+    console.print(
+        f"{storage.target.describe()}, database {storage.names.database!r}: "
+        f"schema version {report.current_version}" + (" (already current)" if not report.applied else "")
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the labtel version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Entry point of the `labtel` console script."""
+    app()

@@ -1,0 +1,1 @@
+"""labtel.collector: OTLP receivers, processors and exporters wired by `otel-config.yaml`."""

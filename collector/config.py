@@ -1,0 +1,409 @@
+"""The collector's configuration: `otel-config.yaml` in the OpenTelemetry Collector's own format.
+
+Components are declared under `receivers`, `processors`, `exporters` and `extensions` as
+`type[/name]`, and wired by `service.pipelines`. Values may reference the environment with
+`${env:VAR}` or `${env:VAR:-default}`. Anything unknown or invalid is rejected at start-up with
+a message that names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from labtel.collector.durations import Duration
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, values are immutable after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port", or ":port") into host and port."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"endpoint {value!r} must be host:port, for example 'localhost:4317'")
+    if not port_text.isdigit():
+        raise ValueError(f"endpoint {value!r} has a bad port {port_text!r}: expected a number 0-65535")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"endpoint {value!r} has a bad port {port}: expected a number 0-65535")
+    return host or "0.0.0.0", port
+
+
+class _EndpointModel(StrictModel):
+    endpoint: str
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        parse_endpoint(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return parse_endpoint(self.endpoint)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_endpoint(self.endpoint)[1]
+
+
+class GrpcServerConfig(_EndpointModel):
+    """OTLP/gRPC listener."""
+
+    endpoint: str = "localhost:4317"
+    max_recv_msg_size_mib: float = Field(4.0, gt=0)
+
+
+class HttpServerConfig(_EndpointModel):
+    """OTLP/HTTP listener; the body limit is counted after decompression."""
+
+    endpoint: str = "localhost:4318"
+    max_request_body_size: int = Field(20 * 1024 * 1024, gt=0)
+
+
+class OTLPProtocols(StrictModel):
+    grpc: GrpcServerConfig | None = None
+    http: HttpServerConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, data: Any) -> Any:
+        # `grpc:` with no value enables the protocol with its defaults, as in the Collector.
+        if isinstance(data, dict):
+            return {key: ({} if value is None else value) for key, value in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> OTLPProtocols:
+        if self.grpc is None and self.http is None:
+            raise ValueError("enable at least one of 'grpc' or 'http'")
+        return self
+
+
+class OTLPReceiverConfig(StrictModel):
+    """The `otlp` receiver: OTLP over gRPC and/or HTTP."""
+
+    protocols: OTLPProtocols
+
+
+class BatchProcessorConfig(StrictModel):
+    """The `batch` processor: group commit. Concurrent requests are gathered into one insert,
+    flushed when `send_batch_size` records or `send_batch_max_bytes` are pending, or when the
+    oldest pending request is `timeout` old."""
+
+    timeout: Duration = timedelta(milliseconds=200)
+    send_batch_size: int = Field(8192, ge=1)
+    send_batch_max_size: int = Field(0, ge=0)
+    send_batch_max_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+
+class SendingQueueConfig(StrictModel):
+    """How many inserts run at once, and how much may wait before callers are pushed back."""
+
+    enabled: bool = True
+    num_consumers: int = Field(2, ge=1, le=64)
+    queue_size: int = Field(200_000, ge=1)
+
+
+class RetryConfig(StrictModel):
+    """Back-off for re-delivering stored-but-not-inserted data to ClickHouse."""
+
+    enabled: bool = True
+    initial_interval: Duration = timedelta(seconds=1)
+    max_interval: Duration = timedelta(seconds=30)
+    max_elapsed_time: Duration = timedelta(0)
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+class ClickHouseExporterConfig(StrictModel):
+    """The `clickhouse` exporter. Option names follow the contrib ClickHouse exporter."""
+
+    endpoint: str = "chdb://./labtel-data"
+    username: str = "default"
+    password: SecretStr = SecretStr("")
+    database: str = "otel"
+    ttl: Duration = timedelta(0)
+    logs_ttl: Duration | None = None
+    traces_ttl: Duration | None = None
+    create_schema: bool = True
+    logs_table_name: str = "otel_logs"
+    traces_table_name: str = "otel_traces"
+    timeout: Duration = timedelta(seconds=5)
+    compress: Literal["lz4", "zstd", "gzip", "none", ""] = "lz4"
+    async_insert: bool = True
+    sending_queue: SendingQueueConfig = SendingQueueConfig()
+    retry_on_failure: RetryConfig = RetryConfig()
+
+    @field_validator("database", "logs_table_name", "traces_table_name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not a usable ClickHouse name (letters, digits, '_', '-', '.')")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_storage_endpoint(cls, value: str) -> str:
+        if not value.startswith(("chdb:", "http://", "https://", "clickhouse://", "clickhouses://")):
+            raise ValueError(
+                f"endpoint {value!r} must be chdb://<path> (embedded) or http(s)://host:8123 (a ClickHouse server)"
+            )
+        return value
+
+    def signal_ttl(self, signal: str) -> timedelta:
+        """The retention of one signal: its own `<signal>_ttl`, else the shared `ttl`."""
+        own = {"logs": self.logs_ttl, "traces": self.traces_ttl}.get(signal)
+        return own if own is not None else self.ttl
+
+
+class QueryApiConfig(_EndpointModel):
+    """The `query_api` extension: labtel's HTTP query API, reading the exporter's storage."""
+
+    endpoint: str = "localhost:8000"
+    storage: str = "clickhouse"
+    public_url: str = ""
+
+
+class PipelineConfig(StrictModel):
+    receivers: list[str] = Field(min_length=1)
+    processors: list[str] = []
+    exporters: list[str] = Field(min_length=1)
+
+
+class ServiceTelemetryConfig(StrictModel):
+    logs: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+
+
+class ServiceConfig(StrictModel):
+    extensions: list[str] = []
+    pipelines: dict[str, PipelineConfig]
+    telemetry: ServiceTelemetryConfig = ServiceTelemetryConfig()
+
+
+COMPONENT_TYPES: dict[str, dict[str, type[StrictModel]]] = {
+    "receivers": {"otlp": OTLPReceiverConfig},
+    "processors": {"batch": BatchProcessorConfig},
+    "exporters": {"clickhouse": ClickHouseExporterConfig},
+    "extensions": {"query_api": QueryApiConfig},
+}
+SIGNALS = ("logs", "traces")
+
+
+class CollectorConfig(StrictModel):
+    """A validated `otel-config.yaml`."""
+
+    receivers: dict[str, OTLPReceiverConfig]
+    processors: dict[str, BatchProcessorConfig] = {}
+    exporters: dict[str, ClickHouseExporterConfig]
+    extensions: dict[str, QueryApiConfig] = {}
+    service: ServiceConfig
+
+    def pipelines(self) -> dict[str, PipelineConfig]:
+        return dict(self.service.pipelines)
+
+    def storage_exporter(self, name: str | None = None) -> ClickHouseExporterConfig:
+        """The ClickHouse exporter that a query API (or `labtel migrate`) reads and writes."""
+        if name is not None:
+            return self.exporters[name]
+        used = [e for p in self.service.pipelines.values() for e in p.exporters]
+        for exporter_id in used + list(self.exporters):
+            if component_type(exporter_id) == "clickhouse":
+                return self.exporters[exporter_id]
+        raise ConfigError("exporters: no 'clickhouse' exporter is configured")
+
+
+def component_type(component_id: str) -> str:
+    """The type part of a `type/name` component id."""
+    return component_id.split("/", 1)[0]
+
+
+# --- environment substitution -------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """Replace `${env:VAR}` / `${env:VAR:-default}` in every string of a loaded YAML tree.
+
+    A string that is exactly one reference takes the YAML type of the substituted text, so
+    `port: ${env:PORT}` becomes an integer, as in the OpenTelemetry Collector. `$$` is a `$`.
+    """
+    env = os.environ if environ is None else environ
+    if isinstance(value, dict):
+        return {key: expand_env(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_env(item, env) for item in value]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = env.get(name)
+        if found is None or (found == "" and default is not None):
+            return default if default is not None else ""
+        return found
+
+    whole = _ENV_REF.fullmatch(value)
+    expanded = _ENV_REF.sub(replace, value)
+    if whole and whole.group(0) != "$$":
+        try:
+            typed = yaml.safe_load(expanded)
+        except yaml.YAMLError:
+            return expanded
+        if isinstance(typed, (str, int, float, bool)):
+            return typed
+    return expanded
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _describe(error: ValidationError, prefix: str) -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        lines.append(f"{location}: {message}")
+    return "; ".join(lines)
+
+
+def _section(raw: dict[str, Any], kind: str) -> dict[str, StrictModel]:
+    entries = raw.get(kind) or {}
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{kind}: expected a mapping of components")
+    known = COMPONENT_TYPES[kind]
+    parsed: dict[str, StrictModel] = {}
+    for component_id, body in entries.items():
+        kind_name = kind[:-1]
+        ctype = component_type(str(component_id))
+        if ctype not in known:
+            raise ConfigError(
+                f"{kind}.{component_id}: unknown {kind_name} type {ctype!r}; labtel knows: {', '.join(known)}"
+            )
+        try:
+            parsed[str(component_id)] = known[ctype].model_validate(body or {})
+        except ValidationError as error:
+            raise ConfigError(_describe(error, f"{kind}.{component_id}")) from None
+    return parsed
+
+
+def parse_config(raw: Any) -> CollectorConfig:
+    """Validate an already loaded (and env-expanded) configuration tree."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a YAML mapping with receivers, exporters and service")
+    unknown = set(raw) - {*COMPONENT_TYPES, "service", "connectors"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level section")
+    if raw.get("connectors"):
+        raise ConfigError("connectors: labtel does not support connectors")
+    sections = {kind: _section(raw, kind) for kind in COMPONENT_TYPES}
+    service_raw = raw.get("service")
+    if not isinstance(service_raw, dict):
+        raise ConfigError("service: missing; it must list service.pipelines")
+    if not service_raw.get("pipelines"):
+        raise ConfigError("service.pipelines: missing; define at least one pipeline (logs or traces)")
+    try:
+        service = ServiceConfig.model_validate(service_raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "service")) from None
+    for pipeline_id, pipeline in service.pipelines.items():
+        signal = component_type(pipeline_id)
+        where = f"service.pipelines.{pipeline_id}"
+        if signal not in SIGNALS:
+            raise ConfigError(f"{where}: unknown signal {signal!r}; labtel pipelines are: {', '.join(SIGNALS)}")
+        for kind, names in (
+            ("receivers", pipeline.receivers),
+            ("processors", pipeline.processors),
+            ("exporters", pipeline.exporters),
+        ):
+            for name in names:
+                if name not in sections[kind]:
+                    raise ConfigError(f"{where}.{kind}: {name!r} is not defined under '{kind}'")
+    for name in service.extensions:
+        if name not in sections["extensions"]:
+            raise ConfigError(f"service.extensions: {name!r} is not defined under 'extensions'")
+    endpoints: dict[tuple[str, int], str] = {}
+    for path, endpoint in _listeners(sections):
+        host, port = parse_endpoint(endpoint)
+        if port and (host, port) in endpoints:
+            raise ConfigError(f"{path}.endpoint: port {port} is already used by {endpoints[(host, port)]}")
+        endpoints[(host, port)] = path
+    try:
+        return CollectorConfig.model_validate({**sections, "service": service})
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "")) from None
+
+
+def _listeners(sections: dict[str, dict[str, StrictModel]]) -> list[tuple[str, str]]:
+    found = []
+    for name, receiver in sections["receivers"].items():
+        assert isinstance(receiver, OTLPReceiverConfig)
+        for proto in ("grpc", "http"):
+            server = getattr(receiver.protocols, proto)
+            if server is not None:
+                found.append((f"receivers.{name}.protocols.{proto}", server.endpoint))
+    for name, extension in sections["extensions"].items():
+        assert isinstance(extension, QueryApiConfig)
+        found.append((f"extensions.{name}", extension.endpoint))
+    return found
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> CollectorConfig:
+    """Read, expand and validate an `otel-config.yaml`; raises ConfigError with a clear message."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config {str(file)!r}: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+    return parse_config(expand_env(raw, environ))
+
+
+def default_config_path() -> Path:
+    """`$LABTEL_CONFIG`, else `./otel-config.yaml`, else the one shipped with labtel."""
+    configured = os.environ.get("LABTEL_CONFIG")
+    if configured:
+        return Path(configured)
+    local = Path("otel-config.yaml")
+    if local.exists():
+        return local
+    return Path(__file__).with_name("default-config.yaml")

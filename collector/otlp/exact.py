@@ -1,0 +1,124 @@
+"""The exact path: per-request validation and normalization in Python.
+
+The fast path hands concatenated requests to ClickHouse, whose ingest views refuse (with
+`throwIf`) any record they cannot store exactly or that is invalid. Such a batch comes here,
+one request at a time: an invalid request gets a message saying what is wrong and where; a valid
+one is normalized so the fast path can store it: every array or key-value list value is
+replaced by its JSON text, which is exactly what the fast path itself stores for the
+one-level lists it parses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from labtel.collector.otlp.signals import LOGS, TRACES, Signal
+from labtel.collector.otlp.values import value_json
+
+MAX_NANOS = 2**63 - 1
+"""The latest time a DateTime64(9) holds (2262-04-11)."""
+
+
+@dataclass(frozen=True)
+class Triage:
+    """The verdict on one request: normalized bytes to store, or the reason it is invalid."""
+
+    data: bytes | None
+    error: str | None
+    records: int
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _flatten_value(value: AnyValue) -> None:
+    if value.WhichOneof("value") in ("array_value", "kvlist_value"):
+        value.string_value = value_json(value)
+
+
+def _flatten(attributes: Iterable[KeyValue]) -> None:
+    for kv in attributes:
+        _flatten_value(kv.value)
+
+
+def _check_id(value: bytes, sizes: tuple[int, ...], where: str) -> None:
+    if len(value) not in sizes:
+        expected = " or ".join(str(s) for s in sizes)
+        raise _Invalid(f"{where}: must be {expected} bytes, got {len(value)}")
+
+
+def _check_time(value: int, where: str) -> None:
+    if value > MAX_NANOS:
+        raise _Invalid(f"{where}: {value} ns is beyond the latest storable time (year 2262)")
+
+
+def _logs(request: Message) -> int:
+    count = 0
+    for i, resource_logs in enumerate(request.resource_logs):  # type: ignore[attr-defined]
+        _flatten(resource_logs.resource.attributes)
+        for j, scope_logs in enumerate(resource_logs.scope_logs):
+            _flatten(scope_logs.scope.attributes)
+            for k, record in enumerate(scope_logs.log_records):
+                where = f"resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
+                _check_id(record.trace_id, (0, 16), f"{where}.trace_id")
+                _check_id(record.span_id, (0, 8), f"{where}.span_id")
+                if not 0 <= record.severity_number <= 24:
+                    raise _Invalid(f"{where}.severity_number: {record.severity_number} is outside 0..24")
+                _check_time(record.time_unix_nano, f"{where}.time_unix_nano")
+                _check_time(record.observed_time_unix_nano, f"{where}.observed_time_unix_nano")
+                _flatten_value(record.body)
+                _flatten(record.attributes)
+                count += 1
+    return count
+
+
+def _traces(request: Message) -> int:
+    count = 0
+    for i, resource_spans in enumerate(request.resource_spans):  # type: ignore[attr-defined]
+        _flatten(resource_spans.resource.attributes)
+        for j, scope_spans in enumerate(resource_spans.scope_spans):
+            _flatten(scope_spans.scope.attributes)
+            for k, span in enumerate(scope_spans.spans):
+                where = f"resource_spans[{i}].scope_spans[{j}].spans[{k}]"
+                _check_id(span.trace_id, (16,), f"{where}.trace_id")
+                _check_id(span.span_id, (8,), f"{where}.span_id")
+                _check_id(span.parent_span_id, (0, 8), f"{where}.parent_span_id")
+                if not 0 <= span.kind <= 5:
+                    raise _Invalid(f"{where}.kind: {span.kind} is not a SpanKind (0..5)")
+                if not 0 <= span.status.code <= 2:
+                    raise _Invalid(f"{where}.status.code: {span.status.code} is not a StatusCode (0..2)")
+                _check_time(span.start_time_unix_nano, f"{where}.start_time_unix_nano")
+                _check_time(span.end_time_unix_nano, f"{where}.end_time_unix_nano")
+                _flatten(span.attributes)
+                for e, event in enumerate(span.events):
+                    _check_time(event.time_unix_nano, f"{where}.events[{e}].time_unix_nano")
+                    _flatten(event.attributes)
+                for n, link in enumerate(span.links):
+                    _check_id(link.trace_id, (16,), f"{where}.links[{n}].trace_id")
+                    _check_id(link.span_id, (8,), f"{where}.links[{n}].span_id")
+                    _flatten(link.attributes)
+                count += 1
+    return count
+
+
+_WALKERS = {LOGS.name: _logs, TRACES.name: _traces}
+
+
+def triage(signal: Signal, data: bytes) -> Triage:
+    """Validate one serialized request; return it normalized for storage, or why it is invalid."""
+    request = signal.request_type()
+    try:
+        request.ParseFromString(data)
+    except DecodeError as error:
+        detail = str(error).removeprefix("Error parsing message")
+        return Triage(None, f"not a valid {signal.request_type.DESCRIPTOR.name}{detail}", 0)
+    try:
+        records = _WALKERS[signal.name](request)
+    except _Invalid as error:
+        return Triage(None, str(error), 0)
+    return Triage(request.SerializeToString(), None, records)

@@ -1,0 +1,71 @@
+"""The OTLP signals labtel receives, and what differs between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One OTLP signal: its request and response messages, its gRPC method and HTTP path."""
+
+    name: str
+    request_type: type[Message]
+    response_type: type[Message]
+    grpc_service: str
+    http_path: str
+    item_name: str
+    rejected_field: str
+    resource_field: str
+    scope_field: str
+    items_field: str
+
+    @property
+    def grpc_method(self) -> str:
+        return f"/{self.grpc_service}/Export"
+
+
+LOGS = Signal(
+    name="logs",
+    request_type=logs_service_pb2.ExportLogsServiceRequest,
+    response_type=logs_service_pb2.ExportLogsServiceResponse,
+    grpc_service="opentelemetry.proto.collector.logs.v1.LogsService",
+    http_path="/v1/logs",
+    item_name="log records",
+    rejected_field="rejected_log_records",
+    resource_field="resource_logs",
+    scope_field="scope_logs",
+    items_field="log_records",
+)
+TRACES = Signal(
+    name="traces",
+    request_type=trace_service_pb2.ExportTraceServiceRequest,
+    response_type=trace_service_pb2.ExportTraceServiceResponse,
+    grpc_service="opentelemetry.proto.collector.trace.v1.TraceService",
+    http_path="/v1/traces",
+    item_name="spans",
+    rejected_field="rejected_spans",
+    resource_field="resource_spans",
+    scope_field="scope_spans",
+    items_field="spans",
+)
+METRICS = Signal(
+    name="metrics",
+    request_type=metrics_service_pb2.ExportMetricsServiceRequest,
+    response_type=metrics_service_pb2.ExportMetricsServiceResponse,
+    grpc_service="opentelemetry.proto.collector.metrics.v1.MetricsService",
+    http_path="/v1/metrics",
+    item_name="data points",
+    rejected_field="rejected_data_points",
+    resource_field="resource_metrics",
+    scope_field="scope_metrics",
+    items_field="metrics",
+)
+
+SIGNALS: dict[str, Signal] = {s.name: s for s in (LOGS, TRACES, METRICS)}
+"""Every OTLP signal by name; pipelines exist for those the storage supports."""

@@ -1,0 +1,143 @@
+"""OTLP/HTTP receiver: `POST /v1/logs` and `/v1/traces`, protobuf or JSON bodies, gzip.
+
+Responses use the request's content type. Per the OTLP specification: 400 for bad data, 413
+for bodies over `max_request_body_size` (counted after decompression), 415 for unknown content
+types or encodings, 503 with `Retry-After` for backpressure; error bodies are google.rpc.Status.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+
+from google.rpc import code_pb2, status_pb2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
+from labtel.collector.config import HttpServerConfig
+from labtel.collector.otlp.framing import FramingError, count_records
+from labtel.collector.otlp.jsonfmt import OTLPJSONError, json_to_protobuf, protobuf_to_json
+from labtel.collector.otlp.signals import SIGNALS, Signal
+from labtel.collector.servers import HttpServer
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed, refusing more than `limit` bytes of either form."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "deflate"):
+        raise _HttpError(415, code_pb2.INVALID_ARGUMENT, f"unsupported Content-Encoding {encoding!r}; use gzip")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _HttpError(413, code_pb2.RESOURCE_EXHAUSTED, f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if encoding in ("identity", ""):
+        return raw
+    decompressor = zlib.decompressobj(wbits=47 if encoding == "gzip" else 15)
+    try:
+        body = decompressor.decompress(raw, limit + 1)
+    except zlib.error as error:
+        raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"cannot decompress {encoding} body: {error}") from None
+    if len(body) > limit or decompressor.unconsumed_tail:
+        raise _HttpError(413, code_pb2.RESOURCE_EXHAUSTED, f"decompressed request body exceeds {limit} bytes")
+    if not decompressor.eof:
+        raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"truncated {encoding} body")
+    return body
+
+
+def _status_response(error: _HttpError, media_type: str) -> Response:
+    status = status_pb2.Status(code=error.code, message=error.message)
+    if media_type == JSON:
+        return Response(protobuf_to_json(status), error.status, error.headers, media_type=JSON)
+    return Response(status.SerializeToString(), error.status, error.headers, media_type=PROTOBUF)
+
+
+class OTLPHttpReceiver:
+    """Serves OTLP/HTTP for the signals that have a pipeline."""
+
+    def __init__(self, name: str, config: HttpServerConfig, consumers: Mapping[str, tuple[Signal, Consumer]]) -> None:
+        self.name = name
+        self.config = config
+        self._consumers = consumers
+        self._server = HttpServer(self.app(), config.host, config.port)
+
+    def app(self) -> Starlette:
+        routes = [Route(signal.http_path, self._endpoint(signal), methods=["POST"]) for signal in SIGNALS.values()]
+        return Starlette(routes=routes)
+
+    def _endpoint(self, signal: Signal):  # type: ignore[no-untyped-def]
+        async def endpoint(request: Request) -> Response:
+            media_type = _media_type(request)
+            answer_type = JSON if media_type == JSON else PROTOBUF
+            try:
+                entry = self._consumers.get(signal.name)
+                if entry is None:
+                    raise _HttpError(404, code_pb2.UNIMPLEMENTED, f"this collector has no {signal.name} pipeline")
+                if media_type not in (PROTOBUF, JSON):
+                    raise _HttpError(
+                        415,
+                        code_pb2.INVALID_ARGUMENT,
+                        f"unsupported Content-Type {media_type!r}; use {PROTOBUF} or {JSON}",
+                    )
+                body = await read_body(request, self.config.max_request_body_size)
+                if media_type == JSON:
+                    try:
+                        body = json_to_protobuf(signal, body)
+                    except OTLPJSONError as error:
+                        raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"invalid OTLP/JSON: {error}") from None
+                try:
+                    records = count_records(signal, body)
+                except FramingError as error:
+                    raise _HttpError(400, code_pb2.INVALID_ARGUMENT, str(error)) from None
+                if records:
+                    try:
+                        await entry[1].consume(Payload(signal, body, records))
+                    except ExportRejected as error:
+                        raise _HttpError(400, code_pb2.INVALID_ARGUMENT, error.message) from None
+                    except ExportUnavailable as error:
+                        retry_after = str(max(1, math.ceil(error.retry_after_s)))
+                        raise _HttpError(
+                            503, code_pb2.UNAVAILABLE, error.message, {"Retry-After": retry_after}
+                        ) from None
+            except _HttpError as error:
+                return _status_response(error, answer_type)
+            response = signal.response_type()
+            if answer_type == JSON:
+                return Response(protobuf_to_json(response), 200, media_type=JSON)
+            return Response(response.SerializeToString(), 200, media_type=PROTOBUF)
+
+        return endpoint
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def shutdown(self) -> None:
+        await self._server.stop()
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self._server.port}"

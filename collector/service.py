@@ -1,0 +1,219 @@
+"""The running collector: components built from `otel-config.yaml` and wired by its pipelines.
+
+Start order: exporters (schema migrations), extensions (the query API), processors, receivers;
+shutdown runs the other way, so everything accepted is stored before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from labtel.collector.component import (
+    BatchConsumer,
+    Consumer,
+    Lifecycle,
+    Payload,
+    Verdict,
+)
+from labtel.collector.config import (
+    BatchProcessorConfig,
+    ClickHouseExporterConfig,
+    CollectorConfig,
+    ConfigError,
+    component_type,
+)
+from labtel.collector.exporters.clickhouse import ClickHouseExporter
+from labtel.collector.otlp.signals import SIGNALS, Signal
+from labtel.collector.processors.batch import GroupCommit, Passthrough, merge_verdicts
+from labtel.collector.receivers.otlp_grpc import OTLPGrpcReceiver
+from labtel.collector.receivers.otlp_http import OTLPHttpReceiver
+from labtel.collector.servers import HttpServer
+from labtel.collector.storage.client import Storage
+
+log = logging.getLogger(__name__)
+
+
+class FanOut:
+    """A BatchConsumer that stores a batch with every exporter of a pipeline."""
+
+    def __init__(self, exporters: Sequence[BatchConsumer]) -> None:
+        self._exporters = list(exporters)
+
+    async def consume_batch(self, batch: Sequence[Payload]) -> list[Verdict]:
+        if len(self._exporters) == 1:
+            return await self._exporters[0].consume_batch(batch)
+        results = await asyncio.gather(*(e.consume_batch(batch) for e in self._exporters), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return merge_verdicts([r for r in results if not isinstance(r, BaseException)])
+
+
+class ConsumerFanOut:
+    """A Consumer that hands one payload to several pipelines (one receiver, many pipelines)."""
+
+    def __init__(self, consumers: Sequence[Consumer]) -> None:
+        self._consumers = list(consumers)
+
+    async def consume(self, payload: Payload) -> None:
+        if len(self._consumers) == 1:
+            await self._consumers[0].consume(payload)
+            return
+        results = await asyncio.gather(*(c.consume(payload) for c in self._consumers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+class QueryApiExtension:
+    """The `query_api` extension: labtel's query API served beside the receivers."""
+
+    def __init__(self, name: str, host: str, port: int, storage: Storage) -> None:
+        from labtel.query_api.app import create_app  # the API is optional for a bare collector
+
+        self.name = name
+        self._host = host
+        self._server = HttpServer(create_app(storage), host, port)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def shutdown(self) -> None:
+        await self._server.stop()
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self._server.port}"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Something the service listens on, for the start-up banner and tests."""
+
+    kind: str
+    address: str
+
+
+class Service:
+    """Builds, starts and stops the components of one collector configuration."""
+
+    def __init__(self, config: CollectorConfig, *, extensions: bool = True, base_dir: Path | None = None) -> None:
+        self.config = config
+        self.storages: dict[str, Storage] = {}
+        self.exporters: dict[str, ClickHouseExporter] = {}
+        self.processors: list[Lifecycle] = []
+        self.receivers: list[OTLPGrpcReceiver | OTLPHttpReceiver] = []
+        self.extensions: list[QueryApiExtension] = []
+        self._started: list[Lifecycle] = []
+        self._build(extensions, base_dir)
+
+    # --- building ------------------------------------------------------------------------
+
+    def _storage(self, exporter_id: str, config: ClickHouseExporterConfig, base_dir: Path | None) -> Storage:
+        if exporter_id not in self.storages:
+            storage = Storage.from_config(config, base_dir)
+            paths = {s.target.path for s in self.storages.values() if s.target.embedded}
+            if storage.target.embedded and paths and storage.target.path not in paths:
+                raise ConfigError(
+                    f"exporters.{exporter_id}.endpoint: one process can hold one embedded (chDB) store; "
+                    f"{storage.target.path} differs from {paths.pop()}"
+                )
+            self.storages[exporter_id] = storage
+        return self.storages[exporter_id]
+
+    def _build(self, with_extensions: bool, base_dir: Path | None) -> None:
+        cfg = self.config
+        entries: dict[tuple[str, str], list[Consumer]] = {}
+        for pipeline_id, pipeline in cfg.service.pipelines.items():
+            signal = SIGNALS[component_type(pipeline_id)]
+            exporters: list[BatchConsumer] = []
+            for exporter_id in pipeline.exporters:
+                if exporter_id not in self.exporters:
+                    exporter_cfg = cfg.exporters[exporter_id]
+                    self.exporters[exporter_id] = ClickHouseExporter(
+                        exporter_id, exporter_cfg, self._storage(exporter_id, exporter_cfg, base_dir)
+                    )
+                exporters.append(self.exporters[exporter_id])
+            entry = self._entry(pipeline_id, pipeline.processors, pipeline.exporters, FanOut(exporters))
+            for receiver_id in pipeline.receivers:
+                entries.setdefault((receiver_id, signal.name), []).append(entry)
+        for receiver_id, receiver_cfg in cfg.receivers.items():
+            consumers: dict[str, tuple[Signal, Consumer]] = {
+                name: (SIGNALS[name], ConsumerFanOut(found))
+                for (rid, name), found in entries.items()
+                if rid == receiver_id
+            }
+            if not consumers:
+                continue  # defined but in no pipeline, as the Collector does
+            if receiver_cfg.protocols.grpc is not None:
+                self.receivers.append(OTLPGrpcReceiver(receiver_id, receiver_cfg.protocols.grpc, consumers))
+            if receiver_cfg.protocols.http is not None:
+                self.receivers.append(OTLPHttpReceiver(receiver_id, receiver_cfg.protocols.http, consumers))
+        if with_extensions:
+            for extension_id in cfg.service.extensions:
+                ext = cfg.extensions[extension_id]
+                if ext.storage not in cfg.exporters:
+                    raise ConfigError(f"extensions.{extension_id}.storage: no exporter named {ext.storage!r}")
+                storage = self._storage(ext.storage, cfg.exporters[ext.storage], base_dir)
+                self.extensions.append(QueryApiExtension(extension_id, ext.host, ext.port, storage))
+
+    def _entry(self, pipeline_id: str, processors: list[str], exporter_ids: list[str], sink: FanOut) -> Consumer:
+        batch_ids = [p for p in processors if component_type(p) == "batch"]
+        if len(batch_ids) > 1:
+            raise ConfigError(f"service.pipelines.{pipeline_id}.processors: use at most one 'batch' processor")
+        if not batch_ids:
+            entry: Consumer = Passthrough(sink)
+        else:
+            batch_cfg: BatchProcessorConfig = self.config.processors[batch_ids[0]]
+            queues = [self.config.exporters[e].sending_queue for e in exporter_ids]
+            entry = GroupCommit(
+                batch_cfg,
+                sink,
+                max_in_flight=min(q.num_consumers for q in queues),
+                queue_size=min(q.queue_size for q in queues),
+            )
+        self.processors.append(entry)  # type: ignore[arg-type]
+        return entry
+
+    # --- running -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every component; on failure, stop what was started and re-raise."""
+        try:
+            for component in [*self.exporters.values(), *self.extensions, *self.processors, *self.receivers]:
+                await component.start()
+                self._started.append(component)
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def shutdown(self) -> None:
+        """Stop accepting, store what was accepted, release storage."""
+        for component in reversed(self._started):
+            try:
+                await component.shutdown()
+            except Exception:
+                log.exception("stopping %s failed", type(component).__name__)
+        self._started.clear()
+        for storage in self.storages.values():
+            storage.close()
+
+    def listeners(self) -> list[Listener]:
+        found = []
+        for receiver in self.receivers:
+            kind = "OTLP/gRPC" if isinstance(receiver, OTLPGrpcReceiver) else "OTLP/HTTP"
+            found.append(Listener(kind, receiver.address))
+        found.extend(Listener("query API", e.address) for e in self.extensions)
+        return found
+
+    def storage_description(self) -> str:
+        return "; ".join(sorted({s.target.describe() for s in self.storages.values()}))
+
+
+def embedded_endpoint(data_dir: Path) -> str:
+    """The exporter endpoint of an embedded store in `data_dir`."""
+    return f"chdb://{data_dir.expanduser().resolve()}"

@@ -1,0 +1,1 @@
+"""The ClickHouse storage: connection, schema and migrations."""

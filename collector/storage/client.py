@@ -1,0 +1,205 @@
+"""One ClickHouse, embedded (chDB) or a server, reached through clickhouse-connect.
+
+The collector and the query API share a `Storage`: a small pool of clients (chDB allows many
+handles on its one engine per process; each handle runs one statement at a time, so parallel
+inserts and queries each take their own).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from labtel.collector.config import ClickHouseExporterConfig
+from labtel.collector.storage import schema
+from labtel.collector.storage.schema import SchemaNames
+
+
+class StorageError(RuntimeError):
+    """ClickHouse could not be reached or refused a statement."""
+
+
+@dataclass(frozen=True)
+class StorageTarget:
+    """Where the data lives: a chDB directory (None = in memory) or a server URL."""
+
+    embedded: bool
+    path: str | None = None
+    url: str = ""
+
+    def describe(self) -> str:
+        if self.embedded:
+            return f"embedded ClickHouse (chDB) in {self.path or 'memory'}"
+        parsed = urlparse(self.url)
+        return f"ClickHouse server at {parsed.scheme}://{parsed.hostname}:{parsed.port or ''}"
+
+
+def parse_endpoint(endpoint: str, base_dir: Path | None = None) -> StorageTarget:
+    """Read an exporter endpoint: `chdb://./dir`, `chdb:///abs/dir`, `chdb://memory`, or http(s)://.
+
+    Relative chDB paths are resolved against `base_dir` (default: the working directory), so
+    `chdb://./labtel-data` means `./labtel-data` (clickhouse-connect would read `.` as a host).
+    """
+    if endpoint.startswith("chdb:"):
+        rest = endpoint[len("chdb:") :].removeprefix("//")
+        if rest in ("", "memory", ":memory:"):
+            return StorageTarget(embedded=True)
+        path = Path(rest).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return StorageTarget(embedded=True, path=str(path.resolve()))
+    return StorageTarget(embedded=False, url=endpoint)
+
+
+@cache
+def _ingest_settings(signal: str) -> dict[str, Any]:
+    return {
+        "format_schema_source": "string",
+        "format_schema": schema.ingest_proto(signal),
+        "format_schema_message_name": schema.ingest_message(signal),
+        "input_format_protobuf_oneof_presence": 1,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+        "output_format_json_escape_forward_slashes": 0,
+        "throw_on_max_partitions_per_insert_block": 0,
+    }
+
+
+class Storage:
+    """The ClickHouse labtel writes to and reads from."""
+
+    def __init__(
+        self,
+        target: StorageTarget,
+        names: SchemaNames,
+        username: str = "default",
+        password: str = "",
+        timeout_s: float = 30.0,
+        compress: str = "lz4",
+        pool_size: int = 8,
+    ) -> None:
+        self.target = target
+        self.names = names
+        self._username = username
+        self._password = password
+        self._timeout_s = timeout_s
+        self._compress = compress
+        self._pool: queue.LifoQueue[Client] = queue.LifoQueue()
+        self._created = 0
+        self._pool_size = pool_size
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: ClickHouseExporterConfig, base_dir: Path | None = None) -> Storage:
+        names = SchemaNames(config.database, config.logs_table_name, config.traces_table_name)
+        return cls(
+            parse_endpoint(config.endpoint, base_dir),
+            names,
+            username=config.username,
+            password=config.password.get_secret_value(),
+            timeout_s=max(config.timeout.total_seconds(), 30.0),
+            compress=config.compress or "none",
+            pool_size=max(8, config.sending_queue.num_consumers + 4),
+        )
+
+    # --- clients -------------------------------------------------------------------------
+
+    def _new_client(self) -> Client:
+        try:
+            if self.target.embedded:
+                if self.target.path:
+                    Path(self.target.path).mkdir(parents=True, exist_ok=True)
+                return clickhouse_connect.get_client(interface="chdb", path=self.target.path)
+            return clickhouse_connect.get_client(
+                dsn=self.target.url,
+                username=self._username,
+                password=self._password,
+                connect_timeout=min(self._timeout_s, 10.0),
+                send_receive_timeout=self._timeout_s,
+                compress=self._compress if self._compress != "none" else False,
+                autogenerate_session_id=False,
+            )
+        except ClickHouseError as error:
+            raise StorageError(f"cannot open {self.target.describe()}: {error}") from error
+        except OSError as error:
+            raise StorageError(f"cannot reach {self.target.describe()}: {error}") from error
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        """Borrow a client for one statement (or a few); it goes back to the pool afterwards."""
+        if self._closed:
+            raise StorageError("storage is closed")
+        try:
+            client = self._pool.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = self._created < self._pool_size
+                if grow:
+                    self._created += 1
+            if grow:
+                try:
+                    client = self._new_client()
+                except BaseException:
+                    with self._lock:
+                        self._created -= 1
+                    raise
+            else:
+                client = self._pool.get()
+        try:
+            yield client
+        finally:
+            self._pool.put(client)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                break
+
+    # --- statements ----------------------------------------------------------------------
+
+    def command(
+        self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> Any:
+        """Run a statement that returns at most a scalar (DDL, small inserts, counts)."""
+        with self.client() as client:
+            return client.command(sql, parameters=parameters, settings=settings)
+
+    def rows(
+        self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run a SELECT and return its rows as dicts keyed by column name."""
+        with self.client() as client:
+            result = client.query(sql, parameters=parameters, settings=settings)
+            return list(result.named_results())
+
+    def ping(self) -> bool:
+        """True when ClickHouse answers a trivial query."""
+        try:
+            return bool(self.command("SELECT 1") == 1)
+        except Exception:
+            return False
+
+    def insert_otlp(self, signal: str, data: bytes, dedup_token: str) -> int:
+        """Insert serialized Export requests of one signal (concatenated requests form one);
+        returns the rows written. A repeated `dedup_token` inserts nothing again."""
+        settings = dict(_ingest_settings(signal))
+        settings["insert_deduplication_token"] = dedup_token
+        with self.client() as client:
+            summary = client.raw_insert(
+                self.names.ingest_table(signal), insert_block=data, settings=settings, fmt="ProtobufSingle"
+            )
+        return int(summary.written_rows or 0)

@@ -1,0 +1,129 @@
+"""Versioned schema migrations, applied at start-up or by `labtel migrate`, never by hand.
+
+Each migration has a version and a list of statements; `labtel_schema_migrations` records which
+versions a database has. Retention (TTL) is configuration, not schema: it is reconciled with the
+exporter's `ttl` / `<signal>_ttl` on every start.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from labtel.collector.storage import schema
+from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import SchemaNames, quote_identifier
+from labtel.sdk import __version__
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: statements that take a database from `version - 1` to `version`."""
+
+    version: int
+    name: str
+    statements: Callable[[SchemaNames], list[str]]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "otel_logs and otel_traces (contrib exporter columns, lab columns), trace-id lookup",
+        lambda n: [schema.logs_table(n), schema.traces_table(n), *schema.trace_id_ts_table(n)],
+    ),
+    Migration(
+        2,
+        "ingest path v1: OTLP protobuf input tables and their flattening views",
+        lambda n: [*schema.ingest_objects(n, "logs"), *schema.ingest_objects(n, "traces")],
+    ),
+)
+
+
+@dataclass
+class MigrationReport:
+    """What `migrate` did: versions applied now, and the version the database is at."""
+
+    applied: list[Migration] = field(default_factory=list)
+    current_version: int = 0
+
+
+def applied_versions(storage: Storage) -> set[int]:
+    """Versions recorded in the database (empty when it has never been migrated)."""
+    names = storage.names
+    exists = storage.command(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'labtel_schema_migrations'",
+        parameters={"db": names.database},
+    )
+    if not exists:
+        return set()
+    return {int(row["version"]) for row in storage.rows(f"SELECT version FROM {names.migrations}")}
+
+
+def migrate(storage: Storage) -> MigrationReport:
+    """Bring the database to the newest schema; applying twice is a no-op."""
+    names = storage.names
+    storage.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(names.database)}")
+    storage.command(schema.migrations_table(names))
+    done = applied_versions(storage)
+    report = MigrationReport()
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        log.info("applying migration %d: %s", migration.version, migration.name)
+        for statement in migration.statements(names):
+            storage.command(statement)
+        storage.command(
+            f"INSERT INTO {names.migrations} (version, name, labtel_version) VALUES "
+            "({version:UInt32}, {name:String}, {labtel_version:String})",
+            parameters={"version": migration.version, "name": migration.name, "labtel_version": __version__},
+        )
+        report.applied.append(migration)
+        done.add(migration.version)
+    report.current_version = max(done, default=0)
+    return report
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1].version
+
+
+_TTL = re.compile(r"\bTTL (.+?)(?: SETTINGS |$)")
+
+
+def current_ttl(storage: Storage, table: str) -> str | None:
+    """The TTL expression a table has now, or None."""
+    engine = storage.command(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {table:String}",
+        parameters={"db": storage.names.database, "table": table},
+    )
+    match = _TTL.search(str(engine or ""))
+    return match.group(1).strip() if match else None
+
+
+def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta]) -> list[str]:
+    """Make each signal's table keep data for its configured TTL (0 = forever); returns the
+    tables changed. `ttl_only_drop_parts` lets whole expired parts go without rewriting."""
+    names = storage.names
+    tables = {
+        "logs": [(names.logs_table, "Timestamp")],
+        "traces": [(names.traces_table, "Timestamp"), (f"{names.traces_table}_trace_id_ts", "End")],
+    }
+    changed = []
+    for signal, ttl in ttls.items():
+        seconds = int(ttl.total_seconds())
+        for table, column in tables[signal]:
+            wanted = schema.ttl_clause(column, seconds) if seconds > 0 else None
+            if current_ttl(storage, table) == wanted:
+                continue
+            qualified = names.qualified(table)
+            if wanted is None:
+                storage.command(f"ALTER TABLE {qualified} REMOVE TTL")
+            else:
+                storage.command(f"ALTER TABLE {qualified} MODIFY TTL {wanted}")
+            changed.append(table)
+    return changed

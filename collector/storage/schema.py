@@ -1,0 +1,459 @@
+"""The storage schema: labtel's tables, and the SQL that turns OTLP into their rows.
+
+The logs and traces tables have the column names and types of the OpenTelemetry Collector
+contrib ClickHouse exporter, so Grafana's ClickHouse datasource and a contrib collector can
+share them. Lab columns (event type, node, run, workflow, experiment) are MATERIALIZED from
+the attributes.
+
+Ingest does no per-record work in Python: each signal has a `Null` input table shaped like its
+OTLP request, into which serialized requests are inserted with `FORMAT ProtobufSingle`; a
+materialized view flattens them into the storage table. The same view validates every record
+(`throwIf`), so one bad request fails its insert instead of being stored wrongly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from labtel.sdk import semconv
+
+INGEST_VERSION = 1
+"""Version of the ingest input tables and views; a new version gets new tables side by side."""
+
+EXACT_PATH_ERROR = "labtel: record needs validation or the exact path"
+"""The `throwIf` message of the ingest views; it sends a batch to per-request triage."""
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a database, table or column name for ClickHouse, whatever characters it holds."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+@dataclass(frozen=True)
+class SchemaNames:
+    """Where labtel's tables live, as configured on the ClickHouse exporter."""
+
+    database: str = "otel"
+    logs_table: str = "otel_logs"
+    traces_table: str = "otel_traces"
+
+    def qualified(self, table: str) -> str:
+        return f"{quote_identifier(self.database)}.{quote_identifier(table)}"
+
+    @property
+    def logs(self) -> str:
+        return self.qualified(self.logs_table)
+
+    @property
+    def traces(self) -> str:
+        return self.qualified(self.traces_table)
+
+    @property
+    def trace_id_ts(self) -> str:
+        return self.qualified(f"{self.traces_table}_trace_id_ts")
+
+    @property
+    def migrations(self) -> str:
+        return self.qualified("labtel_schema_migrations")
+
+    def ingest_table(self, signal: str) -> str:
+        target = {"logs": self.logs_table, "traces": self.traces_table}[signal]
+        return self.qualified(f"{target}_ingest_v{INGEST_VERSION}")
+
+    def ingest_view(self, signal: str) -> str:
+        target = {"logs": self.logs_table, "traces": self.traces_table}[signal]
+        return self.qualified(f"{target}_ingest_v{INGEST_VERSION}_mv")
+
+
+# --- the ingest input: OTLP requests as ClickHouse columns ---------------------------------
+
+_PROTO_MESSAGES = {"logs": "ExportLogsServiceRequest", "traces": "ExportTraceServiceRequest"}
+
+
+def ingest_proto(signal: str) -> str:
+    """The inline protobuf schema ClickHouse parses a signal's Export request with."""
+    folder = resources.files("labtel.collector.storage").joinpath("proto")
+    common = folder.joinpath(f"common_v{INGEST_VERSION}.proto").read_text()
+    own = folder.joinpath(f"{signal}_v{INGEST_VERSION}.proto").read_text()
+    return common + "\n" + own
+
+
+def ingest_message(signal: str) -> str:
+    return _PROTO_MESSAGES[signal]
+
+
+_ENUM = (
+    "value Enum8('none' = 0, 'string_value' = 1, 'bool_value' = 2, 'int_value' = 3, "
+    "'double_value' = 4, 'array_value' = 5, 'kvlist_value' = 6, 'bytes_value' = 7)"
+)
+_VALUE_FIELDS = "string_value String, bool_value Bool, int_value Int64, double_value Float64"
+_SCALAR = f"Tuple({_ENUM}, {_VALUE_FIELDS}, array_value String, kvlist_value String, bytes_value String)"
+_ANY = (
+    f"Tuple({_ENUM}, {_VALUE_FIELDS}, array_value Tuple(values Array({_SCALAR})), "
+    f"kvlist_value Tuple(values Array(Tuple(key String, value {_SCALAR}))), bytes_value String)"
+)
+_KEY_VALUES = f"Array(Tuple(key String, value {_ANY}))"
+_RESOURCE = f"Tuple(attributes {_KEY_VALUES}, dropped_attributes_count UInt32)"
+_SCOPE = f"Tuple(name String, version String, attributes {_KEY_VALUES}, dropped_attributes_count UInt32)"
+_LOG_RECORD = (
+    "Tuple(time_unix_nano UInt64, observed_time_unix_nano UInt64, severity_number Int32, "
+    f"severity_text String, body {_ANY}, attributes {_KEY_VALUES}, dropped_attributes_count UInt32, "
+    "flags UInt32, trace_id String, span_id String, event_name String)"
+)
+_SPAN = (
+    "Tuple(trace_id String, span_id String, trace_state String, parent_span_id String, flags UInt32, "
+    "name String, kind Int32, start_time_unix_nano UInt64, end_time_unix_nano UInt64, "
+    f"attributes {_KEY_VALUES}, dropped_attributes_count UInt32, "
+    f"events Array(Tuple(time_unix_nano UInt64, name String, attributes {_KEY_VALUES}, "
+    "dropped_attributes_count UInt32)), dropped_events_count UInt32, "
+    f"links Array(Tuple(trace_id String, span_id String, trace_state String, attributes {_KEY_VALUES}, "
+    "dropped_attributes_count UInt32, flags UInt32)), dropped_links_count UInt32, "
+    "status Tuple(message String, code Int32))"
+)
+_INGEST_COLUMNS = {
+    "logs": (
+        f"resource_logs Array(Tuple(resource {_RESOURCE}, scope_logs Array(Tuple(scope {_SCOPE}, "
+        f"log_records Array({_LOG_RECORD}), schema_url String)), schema_url String))"
+    ),
+    "traces": (
+        f"resource_spans Array(Tuple(resource {_RESOURCE}, scope_spans Array(Tuple(scope {_SCOPE}, "
+        f"spans Array({_SPAN}), schema_url String)), schema_url String))"
+    ),
+}
+
+
+# --- OTLP values as stored strings ------------------------------------------------------------
+# Scalars are stored as text (ints in decimal, doubles in ClickHouse's shortest form, bytes in
+# base64); arrays and key-value lists as compact JSON. labtel.collector.otlp.values renders the
+# same text in Python for the exact path; tests hold the two to each other.
+
+
+def _scalar_json(v: str) -> str:
+    return (
+        f"multiIf({v}.value = 'string_value', toJSONString({v}.string_value), "
+        f"{v}.value = 'int_value', toString({v}.int_value), "
+        f"{v}.value = 'bool_value', if({v}.bool_value, 'true', 'false'), "
+        f"{v}.value = 'double_value', toJSONString({v}.double_value), "
+        f"{v}.value = 'bytes_value', toJSONString(base64Encode({v}.bytes_value)), 'null')"
+    )
+
+
+def value_text(v: str) -> str:
+    """SQL: an ingest AnyValue tuple as the text labtel stores."""
+    array = f"concat('[', arrayStringConcat(arrayMap(e -> {_scalar_json('e')}, {v}.array_value.values), ','), ']')"
+    kvlist = (
+        "concat('{', arrayStringConcat(arrayMap(p -> concat(toJSONString(p.key), ':', "
+        f"{_scalar_json('p.value')}), {v}.kvlist_value.values), ','), '}}')"
+    )
+    return (
+        f"if({v}.value = 'string_value', {v}.string_value, multiIf("
+        f"{v}.value = 'int_value', toString({v}.int_value), "
+        f"{v}.value = 'bool_value', if({v}.bool_value, 'true', 'false'), "
+        f"{v}.value = 'double_value', toString({v}.double_value), "
+        f"{v}.value = 'bytes_value', base64Encode({v}.bytes_value), "
+        f"{v}.value = 'array_value', {array}, "
+        f"{v}.value = 'kvlist_value', {kvlist}, ''))"
+    )
+
+
+def _too_deep(v: str) -> str:
+    """SQL: true when an AnyValue nests deeper than ClickHouse parses (the exact path's job)."""
+    nested = "('array_value', 'kvlist_value')"
+    return (
+        f"({v}.value IN {nested} AND (arrayExists(e -> e.value IN {nested}, {v}.array_value.values) "
+        f"OR arrayExists(p -> p.value.value IN {nested}, {v}.kvlist_value.values)))"
+    )
+
+
+def attributes_map(key_values: str) -> str:
+    """SQL: an ingest KeyValue array as a key-sorted Map(LowCardinality(String), String)."""
+    return (
+        f"mapSort(CAST((arrayMap(x -> x.key, {key_values}), arrayMap(x -> {value_text('x.value')}, "
+        f"{key_values})), 'Map(LowCardinality(String), String)'))"
+    )
+
+
+def _attributes_too_deep(key_values: str) -> str:
+    return f"arrayExists(x -> {_too_deep('x.value')}, {key_values})"
+
+
+def _map_invalid_utf8(column: str) -> str:
+    return (
+        f"NOT (arrayAll(s -> isValidUTF8(s), mapKeys({column})) AND arrayAll(s -> isValidUTF8(s), mapValues({column})))"
+    )
+
+
+def _hex_id(column: str) -> str:
+    return f"lower(hex({column}))"
+
+
+def _nanos(column: str) -> str:
+    return f"fromUnixTimestamp64Nano(toInt64({column}))"
+
+
+_SEVERITY_TEXTS = [
+    "",
+    *(
+        f"{name}{n if n > 1 else ''}"
+        for name in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+        for n in range(1, 5)
+    ),
+]
+_MAX_NANOS = 2**63 - 1
+_SPAN_KINDS = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+]
+_STATUS_CODES = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"]
+
+
+def _sql_array(items: list[str]) -> str:
+    return "[" + ", ".join("'" + item + "'" for item in items) + "]"
+
+
+def _checks(conditions: list[str]) -> str:
+    joined = "\n    OR ".join(f"({c})" for c in conditions)
+    return f"throwIf(\n    {joined},\n    '{EXACT_PATH_ERROR}') = 0"
+
+
+def logs_view_select(names: SchemaNames) -> str:
+    """The SELECT that flattens ingested ExportLogsServiceRequests into `otel_logs` rows."""
+    severity_texts = _sql_array(_SEVERITY_TEXTS)
+    return f"""SELECT
+    if(lr.observed_time_unix_nano = 0, now64(9), {_nanos("lr.observed_time_unix_nano")}) AS ObservedTimestamp,
+    if(lr.time_unix_nano = 0, ObservedTimestamp, {_nanos("lr.time_unix_nano")}) AS Timestamp,
+    {_hex_id("lr.trace_id")} AS TraceId,
+    {_hex_id("lr.span_id")} AS SpanId,
+    toUInt8(bitAnd(lr.flags, 255)) AS TraceFlags,
+    if(lr.severity_text = '', {severity_texts}[lr.severity_number + 1], lr.severity_text) AS SeverityText,
+    toUInt8(lr.severity_number) AS SeverityNumber,
+    {attributes_map("rl.resource.attributes")} AS ResourceAttributes,
+    ResourceAttributes['{semconv.SERVICE_NAME}'] AS ServiceName,
+    {value_text("lr.body")} AS Body,
+    rl.schema_url AS ResourceSchemaUrl,
+    sl.schema_url AS ScopeSchemaUrl,
+    sl.scope.name AS ScopeName,
+    sl.scope.version AS ScopeVersion,
+    {attributes_map("sl.scope.attributes")} AS ScopeAttributes,
+    {attributes_map("lr.attributes")} AS LogAttributes,
+    lr.event_name AS EventName
+FROM {names.ingest_table("logs")}
+ARRAY JOIN resource_logs AS rl
+ARRAY JOIN rl.scope_logs AS sl
+ARRAY JOIN sl.log_records AS lr
+WHERE {
+        _checks(
+            [
+                "length(lr.trace_id) NOT IN (0, 16) OR length(lr.span_id) NOT IN (0, 8)",
+                f"lr.time_unix_nano > {_MAX_NANOS} OR lr.observed_time_unix_nano > {_MAX_NANOS}",
+                "lr.severity_number < 0 OR lr.severity_number > 24",
+                _too_deep("lr.body"),
+                _attributes_too_deep("lr.attributes"),
+                _attributes_too_deep("rl.resource.attributes"),
+                _attributes_too_deep("sl.scope.attributes"),
+                "NOT (isValidUTF8(Body) AND isValidUTF8(SeverityText) AND isValidUTF8(EventName) "
+                "AND isValidUTF8(ScopeName) AND isValidUTF8(ScopeVersion))",
+                _map_invalid_utf8("LogAttributes"),
+                _map_invalid_utf8("ResourceAttributes"),
+                _map_invalid_utf8("ScopeAttributes"),
+            ]
+        )
+    }"""
+
+
+def traces_view_select(names: SchemaNames) -> str:
+    """The SELECT that flattens ingested ExportTraceServiceRequests into `otel_traces` rows."""
+    return f"""SELECT
+    {_nanos("s.start_time_unix_nano")} AS Timestamp,
+    {_hex_id("s.trace_id")} AS TraceId,
+    {_hex_id("s.span_id")} AS SpanId,
+    {_hex_id("s.parent_span_id")} AS ParentSpanId,
+    s.trace_state AS TraceState,
+    s.name AS SpanName,
+    {_sql_array(_SPAN_KINDS)}[s.kind + 1] AS SpanKind,
+    {attributes_map("rs.resource.attributes")} AS ResourceAttributes,
+    ResourceAttributes['{semconv.SERVICE_NAME}'] AS ServiceName,
+    ss.scope.name AS ScopeName,
+    ss.scope.version AS ScopeVersion,
+    {attributes_map("s.attributes")} AS SpanAttributes,
+    if(s.end_time_unix_nano >= s.start_time_unix_nano, s.end_time_unix_nano - s.start_time_unix_nano, 0)
+        AS Duration,
+    {_sql_array(_STATUS_CODES)}[s.status.code + 1] AS StatusCode,
+    s.status.message AS StatusMessage,
+    arrayMap(ev -> {_nanos("ev.time_unix_nano")}, s.events) AS `Events.Timestamp`,
+    arrayMap(ev -> ev.name, s.events) AS `Events.Name`,
+    arrayMap(ev -> {attributes_map("ev.attributes")}, s.events) AS `Events.Attributes`,
+    arrayMap(ln -> {_hex_id("ln.trace_id")}, s.links) AS `Links.TraceId`,
+    arrayMap(ln -> {_hex_id("ln.span_id")}, s.links) AS `Links.SpanId`,
+    arrayMap(ln -> ln.trace_state, s.links) AS `Links.TraceState`,
+    arrayMap(ln -> {attributes_map("ln.attributes")}, s.links) AS `Links.Attributes`
+FROM {names.ingest_table("traces")}
+ARRAY JOIN resource_spans AS rs
+ARRAY JOIN rs.scope_spans AS ss
+ARRAY JOIN ss.spans AS s
+WHERE {
+        _checks(
+            [
+                "length(s.trace_id) != 16 OR length(s.span_id) != 8 OR length(s.parent_span_id) NOT IN (0, 8)",
+                "arrayExists(ln -> length(ln.trace_id) != 16 OR length(ln.span_id) != 8, s.links)",
+                f"s.start_time_unix_nano > {_MAX_NANOS} OR s.end_time_unix_nano > {_MAX_NANOS}",
+                f"arrayExists(ev -> ev.time_unix_nano > {_MAX_NANOS}, s.events)",
+                "s.kind < 0 OR s.kind > 5 OR s.status.code < 0 OR s.status.code > 2",
+                _attributes_too_deep("s.attributes"),
+                _attributes_too_deep("rs.resource.attributes"),
+                _attributes_too_deep("ss.scope.attributes"),
+                f"arrayExists(ev -> {_attributes_too_deep('ev.attributes')}, s.events)",
+                f"arrayExists(ln -> {_attributes_too_deep('ln.attributes')}, s.links)",
+                "NOT (isValidUTF8(SpanName) AND isValidUTF8(TraceState) AND isValidUTF8(StatusMessage) "
+                "AND isValidUTF8(ScopeName) AND isValidUTF8(ScopeVersion))",
+                _map_invalid_utf8("SpanAttributes"),
+                _map_invalid_utf8("ResourceAttributes"),
+                "NOT arrayAll(m -> arrayAll(s -> isValidUTF8(s), mapKeys(m)) AND arrayAll(s -> isValidUTF8(s), mapValues(m)), `Events.Attributes`)",
+                "NOT arrayAll(n -> isValidUTF8(n), `Events.Name`)",
+            ]
+        )
+    }"""
+
+
+# --- table DDL ---------------------------------------------------------------------------------
+
+_MAP = "Map(LowCardinality(String), String)"
+
+
+def _lab_columns() -> str:
+    lines = []
+    for column, attribute in semconv.LAB_COLUMNS.items():
+        own, resource = f"LogAttributes['{attribute}']", f"ResourceAttributes['{attribute}']"
+        value = f"if({own} != '', {own}, {resource})"
+        if column == "EventType":
+            value = f"lower(if({own} != '', {own}, EventName))"
+        lines.append(f"    {column} LowCardinality(String) MATERIALIZED {value},")
+    return "\n".join(lines)
+
+
+def logs_table(names: SchemaNames) -> str:
+    """`otel_logs`: the contrib exporter's columns, plus labtel's event id and lab columns."""
+    return f"""CREATE TABLE IF NOT EXISTS {names.logs} (
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TimestampTime DateTime ALIAS toDateTime(Timestamp),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    TraceFlags UInt8,
+    SeverityText LowCardinality(String) CODEC(ZSTD(1)),
+    SeverityNumber UInt8,
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    Body String CODEC(ZSTD(1)),
+    ResourceSchemaUrl LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes {_MAP} CODEC(ZSTD(1)),
+    ScopeSchemaUrl LowCardinality(String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion LowCardinality(String) CODEC(ZSTD(1)),
+    ScopeAttributes {_MAP} CODEC(ZSTD(1)),
+    LogAttributes {_MAP} CODEC(ZSTD(1)),
+    EventName String CODEC(ZSTD(1)),
+    ObservedTimestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    EventId UUID DEFAULT generateUUIDv7(),
+{_lab_columns()}
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_event_id EventId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_scope_attr_key mapKeys(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_scope_attr_value mapValues(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_log_attr_key mapKeys(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_log_attr_value mapValues(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_lower_body lower(Body) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8
+) ENGINE = MergeTree
+PARTITION BY toDate(Timestamp)
+ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000"""
+
+
+def traces_table(names: SchemaNames) -> str:
+    """`otel_traces`, as the contrib exporter creates it."""
+    return f"""CREATE TABLE IF NOT EXISTS {names.traces} (
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    ParentSpanId String CODEC(ZSTD(1)),
+    TraceState String CODEC(ZSTD(1)),
+    SpanName LowCardinality(String) CODEC(ZSTD(1)),
+    SpanKind LowCardinality(String) CODEC(ZSTD(1)),
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes {_MAP} CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion String CODEC(ZSTD(1)),
+    SpanAttributes {_MAP} CODEC(ZSTD(1)),
+    Duration UInt64 CODEC(ZSTD(1)),
+    StatusCode LowCardinality(String) CODEC(ZSTD(1)),
+    StatusMessage String CODEC(ZSTD(1)),
+    Events Nested (
+        Timestamp DateTime64(9),
+        Name LowCardinality(String),
+        Attributes {_MAP}
+    ) CODEC(ZSTD(1)),
+    Links Nested (
+        TraceId String,
+        SpanId String,
+        TraceState String,
+        Attributes {_MAP}
+    ) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1
+) ENGINE = MergeTree
+PARTITION BY toDate(Timestamp)
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp))
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000"""
+
+
+def trace_id_ts_table(names: SchemaNames) -> list[str]:
+    """The trace-id → time-range lookup Grafana uses to bound trace-by-id queries."""
+    view = names.qualified(f"{names.traces_table}_trace_id_ts_mv")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {names.trace_id_ts} (
+    TraceId String CODEC(ZSTD(1)),
+    Start SimpleAggregateFunction(min, DateTime),
+    End SimpleAggregateFunction(max, DateTime),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1
+) ENGINE = AggregatingMergeTree
+PARTITION BY toDate(Start)
+ORDER BY (TraceId)""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {names.trace_id_ts} AS
+SELECT TraceId, min(toDateTime(Timestamp)) AS Start, max(toDateTime(Timestamp)) AS End
+FROM {names.traces}
+WHERE TraceId != ''
+GROUP BY TraceId""",
+    ]
+
+
+def ingest_objects(names: SchemaNames, signal: str) -> list[str]:
+    """The Null input table and the flattening view of one signal's ingest path."""
+    select = {"logs": logs_view_select, "traces": traces_view_select}[signal](names)
+    target = {"logs": names.logs, "traces": names.traces}[signal]
+    return [
+        f"CREATE TABLE IF NOT EXISTS {names.ingest_table(signal)} ({_INGEST_COLUMNS[signal]}) ENGINE = Null",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view(signal)} TO {target} AS\n{select}",
+    ]
+
+
+def migrations_table(names: SchemaNames) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {names.migrations} (
+    version UInt32,
+    name String,
+    applied_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    labtel_version String
+) ENGINE = MergeTree ORDER BY version"""
+
+
+def ttl_clause(column: str, seconds: int) -> str:
+    """The TTL expression of a table, in the text ClickHouse shows it back as."""
+    return f"toDateTime({column}) + toIntervalSecond({seconds})"

@@ -1,0 +1,21 @@
+"""The labtel query API: a FastAPI app over the storage the collector writes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from labtel.collector.storage.client import Storage
+from labtel.query_api.routes import events, health, traces
+from labtel.sdk import __version__
+
+DESCRIPTION = """Events from lab instruments, schedulers, workflow engines and telescopes,
+stored by the labtel collector as OpenTelemetry log records in ClickHouse."""
+
+
+def create_app(storage: Storage) -> FastAPI:
+    """A query API reading `storage`."""
+    app = FastAPI(title="labtel query API", version=__version__, description=DESCRIPTION)
+    app.state.storage = storage
+    for router in (health.router, events.router, traces.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,157 @@
+"""Reading events: filters to parameterized SQL, rows to `Event`s, opaque page cursors.
+
+Values never enter the SQL text: every filter is a `{name:Type}` server-side parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from labtel.collector.storage.client import Storage
+from labtel.query_api.models import Event, Scope
+from labtel.query_api.params import ParamError, format_time_ns
+
+EVENT_COLUMNS = """toString(EventId) AS event_id,
+    toUnixTimestamp64Nano(Timestamp) AS ts,
+    toUnixTimestamp64Nano(ObservedTimestamp) AS observed,
+    SeverityText, SeverityNumber, Body, ServiceName, EventType, EventName,
+    NodeId, RunId, WorkflowId, ExperimentId, TraceId, SpanId, TraceFlags,
+    LogAttributes, ResourceAttributes, ResourceSchemaUrl,
+    ScopeName, ScopeVersion, ScopeAttributes, ScopeSchemaUrl"""
+
+
+@dataclass
+class EventFilter:
+    """What `GET /events` (and later export and streaming) select on."""
+
+    start_ns: int | None = None
+    end_ns: int | None = None
+    severity_min: int | None = None
+    service: str | None = None
+    event_type: str | None = None
+    node: str | None = None
+    run: str | None = None
+    trace_id: str | None = None
+    text: str | None = None
+    conditions: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause (without the keyword) and its parameters."""
+        clauses = list(self.conditions)
+        params = dict(self.parameters)
+        if self.start_ns is not None:
+            clauses.append("Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64})")
+            params["start_ns"] = self.start_ns
+        if self.end_ns is not None:
+            clauses.append("Timestamp < fromUnixTimestamp64Nano({end_ns:Int64})")
+            params["end_ns"] = self.end_ns
+        if self.severity_min is not None:
+            clauses.append("SeverityNumber >= {severity_min:UInt8}")
+            params["severity_min"] = self.severity_min
+        for column, name, value in (
+            ("ServiceName", "service", self.service),
+            ("EventType", "event_type", self.event_type.lower() if self.event_type else None),
+            ("NodeId", "node", self.node),
+            ("RunId", "run", self.run),
+            ("TraceId", "trace_id", self.trace_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = {{{name}:String}}")
+                params[name] = value
+        if self.text:
+            clauses.append("positionCaseInsensitiveUTF8(Body, {text:String}) > 0")
+            params["text"] = self.text
+        return (" AND ".join(clauses) or "1"), params
+
+
+def encode_cursor(ts_ns: int, event_id: str) -> str:
+    """An opaque position in the newest-first order: after the event (ts_ns, event_id)."""
+    return base64.urlsafe_b64encode(orjson.dumps([ts_ns, event_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        ts_ns, event_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return int(ts_ns), str(UUID(str(event_id)))
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise ParamError(f"cursor: {cursor!r} is not a cursor returned by this API") from None
+
+
+def row_to_event(row: dict[str, Any]) -> Event:
+    return Event(
+        event_id=row["event_id"],
+        timestamp=format_time_ns(row["ts"]),
+        time_unix_nano=row["ts"],
+        observed_timestamp=format_time_ns(row["observed"]),
+        observed_time_unix_nano=row["observed"],
+        severity_text=row["SeverityText"],
+        severity_number=row["SeverityNumber"],
+        body=row["Body"],
+        service_name=row["ServiceName"],
+        event_type=row["EventType"],
+        event_name=row["EventName"],
+        node_id=row["NodeId"],
+        run_id=row["RunId"],
+        workflow_id=row["WorkflowId"],
+        experiment_id=row["ExperimentId"],
+        trace_id=row["TraceId"],
+        span_id=row["SpanId"],
+        trace_flags=row["TraceFlags"],
+        attributes=row["LogAttributes"],
+        resource=row["ResourceAttributes"],
+        resource_schema_url=row["ResourceSchemaUrl"],
+        scope=Scope(
+            name=row["ScopeName"],
+            version=row["ScopeVersion"],
+            attributes=row["ScopeAttributes"],
+            schema_url=row["ScopeSchemaUrl"],
+        ),
+    )
+
+
+def list_events(storage: Storage, flt: EventFilter, limit: int, cursor: str | None) -> tuple[list[Event], str | None]:
+    """A newest-first page of events and the cursor of the next page (None at the end).
+
+    The order is (Timestamp, EventId) descending, a total order, so paging neither repeats nor
+    skips events while new ones arrive."""
+    where, params = flt.where()
+    if cursor:
+        ts_ns, event_id = decode_cursor(cursor)
+        where += " AND (Timestamp, EventId) < (fromUnixTimestamp64Nano({cursor_ts:Int64}), toUUID({cursor_id:String}))"
+        params.update(cursor_ts=ts_ns, cursor_id=event_id)
+    params["limit"] = limit + 1
+    rows = storage.rows(
+        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} "
+        "ORDER BY Timestamp DESC, EventId DESC LIMIT {limit:UInt32}",
+        parameters=params,
+    )
+    events = [row_to_event(row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit and events:
+        last = events[-1]
+        next_cursor = encode_cursor(last.time_unix_nano, last.event_id)
+    return events, next_cursor
+
+
+def get_event(storage: Storage, event_id: str) -> Event | None:
+    rows = storage.rows(
+        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE EventId = toUUID({{event_id:String}}) LIMIT 1",
+        parameters={"event_id": event_id},
+    )
+    return row_to_event(rows[0]) if rows else None
+
+
+def events_of_trace(storage: Storage, trace_id: str) -> list[Event]:
+    rows = storage.rows(
+        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE TraceId = {{trace_id:String}} "
+        "ORDER BY Timestamp, EventId",
+        parameters={"trace_id": trace_id},
+    )
+    return [row_to_event(row) for row in rows]

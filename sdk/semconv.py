@@ -1,0 +1,30 @@
+"""Attribute names labtel reads and writes: OpenTelemetry semantic conventions where one
+exists, and a `lab.` prefix for lab concepts. The storage derives its lab columns from these."""
+
+from __future__ import annotations
+
+from typing import Final
+
+SERVICE_NAME: Final = "service.name"
+HOST_NAME: Final = "host.name"
+EVENT_NAME: Final = "event.name"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
+
+LAB_NAME: Final = "lab.name"
+LAB_EVENT_ID: Final = "lab.event.id"
+LAB_EVENT_TYPE: Final = "lab.event.type"
+LAB_NODE_ID: Final = "lab.node.id"
+LAB_RUN_ID: Final = "lab.run.id"
+LAB_WORKFLOW_ID: Final = "lab.workflow.id"
+LAB_EXPERIMENT_ID: Final = "lab.experiment.id"
+
+LAB_COLUMNS: Final[dict[str, str]] = {
+    "EventType": LAB_EVENT_TYPE,
+    "NodeId": LAB_NODE_ID,
+    "RunId": LAB_RUN_ID,
+    "WorkflowId": LAB_WORKFLOW_ID,
+    "ExperimentId": LAB_EXPERIMENT_ID,
+}
+"""Storage column → the attribute it is derived from (log attribute first, then resource)."""

@@ -1,0 +1,61 @@
+"""Fixtures: an in-process embedded store (one database per test) and labtel servers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labtel.collector.storage import migrations
+from labtel.collector.storage.client import Storage, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+from tests.helpers import LabtelServer, write_config
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one embedded store this test process may open (chDB: one path per process)."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+def make_storage(chdb_path: Path, database: str | None = None) -> Storage:
+    names = SchemaNames(database or f"t_{uuid.uuid4().hex[:12]}")
+    return Storage(parse_endpoint(f"chdb://{chdb_path}"), names)
+
+
+@pytest.fixture
+def storage(chdb_path: Path) -> Iterator[Storage]:
+    """A freshly migrated database of its own in the process's embedded store."""
+    store = make_storage(chdb_path)
+    migrations.migrate(store)
+    yield store
+    store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+    store.close()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[type[LabtelServer]]:
+    """Start labtel servers in subprocesses; all are stopped at the end of the test."""
+    started: list[LabtelServer] = []
+
+    class Factory(LabtelServer):
+        def __post_init__(self) -> None:
+            started.append(self)
+
+    yield Factory
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path, server_factory: type[LabtelServer]) -> LabtelServer:
+    """A running `labtel serve` with its own data directory and free ports."""
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data")
+    return server_factory(config=config, workdir=tmp_path).start()
+
+
+def clickhouse_server_url() -> str | None:
+    return os.environ.get("LABTEL_TEST_CLICKHOUSE_URL") or None

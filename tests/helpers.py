@@ -1,0 +1,228 @@
+"""Test helpers: a labtel server in a subprocess, OTLP requests built by hand, polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+T = TypeVar("T")
+
+CONFIG_TEMPLATE = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:0"{grpc_extra}}}
+      http: {{endpoint: "127.0.0.1:0"{http_extra}}}
+processors:
+  batch: {{timeout: {batch_timeout}}}
+exporters:
+  clickhouse:
+    endpoint: "{endpoint}"
+    database: {database}
+{exporter_extra}
+extensions:
+  query_api: {{endpoint: "127.0.0.1:0"}}
+service:
+  extensions: [query_api]
+  pipelines:
+    logs: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}
+    traces: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}
+"""
+
+
+def write_config(
+    path: Path,
+    data_dir: Path,
+    *,
+    endpoint: str | None = None,
+    database: str = "otel",
+    batch_timeout: str = "20ms",
+    grpc_extra: str = "",
+    http_extra: str = "",
+    exporter_extra: str = "",
+) -> Path:
+    """A collector config listening on free loopback ports, storing in `data_dir`."""
+    path.write_text(
+        CONFIG_TEMPLATE.format(
+            endpoint=endpoint or f"chdb://{data_dir}",
+            database=database,
+            batch_timeout=batch_timeout,
+            grpc_extra=grpc_extra,
+            http_extra=http_extra,
+            exporter_extra=exporter_extra,
+        )
+    )
+    return path
+
+
+def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class LabtelServer:
+    """`labtel serve` (or another command) in a subprocess, on the ports it reports."""
+
+    config: Path
+    workdir: Path
+    command: str = "serve"
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    listeners: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready_file(self) -> Path:
+        return self.workdir / f"ready-{self.command}.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / f"labtel-{self.command}.log"
+
+    def start(self, timeout: float = 90.0) -> LabtelServer:
+        self.ready_file.unlink(missing_ok=True)
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "labtel.cli",
+                self.command,
+                "--config",
+                str(self.config),
+                "--ready-file",
+                str(self.ready_file),
+                *self.extra_args,
+            ],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"labtel {self.command} exited with {self.process.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"labtel {self.command} did not become ready:\n{self.output()}")
+            time.sleep(0.05)
+        self.listeners = json.loads(self.ready_file.read_text())["listeners"]
+        return self
+
+    def output(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    @property
+    def grpc(self) -> str:
+        return self.listeners["OTLP/gRPC"]
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.listeners['OTLP/HTTP']}"
+
+    @property
+    def api(self) -> str:
+        return f"http://{self.listeners['query API']}"
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(self.api + path, params=params, timeout=30)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+            raise AssertionError(f"labtel {self.command} did not stop within {timeout}s:\n{self.output()}") from None
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    """A KeyValue with the AnyValue type Python's type suggests (lists → arrays, dicts → kvlists)."""
+    return KeyValue(key=key, value=any_value(value))
+
+
+def any_value(value: Any) -> AnyValue:
+    out = AnyValue()
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    elif isinstance(value, bytes):
+        out.bytes_value = value
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, list):
+        out.array_value.values.extend(any_value(v) for v in value)
+    elif isinstance(value, dict):
+        out.kvlist_value.values.extend(kv(k, v) for k, v in value.items())
+    elif value is not None:
+        raise TypeError(type(value))
+    return out
+
+
+def logs_request(
+    records: list[LogRecord], resource: dict[str, Any] | None = None, scope: str = "tests"
+) -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.extend(kv(k, v) for k, v in (resource or {"service.name": "tests"}).items())
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = scope
+    scope_logs.log_records.extend(records)
+    return request
+
+
+def log_record(
+    body: Any = "hello",
+    attributes: dict[str, Any] | None = None,
+    *,
+    time_ns: int | None = None,
+    severity: int = 9,
+    trace_id: bytes = b"",
+    span_id: bytes = b"",
+) -> LogRecord:
+    record = LogRecord(
+        time_unix_nano=time.time_ns() if time_ns is None else time_ns,
+        severity_number=severity,  # type: ignore[arg-type]
+        trace_id=trace_id,
+        span_id=span_id,
+    )
+    record.body.CopyFrom(any_value(body))
+    record.attributes.extend(kv(k, v) for k, v in (attributes or {}).items())
+    return record

@@ -1,0 +1,172 @@
+"""otel-config.yaml: the Collector's format, env substitution, and clear errors naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labtel.collector.config import ConfigError, expand_env, load_config, parse_config
+from labtel.collector.durations import parse_duration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def minimal(**overrides: object) -> dict[str, object]:
+    config: dict[str, object] = {
+        "receivers": {"otlp": {"protocols": {"grpc": None, "http": {"endpoint": "localhost:4318"}}}},
+        "processors": {"batch": {"timeout": "100ms"}},
+        "exporters": {"clickhouse": {"endpoint": "chdb://./data"}},
+        "service": {
+            "pipelines": {"logs": {"receivers": ["otlp"], "processors": ["batch"], "exporters": ["clickhouse"]}}
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+def test_the_shipped_config_loads_with_its_defaults() -> None:
+    config = load_config(REPO / "otel-config.yaml", environ={})
+    grpc = config.receivers["otlp"].protocols.grpc
+    assert grpc is not None
+    assert grpc.port == 4317
+    assert config.receivers["otlp"].protocols.http.port == 4318  # type: ignore[union-attr]
+    assert config.extensions["query_api"].port == 8000
+    exporter = config.exporters["clickhouse"]
+    assert exporter.endpoint == "chdb://./labtel-data"
+    assert exporter.database == "otel"
+    assert exporter.ttl == timedelta(0)
+    assert set(config.service.pipelines) == {"logs", "traces"}
+
+
+def test_env_substitution_with_defaults_and_types() -> None:
+    env = {"PORT": "4999", "DB": "lab", "EMPTY": ""}
+    assert expand_env("${env:DB}", env) == "lab"
+    assert expand_env("${env:MISSING:-fallback}", env) == "fallback"
+    assert expand_env("${env:EMPTY:-fallback}", env) == "fallback"
+    assert expand_env("${DB}", env) == "lab"
+    assert expand_env("${env:PORT}", env) == 4999  # a whole-value reference takes its YAML type
+    assert expand_env("localhost:${env:PORT}", env) == "localhost:4999"
+    assert expand_env("cost: $$5", env) == "cost: $5"
+    assert expand_env({"a": ["${env:DB}"]}, env) == {"a": ["lab"]}
+    config = load_config(
+        REPO / "otel-config.yaml",
+        environ={"LABTEL_GRPC_ENDPOINT": "0.0.0.0:5317", "LABTEL_CLICKHOUSE_DATABASE": "observatory"},
+    )
+    assert config.receivers["otlp"].protocols.grpc.endpoint == "0.0.0.0:5317"  # type: ignore[union-attr]
+    assert config.exporters["clickhouse"].database == "observatory"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"exporters": {"kafka": {}}}, "exporters.kafka: unknown exporter type 'kafka'"),
+        (
+            {"receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "localhost:99999"}}}}},
+            "receivers.otlp.protocols.grpc.endpoint: endpoint 'localhost:99999' has a bad port 99999",
+        ),
+        (
+            {"receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "localhost:http"}}}}},
+            "has a bad port 'http'",
+        ),
+        ({"receivers": {"otlp": {"protocols": {}}}}, "receivers.otlp.protocols: enable at least one"),
+        ({"service": {}}, "service.pipelines: missing"),
+        (
+            {"service": {"pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["nope"]}}}},
+            "service.pipelines.logs.exporters: 'nope' is not defined under 'exporters'",
+        ),
+        (
+            {"service": {"pipelines": {"profiles": {"receivers": ["otlp"], "exporters": ["clickhouse"]}}}},
+            "service.pipelines.profiles: unknown signal 'profiles'",
+        ),
+        ({"processors": {"batch": {"timeout": "soon"}}}, "processors.batch.timeout: invalid duration 'soon'"),
+        ({"processors": {"batch": {"tiemout": "1s"}}}, "processors.batch.tiemout: unknown key"),
+        (
+            {"exporters": {"clickhouse": {"endpoint": "mysql://x"}}},
+            "exporters.clickhouse.endpoint: endpoint 'mysql://x'",
+        ),
+        ({"exporters": {"clickhouse": {"ttl": "forever"}}}, "exporters.clickhouse.ttl: invalid duration"),
+        (
+            {"exporters": {"clickhouse": {"database": "a b"}}},
+            "exporters.clickhouse.database: 'a b' is not a usable",
+        ),
+        (
+            {
+                "extensions": {"query_api": {"endpoint": "localhost:4318"}},
+                "service": {
+                    "extensions": ["query_api"],
+                    "pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["clickhouse"]}},
+                },
+            },
+            "extensions.query_api.endpoint: port 4318 is already used by receivers.otlp.protocols.http",
+        ),
+        ({"exporters_typo": {}}, "exporters_typo: unknown top-level section"),
+    ],
+)
+def test_bad_configs_are_rejected_with_the_key_named(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(**change))
+    assert message in str(caught.value)
+
+
+def test_empty_protocol_means_defaults_and_names_are_typed() -> None:
+    config = parse_config(minimal())
+    assert config.receivers["otlp"].protocols.grpc.endpoint == "localhost:4317"  # type: ignore[union-attr]
+    assert config.processors["batch"].timeout == timedelta(milliseconds=100)
+    named = minimal(exporters={"clickhouse/archive": {"endpoint": "http://ch:8123", "logs_ttl": "720h"}})
+    named["service"] = {"pipelines": {"logs/2": {"receivers": ["otlp"], "exporters": ["clickhouse/archive"]}}}
+    config = parse_config(named)
+    assert config.exporters["clickhouse/archive"].signal_ttl("logs") == timedelta(days=30)
+    assert config.exporters["clickhouse/archive"].signal_ttl("traces") == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("200ms", timedelta(milliseconds=200)),
+        ("1h30m", timedelta(minutes=90)),
+        ("30d", timedelta(days=30)),
+        ("1.5s", timedelta(seconds=1.5)),
+        (0, timedelta(0)),
+        ("0", timedelta(0)),
+    ],
+)
+def test_durations(text: object, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5", 5, "5 s", "-1s", "1x", "s"])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_cli_refuses_a_bad_config_at_start_up(tmp_path: Path) -> None:
+    bad = minimal(exporters={"clikhouse": {}})
+    path = tmp_path / "otel-config.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = subprocess.run(
+        [sys.executable, "-m", "labtel.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "exporters.clikhouse: unknown exporter type 'clikhouse'" in " ".join(result.stderr.split())
+
+
+def test_cli_reports_a_missing_pipeline(tmp_path: Path) -> None:
+    path = tmp_path / "otel-config.yaml"
+    path.write_text(yaml.safe_dump(minimal(service={"extensions": []})))
+    result = subprocess.run(
+        [sys.executable, "-m", "labtel.cli", "collector", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "service.pipelines: missing" in " ".join(result.stderr.split())

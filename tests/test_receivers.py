@@ -1,0 +1,160 @@
+"""OTLP receivers answer bad input with the right error and keep what was accepted intact."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from labtel.collector.otlp.framing import FramingError, count_records
+from labtel.collector.otlp.signals import LOGS, METRICS
+from tests.helpers import LabtelServer, log_record, logs_request, write_config
+
+
+def post(
+    server: LabtelServer,
+    body: bytes,
+    content_type: str = "application/x-protobuf",
+    path: str = "/v1/logs",
+    **headers: str,
+) -> httpx.Response:
+    return httpx.post(server.http + path, content=body, headers={"Content-Type": content_type, **headers}, timeout=30)
+
+
+def grpc_export(server: LabtelServer, body: bytes, method: str = LOGS.grpc_method) -> bytes:
+    with grpc.insecure_channel(server.grpc) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        response: bytes = call(body, timeout=30)
+        return response
+
+
+def stored_bodies(server: LabtelServer) -> list[str]:
+    return sorted(e["body"] for e in server.get("/events", limit=1000).json()["events"])
+
+
+def test_framing_counts_records_and_refuses_truncation() -> None:
+    request = logs_request([log_record(f"r{i}") for i in range(5)])
+    request.resource_logs.add().scope_logs.add().log_records.add()
+    data = request.SerializeToString()
+    assert count_records(LOGS, data) == 6
+    assert count_records(LOGS, data + data) == 12  # concatenation is one valid request
+    assert count_records(LOGS, b"") == 0
+    for cut in (1, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(FramingError):
+            count_records(LOGS, data[:cut])
+
+
+@pytest.fixture
+def small_server(tmp_path: Path, server_factory: type[LabtelServer]) -> LabtelServer:
+    config = write_config(
+        tmp_path / "otel-config.yaml",
+        tmp_path / "data",
+        grpc_extra=", max_recv_msg_size_mib: 0.25",
+        http_extra=", max_request_body_size: 100000",
+    )
+    return server_factory(config=config, workdir=tmp_path).start()
+
+
+def test_http_errors_follow_otlp(small_server: LabtelServer) -> None:
+    server = small_server
+    ok = logs_request([log_record("before")]).SerializeToString()
+    assert post(server, ok).status_code == 200
+
+    response = post(server, b"{", "application/json")
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["code"] == 3
+    assert "invalid OTLP/JSON" in response.json()["message"]
+
+    response = post(server, ok[:-3])
+    assert response.status_code == 400
+    status = status_pb2.Status.FromString(response.content)
+    assert status.code == 3
+    assert "malformed" in status.message
+
+    response = post(server, ok, "text/plain")
+    assert response.status_code == 415
+    assert "Content-Type" in status_pb2.Status.FromString(response.content).message
+    assert post(server, ok, **{"Content-Encoding": "br"}).status_code == 415
+
+    big = logs_request([log_record("x" * 60_000), log_record("y" * 60_000)]).SerializeToString()
+    assert post(server, big).status_code == 413
+    bomb = gzip.compress(b"\x00" * 5_000_000)
+    assert len(bomb) < 100_000
+    response = post(server, bomb, **{"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert "decompressed" in status_pb2.Status.FromString(response.content).message
+    assert post(server, b"not gzip", **{"Content-Encoding": "gzip"}).status_code == 400
+
+    bad_id = logs_request([log_record("bad", trace_id=b"\x01\x02\x03")]).SerializeToString()
+    response = post(server, bad_id)
+    assert response.status_code == 400
+    assert "trace_id: must be 0 or 16 bytes, got 3" in status_pb2.Status.FromString(response.content).message
+    bad_hex = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"xyz"}]}]}]}'
+    response = post(server, bad_hex, "application/json")
+    assert response.status_code == 400
+    assert "is not hex" in response.json()["message"]
+
+    assert httpx.get(server.http + "/v1/logs").status_code == 405
+    response = post(server, b"", path="/v1/metrics")
+    assert response.status_code == 404
+    assert post(server, b"").status_code == 200  # an empty request is a valid, empty export
+
+    assert post(server, logs_request([log_record("after")]).SerializeToString()).status_code == 200
+    assert stored_bodies(server) == ["after", "before"]
+
+
+def test_grpc_errors_follow_otlp(small_server: LabtelServer) -> None:
+    server = small_server
+    assert grpc_export(server, logs_request([log_record("before")]).SerializeToString()) == b""
+
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(server, b"\x0a\xff\xff")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(server, logs_request([log_record("bad", span_id=b"\x01")]).SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "span_id: must be 0 or 8 bytes, got 1" in (caught.value.details() or "")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(server, logs_request([log_record("z" * 300_000)]).SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(server, b"", method=METRICS.grpc_method)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    assert grpc_export(server, logs_request([log_record("after")]).SerializeToString()) == b""
+    assert stored_bodies(server) == ["after", "before"]
+
+
+def test_many_concurrent_exports_are_all_stored(server: LabtelServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(i: int) -> None:
+        request = ExportLogsServiceRequest()
+        request.CopyFrom(logs_request([log_record(f"c{i}-{j}", {"i": i}) for j in range(50)]))
+        assert grpc_export(server, request.SerializeToString()) == b""
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(send, range(64)))
+    page = server.get("/events", limit=1, q="c63-49").json()["events"]
+    assert len(page) == 1
+    total = sum(1 for _ in stored_bodies(server))
+    assert total == 1000  # the page limit; count exactly through the cursor below
+    seen = 0
+    cursor = None
+    while True:
+        params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        body = server.get("/events", **params).json()
+        seen += len(body["events"])
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert seen == 64 * 50

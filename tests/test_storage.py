@@ -1,0 +1,218 @@
+"""Schema migrations, TTL, restarts, and the same storage code against a ClickHouse server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labtel.collector.storage import migrations
+from labtel.collector.storage.client import Storage, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+from labtel.query_api.events import EventFilter, list_events
+from tests.conftest import clickhouse_server_url, make_storage
+from tests.helpers import LabtelServer, log_record, logs_request, write_config
+
+CONTRIB_LOG_COLUMNS = {
+    "Timestamp": "DateTime64(9)",
+    "TraceId": "String",
+    "SpanId": "String",
+    "TraceFlags": "UInt8",
+    "SeverityText": "LowCardinality(String)",
+    "SeverityNumber": "UInt8",
+    "ServiceName": "LowCardinality(String)",
+    "Body": "String",
+    "ResourceSchemaUrl": "LowCardinality(String)",
+    "ResourceAttributes": "Map(LowCardinality(String), String)",
+    "ScopeSchemaUrl": "LowCardinality(String)",
+    "ScopeName": "String",
+    "ScopeVersion": "LowCardinality(String)",
+    "ScopeAttributes": "Map(LowCardinality(String), String)",
+    "LogAttributes": "Map(LowCardinality(String), String)",
+    "EventName": "String",
+}
+CONTRIB_TRACE_COLUMNS = {
+    "Timestamp": "DateTime64(9)",
+    "TraceId": "String",
+    "SpanId": "String",
+    "ParentSpanId": "String",
+    "TraceState": "String",
+    "SpanName": "LowCardinality(String)",
+    "SpanKind": "LowCardinality(String)",
+    "ServiceName": "LowCardinality(String)",
+    "ResourceAttributes": "Map(LowCardinality(String), String)",
+    "ScopeName": "String",
+    "ScopeVersion": "String",
+    "SpanAttributes": "Map(LowCardinality(String), String)",
+    "Duration": "UInt64",
+    "StatusCode": "LowCardinality(String)",
+    "StatusMessage": "String",
+    "Events.Timestamp": "Array(DateTime64(9))",
+    "Events.Name": "Array(LowCardinality(String))",
+    "Events.Attributes": "Array(Map(LowCardinality(String), String))",
+    "Links.TraceId": "Array(String)",
+    "Links.SpanId": "Array(String)",
+    "Links.TraceState": "Array(String)",
+    "Links.Attributes": "Array(Map(LowCardinality(String), String))",
+}
+
+
+def columns(storage: Storage, table: str) -> dict[str, tuple[str, str]]:
+    rows = storage.rows(
+        "SELECT name, type, default_kind FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+        parameters={"db": storage.names.database, "t": table},
+    )
+    return {r["name"]: (r["type"], r["default_kind"]) for r in rows}
+
+
+def test_tables_match_the_contrib_exporter_columns(storage: Storage) -> None:
+    logs = columns(storage, "otel_logs")
+    for name, kind in CONTRIB_LOG_COLUMNS.items():
+        assert logs[name][0] == kind, name
+    assert logs["TimestampTime"] == ("DateTime", "ALIAS")  # Grafana's older OTel mode
+    for lab in ("EventType", "NodeId", "RunId", "WorkflowId", "ExperimentId"):
+        assert logs[lab] == ("LowCardinality(String)", "MATERIALIZED")
+    traces = columns(storage, "otel_traces")
+    for name, kind in CONTRIB_TRACE_COLUMNS.items():
+        assert traces[name][0] == kind, name
+    assert set(columns(storage, "otel_traces_trace_id_ts")) == {"TraceId", "Start", "End"}
+    sorting = storage.command(
+        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = 'otel_logs'",
+        parameters={"db": storage.names.database},
+    )
+    assert sorting == "toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp"
+
+
+def test_migrations_apply_once(chdb_path: Path) -> None:
+    store = make_storage(chdb_path)
+    first = migrations.migrate(store)
+    assert [m.version for m in first.applied] == [m.version for m in migrations.MIGRATIONS]
+    second = migrations.migrate(store)
+    assert second.applied == []
+    assert second.current_version == migrations.latest_version()
+    assert store.command(f"SELECT count() FROM {store.names.migrations}") == len(migrations.MIGRATIONS)
+
+
+def test_ttl_follows_the_configuration(storage: Storage) -> None:
+    changed = migrations.reconcile_ttl(storage, {"logs": timedelta(days=30), "traces": timedelta(hours=72)})
+    assert changed == ["otel_logs", "otel_traces", "otel_traces_trace_id_ts"]
+    assert migrations.current_ttl(storage, "otel_logs") == "toDateTime(Timestamp) + toIntervalSecond(2592000)"
+    assert migrations.reconcile_ttl(storage, {"logs": timedelta(days=30), "traces": timedelta(hours=72)}) == []
+    assert migrations.reconcile_ttl(storage, {"logs": timedelta(0), "traces": timedelta(hours=72)}) == ["otel_logs"]
+    assert migrations.current_ttl(storage, "otel_logs") is None
+
+
+def test_names_with_dashes_and_dots_are_quoted(chdb_path: Path) -> None:
+    store = Storage(
+        parse_endpoint(f"chdb://{chdb_path}"),
+        SchemaNames(f"lab-{uuid.uuid4().hex[:6]}", "my-logs.v1", "my-traces"),
+    )
+    migrations.migrate(store)
+    store.insert_otlp("logs", logs_request([log_record("quoted")]).SerializeToString(), "t")
+    events, _ = list_events(store, EventFilter(), 10, None)
+    assert [e.body for e in events] == ["quoted"]
+
+
+def test_restart_keeps_data_and_does_not_migrate_again(tmp_path: Path, server_factory: type[LabtelServer]) -> None:
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data")
+    first = server_factory(config=config, workdir=tmp_path).start()
+    request = logs_request([log_record(f"kept {i}") for i in range(3)])
+    httpx.post(
+        first.http + "/v1/logs",
+        content=request.SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+    ).raise_for_status()
+    assert first.stop() == 0
+    assert "applying migration 1" in first.output()
+    assert "stopped." in first.output()
+    first.log_file.unlink()
+
+    second = server_factory(config=config, workdir=tmp_path).start()
+    assert sorted(e["body"] for e in second.get("/events").json()["events"]) == ["kept 0", "kept 1", "kept 2"]
+    assert "applying migration" not in second.output()
+    assert second.get("/ready").json()["schema_version"] == migrations.latest_version()
+    assert second.stop() == 0
+
+
+def test_migrate_command_and_locked_data_dir(tmp_path: Path, server_factory: type[LabtelServer]) -> None:
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data")
+    cmd = [sys.executable, "-m", "labtel.cli", "migrate", "--config", str(config)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "applied migration 2" in result.stderr
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "already current" in " ".join(result.stderr.split())
+    server = server_factory(config=config, workdir=tmp_path).start()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 1  # the embedded store belongs to the running server
+    assert "is labtel already running" in " ".join(result.stderr.split())
+    server.stop()
+
+
+def test_version_command() -> None:
+    from labtel.sdk import __version__
+
+    result = subprocess.run([sys.executable, "-m", "labtel.cli", "version"], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == __version__
+
+
+# --- a ClickHouse server: the same code path over HTTP -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    url = clickhouse_server_url()
+    if url:
+        yield url
+        return
+    if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip(
+            "needs a ClickHouse server: no Docker engine for testcontainers and LABTEL_TEST_CLICKHOUSE_URL is unset"
+        )
+    from testcontainers.clickhouse import ClickHouseContainer
+
+    with ClickHouseContainer("clickhouse/clickhouse-server:25.8") as container:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(8123)
+        yield f"http://{container.username}:{container.password}@{host}:{port}"
+
+
+@pytest.mark.clickhouse_server
+def test_clickhouse_server_stores_and_reads_like_the_embedded_store(server_url: str) -> None:
+    store = Storage(parse_endpoint(server_url), SchemaNames(f"labtel_test_{uuid.uuid4().hex[:8]}"))
+    try:
+        report = migrations.migrate(store)
+        assert report.current_version == migrations.latest_version()
+        request = logs_request([log_record("from a server", {"lab.node.id": "telescope"})])
+        store.insert_otlp("logs", request.SerializeToString(), uuid.uuid4().hex)
+        events, _ = list_events(store, EventFilter(node="telescope"), 10, None)
+        assert [e.body for e in events] == ["from a server"]
+        assert migrations.migrate(store).applied == []
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+        store.close()
+
+
+@pytest.mark.clickhouse_server
+def test_labtel_serve_against_a_clickhouse_server(
+    server_url: str, tmp_path: Path, server_factory: type[LabtelServer]
+) -> None:
+    database = f"labtel_test_{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", endpoint=server_url, database=database)
+    server = server_factory(config=config, workdir=tmp_path, env={**os.environ}).start()
+    request = logs_request([log_record("via server mode")])
+    httpx.post(
+        server.http + "/v1/logs",
+        content=request.SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+    ).raise_for_status()
+    assert [e["body"] for e in server.get("/events").json()["events"]] == ["via server mode"]
+    server.stop()
