@@ -7,7 +7,9 @@ inserts and queries each take their own).
 
 from __future__ import annotations
 
+import os
 import queue
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,17 +64,32 @@ def parse_endpoint(endpoint: str, base_dir: Path | None = None) -> StorageTarget
     return StorageTarget(embedded=False, url=endpoint)
 
 
+_INGEST_SETTINGS: dict[str, Any] = {
+    "input_format_protobuf_oneof_presence": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "output_format_json_escape_forward_slashes": 0,
+    "throw_on_max_partitions_per_insert_block": 0,
+}
+
+
 @cache
-def _ingest_settings(signal: str) -> dict[str, Any]:
-    return {
-        "format_schema_source": "string",
-        "format_schema": schema.ingest_proto(signal),
-        "format_schema_message_name": schema.ingest_message(signal),
-        "input_format_protobuf_oneof_presence": 1,
-        "deduplicate_blocks_in_dependent_materialized_views": 1,
-        "output_format_json_escape_forward_slashes": 0,
-        "throw_on_max_partitions_per_insert_block": 0,
-    }
+def _schema_settings(signal: str, schema_dir: str | None) -> dict[str, Any]:
+    """How ClickHouse finds a signal's ingest schema.
+
+    A server gets the schema inline (it cannot read our files). chDB reads it from a file in the
+    store's own directory: given inline, chDB would cache it under the working directory."""
+    text = schema.ingest_proto(signal)
+    message = schema.ingest_message(signal)
+    if schema_dir is None:
+        return {"format_schema_source": "string", "format_schema": text, "format_schema_message_name": message}
+    folder = Path(schema_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"labtel_{signal}_v{schema.INGEST_VERSION}.proto"
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return {"format_schema": f"{path}:{message}"}
 
 
 class Storage:
@@ -169,6 +186,13 @@ class Storage:
             except queue.Empty:
                 break
 
+    def _schema_dir(self) -> str | None:
+        if not self.target.embedded:
+            return None
+        if self.target.path:
+            return str(Path(self.target.path) / "format_schemas")
+        return str(Path(tempfile.gettempdir()) / f"labtel-format-schemas-{os.getuid()}")
+
     # --- statements ----------------------------------------------------------------------
 
     def command(
@@ -196,8 +220,11 @@ class Storage:
     def insert_otlp(self, signal: str, data: bytes, dedup_token: str) -> int:
         """Insert serialized Export requests of one signal (concatenated requests form one);
         returns the rows written. A repeated `dedup_token` inserts nothing again."""
-        settings = dict(_ingest_settings(signal))
-        settings["insert_deduplication_token"] = dedup_token
+        settings = {
+            **_INGEST_SETTINGS,
+            **_schema_settings(signal, self._schema_dir()),
+            "insert_deduplication_token": dedup_token,
+        }
         with self.client() as client:
             summary = client.raw_insert(
                 self.names.ingest_table(signal), insert_block=data, settings=settings, fmt="ProtobufSingle"
