@@ -166,7 +166,7 @@ def api(
 
     _setup_logging(log_level)
     _path, cfg = _load(config, data_dir)
-    ext = next(iter(cfg.extensions.values()), QueryApiConfig())
+    ext = next(iter(cfg.query_apis().values()), QueryApiConfig())
     if endpoint:
         ext = QueryApiConfig(endpoint=endpoint, storage=ext.storage)
     exporters = {name: e for name, e in cfg.exporters.items() if name == ext.storage} or cfg.exporters

@@ -125,11 +125,15 @@ class BatchProcessorConfig(StrictModel):
 
 
 class SendingQueueConfig(StrictModel):
-    """How many inserts run at once, and how much may wait before callers are pushed back."""
+    """How many inserts run at once, how much may wait before callers are pushed back, and the
+    write-ahead log (`storage`: a `file_storage` extension) that keeps acknowledged data safe."""
 
     enabled: bool = True
     num_consumers: int = Field(2, ge=1, le=64)
     queue_size: int = Field(200_000, ge=1)
+    storage: str | None = None
+    wal_max_bytes: int = Field(1 << 30, ge=1 << 20)
+    wal_ack_after: Duration = timedelta(milliseconds=500)
 
 
 class RetryConfig(StrictModel):
@@ -193,6 +197,16 @@ class QueryApiConfig(_EndpointModel):
     public_url: str = ""
 
 
+class FileStorageConfig(StrictModel):
+    """The `file_storage` extension: where exporters keep their write-ahead logs.
+
+    An empty directory means `<embedded store>/wal` (or `./labtel-wal` with a ClickHouse server);
+    each exporter writes to its own subdirectory."""
+
+    directory: str = ""
+    fsync: bool = True
+
+
 class PipelineConfig(StrictModel):
     receivers: list[str] = Field(min_length=1)
     processors: list[str] = []
@@ -214,7 +228,7 @@ COMPONENT_TYPES: dict[str, dict[str, type[StrictModel]]] = {
     "receivers": {"otlp": OTLPReceiverConfig},
     "processors": {"batch": BatchProcessorConfig},
     "exporters": {"clickhouse": ClickHouseExporterConfig},
-    "extensions": {"query_api": QueryApiConfig},
+    "extensions": {"query_api": QueryApiConfig, "file_storage": FileStorageConfig},
 }
 SIGNALS = ("logs", "traces")
 
@@ -225,8 +239,17 @@ class CollectorConfig(StrictModel):
     receivers: dict[str, OTLPReceiverConfig]
     processors: dict[str, BatchProcessorConfig] = {}
     exporters: dict[str, ClickHouseExporterConfig]
-    extensions: dict[str, QueryApiConfig] = {}
+    extensions: dict[str, QueryApiConfig | FileStorageConfig] = {}
     service: ServiceConfig
+
+    def query_apis(self) -> dict[str, QueryApiConfig]:
+        return {k: v for k, v in self.extensions.items() if isinstance(v, QueryApiConfig)}
+
+    def file_storage(self, name: str) -> FileStorageConfig:
+        found = self.extensions.get(name)
+        if not isinstance(found, FileStorageConfig):
+            raise ConfigError(f"no file_storage extension named {name!r}")
+        return found
 
     def pipelines(self) -> dict[str, PipelineConfig]:
         return dict(self.service.pipelines)
@@ -358,6 +381,13 @@ def parse_config(raw: Any) -> CollectorConfig:
     for name in service.extensions:
         if name not in sections["extensions"]:
             raise ConfigError(f"service.extensions: {name!r} is not defined under 'extensions'")
+    for exporter_id, exporter in sections["exporters"].items():
+        assert isinstance(exporter, ClickHouseExporterConfig)
+        reference = exporter.sending_queue.storage
+        if reference is not None and not isinstance(sections["extensions"].get(reference), FileStorageConfig):
+            raise ConfigError(
+                f"exporters.{exporter_id}.sending_queue.storage: {reference!r} is not a file_storage extension"
+            )
     endpoints: dict[tuple[str, int], str] = {}
     for path, endpoint in _listeners(sections):
         host, port = parse_endpoint(endpoint)
@@ -379,8 +409,8 @@ def _listeners(sections: dict[str, dict[str, StrictModel]]) -> list[tuple[str, s
             if server is not None:
                 found.append((f"receivers.{name}.protocols.{proto}", server.endpoint))
     for name, extension in sections["extensions"].items():
-        assert isinstance(extension, QueryApiConfig)
-        found.append((f"extensions.{name}", extension.endpoint))
+        if isinstance(extension, QueryApiConfig):
+            found.append((f"extensions.{name}", extension.endpoint))
     return found
 
 

@@ -33,6 +33,7 @@ from labtel.collector.receivers.otlp_grpc import OTLPGrpcReceiver
 from labtel.collector.receivers.otlp_http import OTLPHttpReceiver
 from labtel.collector.servers import HttpServer
 from labtel.collector.storage.client import Storage
+from labtel.collector.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,9 @@ class Service:
             for exporter_id in pipeline.exporters:
                 if exporter_id not in self.exporters:
                     exporter_cfg = cfg.exporters[exporter_id]
-                    self.exporters[exporter_id] = ClickHouseExporter(
-                        exporter_id, exporter_cfg, self._storage(exporter_id, exporter_cfg, base_dir)
-                    )
+                    storage = self._storage(exporter_id, exporter_cfg, base_dir)
+                    wal = self._wal(exporter_id, exporter_cfg, storage)
+                    self.exporters[exporter_id] = ClickHouseExporter(exporter_id, exporter_cfg, storage, wal)
                 exporters.append(self.exporters[exporter_id])
             entry = self._entry(pipeline_id, pipeline.processors, pipeline.exporters, FanOut(exporters))
             for receiver_id in pipeline.receivers:
@@ -154,12 +155,28 @@ class Service:
             if receiver_cfg.protocols.http is not None:
                 self.receivers.append(OTLPHttpReceiver(receiver_id, receiver_cfg.protocols.http, consumers))
         if with_extensions:
+            apis = cfg.query_apis()
             for extension_id in cfg.service.extensions:
-                ext = cfg.extensions[extension_id]
+                if extension_id not in apis:
+                    continue
+                ext = apis[extension_id]
                 if ext.storage not in cfg.exporters:
                     raise ConfigError(f"extensions.{extension_id}.storage: no exporter named {ext.storage!r}")
                 storage = self._storage(ext.storage, cfg.exporters[ext.storage], base_dir)
                 self.extensions.append(QueryApiExtension(extension_id, ext.host, ext.port, storage))
+
+    def _wal(self, exporter_id: str, config: ClickHouseExporterConfig, storage: Storage) -> WriteAheadLog | None:
+        queue = config.sending_queue
+        if queue.storage is None:
+            return None
+        extension = self.config.file_storage(queue.storage)
+        if extension.directory:
+            root = Path(extension.directory).expanduser()
+        elif storage.target.embedded and storage.target.path:
+            root = Path(storage.target.path) / "wal"
+        else:
+            root = Path("labtel-wal")
+        return WriteAheadLog(root / exporter_id.replace("/", "_"), queue.wal_max_bytes, fsync=extension.fsync)
 
     def _entry(self, pipeline_id: str, processors: list[str], exporter_ids: list[str], sink: FanOut) -> Consumer:
         batch_ids = [p for p in processors if component_type(p) == "batch"]
@@ -173,6 +190,7 @@ class Service:
             entry = GroupCommit(
                 batch_cfg,
                 sink,
+                name=pipeline_id,
                 max_in_flight=min(q.num_consumers for q in queues),
                 queue_size=min(q.queue_size for q in queues),
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from labtel.collector.storage.client import Storage
-from labtel.query_api.routes import events, health, traces
+from labtel.query_api.routes import events, health, metrics, traces
 from labtel.sdk import __version__
 
 DESCRIPTION = """Events from lab instruments, schedulers, workflow engines and telescopes,
@@ -16,6 +16,6 @@ def create_app(storage: Storage) -> FastAPI:
     """A query API reading `storage`."""
     app = FastAPI(title="labtel query API", version=__version__, description=DESCRIPTION)
     app.state.storage = storage
-    for router in (health.router, events.router, traces.router):
+    for router in (health.router, metrics.router, events.router, traces.router):
         app.include_router(router)
     return app

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,21 +38,22 @@ def storage(chdb_path: Path) -> Iterator[Storage]:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[type[LabtelServer]]:
-    """Start labtel servers in subprocesses; all are stopped at the end of the test."""
-    started: list[LabtelServer] = []
+def server_factory() -> Iterator[Callable[..., LabtelServer]]:
+    """Make labtel servers (subprocesses); every one made is killed at the end of the test."""
+    made: list[LabtelServer] = []
 
-    class Factory(LabtelServer):
-        def __post_init__(self) -> None:
-            started.append(self)
+    def make(**kwargs: Any) -> LabtelServer:
+        server = LabtelServer(**kwargs)
+        made.append(server)
+        return server
 
-    yield Factory
-    for server in started:
+    yield make
+    for server in made:
         server.kill()
 
 
 @pytest.fixture
-def server(tmp_path: Path, server_factory: type[LabtelServer]) -> LabtelServer:
+def server(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> LabtelServer:
     """A running `labtel serve` with its own data directory and free ports."""
     config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data")
     return server_factory(config=config, workdir=tmp_path).start()

@@ -32,11 +32,14 @@ exporters:
   clickhouse:
     endpoint: "{endpoint}"
     database: {database}
+    sending_queue: {{storage: file_storage{queue_extra}}}
+    retry_on_failure: {{initial_interval: 100ms, max_interval: 1s}}
 {exporter_extra}
 extensions:
   query_api: {{endpoint: "127.0.0.1:0"}}
+  file_storage: {{directory: "{wal_dir}"}}
 service:
-  extensions: [query_api]
+  extensions: [query_api, file_storage]
   pipelines:
     logs: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}
     traces: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}
@@ -52,6 +55,7 @@ def write_config(
     batch_timeout: str = "20ms",
     grpc_extra: str = "",
     http_extra: str = "",
+    queue_extra: str = "",
     exporter_extra: str = "",
 ) -> Path:
     """A collector config listening on free loopback ports, storing in `data_dir`."""
@@ -63,6 +67,8 @@ def write_config(
             grpc_extra=grpc_extra,
             http_extra=http_extra,
             exporter_extra=exporter_extra,
+            queue_extra=queue_extra,
+            wal_dir=data_dir.parent / "wal",
         )
     )
     return path

@@ -146,9 +146,9 @@ def test_fast_and_exact_paths_store_identical_rows(chdb_path: Any) -> None:
     # request takes the exact path. The other gets each request alone: scalar and one-level
     # values take the fast path, deep ones the exact path.
     together, alone = fresh_exporter(chdb_path), fresh_exporter(chdb_path)
-    assert together.store(payloads(requests)) == [None] * len(requests)
+    assert together.store(payloads(requests), uuid.uuid4().hex) == [None] * len(requests)
     for payload in payloads(requests):
-        assert alone.store([payload]) == [None]
+        assert alone.store([payload], uuid.uuid4().hex) == [None]
     rows_together, rows_alone = stored_logs(together.storage), stored_logs(alone.storage)
     assert len(rows_together) == len(CORPUS)
     assert rows_together == rows_alone
@@ -173,7 +173,7 @@ def test_invalid_requests_in_a_batch_are_rejected_and_the_rest_stored(chdb_path:
     marker = "ZZZZZZZZ"
     bad_utf8 = logs_request([log_record(marker)]).SerializeToString().replace(marker.encode(), b"\xff\xfe\xff\xfe" * 2)
     batch = [*payloads([good, bad_trace, bad_severity]), Payload(LOGS, bad_utf8, 1), *payloads([good])]
-    verdicts = exporter.store(batch)
+    verdicts = exporter.store(batch, uuid.uuid4().hex)
     assert verdicts[0] is None
     assert verdicts[4] is None
     assert verdicts[1] == "resource_logs[0].scope_logs[0].log_records[0].trace_id: must be 0 or 16 bytes, got 5"
@@ -192,14 +192,17 @@ def test_traces_with_bad_ids_are_rejected(chdb_path: Any) -> None:
     result = triage(TRACES, request.SerializeToString())
     assert result.error == "resource_spans[0].scope_spans[0].spans[0].span_id: must be 8 bytes, got 7"
     exporter = fresh_exporter(chdb_path)
-    assert exporter.store([Payload(TRACES, request.SerializeToString(), 1)]) == [result.error]
+    assert exporter.store([Payload(TRACES, request.SerializeToString(), 1)], "b1") == [result.error]
 
 
-def test_a_repeated_batch_token_is_stored_once(storage: Storage) -> None:
-    data = logs_request([log_record("once")]).SerializeToString()
-    storage.insert_otlp("logs", data, "token-1")
-    storage.insert_otlp("logs", data, "token-1")
-    storage.insert_otlp("logs", data, "token-2")
+def test_rows_remember_their_batch(storage: Storage) -> None:
+    data = logs_request([log_record("one"), log_record("two")]).SerializeToString()
+    storage.insert_otlp("logs", data, "batch-1")
+    storage.insert_otlp("logs", data, "batch-2")
+    assert storage.batch_rows("logs", "batch-1") == 2
+    assert storage.batch_rows("logs", "batch-3") == 0
+    storage.delete_batch("logs", "batch-1")
+    assert storage.batch_rows("logs", "batch-1") == 0
     assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 2
 
 
@@ -207,7 +210,7 @@ def test_storage_failure_is_unavailable_not_rejection(chdb_path: Any) -> None:
     exporter = fresh_exporter(chdb_path)
     exporter.storage.command(f"DROP TABLE {exporter.storage.names.ingest_table('logs')}")
     with pytest.raises(ExportUnavailable, match="storage refuses inserts"):
-        exporter.store(payloads([logs_request([log_record("kept by the client")])]))
+        exporter.store(payloads([logs_request([log_record("kept by the client")])]), "b2")
 
 
 def test_severity_text_is_filled_from_the_number(storage: Storage) -> None:

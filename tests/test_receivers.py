@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -50,7 +51,7 @@ def test_framing_counts_records_and_refuses_truncation() -> None:
 
 
 @pytest.fixture
-def small_server(tmp_path: Path, server_factory: type[LabtelServer]) -> LabtelServer:
+def small_server(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> LabtelServer:
     config = write_config(
         tmp_path / "otel-config.yaml",
         tmp_path / "data",

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -121,7 +121,9 @@ def test_names_with_dashes_and_dots_are_quoted(chdb_path: Path) -> None:
     assert [e.body for e in events] == ["quoted"]
 
 
-def test_restart_keeps_data_and_does_not_migrate_again(tmp_path: Path, server_factory: type[LabtelServer]) -> None:
+def test_restart_keeps_data_and_does_not_migrate_again(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
     config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data")
     first = server_factory(config=config, workdir=tmp_path).start()
     request = logs_request([log_record(f"kept {i}") for i in range(3)])
@@ -142,12 +144,12 @@ def test_restart_keeps_data_and_does_not_migrate_again(tmp_path: Path, server_fa
     assert second.stop() == 0
 
 
-def test_migrate_command_and_locked_data_dir(tmp_path: Path, server_factory: type[LabtelServer]) -> None:
+def test_migrate_command_and_locked_data_dir(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> None:
     config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data")
     cmd = [sys.executable, "-m", "labtel.cli", "migrate", "--config", str(config)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "applied migration 2" in result.stderr
+    assert "applied migration 1" in result.stderr
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0
     assert "already current" in " ".join(result.stderr.split())
@@ -203,7 +205,7 @@ def test_clickhouse_server_stores_and_reads_like_the_embedded_store(server_url: 
 
 @pytest.mark.clickhouse_server
 def test_labtel_serve_against_a_clickhouse_server(
-    server_url: str, tmp_path: Path, server_factory: type[LabtelServer]
+    server_url: str, tmp_path: Path, server_factory: Callable[..., LabtelServer]
 ) -> None:
     database = f"labtel_test_{uuid.uuid4().hex[:8]}"
     config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", endpoint=server_url, database=database)

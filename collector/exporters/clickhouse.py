@@ -1,105 +1,320 @@
-"""The `clickhouse` exporter: stores batches of Export requests in ClickHouse.
+"""The `clickhouse` exporter: stores batches of Export requests in ClickHouse, losing none.
 
-The fast path inserts the concatenated requests of a batch in one statement and lets
-ClickHouse parse and flatten them (see labtel.collector.storage.schema). If ClickHouse refuses
-the batch, each request is triaged in Python: invalid requests are rejected with a precise
-message, the rest are normalized (the exact path) and inserted again. Only when the data is
-fine and storage still fails is the whole batch answered "unavailable, retry".
+Storing a batch: its requests are concatenated and inserted in one statement; ClickHouse parses
+and flattens them (labtel.collector.storage.schema). If ClickHouse refuses the batch, each
+request is triaged in Python: invalid ones are rejected with a precise message, the rest are
+normalized (the exact path) and inserted again.
+
+Acknowledging a batch: when it is stored, or, with a write-ahead log configured, when it is
+validated and fsynced to the log because the insert failed or is taking longer than
+`wal_ack_after`. Logged batches are stored later by the replayer, with back-off, exactly once:
+every row keeps its batch id, so a batch that already landed (wholly or partly) is recognized.
+When storage fails and the log is full, callers are pushed back (retry later).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
 
+from labtel.collector import telemetry
 from labtel.collector.component import ExportUnavailable, Payload, Verdict
 from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.otlp.exact import triage
+from labtel.collector.otlp.signals import SIGNALS, Signal
 from labtel.collector.storage import migrations
-from labtel.collector.storage.client import Storage
+from labtel.collector.storage.client import Storage, StorageError
+from labtel.collector.wal import WALEntry, WALFull, WriteAheadLog
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_QUARANTINE_AFTER = 8
+"""Replays of one batch that may fail while storage is otherwise healthy before it is set aside."""
+
+
+@dataclass(frozen=True)
+class Triaged:
+    """A batch checked in Python: per-request verdicts and the valid requests, normalized."""
+
+    verdicts: list[Verdict]
+    requests: list[bytes]
+    records: int
+
+
+def triage_batch(signal: Signal, batch: Sequence[Payload]) -> Triaged:
+    verdicts: list[Verdict] = []
+    requests: list[bytes] = []
+    records = 0
+    for payload in batch:
+        result = triage(signal, payload.data)
+        verdicts.append(result.error)
+        if result.error is None and result.data:
+            requests.append(result.data)
+            records += result.records
+    return Triaged(verdicts, requests, records)
 
 
 class ClickHouseExporter:
-    """A BatchConsumer writing one signal's payloads into ClickHouse."""
+    """A BatchConsumer writing payloads into ClickHouse."""
 
-    def __init__(self, name: str, config: ClickHouseExporterConfig, storage: Storage) -> None:
+    def __init__(
+        self, name: str, config: ClickHouseExporterConfig, storage: Storage, wal: WriteAheadLog | None = None
+    ) -> None:
         self.name = name
         self.config = config
         self.storage = storage
+        self.wal = wal
+        consumers = config.sending_queue.num_consumers
+        self._inserts = ThreadPoolExecutor(consumers, thread_name_prefix=f"{name}-insert")
+        self._chores = ThreadPoolExecutor(2, thread_name_prefix=f"{name}-wal")
+        self._slots = asyncio.Semaphore(consumers)
+        self._ack_after_s = config.sending_queue.wal_ack_after.total_seconds()
+        self._in_flight: set[str] = set()
+        self._pending: set[asyncio.Task[list[Verdict]]] = set()
+        self._replay_failures: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._replayer: asyncio.Task[None] | None = None
+        self._closing = False
+        telemetry.STORAGE_UP.labels(name).set(1)
+        self._publish_wal()
+
+    # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create or upgrade the schema (when `create_schema`) and apply the configured TTLs."""
+        """Create or upgrade the schema (when `create_schema`), apply TTLs, replay the log."""
         if self.config.create_schema:
-            await asyncio.to_thread(migrations.migrate, self.storage)
+            await self._chore(migrations.migrate, self.storage)
             ttls = {signal: self.config.signal_ttl(signal) for signal in ("logs", "traces")}
-            await asyncio.to_thread(migrations.reconcile_ttl, self.storage, ttls)
+            await self._chore(migrations.reconcile_ttl, self.storage, ttls)
+        else:
+            # The operator owns the schema: it must already be what this version writes to.
+            missing = await self._chore(migrations.ingest_ready, self.storage)
+            if missing:
+                raise StorageError(
+                    f"exporters.{self.name}: create_schema is false and {', '.join(missing)} "
+                    "is missing; run `labtel migrate` with this labtel version"
+                )
+        if self.wal is not None:
+            self._replayer = asyncio.get_running_loop().create_task(self._replay_forever())
 
     async def shutdown(self) -> None:
-        return None
+        """Finish inserts under way, give logged batches one last chance, release threads."""
+        self._closing = True
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=max(30.0, self.config.timeout.total_seconds()))
+        if self._replayer is not None:
+            self._wake.set()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._replayer, timeout=15.0)
+        self._inserts.shutdown(wait=True, cancel_futures=True)
+        self._chores.shutdown(wait=True, cancel_futures=True)
+
+    # --- storing ---------------------------------------------------------------------------
 
     async def consume_batch(self, batch: Sequence[Payload]) -> list[Verdict]:
-        return await asyncio.to_thread(self.store, batch)
-
-    def store(self, batch: Sequence[Payload]) -> list[Verdict]:
-        """Insert a batch (blocking); one verdict per payload. Raises ExportUnavailable."""
         if not batch:
             return []
-        signal = batch[0].signal.name
-        token = uuid.uuid4().hex
+        batch_id = uuid.uuid4().hex
+        if self.wal is None:
+            async with self._slots:
+                return await self._insert(self.store, batch, batch_id)
+        if self._slots.locked():
+            # Every insert worker is busy: log the batch now, the replayer stores it.
+            return await self._log(batch, batch_id, in_flight=None)
+        await self._slots.acquire()
+        self._in_flight.add(batch_id)
+        task = asyncio.get_running_loop().create_task(self._insert_in_slot(batch, batch_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        done, _ = await asyncio.wait({task}, timeout=self._ack_after_s)
+        if not done:
+            return await self._log(batch, batch_id, in_flight=task)  # slow insert: log it and answer now
+        self._in_flight.discard(batch_id)
         try:
-            self.storage.insert_otlp(signal, b"".join(p.data for p in batch), token)
+            return task.result()
+        except ExportUnavailable:
+            return await self._log(batch, batch_id, in_flight=None)
+
+    async def _insert_in_slot(self, batch: Sequence[Payload], batch_id: str) -> list[Verdict]:
+        try:
+            return await self._insert(self.store, batch, batch_id)
+        finally:
+            self._slots.release()
+
+    async def _insert(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._inserts, fn, *args)
+
+    async def _chore(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._chores, fn, *args)
+
+    async def _log(
+        self, batch: Sequence[Payload], batch_id: str, in_flight: asyncio.Task[list[Verdict]] | None
+    ) -> list[Verdict]:
+        """Acknowledge from the write-ahead log: validate, fsync, answer."""
+        assert self.wal is not None
+        signal = batch[0].signal
+        checked = await self._chore(triage_batch, signal, batch)
+        if not checked.requests:
+            self._in_flight.discard(batch_id)
+            return checked.verdicts
+        try:
+            await self._chore(self.wal.append, batch_id, signal.name, checked.requests, checked.records)
+        except WALFull as full:
+            if in_flight is not None:
+                return await in_flight  # no room to log it: wait for the insert after all
+            self._in_flight.discard(batch_id)
+            raise ExportUnavailable(f"storage is unavailable and {full}", retry_after_s=5.0) from None
+        telemetry.WAL_APPENDS.labels(self.name).inc()
+        self._publish_wal()
+        if in_flight is None:
+            self._in_flight.discard(batch_id)
+            self._wake.set()
+        else:
+            in_flight.add_done_callback(lambda task: self._settle(batch_id, task))
+        return checked.verdicts
+
+    def _settle(self, batch_id: str, task: asyncio.Task[list[Verdict]]) -> None:
+        """An insert whose batch was also logged has finished."""
+        self._in_flight.discard(batch_id)
+        if not task.cancelled() and task.exception() is None and self.wal is not None:
+            self.wal.remove(batch_id)
+            self._publish_wal()
+        else:
+            self._wake.set()
+
+    def store(self, batch: Sequence[Payload], batch_id: str) -> list[Verdict]:
+        """Insert a batch (blocking); one verdict per payload. Raises ExportUnavailable."""
+        signal = batch[0].signal
+        data = b"".join(p.data for p in batch)
+        try:
+            self._timed_insert(signal, data, batch_id)
         except Exception as error:
-            return self._store_with_triage(batch, error, token)
+            return self._store_with_triage(batch, batch_id, error)
+        telemetry.STORED_RECORDS.labels(self.name, signal.name, "fast").inc(sum(p.records for p in batch))
         return [None] * len(batch)
 
-    def _store_with_triage(self, batch: Sequence[Payload], first_error: Exception, token: str) -> list[Verdict]:
-        signal = batch[0].signal
-        verdicts: list[Verdict] = [None] * len(batch)
-        good: list[tuple[int, bytes]] = []
-        for index, payload in enumerate(batch):
-            result = triage(signal, payload.data)
-            if result.error is not None:
-                verdicts[index] = result.error
-            elif result.data:
-                good.append((index, result.data))
-        if not good:
-            return verdicts
-        # Unchanged data keeps its dedup token: if the first insert did land (a timeout after
-        # the server stored it), the retry is recognized and not stored twice.
-        unchanged = len(good) == len(batch) and all(data == batch[i].data for i, data in good)
+    def _timed_insert(self, signal: Signal, data: bytes, batch_id: str) -> None:
+        started = time.perf_counter()
         try:
-            self.storage.insert_otlp(
-                signal.name, b"".join(data for _, data in good), token if unchanged else uuid.uuid4().hex
-            )
-            return verdicts
+            self.storage.insert_otlp(signal.name, data, batch_id)
+        except Exception:
+            telemetry.INSERTS.labels(self.name, signal.name, "failed").inc()
+            raise
+        telemetry.INSERTS.labels(self.name, signal.name, "ok").inc()
+        telemetry.INSERT_LATENCY.labels(self.name, signal.name).observe(time.perf_counter() - started)
+        telemetry.STORAGE_UP.labels(self.name).set(1)
+
+    def _storage_down(self, error: Exception) -> ExportUnavailable:
+        telemetry.STORAGE_UP.labels(self.name).set(0)
+        return ExportUnavailable(f"storage is unavailable: {_short(error)}", retry_after_s=2.0)
+
+    def _store_with_triage(self, batch: Sequence[Payload], batch_id: str, first_error: Exception) -> list[Verdict]:
+        signal = batch[0].signal
+        if not self.storage.ping():
+            raise self._storage_down(first_error)
+        checked = triage_batch(signal, batch)
+        if not checked.requests:
+            return checked.verdicts
+        # Same batch id: a first insert that failed stored nothing under it, and a replay that
+        # finds rows under it knows they are these.
+        try:
+            self._timed_insert(signal, b"".join(checked.requests), batch_id)
         except Exception as error:
             if not self.storage.ping():
-                raise ExportUnavailable(f"storage is unavailable: {_short(error)}", retry_after_s=2.0) from error
-            retry_error = error
-        log.warning(
-            "%s: a batch failed twice (%s; %s); storing its requests one by one",
-            self.name,
-            _short(first_error),
-            _short(retry_error),
-        )
-        refused: dict[int, str] = {}
-        for index, data in good:
+                raise self._storage_down(error) from error
+            log.error(
+                "%s: storage refuses a validated batch: %s (first failure: %s)",
+                self.name,
+                _short(error),
+                _short(first_error),
+            )
+            raise ExportUnavailable(f"storage refuses inserts: {_short(error)}", retry_after_s=5.0) from error
+        telemetry.STORED_RECORDS.labels(self.name, signal.name, "exact").inc(checked.records)
+        return checked.verdicts
+
+    # --- replaying the write-ahead log ----------------------------------------------------
+
+    async def _replay_forever(self) -> None:
+        assert self.wal is not None
+        retry = self.config.retry_on_failure
+        delay = retry.initial_interval.total_seconds()
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            self._wake.clear()
+            entries = [e for e in self.wal.entries() if e.batch_id not in self._in_flight]
+            failed = False
+            for entry in entries:
+                async with self._slots:
+                    try:
+                        await self._insert(self.replay, entry)
+                    except Exception as error:
+                        telemetry.RETRIES.labels(self.name).inc()
+                        log.warning(
+                            "%s: storing logged batch %s failed, will retry: %s",
+                            self.name,
+                            entry.batch_id,
+                            _short(error),
+                        )
+                        failed = True
+                        break
+                self._publish_wal()
+            if self._closing and (failed or not self.wal.entries()):
+                return
+            if failed:
+                delay = min(delay * 2, retry.max_interval.total_seconds())
+            else:
+                delay = retry.initial_interval.total_seconds()
+
+    def replay(self, entry: WALEntry) -> None:
+        """Store one logged batch exactly once (blocking)."""
+        assert self.wal is not None
+        try:
+            data = entry.read()
+        except (OSError, ValueError) as error:
+            self.wal.quarantine(entry, str(error))
+            telemetry.WAL_QUARANTINED.labels(self.name).inc()
+            return
+        stored = self.storage.batch_rows(entry.signal, entry.batch_id)
+        if stored != entry.records:
+            if stored:
+                log.warning(
+                    "%s: batch %s was partly stored (%d of %d rows); storing it again",
+                    self.name,
+                    entry.batch_id,
+                    stored,
+                    entry.records,
+                )
+                self.storage.delete_batch(entry.signal, entry.batch_id)
             try:
-                self.storage.insert_otlp(signal.name, data, uuid.uuid4().hex)
+                self._timed_insert(SIGNALS[entry.signal], data, entry.batch_id)
             except Exception as error:
-                refused[index] = _short(error)
-        if len(refused) == len(good):
-            # Nothing valid could be stored: that is storage's fault (a missing table, a full
-            # disk), not the data's, so the callers retry instead of losing their records.
-            raise ExportUnavailable(f"storage refuses inserts: {next(iter(refused.values()))}", retry_after_s=5.0)
-        for index, reason in refused.items():
-            log.error("%s: storage refused a valid-looking request: %s", self.name, reason)
-            verdicts[index] = f"storage refused the data: {reason}"
-        return verdicts
+                if not self.storage.ping():
+                    telemetry.STORAGE_UP.labels(self.name).set(0)
+                    raise
+                attempts = self._replay_failures.get(entry.batch_id, 0) + 1
+                self._replay_failures[entry.batch_id] = attempts
+                if attempts < _QUARANTINE_AFTER:
+                    raise
+                self.wal.quarantine(entry, f"storage refused it {attempts} times: {_short(error)}")
+                telemetry.WAL_QUARANTINED.labels(self.name).inc()
+                return
+            telemetry.STORED_RECORDS.labels(self.name, entry.signal, "replay").inc(entry.records)
+        self._replay_failures.pop(entry.batch_id, None)
+        self.wal.remove(entry.batch_id)
+
+    def _publish_wal(self) -> None:
+        if self.wal is not None:
+            telemetry.WAL_BYTES.labels(self.name).set(self.wal.size_bytes)
+            telemetry.WAL_BATCHES.labels(self.name).set(len(self.wal))
 
 
 def _short(error: Exception) -> str:

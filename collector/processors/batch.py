@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from labtel.collector import telemetry
 from labtel.collector.component import BatchConsumer, ExportRejected, ExportUnavailable, Payload, Verdict
 from labtel.collector.config import BatchProcessorConfig
 
@@ -39,7 +40,9 @@ class GroupCommit:
         next_consumer: BatchConsumer,
         max_in_flight: int = 2,
         queue_size: int = 200_000,
+        name: str = "logs",
     ) -> None:
+        self._gauge = telemetry.QUEUE_RECORDS.labels(name)
         self._timeout_s = config.timeout.total_seconds()
         self._min_records = config.send_batch_size
         self._max_records = config.send_batch_max_size or max(config.send_batch_size * 4, 1)
@@ -73,6 +76,7 @@ class GroupCommit:
         self._waiting.append(_Waiting(payload, future, time.monotonic()))
         self._waiting_records += payload.records
         self._waiting_bytes += len(payload.data)
+        self._gauge.set(self.queued_records)
         self._schedule()
         verdict = await future
         if verdict is not None:
@@ -141,6 +145,7 @@ class GroupCommit:
         finally:
             self._in_flight -= 1
             self._in_flight_records -= records
+            self._gauge.set(self.queued_records)
             self._schedule()
 
     async def start(self) -> None:

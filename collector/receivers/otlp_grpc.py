@@ -9,12 +9,14 @@ backpressure, RESOURCE_EXHAUSTED (without RetryInfo) for messages over the size 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from labtel.collector import telemetry
 from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
 from labtel.collector.config import GrpcServerConfig
 from labtel.collector.otlp.framing import FramingError, count_records
@@ -48,22 +50,27 @@ class OTLPGrpcReceiver:
 
     def _handler(self, signal: Signal, consumer: Consumer) -> Handler:
         async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = time.perf_counter()
             try:
                 records = count_records(signal, request)
             except FramingError as error:
+                telemetry.record_export(signal.name, "grpc", 0, "rejected", started)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             if records == 0:
                 return b""
             try:
                 await consumer.consume(Payload(signal, request, records))
             except ExportRejected as error:
+                telemetry.record_export(signal.name, "grpc", records, "rejected", started)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
             except ExportUnavailable as error:
+                telemetry.record_export(signal.name, "grpc", records, "refused", started)
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     error.message,
                     trailing_metadata=(("grpc-status-details-bin", retry_status(error.message, error.retry_after_s)),),
                 )
+            telemetry.record_export(signal.name, "grpc", records, "accepted", started)
             return b""  # an empty Export*ServiceResponse: everything was accepted
 
         return export

@@ -8,6 +8,7 @@ types or encodings, 503 with `Retry-After` for backpressure; error bodies are go
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from collections.abc import Mapping
 
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from labtel.collector import telemetry
 from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
 from labtel.collector.config import HttpServerConfig
 from labtel.collector.otlp.framing import FramingError, count_records
@@ -65,6 +67,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    """The collector's self-metrics in Prometheus text format."""
+    body, content_type = telemetry.exposition()
+    return Response(body, 200, media_type=content_type)
+
+
 def _status_response(error: _HttpError, media_type: str) -> Response:
     status = status_pb2.Status(code=error.code, message=error.message)
     if media_type == JSON:
@@ -83,12 +91,15 @@ class OTLPHttpReceiver:
 
     def app(self) -> Starlette:
         routes = [Route(signal.http_path, self._endpoint(signal), methods=["POST"]) for signal in SIGNALS.values()]
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
         return Starlette(routes=routes)
 
     def _endpoint(self, signal: Signal):  # type: ignore[no-untyped-def]
         async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
             media_type = _media_type(request)
             answer_type = JSON if media_type == JSON else PROTOBUF
+            records = 0
             try:
                 entry = self._consumers.get(signal.name)
                 if entry is None:
@@ -120,7 +131,10 @@ class OTLPHttpReceiver:
                             503, code_pb2.UNAVAILABLE, error.message, {"Retry-After": retry_after}
                         ) from None
             except _HttpError as error:
+                outcome = "refused" if error.status == 503 else "rejected"
+                telemetry.record_export(signal.name, "http", records, outcome, started)
                 return _status_response(error, answer_type)
+            telemetry.record_export(signal.name, "http", records, "accepted", started)
             response = signal.response_type()
             if answer_type == JSON:
                 return Response(protobuf_to_json(response), 200, media_type=JSON)

@@ -66,7 +66,6 @@ def parse_endpoint(endpoint: str, base_dir: Path | None = None) -> StorageTarget
 
 _INGEST_SETTINGS: dict[str, Any] = {
     "input_format_protobuf_oneof_presence": 1,
-    "deduplicate_blocks_in_dependent_materialized_views": 1,
     "output_format_json_escape_forward_slashes": 0,
     "throw_on_max_partitions_per_insert_block": 0,
 }
@@ -84,7 +83,7 @@ def _schema_settings(signal: str, schema_dir: str | None) -> dict[str, Any]:
         return {"format_schema_source": "string", "format_schema": text, "format_schema_message_name": message}
     folder = Path(schema_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"labtel_{signal}_v{schema.INGEST_VERSION}.proto"
+    path = folder / f"labtel_{signal}_{schema.ingest_fingerprint(signal)}.proto"
     if not path.exists() or path.read_text() != text:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
@@ -116,6 +115,7 @@ class Storage:
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self._closed = False
+        self._fault_file = os.environ.get("LABTEL_FAULT_INJECTION_FILE") or None
 
     @classmethod
     def from_config(cls, config: ClickHouseExporterConfig, base_dir: Path | None = None) -> Storage:
@@ -213,20 +213,46 @@ class Storage:
     def ping(self) -> bool:
         """True when ClickHouse answers a trivial query."""
         try:
+            self._check_fault()
             return bool(self.command("SELECT 1") == 1)
         except Exception:
             return False
 
-    def insert_otlp(self, signal: str, data: bytes, dedup_token: str) -> int:
-        """Insert serialized Export requests of one signal (concatenated requests form one);
-        returns the rows written. A repeated `dedup_token` inserts nothing again."""
+    def insert_otlp(self, signal: str, data: bytes, batch_id: str) -> None:
+        """Insert serialized Export requests of one signal (concatenated requests form one).
+
+        Every stored row keeps `batch_id` (column IngestBatch), so `batch_rows` can tell whether
+        an insert whose outcome is unknown (a crash, a timeout) landed."""
+        self._check_fault()
         settings = {
             **_INGEST_SETTINGS,
             **_schema_settings(signal, self._schema_dir()),
-            "insert_deduplication_token": dedup_token,
+            "insert_deduplication_token": batch_id,
         }
         with self.client() as client:
-            summary = client.raw_insert(
+            client.raw_insert(
                 self.names.ingest_table(signal), insert_block=data, settings=settings, fmt="ProtobufSingle"
             )
-        return int(summary.written_rows or 0)
+
+    def batch_rows(self, signal: str, batch_id: str) -> int:
+        """How many rows of a batch are stored."""
+        self._check_fault()
+        return int(
+            self.command(
+                f"SELECT count() FROM {self.names.target(signal)} WHERE IngestBatch = {{b:String}}",
+                parameters={"b": batch_id},
+            )
+        )
+
+    def delete_batch(self, signal: str, batch_id: str) -> None:
+        """Remove the rows of a partially stored batch before it is inserted again."""
+        self._check_fault()
+        self.command(
+            f"DELETE FROM {self.names.target(signal)} WHERE IngestBatch = {{b:String}}", parameters={"b": batch_id}
+        )
+
+    def _check_fault(self) -> None:
+        """Fault injection for tests and soak runs: while the file named by
+        $LABTEL_FAULT_INJECTION_FILE exists, writes fail as if storage were away."""
+        if self._fault_file and os.path.exists(self._fault_file):
+            raise StorageError(f"injected storage fault ({self._fault_file} exists)")

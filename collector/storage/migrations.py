@@ -36,11 +36,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         "otel_logs and otel_traces (contrib exporter columns, lab columns), trace-id lookup",
         lambda n: [schema.logs_table(n), schema.traces_table(n), *schema.trace_id_ts_table(n)],
     ),
-    Migration(
-        2,
-        "ingest path v1: OTLP protobuf input tables and their flattening views",
-        lambda n: [*schema.ingest_objects(n, "logs"), *schema.ingest_objects(n, "traces")],
-    ),
 )
 
 
@@ -85,7 +80,30 @@ def migrate(storage: Storage) -> MigrationReport:
         report.applied.append(migration)
         done.add(migration.version)
     report.current_version = max(done, default=0)
+    ensure_ingest(storage)
     return report
+
+
+def ensure_ingest(storage: Storage) -> None:
+    """Create this labtel version's ingest tables and views if they are missing."""
+    for signal in ("logs", "traces"):
+        for statement in schema.ingest_objects(storage.names, signal):
+            storage.command(statement)
+
+
+def ingest_ready(storage: Storage) -> list[str]:
+    """The ingest tables this labtel version needs that the database lacks."""
+    names = storage.names
+    missing = []
+    for signal in ("logs", "traces"):
+        table = names.ingest_name(signal)
+        found = storage.command(
+            "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            parameters={"db": names.database, "t": table},
+        )
+        if not found:
+            missing.append(table)
+    return missing
 
 
 def latest_version() -> int:

@@ -1,0 +1,211 @@
+"""The collector's write-ahead log: batches acknowledged before ClickHouse has stored them.
+
+One file per batch: a header (batch id, signal, record count, request sizes, checksum) and the
+concatenated requests. A file is written under a temporary name, fsynced, renamed and its
+directory fsynced, so after a crash a batch is either wholly in the log or not at all. It is
+deleted once the batch is stored. Files that fail their checksum are moved to `quarantine/`,
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"LABTELWAL1\n"
+
+
+class WALFull(Exception):
+    """The log holds `max_bytes` already; the caller must push back."""
+
+
+@dataclass(frozen=True)
+class WALEntry:
+    """One logged batch."""
+
+    path: Path
+    batch_id: str
+    signal: str
+    records: int
+    sizes: tuple[int, ...]
+    created: float
+    size: int
+
+    def read(self) -> bytes:
+        """The batch's concatenated requests, verified against the checksum."""
+        raw = self.path.read_bytes()
+        header_end = raw.index(b"\n", len(_MAGIC))
+        header = orjson.loads(raw[len(_MAGIC) : header_end])
+        data = raw[header_end + 1 :]
+        if len(data) != sum(self.sizes) or zlib.crc32(data) != header["crc32"]:
+            raise ValueError(f"{self.path.name}: checksum mismatch")
+        return data
+
+    def requests(self, data: bytes) -> list[bytes]:
+        """Split the batch back into its requests."""
+        out, start = [], 0
+        for size in self.sizes:
+            out.append(data[start : start + size])
+            start += size
+        return out
+
+
+class WriteAheadLog:
+    """A directory of logged batches, bounded by `max_bytes`."""
+
+    def __init__(self, directory: Path, max_bytes: int, fsync: bool = True) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._entries: dict[str, WALEntry] = {}
+        self._bytes = 0
+        self._seq = 0
+        self._full = False
+        directory.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[WALEntry]:
+        """Logged batches, oldest first."""
+        with self._lock:
+            return sorted(self._entries.values(), key=lambda e: e.path.name)
+
+    def has_room(self, size: int) -> bool:
+        """Whether a batch of `size` bytes may be logged. Once the log has refused one, it refuses
+        all until it drains below 80% (no flapping between accepting and pushing back)."""
+        if self._full and self._bytes < self.max_bytes * 0.8:
+            self._full = False
+        if self._full:
+            return False
+        if self._bytes + size <= self.max_bytes or not self._entries:
+            return True
+        self._full = True
+        return False
+
+    def _load(self) -> None:
+        for leftover in self.directory.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)  # a write that never completed was never acknowledged
+        for path in sorted(self.directory.glob("*.wal")):
+            try:
+                entry = self._read_header(path)
+            except (OSError, ValueError, KeyError) as error:
+                self._quarantine(path, str(error))
+                continue
+            self._entries[entry.batch_id] = entry
+            self._bytes += entry.size
+            self._seq = max(self._seq, int(path.name.split("-", 1)[0]) + 1)
+        if self._entries:
+            log.info(
+                "write-ahead log %s holds %d batches (%d bytes) to store",
+                self.directory,
+                len(self._entries),
+                self._bytes,
+            )
+
+    @staticmethod
+    def _read_header(path: Path) -> WALEntry:
+        with path.open("rb") as file:
+            if file.read(len(_MAGIC)) != _MAGIC:
+                raise ValueError("not a labtel WAL file")
+            header = orjson.loads(file.readline())
+        return WALEntry(
+            path,
+            header["batch_id"],
+            header["signal"],
+            header["records"],
+            tuple(header["sizes"]),
+            header["created"],
+            path.stat().st_size,
+        )
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        target = self.directory / "quarantine"
+        target.mkdir(exist_ok=True)
+        path.replace(target / path.name)
+        log.error("write-ahead log: moved %s to quarantine: %s", path.name, reason)
+
+    def quarantine(self, entry: WALEntry, reason: str) -> None:
+        """Set a batch aside that cannot be stored (kept on disk for an operator)."""
+        with self._lock:
+            if self._entries.pop(entry.batch_id, None) is not None:
+                self._bytes -= entry.size
+        self._quarantine(entry.path, reason)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def append(self, batch_id: str, signal: str, requests: Sequence[bytes], records: int) -> WALEntry:
+        """Log a batch durably (fsynced) and return its entry; raises WALFull."""
+        data = b"".join(requests)
+        header = orjson.dumps(
+            {
+                "batch_id": batch_id,
+                "signal": signal,
+                "records": records,
+                "sizes": [len(r) for r in requests],
+                "created": time.time(),
+                "crc32": zlib.crc32(data),
+            }
+        )
+        size = len(_MAGIC) + len(header) + 1 + len(data)
+        with self._lock:
+            if not self.has_room(size):
+                raise WALFull(f"write-ahead log is full ({self._bytes} of {self.max_bytes} bytes)")
+            seq = self._seq
+            self._seq += 1
+            self._bytes += size  # reserved now, so concurrent appends respect the bound
+        path = self.directory / f"{seq:016d}-{signal}-{batch_id}.wal"
+        tmp = path.with_suffix(".tmp")
+        try:
+            with tmp.open("wb") as file:
+                file.write(_MAGIC + header + b"\n")
+                file.write(data)
+                file.flush()
+                if self.fsync:
+                    os.fsync(file.fileno())
+            tmp.replace(path)
+            if self.fsync:
+                self._fsync_directory()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            with self._lock:
+                self._bytes -= size
+            raise
+        entry = WALEntry(path, batch_id, signal, records, tuple(len(r) for r in requests), time.time(), size)
+        with self._lock:
+            self._entries[batch_id] = entry
+        return entry
+
+    def remove(self, batch_id: str) -> None:
+        """Forget a batch that is now stored."""
+        with self._lock:
+            entry = self._entries.pop(batch_id, None)
+            if entry is None:
+                return
+            self._bytes -= entry.size
+        entry.path.unlink(missing_ok=True)
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,287 @@
+"""Nothing acknowledged is lost: the write-ahead log, storage outages, backpressure, kill -9."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+
+from labtel.collector.config import ClickHouseExporterConfig
+from labtel.collector.exporters.clickhouse import ClickHouseExporter
+from labtel.collector.otlp.signals import LOGS
+from labtel.collector.storage import migrations
+from labtel.collector.wal import WriteAheadLog
+from tests.conftest import make_storage
+from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config
+
+EXPORT = LOGS.grpc_method
+
+
+def marked_request(marker: str, records: int, size: int = 20) -> bytes:
+    request = logs_request(
+        [log_record(f"{marker} #{i} " + "x" * size, {"i": i}) for i in range(records)],
+        resource={"service.name": "durability", "test.request": marker},
+    )
+    return request.SerializeToString()
+
+
+def export(server: LabtelServer, data: bytes, timeout: float = 30) -> grpc.RpcError | None:
+    with grpc.insecure_channel(server.grpc) as channel:
+        call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+        try:
+            call(data, timeout=timeout)
+        except grpc.RpcError as error:
+            return error
+    return None
+
+
+def stored_per_request(server: LabtelServer) -> collections.Counter[str]:
+    """How many records of each marked request the API returns (all pages)."""
+    counts: collections.Counter[str] = collections.Counter()
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"service": "durability", "limit": 1000}
+        if cursor:
+            params["cursor"] = cursor
+        page = server.get("/events", **params).json()
+        counts.update(e["resource"]["test.request"] for e in page["events"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return counts
+
+
+def metric(server: LabtelServer, name: str) -> float:
+    text = server.get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> Callable[..., LabtelServer]:
+    """A labtel server whose inserts fail while `tmp_path/fault` exists."""
+
+    def make(**config: Any) -> LabtelServer:
+        path = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", **config)
+        return server_factory(
+            config=path, workdir=tmp_path, env={"LABTEL_FAULT_INJECTION_FILE": str(tmp_path / "fault")}
+        )
+
+    return make
+
+
+def test_outage_is_acknowledged_from_the_wal_and_replayed_once_after_restart(
+    tmp_path: Path, faulty: Callable[..., LabtelServer]
+) -> None:
+    fault = tmp_path / "fault"
+    fault.touch()
+    server = faulty().start()
+    markers = [f"outage-{i}" for i in range(12)]
+    for marker in markers:
+        assert export(server, marked_request(marker, 50)) is None  # acknowledged: fsynced to the WAL
+    assert metric(server, "labtel_wal_batches") >= 1
+    assert metric(server, 'labtel_storage_up{exporter="clickhouse"}') == 0
+    assert stored_per_request(server) == {}
+    assert server.stop() == 0
+    assert list((tmp_path / "wal" / "clickhouse").glob("*.wal"))
+
+    fault.unlink()
+    server.start()
+    wait_for(lambda: metric(server, "labtel_wal_batches") == 0, what="the WAL to drain")
+    assert stored_per_request(server) == dict.fromkeys(markers, 50)
+    assert not list((tmp_path / "wal" / "clickhouse").glob("*.wal"))
+
+
+def test_storage_coming_back_drains_the_wal_without_a_restart(
+    tmp_path: Path, faulty: Callable[..., LabtelServer]
+) -> None:
+    fault = tmp_path / "fault"
+    fault.touch()
+    server = faulty().start()
+    for i in range(5):
+        assert export(server, marked_request(f"live-{i}", 30)) is None
+    fault.unlink()
+    wait_for(lambda: metric(server, "labtel_wal_batches") == 0, what="the WAL to drain")
+    assert stored_per_request(server) == {f"live-{i}": 30 for i in range(5)}
+    assert (
+        metric(server, 'labtel_exporter_stored_records_total{exporter="clickhouse",path="replay",signal="logs"}') == 150
+    )
+
+
+def test_replay_recognizes_batches_that_already_landed(chdb_path: Path, tmp_path: Path) -> None:
+    storage = make_storage(chdb_path)
+    migrations.migrate(storage)
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    exporter = ClickHouseExporter("clickhouse", ClickHouseExporterConfig(), storage, wal)
+    first, second = marked_request("a", 10), marked_request("b", 15)
+
+    # Landed wholly before a crash (the log entry was not yet removed): nothing is added.
+    storage.insert_otlp("logs", first + second, "landed")
+    exporter.replay(wal.append("landed", "logs", [first, second], 25))
+    # Landed partly (one partition of two, say): the rows are replaced, not doubled.
+    storage.insert_otlp("logs", first, "partial")
+    exporter.replay(wal.append("partial", "logs", [first, second], 25))
+    # Never landed.
+    exporter.replay(wal.append("lost", "logs", [first, second], 25))
+
+    for batch in ("landed", "partial", "lost"):
+        assert storage.batch_rows("logs", batch) == 25
+    assert len(wal) == 0
+
+    broken = wal.append("broken", "logs", [first], 10)
+    broken.path.write_bytes(broken.path.read_bytes()[:-5])
+    exporter.replay(broken)
+    assert len(wal) == 0
+    assert (tmp_path / "wal" / "quarantine" / broken.path.name).exists()
+
+
+def test_wal_survives_reopening_and_drops_incomplete_writes(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path, 1 << 20)
+    entry = wal.append("b1", "logs", [b"abc", b"defg"], 2)
+    (tmp_path / "0000000000000099-logs-b2.tmp").write_bytes(b"half written")
+    reopened = WriteAheadLog(tmp_path, 1 << 20)
+    [again] = reopened.entries()
+    assert (again.batch_id, again.records) == ("b1", 2)
+    assert again.requests(again.read()) == [b"abc", b"defg"]
+    assert reopened.size_bytes == entry.size
+    assert not list(tmp_path.glob("*.tmp"))
+    assert reopened.append("b3", "logs", [b"x"], 1).path.name.startswith("0000000000000001-")
+
+
+def test_backpressure_when_storage_is_away_and_the_wal_is_full(
+    tmp_path: Path, faulty: Callable[..., LabtelServer]
+) -> None:
+    fault = tmp_path / "fault"
+    fault.touch()
+    server = faulty(queue_extra=", wal_max_bytes: 1048576").start()
+    big = marked_request("fill-0", 100, size=3000)  # ~0.3 MB
+    refused = None
+    for i in range(10):
+        refused = export(server, marked_request(f"fill-{i}", 100, size=3000))
+        if refused is not None:
+            break
+    assert refused is not None, "the WAL limit never pushed back"
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    details = dict(refused.trailing_metadata() or ())["grpc-status-details-bin"]
+    retry = error_details_pb2.RetryInfo()
+    assert status_pb2.Status.FromString(details).details[0].Unpack(retry)
+    assert retry.retry_delay.seconds >= 1
+
+    response = httpx.post(f"{server.http}/v1/logs", content=big, headers={"Content-Type": "application/x-protobuf"})
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+
+    # The stock OpenTelemetry exporters retry on their own; once storage is back, they get through.
+    results: dict[str, Any] = {}
+
+    def send(name: str, exporter: Any) -> None:
+        provider = LoggerProvider(resource=Resource.create({"service.name": "durability", "test.request": name}))
+        provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        started = time.monotonic()
+        provider.get_logger("t").emit(body=f"{name} after backpressure", severity_number=SeverityNumber.INFO)
+        results[name] = time.monotonic() - started
+        provider.shutdown()
+
+    threads = [
+        threading.Thread(
+            target=send, args=("otel-grpc", GrpcLogExporter(endpoint=server.grpc, insecure=True, timeout=30))
+        ),
+        threading.Thread(
+            target=send, args=("otel-http", HttpLogExporter(endpoint=f"{server.http}/v1/logs", timeout=30))
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.5)
+    fault.unlink()
+    for thread in threads:
+        thread.join(60)
+    assert set(results) == {"otel-grpc", "otel-http"}
+    assert min(results.values()) > 2.0  # they were pushed back, then retried
+    wait_for(lambda: metric(server, "labtel_wal_batches") == 0, what="the WAL to drain")
+    stored = stored_per_request(server)
+    assert (stored["otel-grpc"], stored["otel-http"]) == (1, 1)
+    assert all(count == 100 for name, count in stored.items() if name.startswith("fill-"))
+
+
+def test_kill_9_during_load_loses_no_acknowledged_record(tmp_path: Path, faulty: Callable[..., LabtelServer]) -> None:
+    fault = tmp_path / "fault"
+    server = faulty(queue_extra=", wal_ack_after: 50ms").start()
+    acked: set[str] = set()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        with grpc.insecure_channel(server.grpc) as channel:
+            call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+            for n in range(10_000):
+                if stop.is_set():
+                    return
+                marker = f"w{worker}-{n}"
+                try:
+                    call(marked_request(marker, 20), timeout=10)
+                except grpc.RpcError:
+                    if stop.is_set():
+                        return
+                    time.sleep(0.05)
+                    continue
+                with lock:
+                    acked.add(marker)
+                time.sleep(0.01)
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(client, w) for w in range(6)]
+        time.sleep(1.5)
+        fault.touch()  # storage goes away: acknowledgements now come from the WAL
+        time.sleep(1.5)
+        fault.unlink()
+        time.sleep(1.0)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(30)
+        server.process = None
+        stop.set()
+        for future in futures:
+            future.result()
+    assert len(acked) > 50
+
+    server.start()
+    wait_for(lambda: metric(server, "labtel_wal_batches") == 0, timeout=60, what="the WAL to drain")
+    stored = stored_per_request(server)
+    missing = {m for m in acked if stored.get(m, 0) != 20}
+    assert not missing, f"{len(missing)} acknowledged requests are missing or incomplete"
+    assert all(count == 20 for count in stored.values()), "a request was stored twice"
+
+
+def test_metrics_report_ingest(server: LabtelServer) -> None:
+    marker = uuid.uuid4().hex
+    assert export(server, marked_request(marker, 7)) is None
+    assert export(server, b"\x0a\x03abc") is not None
+    text = server.get("/metrics").text
+    assert 'labtel_receiver_records_total{outcome="accepted",signal="logs",transport="grpc"} 7.0' in text
+    assert 'labtel_receiver_requests_total{outcome="rejected",signal="logs",transport="grpc"} 1.0' in text
+    assert 'labtel_exporter_stored_records_total{exporter="clickhouse",path="fast",signal="logs"} 7.0' in text
+    for name in (
+        "labtel_queue_records",
+        "labtel_wal_bytes",
+        "labtel_exporter_insert_duration_seconds_bucket",
+        "labtel_receiver_export_duration_seconds_count",
+        "labtel_storage_up",
+    ):
+        assert name in text
+    assert httpx.get(f"{server.http}/metrics").status_code == 200
