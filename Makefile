@@ -39,3 +39,8 @@ pytest: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+bench: $(STAMP) bench-ingest ## every benchmark (figures for the issue notes)
+
+bench-ingest: $(STAMP) ## ingest throughput, latency and loss check (bench/ingest.py)
+	$(BIN)/python bench/ingest.py --clients 32 --duration 30

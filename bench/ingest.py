@@ -46,13 +46,14 @@ processors:
   batch: {{timeout: {timeout}, send_batch_size: {batch_size}, send_batch_max_bytes: {batch_bytes}}}
 exporters:
   clickhouse:
-    endpoint: "chdb://{data}"
-    sending_queue: {{num_consumers: {consumers}, queue_size: {queue_size}}}
+    endpoint: "chdb://{data}{engine_options}"
+    sending_queue: {{num_consumers: {consumers}, queue_size: {queue_size}{queue_extra}}}
 {exporter_extra}
 extensions:
   query_api: {{endpoint: "127.0.0.1:0"}}
+  file_storage: {{directory: "{data}/wal"}}
 service:
-  extensions: [query_api]
+  extensions: [query_api, file_storage]
   pipelines:
     logs: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}
 """
@@ -283,6 +284,9 @@ def main() -> None:
     parser.add_argument("--batch-timeout", default="200ms")
     parser.add_argument("--queue-size", type=int, default=200_000)
     parser.add_argument("--exporter-extra", default="", help="extra YAML lines for the exporter")
+    parser.add_argument("--wal-ack-after", default="2s", help="sending_queue.wal_ack_after")
+    parser.add_argument("--no-wal", action="store_true", help="run without the write-ahead log")
+    parser.add_argument("--engine-options", default="", help="chDB options, e.g. ?max_server_memory_usage=600000000")
     parser.add_argument("--naive-requests", type=int, default=30)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -298,6 +302,8 @@ def main() -> None:
         timeout=args.batch_timeout,
         queue_size=args.queue_size,
         exporter_extra=args.exporter_extra,
+        engine_options=args.engine_options,
+        queue_extra="" if args.no_wal else f", storage: file_storage, wal_ack_after: {args.wal_ack_after}",
     )
     templates = [build_request(seed, args.records) for seed in range(16)]
     stampers = [RequestStamper(t) for t in templates]

@@ -133,7 +133,7 @@ class SendingQueueConfig(StrictModel):
     queue_size: int = Field(200_000, ge=1)
     storage: str | None = None
     wal_max_bytes: int = Field(1 << 30, ge=1 << 20)
-    wal_ack_after: Duration = timedelta(milliseconds=500)
+    wal_ack_after: Duration = timedelta(seconds=2)
 
 
 class RetryConfig(StrictModel):

@@ -45,7 +45,7 @@ class GroupCommit:
         self._gauge = telemetry.QUEUE_RECORDS.labels(name)
         self._timeout_s = config.timeout.total_seconds()
         self._min_records = config.send_batch_size
-        self._max_records = config.send_batch_max_size or max(config.send_batch_size * 4, 1)
+        self._max_records = config.send_batch_max_size or config.send_batch_size * 2
         self._max_bytes = config.send_batch_max_bytes
         self._next = next_consumer
         self._max_in_flight = max_in_flight

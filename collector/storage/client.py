@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -39,6 +39,8 @@ class StorageTarget:
     embedded: bool
     path: str | None = None
     url: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+    """Engine options of an embedded store (`chdb://dir?max_server_memory_usage=...`)."""
 
     def describe(self) -> str:
         if self.embedded:
@@ -54,13 +56,14 @@ def parse_endpoint(endpoint: str, base_dir: Path | None = None) -> StorageTarget
     `chdb://./labtel-data` means `./labtel-data` (clickhouse-connect would read `.` as a host).
     """
     if endpoint.startswith("chdb:"):
-        rest = endpoint[len("chdb:") :].removeprefix("//")
+        rest, _, query = endpoint[len("chdb:") :].removeprefix("//").partition("?")
+        options = tuple((key, value) for key, value in parse_qsl(query))
         if rest in ("", "memory", ":memory:"):
-            return StorageTarget(embedded=True)
+            return StorageTarget(embedded=True, options=options)
         path = Path(rest).expanduser()
         if not path.is_absolute():
             path = (base_dir or Path.cwd()) / path
-        return StorageTarget(embedded=True, path=str(path.resolve()))
+        return StorageTarget(embedded=True, path=str(path.resolve()), options=options)
     return StorageTarget(embedded=False, url=endpoint)
 
 
@@ -137,7 +140,9 @@ class Storage:
             if self.target.embedded:
                 if self.target.path:
                     Path(self.target.path).mkdir(parents=True, exist_ok=True)
-                return clickhouse_connect.get_client(interface="chdb", path=self.target.path)
+                return clickhouse_connect.get_client(
+                    interface="chdb", path=self.target.path, chdb_options=dict(self.target.options) or None
+                )
             return clickhouse_connect.get_client(
                 dsn=self.target.url,
                 username=self._username,
