@@ -155,6 +155,17 @@ class LabtelServer:
     def get(self, path: str, **params: Any) -> httpx.Response:
         return httpx.get(self.api + path, params=params, timeout=30)
 
+    def all_events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every event matching `filters`, following `next_cursor` page by page."""
+        events: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self.get("/events", **filters, **({"cursor": cursor} if cursor else {})).json()
+            events.extend(page["events"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return events
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.process is None:
             return 0

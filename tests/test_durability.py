@@ -53,18 +53,10 @@ def export(server: LabtelServer, data: bytes, timeout: float = 30) -> grpc.RpcEr
 
 
 def stored_per_request(server: LabtelServer) -> collections.Counter[str]:
-    """How many records of each marked request the API returns (all pages)."""
-    counts: collections.Counter[str] = collections.Counter()
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"service": "durability", "limit": 1000}
-        if cursor:
-            params["cursor"] = cursor
-        page = server.get("/events", **params).json()
-        counts.update(e["resource"]["test.request"] for e in page["events"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return counts
+    """How many records of each marked request the API returns."""
+    return collections.Counter(
+        e["resource"]["test.request"] for e in server.all_events(service="durability", limit=1000)
+    )
 
 
 def metric(server: LabtelServer, name: str) -> float:

@@ -255,17 +255,7 @@ def test_events_filters_and_pagination(server: LabtelServer) -> None:
         headers={"Content-Type": "application/x-protobuf"},
     )
     assert response.status_code == 200
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"service": "pager", "limit": 7}
-        if cursor:
-            params["cursor"] = cursor
-        page = server.get("/events", **params).json()
-        seen.extend(e["body"] for e in page["events"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
+    seen = [e["body"] for e in server.all_events(service="pager", limit=7)]
     assert seen == [f"reading {i}" for i in reversed(range(25))]
     errors = server.get("/events", service="pager", severity_min="error").json()["events"]
     assert [e["body"] for e in errors] == [f"reading {i}" for i in (24, 20, 16, 12, 8, 4, 0)]

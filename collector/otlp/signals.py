@@ -19,11 +19,8 @@ class Signal:
     response_type: type[Message]
     grpc_service: str
     http_path: str
-    item_name: str
-    rejected_field: str
     resource_field: str
     scope_field: str
-    items_field: str
 
     @property
     def grpc_method(self) -> str:
@@ -36,11 +33,8 @@ LOGS = Signal(
     response_type=logs_service_pb2.ExportLogsServiceResponse,
     grpc_service="opentelemetry.proto.collector.logs.v1.LogsService",
     http_path="/v1/logs",
-    item_name="log records",
-    rejected_field="rejected_log_records",
     resource_field="resource_logs",
     scope_field="scope_logs",
-    items_field="log_records",
 )
 TRACES = Signal(
     name="traces",
@@ -48,11 +42,8 @@ TRACES = Signal(
     response_type=trace_service_pb2.ExportTraceServiceResponse,
     grpc_service="opentelemetry.proto.collector.trace.v1.TraceService",
     http_path="/v1/traces",
-    item_name="spans",
-    rejected_field="rejected_spans",
     resource_field="resource_spans",
     scope_field="scope_spans",
-    items_field="spans",
 )
 METRICS = Signal(
     name="metrics",
@@ -60,11 +51,8 @@ METRICS = Signal(
     response_type=metrics_service_pb2.ExportMetricsServiceResponse,
     grpc_service="opentelemetry.proto.collector.metrics.v1.MetricsService",
     http_path="/v1/metrics",
-    item_name="data points",
-    rejected_field="rejected_data_points",
     resource_field="resource_metrics",
     scope_field="scope_metrics",
-    items_field="metrics",
 )
 
 SIGNALS: dict[str, Signal] = {s.name: s for s in (LOGS, TRACES, METRICS)}
