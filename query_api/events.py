@@ -14,6 +14,7 @@ from uuid import UUID
 import orjson
 
 from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import NOT_EXPIRED
 from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns
 
@@ -44,7 +45,7 @@ class EventFilter:
 
     def where(self) -> tuple[str, dict[str, Any]]:
         """The WHERE clause (without the keyword) and its parameters."""
-        clauses = list(self.conditions)
+        clauses = [NOT_EXPIRED, *self.conditions]
         params = dict(self.parameters)
         if self.start_ns is not None:
             clauses.append("Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64})")
@@ -142,7 +143,8 @@ def list_events(storage: Storage, flt: EventFilter, limit: int, cursor: str | No
 
 def get_event(storage: Storage, event_id: str) -> Event | None:
     rows = storage.rows(
-        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE EventId = toUUID({{event_id:String}}) LIMIT 1",
+        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} "
+        f"WHERE EventId = toUUID({{event_id:String}}) AND {NOT_EXPIRED} LIMIT 1",
         parameters={"event_id": event_id},
     )
     return row_to_event(rows[0]) if rows else None
@@ -150,7 +152,7 @@ def get_event(storage: Storage, event_id: str) -> Event | None:
 
 def events_of_trace(storage: Storage, trace_id: str) -> list[Event]:
     rows = storage.rows(
-        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE TraceId = {{trace_id:String}} "
+        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE TraceId = {{trace_id:String}} AND {NOT_EXPIRED} "
         "ORDER BY Timestamp, EventId",
         parameters={"trace_id": trace_id},
     )

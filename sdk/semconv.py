@@ -19,6 +19,10 @@ LAB_NODE_ID: Final = "lab.node.id"
 LAB_RUN_ID: Final = "lab.run.id"
 LAB_WORKFLOW_ID: Final = "lab.workflow.id"
 LAB_EXPERIMENT_ID: Final = "lab.experiment.id"
+LAB_TTL_SECONDS: Final = "lab.ttl_seconds"
+"""Seconds after its timestamp at which an event expires (storage deletes it)."""
+LAB_EXPIRES_AT: Final = "lab.expires_at"
+"""When an event expires: RFC 3339 or epoch seconds."""
 
 LAB_COLUMNS: Final[dict[str, str]] = {
     "EventType": LAB_EVENT_TYPE,

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labtel.collector.storage import migrations
+from labtel.collector.storage import migrations, schema
 from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import SchemaNames
 from labtel.query_api.events import EventFilter, list_events
@@ -102,12 +103,45 @@ def test_migrations_apply_once(chdb_path: Path) -> None:
 
 
 def test_ttl_follows_the_configuration(storage: Storage) -> None:
+    # A fresh logs table already has a TTL: events may carry their own expiry.
+    assert migrations.current_ttl(storage, "otel_logs") is None
     changed = migrations.reconcile_ttl(storage, {"logs": timedelta(days=30), "traces": timedelta(hours=72)})
     assert changed == ["otel_logs", "otel_traces", "otel_traces_trace_id_ts"]
-    assert migrations.current_ttl(storage, "otel_logs") == "toDateTime(Timestamp) + toIntervalSecond(2592000)"
+    retention = "toDateTime(Timestamp) + toIntervalSecond(2592000)"
+    assert migrations.current_ttl(storage, "otel_logs") == (
+        f"if(ExpiresAt = 0, {retention}, least(toDateTime(ExpiresAt), {retention}))"
+    )
+    assert migrations.current_ttl(storage, "otel_traces") == "toDateTime(Timestamp) + toIntervalSecond(259200)"
     assert migrations.reconcile_ttl(storage, {"logs": timedelta(days=30), "traces": timedelta(hours=72)}) == []
-    assert migrations.reconcile_ttl(storage, {"logs": timedelta(0), "traces": timedelta(hours=72)}) == ["otel_logs"]
-    assert migrations.current_ttl(storage, "otel_logs") is None
+    assert migrations.reconcile_ttl(storage, {"logs": timedelta(0), "traces": timedelta(0)}) == [
+        "otel_logs",
+        "otel_traces",
+        "otel_traces_trace_id_ts",
+    ]
+    assert migrations.current_ttl(storage, "otel_logs") == schema.logs_ttl_clause(0)
+    assert migrations.current_ttl(storage, "otel_traces") is None
+
+
+def test_events_expire_at_their_own_ttl(storage: Storage) -> None:
+    migrations.reconcile_ttl(storage, {"logs": timedelta(0), "traces": timedelta(0)})
+    now = time.time_ns()
+    records = [
+        log_record("short-lived", {"lab.ttl_seconds": 1}, time_ns=now),
+        log_record("already expired", {"lab.expires_at": "2020-01-01T00:00:00Z"}, time_ns=now),
+        log_record("hour-long", {"lab.ttl_seconds": 3600}, time_ns=now),
+        log_record("forever", time_ns=now),
+    ]
+    storage.insert_otlp("logs", logs_request(records).SerializeToString(), "ttl")
+
+    def visible() -> list[str]:
+        return sorted(e.body for e in list_events(storage, EventFilter(), 10, None)[0])
+
+    assert visible() == ["forever", "hour-long", "short-lived"]
+    time.sleep(1.2)
+    assert visible() == ["forever", "hour-long"]  # hidden as soon as it expires
+    storage.command(f"OPTIMIZE TABLE {storage.names.logs} FINAL")
+    stored = storage.rows(f"SELECT Body FROM {storage.names.logs} ORDER BY Body")
+    assert [r["Body"] for r in stored] == ["forever", "hour-long"]  # and deleted by the TTL
 
 
 def test_names_with_dashes_and_dots_are_quoted(chdb_path: Path) -> None:

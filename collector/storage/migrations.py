@@ -36,6 +36,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "otel_logs and otel_traces (contrib exporter columns, lab columns), trace-id lookup",
         lambda n: [schema.logs_table(n), schema.traces_table(n), *schema.trace_id_ts_table(n)],
     ),
+    Migration(
+        2,
+        "per-event expiry: otel_logs.ExpiresAt from lab.ttl_seconds / lab.expires_at, row-level TTL",
+        lambda n: [
+            f"ALTER TABLE {n.logs} ADD COLUMN IF NOT EXISTS {schema.expires_at_column()}",
+            f"ALTER TABLE {n.logs} MODIFY SETTING ttl_only_drop_parts = 0",
+        ],
+    ),
 )
 
 
@@ -115,10 +123,11 @@ _TTL = re.compile(r"\bTTL (.+?)(?: SETTINGS |$)")
 
 def current_ttl(storage: Storage, table: str) -> str | None:
     """The TTL expression a table has now, or None."""
-    engine = storage.command(
+    rows = storage.rows(
         "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {table:String}",
         parameters={"db": storage.names.database, "table": table},
     )
+    engine = rows[0]["engine_full"] if rows else ""
     match = _TTL.search(str(engine or ""))
     return match.group(1).strip() if match else None
 
@@ -128,14 +137,17 @@ def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta]) -> list[str]:
     tables changed. `ttl_only_drop_parts` lets whole expired parts go without rewriting."""
     names = storage.names
     tables = {
-        "logs": [(names.logs_table, "Timestamp")],
+        "logs": [(names.logs_table, "")],
         "traces": [(names.traces_table, "Timestamp"), (f"{names.traces_table}_trace_id_ts", "End")],
     }
     changed = []
     for signal, ttl in ttls.items():
         seconds = int(ttl.total_seconds())
         for table, column in tables[signal]:
-            wanted = schema.ttl_clause(column, seconds) if seconds > 0 else None
+            if not column:  # the logs table always has a TTL: events may carry their own expiry
+                wanted: str | None = schema.logs_ttl_clause(seconds)
+            else:
+                wanted = schema.ttl_clause(column, seconds) if seconds > 0 else None
             if current_ttl(storage, table) == wanted:
                 continue
             qualified = names.qualified(table)

@@ -486,3 +486,31 @@ def migrations_table(names: SchemaNames) -> str:
 def ttl_clause(column: str, seconds: int) -> str:
     """The TTL expression of a table, in the text ClickHouse shows it back as."""
     return f"toDateTime({column}) + toIntervalSecond({seconds})"
+
+
+NEVER = "toDateTime('2106-02-07 06:28:15', 'UTC')"
+"""The latest DateTime: a TTL that never comes."""
+
+
+def expires_at_column() -> str:
+    """`ExpiresAt`: when an event asked to be deleted (`lab.ttl_seconds` after its timestamp, or
+    `lab.expires_at`), or 0 when it did not."""
+    ttl = f"toFloat64OrZero(LogAttributes['{semconv.LAB_TTL_SECONDS}'])"
+    at = f"LogAttributes['{semconv.LAB_EXPIRES_AT}']"
+    return (
+        f"ExpiresAt DateTime64(3) MATERIALIZED if({ttl} > 0, "
+        f"toDateTime64(Timestamp, 3) + toIntervalMillisecond(toInt64({ttl} * 1000)), "
+        f"parseDateTime64BestEffortOrZero({at}, 3, 'UTC'))"
+    )
+
+
+def logs_ttl_clause(seconds: int) -> str:
+    """The logs table's TTL: an event goes at its own expiry or at the retention, whichever is first."""
+    if seconds <= 0:
+        return f"if(ExpiresAt = 0, {NEVER}, toDateTime(ExpiresAt))"
+    retention = ttl_clause("Timestamp", seconds)
+    return f"if(ExpiresAt = 0, {retention}, least(toDateTime(ExpiresAt), {retention}))"
+
+
+NOT_EXPIRED = "(ExpiresAt = 0 OR ExpiresAt > now64(3))"
+"""SQL: the event has not expired (TTL deletes expired rows only at the next merge)."""
