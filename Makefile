@@ -40,7 +40,10 @@ pytest: $(STAMP)
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-bench: $(STAMP) bench-ingest ## every benchmark (figures for the issue notes)
+bench: $(STAMP) bench-ingest bench-sdk ## every benchmark (figures for the issue notes)
 
 bench-ingest: $(STAMP) ## ingest throughput, latency and loss check (bench/ingest.py)
 	$(BIN)/python bench/ingest.py --clients 32 --duration 30
+
+bench-sdk: $(STAMP) ## cost per logging call and CPU per delivered event, labtel.sdk vs stock OTel (bench/sdk.py)
+	$(BIN)/python bench/sdk.py --events 20000 --repeat 3

@@ -19,6 +19,15 @@ LAB_NODE_ID: Final = "lab.node.id"
 LAB_RUN_ID: Final = "lab.run.id"
 LAB_WORKFLOW_ID: Final = "lab.workflow.id"
 LAB_EXPERIMENT_ID: Final = "lab.experiment.id"
+LAB_USER_ID: Final = "lab.user.id"
+LAB_CAMPAIGN_ID: Final = "lab.campaign.id"
+LAB_PROJECT_ID: Final = "lab.project.id"
+LAB_WORKCELL_ID: Final = "lab.workcell.id"
+LAB_STEP_ID: Final = "lab.step.id"
+LAB_MANAGER_ID: Final = "lab.manager.id"
+LAB_QUEUE_ID: Final = "lab.queue.id"
+LAB_DEVICE: Final = "lab.device"
+LAB_DEVICE_OPERATION: Final = "lab.device.operation"
 LAB_TTL_SECONDS: Final = "lab.ttl_seconds"
 """Seconds after its timestamp at which an event expires (storage deletes it)."""
 LAB_EXPIRES_AT: Final = "lab.expires_at"
@@ -32,3 +41,22 @@ LAB_COLUMNS: Final[dict[str, str]] = {
     "ExperimentId": LAB_EXPERIMENT_ID,
 }
 """Storage column → the attribute it is derived from (log attribute first, then resource)."""
+
+FIELD_ALIASES: Final[dict[str, str]] = {
+    "event_type": LAB_EVENT_TYPE,
+    "event_id": LAB_EVENT_ID,
+    "node_id": LAB_NODE_ID,
+    "run_id": LAB_RUN_ID,
+    "workflow_id": LAB_WORKFLOW_ID,
+    "experiment_id": LAB_EXPERIMENT_ID,
+    "user_id": LAB_USER_ID,
+    "campaign_id": LAB_CAMPAIGN_ID,
+    "project_id": LAB_PROJECT_ID,
+    "workcell_id": LAB_WORKCELL_ID,
+    "step_id": LAB_STEP_ID,
+    "manager_id": LAB_MANAGER_ID,
+    "queue_id": LAB_QUEUE_ID,
+    "ttl_seconds": LAB_TTL_SECONDS,
+    "expires_at": LAB_EXPIRES_AT,
+}
+"""Short keyword names lab code passes (`workflow_id=...`) → the attribute they are stored as."""

@@ -1,0 +1,205 @@
+"""The configured SDK: settings, resource, the delivery pipeline, and the tracer and meter providers.
+
+`configure()` builds it; anything that needs it and finds none configures one from the
+environment, so `from labtel.sdk import get_logger` is enough to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from labtel.sdk import resource as resource_detection
+from labtel.sdk._version import __version__
+from labtel.sdk.pipeline import FlushResult, Pipeline
+from labtel.sdk.settings import SdkSettings, parse_headers, resolve
+from labtel.sdk.transport import make_transport
+
+log = logging.getLogger("labtel.sdk")
+
+SEVERITY_OF_LEVEL = {
+    "trace": 1,
+    "debug": 5,
+    "info": 9,
+    "warning": 13,
+    "warn": 13,
+    "error": 17,
+    "exception": 17,
+    "critical": 21,
+    "fatal": 21,
+}
+
+
+@dataclass
+class Sdk:
+    """Everything one configure() call set up."""
+
+    settings: SdkSettings
+    resource: dict[str, Any]
+    pipeline: Pipeline
+    min_severity: int
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    instruments: dict[str, Any] = field(default_factory=dict)
+
+    def tracer(self) -> trace.Tracer:
+        provider = self.tracer_provider or trace.get_tracer_provider()
+        return provider.get_tracer("labtel.sdk", __version__)
+
+    def meter(self) -> metrics.Meter:
+        provider = self.meter_provider or metrics.get_meter_provider()
+        return provider.get_meter("labtel.sdk", __version__)
+
+    def shutdown(self, timeout_s: float = 5.0) -> FlushResult:
+        result = self.pipeline.shutdown(timeout_s)
+        for provider in (self.tracer_provider, self.meter_provider):
+            if provider is not None:
+                try:
+                    provider.shutdown()
+                except Exception:
+                    log.debug("labtel.sdk: provider shutdown failed", exc_info=True)
+        return result
+
+
+_state: Sdk | None = None
+_lock = threading.RLock()
+
+
+def configure(
+    service_name: str | None = None,
+    endpoint: str | None = None,
+    protocol: str | None = None,
+    resource: dict[str, Any] | None = None,
+    lab_name: str | None = None,
+    **options: Any,
+) -> Sdk:
+    """Set up labtel.sdk: where events go and what they say about their source.
+
+    Arguments override `LABTEL_*` environment variables, which override the standard `OTEL_*`
+    ones (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS). Other options: level, console,
+    headers, timeout_s, batch_max_records, batch_interval_s, queue_max_records, spool_dir,
+    spool_max_bytes, metrics_interval_s, traces, metrics. Calling it again replaces the setup
+    (what the previous one had queued is delivered first).
+    """
+    given = {"service_name": service_name, "endpoint": endpoint, "protocol": protocol, "lab_name": lab_name, **options}
+    settings = resolve(SdkSettings(**{k: v for k, v in given.items() if v is not None}))
+    global _state
+    with _lock:
+        if _state is not None:
+            _state.shutdown()
+            _state = None
+        _state = _build(settings, resource or {})
+        return _state
+
+
+def _build(settings: SdkSettings, extra_resource: dict[str, Any]) -> Sdk:
+    assert settings.service_name is not None
+    assert settings.endpoint is not None
+    assert settings.protocol is not None
+    attributes = resource_detection.detect(settings.service_name, settings.lab_name, extra_resource)
+    headers = parse_headers(settings.headers)
+    protocol, endpoint = settings.protocol, settings.endpoint
+    spool = settings.spool_dir or _default_spool_dir(settings.service_name)
+    pipeline = Pipeline(
+        attributes,
+        lambda: make_transport(protocol, endpoint, headers, settings.timeout_s),
+        spool,
+        settings.spool_max_bytes,
+        batch_max_records=settings.batch_max_records,
+        batch_interval_s=settings.batch_interval_s,
+        queue_max_records=settings.queue_max_records,
+    )
+    level = settings.level.lower()
+    sdk = Sdk(settings, attributes, pipeline, SEVERITY_OF_LEVEL.get(level, 5))
+    otel_resource = Resource.create({k: v for k, v in attributes.items() if isinstance(v, (str, int, float, bool))})
+    if settings.traces:
+        sdk.tracer_provider = _tracer_provider(otel_resource, protocol, endpoint, headers)
+    if settings.metrics:
+        sdk.meter_provider = _meter_provider(otel_resource, protocol, endpoint, headers, settings.metrics_interval_s)
+    return sdk
+
+
+def _default_spool_dir(service_name: str) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in service_name)
+    return cache / "labtel" / "spool" / safe
+
+
+def _tracer_provider(resource: Resource, protocol: str, endpoint: str, headers: dict[str, str]) -> TracerProvider:
+    if protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+        exporter: Any = HttpSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces", headers=headers)
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+
+        exporter = GrpcSpanExporter(endpoint=endpoint, insecure=not endpoint.startswith("https"), headers=headers)
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(provider)  # the process had none: OTel instrumentation uses ours
+    return provider
+
+
+def _meter_provider(
+    resource: Resource, protocol: str, endpoint: str, headers: dict[str, str], interval_s: float
+) -> MeterProvider:
+    if protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+
+        exporter: Any = HttpMetricExporter(endpoint=endpoint.rstrip("/") + "/v1/metrics", headers=headers)
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+
+        exporter = GrpcMetricExporter(endpoint=endpoint, insecure=not endpoint.startswith("https"), headers=headers)
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=int(interval_s * 1000))
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    if not isinstance(metrics.get_meter_provider(), MeterProvider):
+        metrics.set_meter_provider(provider)  # the process had none: OTel instrumentation uses ours
+    return provider
+
+
+def state() -> Sdk:
+    """The current setup, configuring one from the environment if there is none."""
+    current = _state
+    if current is not None:
+        return current
+    with _lock:
+        return _state if _state is not None else configure()
+
+
+def flush(timeout_s: float = 5.0) -> FlushResult:
+    """Deliver everything queued or spooled now; says how many were delivered, are pending, were dropped."""
+    current = _state
+    if current is None:
+        return FlushResult(0, 0, 0)
+    if current.meter_provider is not None:
+        try:
+            current.meter_provider.force_flush(int(timeout_s * 1000))
+        except Exception:
+            log.debug("labtel.sdk: metric flush failed", exc_info=True)
+    if current.tracer_provider is not None:
+        current.tracer_provider.force_flush(int(timeout_s * 1000))
+    return current.pipeline.flush(timeout_s)
+
+
+def shutdown(timeout_s: float = 5.0) -> FlushResult:
+    """Flush and stop; the next logging call configures labtel.sdk afresh."""
+    global _state
+    with _lock:
+        current, _state = _state, None
+    if current is None:
+        return FlushResult(0, 0, 0)
+    return current.shutdown(timeout_s)

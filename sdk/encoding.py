@@ -1,0 +1,174 @@
+"""OTLP protobuf encoding of log records, written directly as bytes.
+
+The OpenTelemetry Python exporter builds protobuf objects record by record, which costs more
+CPU than emitting the record did. Here a request is assembled from byte strings; attributes
+that repeat (node ids, event types, users) come from a cache of their encoded form.
+
+Values nested deeper than one level (a list inside a list, a map inside a map) are sent as their
+JSON text: storage keeps nested values as exactly that text, and the collector's fast path then
+takes the record as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from labtel.sdk.textform import json_text
+
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_pack_double = struct.Struct("<d").pack
+
+_VARINTS = [bytes([i]) for i in range(128)]
+_CACHE_LIMIT = 8192
+
+
+def varint(value: int) -> bytes:
+    """A protobuf varint (negative ints as 64-bit two's complement)."""
+    if 0 <= value < 128:
+        return _VARINTS[value]
+    value &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    return tag + varint(len(payload)) + payload
+
+
+@dataclass(slots=True)
+class LogRecordData:
+    """One log record, as the SDK hands it to the exporter thread."""
+
+    time_ns: int
+    severity_number: int
+    severity_text: str
+    body: Any
+    attributes: dict[str, Any]
+    scope: str
+    trace_id: bytes = b""
+    span_id: bytes = b""
+    trace_flags: int = 0
+    event_name: str = ""
+    observed_ns: int = 0
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool, int, float, bytes, bytearray))
+
+
+def any_value(value: Any, nested: bool = False) -> bytes:
+    """An encoded OTLP AnyValue (the message body, without a tag)."""
+    if isinstance(value, str):
+        return _field(b"\x0a", value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            return b"\x18" + varint(value)
+        return _field(b"\x0a", str(value).encode())
+    if isinstance(value, float):
+        return b"\x21" + _pack_double(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _field(b"\x3a", bytes(value))
+    if value is None:
+        return b""
+    if isinstance(value, Mapping):
+        if nested or not all(_is_scalar(v) for v in value.values()):
+            return _field(b"\x0a", json_text(value).encode("utf-8", "surrogatepass"))
+        pairs = b"".join(_field(b"\x0a", key_value(str(k), v, nested=True)) for k, v in value.items())
+        return _field(b"\x32", pairs)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+        if nested or not all(_is_scalar(v) for v in items):
+            return _field(b"\x0a", json_text(items).encode("utf-8", "surrogatepass"))
+        return _field(b"\x2a", b"".join(_field(b"\x0a", any_value(v, nested=True)) for v in items))
+    if isinstance(value, (int, float)) or (hasattr(value, "__float__") and not hasattr(value, "__len__")):
+        number = float(value)
+        if number.is_integer() and math.isfinite(number) and hasattr(value, "__index__"):
+            return b"\x18" + varint(int(number))
+        return b"\x21" + _pack_double(number)
+    return _field(b"\x0a", str(value).encode("utf-8", "surrogatepass"))
+
+
+def key_value(key: str, value: Any, nested: bool = False) -> bytes:
+    """An encoded KeyValue (without a tag)."""
+    return _field(b"\x0a", key.encode("utf-8", "surrogatepass")) + _field(b"\x12", any_value(value, nested))
+
+
+class AttributeEncoder:
+    """Encodes attribute lists, remembering the encoding of repeated (key, value) pairs."""
+
+    def __init__(self, tag: bytes = b"\x32") -> None:
+        self._tag = tag
+        self._cache: dict[tuple[str, type, Any], bytes] = {}
+
+    def encode(self, attributes: Mapping[str, Any]) -> bytes:
+        cache = self._cache
+        tag = self._tag
+        parts = []
+        for key, value in attributes.items():
+            kind = type(value)
+            if kind is str or kind is int or kind is bool:
+                cache_key = (key, kind, value)
+                encoded = cache.get(cache_key)
+                if encoded is None:
+                    encoded = _field(tag, key_value(key, value))
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    cache[cache_key] = encoded
+                parts.append(encoded)
+            else:
+                parts.append(_field(tag, key_value(key, value)))
+        return b"".join(parts)
+
+
+def log_record(record: LogRecordData, attributes: AttributeEncoder) -> bytes:
+    """An encoded LogRecord (without a tag)."""
+    parts = [b"\x09" + _pack_fixed64(record.time_ns)]
+    if record.observed_ns:
+        parts.append(b"\x59" + _pack_fixed64(record.observed_ns))
+    if record.severity_number:
+        parts.append(b"\x10" + varint(record.severity_number))
+    if record.severity_text:
+        parts.append(_field(b"\x1a", record.severity_text.encode()))
+    if record.body is not None:
+        parts.append(_field(b"\x2a", any_value(record.body)))
+    if record.attributes:
+        parts.append(attributes.encode(record.attributes))
+    if record.trace_id:
+        parts.append(b"\x4a\x10" + record.trace_id)
+        parts.append(b"\x52\x08" + record.span_id)
+        if record.trace_flags:
+            parts.append(b"\x45" + _pack_fixed32(record.trace_flags))
+    if record.event_name:
+        parts.append(_field(b"\x62", record.event_name.encode("utf-8", "surrogatepass")))
+    return b"".join(parts)
+
+
+def resource(attributes: Mapping[str, Any]) -> bytes:
+    """An encoded Resource (without a tag)."""
+    return AttributeEncoder(tag=b"\x0a").encode(attributes)
+
+
+def scope(name: str, version: str = "") -> bytes:
+    """An encoded InstrumentationScope (without a tag)."""
+    out = _field(b"\x0a", name.encode("utf-8", "surrogatepass"))
+    return out + _field(b"\x12", version.encode()) if version else out
+
+
+def logs_request(resource_bytes: bytes, scopes: Iterable[tuple[bytes, Sequence[bytes]]]) -> bytes:
+    """An encoded ExportLogsServiceRequest with one resource and the given (scope, records)."""
+    scope_logs = b"".join(
+        _field(b"\x12", _field(b"\x0a", scope_bytes) + b"".join(_field(b"\x12", r) for r in records))
+        for scope_bytes, records in scopes
+    )
+    return _field(b"\x0a", _field(b"\x0a", resource_bytes) + scope_logs)

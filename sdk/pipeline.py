@@ -1,0 +1,312 @@
+"""Delivery: records from the caller to the collector, without ever hurting the caller.
+
+`emit` only appends to an in-memory queue (no I/O, no locks held across work, never raises).
+A daemon thread batches, encodes and sends. When the collector is away, requests go to the
+on-disk spool and are sent when it is back; a record is dropped only when the spool is full
+(or the in-memory queue overflows faster than the thread can spool it), and drops are counted
+and reported as a warning event once the collector answers again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labtel.sdk import encoding
+from labtel.sdk.encoding import LogRecordData
+from labtel.sdk.spool import Spool
+from labtel.sdk.transport import SendError, Transport
+
+log = logging.getLogger("labtel.sdk")
+
+_SCOPE_VERSION = ""
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What `flush()` achieved: records delivered (since configure), still pending (in memory or
+    spooled on disk), dropped (since configure), and whether everything pending was delivered."""
+
+    delivered: int
+    pending: int
+    dropped: int
+    rejected: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.pending == 0
+
+
+class Pipeline:
+    """Batches records in a background thread; sends them, or spools them while the collector is away."""
+
+    def __init__(
+        self,
+        resource: Mapping[str, Any],
+        transport_factory: Callable[[], Transport],
+        spool_dir: Path,
+        spool_max_bytes: int,
+        batch_max_records: int = 512,
+        batch_interval_s: float = 1.0,
+        queue_max_records: int = 100_000,
+    ) -> None:
+        self._resource = encoding.resource(resource)
+        self._transport_factory = transport_factory
+        self._spool = Spool(spool_dir, spool_max_bytes)
+        self._batch_max = batch_max_records
+        self._interval_s = batch_interval_s
+        self._queue_max = queue_max_records
+        self._attributes = encoding.AttributeEncoder()
+        self._scopes: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self.delivered = 0
+        self.dropped = 0
+        self.rejected = 0
+        self._dropped_reported = 0
+        self._down_until = 0.0
+        self._backoff_s = _BACKOFF_START_S
+        self._busy = False
+        self._flush_requests = 0
+        self._closed = False
+        self._start()
+        _PIPELINES.add(self)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._queue: collections.deque[LogRecordData] = collections.deque()
+        self._pid = os.getpid()
+        self._transport: Transport | None = None
+        self._thread = threading.Thread(target=self._run, name="labtel-sdk-export", daemon=True)
+        self._thread.start()
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh queue, thread and connection (the parent's are not ours;
+        the parent delivers what it had queued)."""
+        if self._pid == os.getpid():
+            return
+        self.delivered = self.dropped = self.rejected = self._dropped_reported = 0
+        self._flushed = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._busy = False
+        self._flush_requests = 0
+        self._start()
+
+    def shutdown(self, timeout_s: float = 5.0) -> FlushResult:
+        """Deliver what can be delivered within `timeout_s`, then stop the thread."""
+        result = self.flush(timeout_s)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(max(0.1, timeout_s))
+        if self._transport is not None:
+            self._transport.close()
+        return result
+
+    # --- the caller's side -----------------------------------------------------------------
+
+    def emit(self, record: LogRecordData) -> None:
+        """Queue a record for delivery. Never blocks, never raises."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        queue = self._queue
+        if len(queue) >= self._queue_max:
+            self.dropped += 1
+            return
+        queue.append(record)
+        if len(queue) == self._batch_max:
+            self._wake.set()
+
+    def flush(self, timeout_s: float = 5.0) -> FlushResult:
+        """Send everything queued and spooled now; wait up to `timeout_s` for it."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._flush_requests += 1
+            target = self._flush_requests
+            self._down_until = 0.0  # try the collector now, whatever the back-off said
+        self._wake.set()
+        with self._idle:
+            while time.monotonic() < deadline and not self._closed:
+                if self._flushed >= target and not self._queue and (not self._busy):
+                    break
+                self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self.result()
+
+    def result(self) -> FlushResult:
+        pending = len(self._queue) + self._in_flight + self._spool.pending_records
+        return FlushResult(self.delivered, pending, self.dropped, self.rejected)
+
+    # --- the export thread -----------------------------------------------------------------
+
+    _flushed = 0
+    _in_flight = 0
+
+    def _run(self) -> None:
+        _EXPORT_THREAD.active = True
+        while True:
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            with self._lock:
+                self._busy = True
+                requested = self._flush_requests
+            try:
+                self._drain_queue()
+                self._drain_spool()
+            except Exception:  # never let the thread die: it is the only way records leave
+                log.exception("labtel.sdk export thread failed; continuing")
+            with self._idle:
+                self._busy = False
+                self._flushed = max(self._flushed, requested)
+                self._idle.notify_all()
+            if self._closed:
+                return
+
+    def _drain_queue(self) -> None:
+        queue = self._queue
+        while queue:
+            batch: list[LogRecordData] = []
+            while queue and len(batch) < self._batch_max:
+                batch.append(queue.popleft())
+            self._in_flight = len(batch)
+            try:
+                self._deliver(self._encode(batch), len(batch))
+            finally:
+                self._in_flight = 0
+
+    def _encode(self, batch: list[LogRecordData]) -> bytes:
+        by_scope: dict[str, list[bytes]] = {}
+        encode = encoding.log_record
+        attributes = self._attributes
+        for record in batch:
+            by_scope.setdefault(record.scope, []).append(encode(record, attributes))
+        scopes = []
+        for name, records in by_scope.items():
+            scope = self._scopes.get(name)
+            if scope is None:
+                scope = self._scopes[name] = encoding.scope(name, _SCOPE_VERSION)
+            scopes.append((scope, records))
+        return encoding.logs_request(self._resource, scopes)
+
+    def _collector_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _deliver(self, data: bytes, records: int) -> None:
+        if self._collector_down() or self._spool.pending_files:
+            self._spool_or_drop(data, records)  # keep order: older spooled requests go first
+            return
+        if not self._send(data, records):
+            self._spool_or_drop(data, records)
+
+    def _send(self, data: bytes, records: int) -> bool:
+        """Send one request; True when the collector took it (or refused it for good)."""
+        try:
+            if self._transport is None:
+                self._transport = self._transport_factory()
+            self._transport.send(data)
+        except SendError as error:
+            if not error.retryable:
+                self.rejected += records
+                log.warning("labtel.sdk: the collector refused %d records: %s", records, error)
+                return True
+            self._drop_transport()  # a fresh connection for the next try
+            self._down_until = time.monotonic() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+            return False
+        except Exception as error:  # a transport that cannot even be built: treat as away
+            log.debug("labtel.sdk: send failed: %s", error)
+            self._down_until = time.monotonic() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+            return False
+        self.delivered += records
+        self._backoff_s = _BACKOFF_START_S
+        self._down_until = 0.0
+        if self.dropped > self._dropped_reported:
+            self._report_drops()
+        return True
+
+    def _drop_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+
+    def _spool_or_drop(self, data: bytes, records: int) -> None:
+        if not self._spool.put(data, records):
+            self.dropped += records
+
+    def _drain_spool(self) -> None:
+        while not self._collector_down():
+            claimed = self._spool.claim_oldest()
+            if claimed is None:
+                return
+            claim, data, records = claimed
+            if self._send(data, records):
+                self._spool.done(claim)
+            else:
+                self._spool.release(claim)
+                return
+
+    def _report_drops(self) -> None:
+        lost = self.dropped - self._dropped_reported
+        self._dropped_reported = self.dropped
+        record = LogRecordData(
+            time_ns=time.time_ns(),
+            severity_number=13,
+            severity_text="WARN",
+            body=f"labtel.sdk dropped {lost} records while the collector was unreachable and the spool was full",
+            attributes={
+                "lab.event.type": "sdk_records_dropped",
+                "labtel.sdk.dropped_records": lost,
+                "labtel.sdk.dropped_records_total": self.dropped,
+            },
+            scope="labtel.sdk",
+            event_name="sdk_records_dropped",
+        )
+        self._queue.appendleft(record)
+
+
+class _ExportThreadFlag(threading.local):
+    active = False
+
+
+_EXPORT_THREAD = _ExportThreadFlag()
+"""True on the export thread: logging from there (e.g. a transport warning) is not re-captured."""
+
+_PIPELINES: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+def on_export_thread() -> bool:
+    return _EXPORT_THREAD.active
+
+
+def _after_fork_in_child() -> None:
+    for pipeline in list(_PIPELINES):
+        pipeline.after_fork()
+
+
+def _at_exit() -> None:
+    timeout_s = float(os.environ.get("LABTEL_EXIT_FLUSH_TIMEOUT_S", "5"))
+    for pipeline in list(_PIPELINES):
+        with contextlib.suppress(Exception):  # best effort at interpreter exit
+            pipeline.shutdown(timeout_s=timeout_s)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)

@@ -1,0 +1,92 @@
+"""The SDK's settings: `configure()` arguments first, then `LABTEL_*`, then the standard `OTEL_*`
+environment variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Protocol = Literal["grpc", "http"]
+
+
+class SdkSettings(BaseSettings):
+    """Everything configure() can set; each field also reads `LABTEL_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="LABTEL_", extra="ignore")
+
+    service_name: str | None = None
+    endpoint: str | None = Field(None, description="Collector address, e.g. http://localhost:4317")
+    protocol: Protocol | None = None
+    lab_name: str | None = None
+    level: str = Field("debug", description="Lowest level sent: debug, info, warning, error, critical")
+    console: bool = Field(False, description="Also print events to stderr")
+    headers: str | None = Field(None, description="Extra request headers: k=v,k=v (e.g. authorization)")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request send timeout")
+    batch_max_records: int = Field(512, ge=1)
+    batch_interval_s: float = Field(1.0, gt=0, description="Longest time a record waits before it is sent")
+    queue_max_records: int = Field(100_000, ge=1, description="Records held in memory before spooling to disk")
+    spool_dir: Path | None = Field(None, description="Where records wait while the collector is away")
+    spool_max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="Spool bound; past it records are dropped")
+    metrics_interval_s: float = Field(10.0, gt=0)
+    traces: bool = Field(True, description="Export spans (labtel.sdk.span and OTel instrumentation)")
+    metrics: bool = Field(True, description="Export metrics (device I/O, lifecycle)")
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def otel_resource_attributes() -> dict[str, str]:
+    """`OTEL_RESOURCE_ATTRIBUTES` (k=v,k=v) as a dict."""
+    raw = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def resolve(settings: SdkSettings) -> SdkSettings:
+    """Fill what LABTEL_* and the arguments left open from OTEL_* and defaults."""
+    service = (
+        settings.service_name
+        or _env("OTEL_SERVICE_NAME")
+        or otel_resource_attributes().get("service.name")
+        or Path(sys.argv[0] or "python").stem
+        or "python"
+    )
+    protocol = settings.protocol
+    if protocol is None:
+        wanted = _env("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+        if wanted:
+            protocol = "grpc" if wanted == "grpc" else "http"
+    endpoint = settings.endpoint or _env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    if protocol is None:
+        protocol = "http" if endpoint and (endpoint.rstrip("/").endswith(":4318") or "/v1/" in endpoint) else "grpc"
+    if not endpoint:
+        endpoint = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
+    headers = settings.headers or _env("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+    return settings.model_copy(
+        update={
+            "service_name": service,
+            "protocol": protocol,
+            "endpoint": endpoint,
+            "headers": headers,
+        }
+    )
+
+
+def parse_headers(text: str | None) -> dict[str, str]:
+    """`k=v,k=v` as a dict (values may be URL-encoded, as in OTEL_EXPORTER_OTLP_HEADERS)."""
+    from urllib.parse import unquote
+
+    if not text:
+        return {}
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {key.strip().lower(): unquote(value.strip()) for key, value in pairs}

@@ -1,0 +1,108 @@
+"""Sending encoded OTLP requests to the collector, over gRPC or HTTP."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Protocol as TypingProtocol
+from urllib.parse import urlparse
+
+import grpc
+import requests
+
+LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+_RETRYABLE_GRPC = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
+_RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+
+
+class SendError(Exception):
+    """A request was not delivered. `retryable`: the collector may take it later; otherwise it
+    refused the data for good (the records are counted as rejected)."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Transport(TypingProtocol):
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class GrpcTransport:
+    """OTLP/gRPC: LogsService/Export with the encoded request as the message."""
+
+    def __init__(self, endpoint: str, headers: dict[str, str], timeout_s: float) -> None:
+        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+        target = f"{parsed.hostname}:{parsed.port or 4317}"
+        # Short reconnect back-off: the pipeline paces retries itself, and a collector that is
+        # back must be reachable at the next try, not after gRPC's own minutes-long back-off.
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
+        if parsed.scheme == "https":
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._call = self._channel.unary_unary(LOGS_METHOD, request_serializer=None, response_deserializer=None)
+        self._metadata = tuple(headers.items())
+        self._timeout_s = timeout_s
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._call(data, timeout=self._timeout_s, metadata=self._metadata)
+        except grpc.RpcError as error:
+            code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+            raise SendError(
+                f"{code.name}: {error.details() if hasattr(error, 'details') else error}",
+                retryable=code in _RETRYABLE_GRPC,
+            ) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class HttpTransport:
+    """OTLP/HTTP: POST /v1/logs with a (gzipped) protobuf body."""
+
+    def __init__(self, endpoint: str, headers: dict[str, str], timeout_s: float) -> None:
+        base = endpoint.rstrip("/")
+        self._url = base if base.endswith("/v1/logs") else f"{base}/v1/logs"
+        self._session = requests.Session()
+        self._headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip", **headers}
+        self._timeout_s = timeout_s
+
+    def send(self, data: bytes) -> None:
+        try:
+            response = self._session.post(
+                self._url, data=gzip.compress(data, 1), headers=self._headers, timeout=self._timeout_s
+            )
+        except requests.RequestException as error:
+            raise SendError(str(error), retryable=True) from None
+        if response.status_code != 200:
+            raise SendError(
+                f"HTTP {response.status_code}: {response.text[:300]}", retryable=response.status_code in _RETRYABLE_HTTP
+            )
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def make_transport(protocol: str, endpoint: str, headers: dict[str, str], timeout_s: float) -> Transport:
+    """The transport for `protocol` ("grpc" or "http")."""
+    if protocol == "http":
+        return HttpTransport(endpoint, headers, timeout_s)
+    return GrpcTransport(endpoint, headers, timeout_s)
