@@ -474,3 +474,41 @@ def test_encoding_matches_the_protobuf_library_and_storage_text(attributes: dict
     stored = {kv.key: value_text(kv.value) for kv in decoded.attributes}
     assert stored == {k: textform.scalar_text(v) for k, v in attributes.items()}
     assert value_text(decoded.body) == textform.scalar_text(body)
+
+
+def test_events_join_spans_of_the_applications_own_tracer(sdk_server: tuple[LabtelServer, str]) -> None:
+    from opentelemetry import trace
+
+    server, service = sdk_server
+    with trace.get_tracer("app.instrumentation").start_as_current_span("http GET /plates") as span:
+        lab.get_logger("app").info("handled request")
+    [event] = delivered(server, service, 1)
+    assert event["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert event["span_id"] == f"{span.get_span_context().span_id:016x}"
+
+
+def test_configure_keeps_an_existing_tracer_provider(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = f"""
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+import labtel.sdk as lab
+mine = TracerProvider()
+trace.set_tracer_provider(mine)
+lab.configure(service_name="keeps", endpoint="http://127.0.0.1:9", spool_dir={str(tmp_path / "spool")!r}, metrics=False)
+assert trace.get_tracer_provider() is mine
+with trace.get_tracer("app").start_as_current_span("outer"):
+    with lab.span("inner") as inner:
+        assert inner.get_span_context().trace_id == trace.get_current_span().get_span_context().trace_id
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LABTEL_EXIT_FLUSH_TIMEOUT_S": "0.1"},
+    )
+    assert result.stdout.strip() == "ok", result.stderr

@@ -16,6 +16,7 @@ from labtel.sdk.textform import format_double, json_string
 
 __all__ = ["format_double", "json_string", "value_json", "value_text"]
 
+
 def value_json(value: AnyValue) -> str:
     """Any AnyValue, at any depth, as compact JSON."""
     kind = value.WhichOneof("value")
