@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint typecheck format pytest bench bench-ingest clean
+.PHONY: install run demo test lint typecheck format pytest bench bench-ingest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP) ## create the virtual environment and install labtel with serv
 
 run: $(STAMP) ## run labtel: OTLP gRPC :4317, HTTP :4318, query API :8000, data in ./labtel-data
 	$(BIN)/labtel serve
+
+demo: $(STAMP) ## simulated labs: a day of history at once, then live (starts labtel serve if needed)
+	$(BIN)/labtel demo --backfill 1d --live
 
 test: $(STAMP) lint typecheck pytest ## everything CI runs
 
@@ -31,7 +34,7 @@ format: $(STAMP)
 # mypy checks the installed names (labtel.sdk, ...) through a tree of symlinks to the folders.
 typecheck: $(STAMP)
 	@rm -rf .typecheck && mkdir -p .typecheck/labtel
-	@for d in sdk collector query_api cli; do ln -s ../../$$d .typecheck/labtel/$$d; done
+	@for d in sdk collector query_api cli demo; do ln -s ../../$$d .typecheck/labtel/$$d; done
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p labtel
 
 pytest: $(STAMP)

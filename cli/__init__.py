@@ -193,6 +193,7 @@ def migrate(
     data_dir: DataDirOption = None,
 ) -> None:
     """Create or upgrade the storage schema to this labtel's version, and apply the TTLs."""
+    from labtel.collector.config import SIGNALS
     from labtel.collector.storage import migrations
     from labtel.collector.storage.client import Storage, StorageError
 
@@ -201,7 +202,7 @@ def migrate(
     storage = Storage.from_config(exporter)
     try:
         report = migrations.migrate(storage)
-        changed = migrations.reconcile_ttl(storage, {s: exporter.signal_ttl(s) for s in ("logs", "traces")})
+        changed = migrations.reconcile_ttl(storage, {s: exporter.signal_ttl(s) for s in SIGNALS})
     except (StorageError, Exception) as error:
         console.print(f"[red]labtel: migration failed:[/red] {_explain(error)}")
         raise typer.Exit(1) from None
@@ -214,6 +215,61 @@ def migrate(
     console.print(
         f"{storage.target.describe()}, database {storage.names.database!r}: "
         f"schema version {report.current_version}" + (" (already current)" if not report.applied else "")
+    )
+
+
+@app.command()
+def demo(
+    backfill: Annotated[
+        str | None, typer.Option(help="Simulate this past period as fast as possible, e.g. 1d, 7d")
+    ] = None,
+    speed: Annotated[
+        float, typer.Option(help="Accelerated replay: simulated seconds per wall second (60 = an hour a minute)")
+    ] = 1.0,
+    duration: Annotated[
+        str | None, typer.Option(help="Wall-clock length of an accelerated or real-time run, e.g. 10m")
+    ] = None,
+    live: Annotated[bool, typer.Option("--live", help="After a backfill, keep the labs running in real time")] = False,
+    rate: Annotated[float, typer.Option(help="Load mode: events per second, timestamped now")] = 0.0,
+    start: Annotated[
+        str | None, typer.Option(help="Start of the simulated period (RFC 3339); default: now minus the period")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same events")] = 42,
+    worlds: Annotated[
+        str, typer.Option(help="Comma-separated: chemistry, observatory, geochronology")
+    ] = "chemistry,observatory,geochronology",
+    nodes: Annotated[int, typer.Option(min=1, max=10, help="Nodes in the chemistry lab's workcell")] = 10,
+    endpoint: Annotated[
+        str, typer.Option(envvar="LABTEL_ENDPOINT", help="Collector OTLP endpoint")
+    ] = "http://localhost:4317",
+    protocol: Annotated[str, typer.Option(help="grpc or http")] = "grpc",
+    truth: Annotated[Path | None, typer.Option(help="Write the simulation's ground truth (JSON) here")] = None,
+    print_items: Annotated[
+        bool, typer.Option("--print", help="Print the events as JSON lines instead of sending them")
+    ] = False,
+    serve: Annotated[bool, typer.Option(help="Start `labtel serve` when nothing listens at the endpoint")] = True,
+) -> None:
+    """Run simulated labs (a chemistry workcell, an observatory, a geochronology line) through labtel.sdk."""
+    from labtel.demo import launcher
+
+    raise typer.Exit(
+        launcher.main(
+            backfill=backfill,
+            speed=speed,
+            duration=duration,
+            live=live,
+            rate=rate,
+            start=start,
+            seed=seed,
+            worlds=tuple(w.strip() for w in worlds.split(",") if w.strip()),
+            nodes=nodes,
+            endpoint=endpoint,
+            protocol=protocol,
+            truth_path=truth,
+            print_items=print_items,
+            serve=serve,
+            console=console,
+        )
     )
 
 

@@ -149,6 +149,12 @@ class Pipeline:
                 self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         return self.result()
 
+    @property
+    def backlog(self) -> int:
+        """Records queued in memory, not yet batched (a producer that must not outrun delivery
+        can wait for it to fall)."""
+        return len(self._queue)
+
     def result(self) -> FlushResult:
         pending = len(self._queue) + self._in_flight + self._spool.pending_records
         return FlushResult(self.delivered, pending, self.dropped, self.rejected)

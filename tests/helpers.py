@@ -41,9 +41,9 @@ extensions:
 service:
   extensions: [query_api, file_storage]
   pipelines:
-    logs: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}
-    traces: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}
+{pipelines}
 """
+PIPELINE = "    {signal}: {{receivers: [otlp], processors: [batch], exporters: [clickhouse]}}"
 
 
 def write_config(
@@ -57,8 +57,10 @@ def write_config(
     http_extra: str = "",
     queue_extra: str = "",
     exporter_extra: str = "",
+    signals: tuple[str, ...] = ("logs", "traces"),
 ) -> Path:
-    """A collector config listening on free loopback ports, storing in `data_dir`."""
+    """A collector config listening on free loopback ports, storing in `data_dir`, with a
+    pipeline for each of `signals`."""
     path.write_text(
         CONFIG_TEMPLATE.format(
             endpoint=endpoint or f"chdb://{data_dir}",
@@ -69,6 +71,7 @@ def write_config(
             exporter_extra=exporter_extra,
             queue_extra=queue_extra,
             wal_dir=data_dir.parent / "wal",
+            pipelines="\n".join(PIPELINE.format(signal=signal) for signal in signals),
         )
     )
     return path
@@ -154,6 +157,16 @@ class LabtelServer:
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return httpx.get(self.api + path, params=params, timeout=30)
+
+    def metric(self, name: str) -> float:
+        """The sum of a self-metric's samples whose line starts with `name` (labels may follow)."""
+        text = self.get("/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def wait_until_stored(self, timeout: float = 60.0) -> None:
+        """Acknowledged data is durable at once but may sit in the write-ahead log while an insert
+        finishes: wait until the log is empty, so everything acknowledged is queryable."""
+        wait_for(lambda: self.metric("labtel_wal_batches") == 0, timeout=timeout, what="the WAL to drain")
 
     def all_events(self, **filters: Any) -> list[dict[str, Any]]:
         """Every event matching `filters`, following `next_cursor` page by page."""

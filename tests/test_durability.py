@@ -60,8 +60,7 @@ def stored_per_request(server: LabtelServer) -> collections.Counter[str]:
 
 
 def metric(server: LabtelServer, name: str) -> float:
-    text = server.get("/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+    return server.metric(name)
 
 
 @pytest.fixture

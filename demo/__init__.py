@@ -1,0 +1,1 @@
+"""labtel.demo: simulated labs that make every screen come alive (`labtel demo`)."""

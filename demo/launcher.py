@@ -1,0 +1,135 @@
+"""`labtel demo`: start a collector if none listens, then play the simulated labs into it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from labtel.collector.durations import parse_duration
+from labtel.demo.emitter import Emitter
+from labtel.demo.runner import WORLDS, Window, accelerated_window, backfill_window, play, simulate, write_truth
+from labtel.demo.sim import SECOND
+
+
+def _listening(endpoint: str) -> bool:
+    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", parsed.port or 4317), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _start_server(console: Any) -> subprocess.Popen[bytes]:
+    ready = Path(tempfile.mkdtemp(prefix="labtel-demo-")) / "ready.json"
+    process = subprocess.Popen([sys.executable, "-m", "labtel.cli", "serve", "--ready-file", str(ready)])
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("labtel demo: could not start `labtel serve`")
+        time.sleep(0.1)
+    console.print(f"labtel demo: started labtel serve: {json.loads(ready.read_text())['listeners']}")
+    return process
+
+
+def _start_ns(start: str | None) -> int | None:
+    if start is None:
+        return None
+    from labtel.query_api.params import parse_time_ns
+
+    return parse_time_ns(start, "start")
+
+
+def main(
+    *,
+    backfill: str | None,
+    speed: float,
+    duration: str | None,
+    live: bool,
+    rate: float,
+    start: str | None,
+    seed: int,
+    worlds: tuple[str, ...],
+    nodes: int,
+    endpoint: str,
+    protocol: str,
+    truth_path: Path | None,
+    print_items: bool,
+    serve: bool,
+    console: Any,
+) -> int:
+    os.environ.setdefault("OTEL_PYTHON_LOG_LEVEL", "error")  # exporter retries are reported by the summary
+    unknown = set(worlds) - set(WORLDS)
+    if unknown:
+        console.print(f"[red]labtel demo: unknown world(s) {sorted(unknown)}; choose from {', '.join(WORLDS)}[/red]")
+        return 2
+    windows: list[Window] = []
+    wall_s = parse_duration(duration).total_seconds() if duration else None
+    if backfill:
+        windows.append(backfill_window(parse_duration(backfill).total_seconds(), _start_ns(start)))
+        if live:
+            windows.append(accelerated_window(1.0, wall_s))
+    elif rate > 0:
+        windows.append(backfill_window(30 * 86400))
+    else:
+        windows.append(accelerated_window(speed, wall_s))
+    server = None
+    emitter = None
+    if not print_items:
+        if serve and not _listening(endpoint):
+            server = _start_server(console)
+        emitter = Emitter(
+            endpoint, protocol, Path(tempfile.mkdtemp(prefix="labtel-demo-spool-")), demo_id=f"seed-{seed}"
+        )
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        for index, window in enumerate(windows):
+            items, truth = simulate(window, seed + index, worlds, nodes)
+            if rate > 0:
+                items = _restamped(items)
+            mode = (
+                "backfill" if window.speed == 0 and rate == 0 else "live" if window.speed <= 1 else f"x{window.speed:g}"
+            )
+            if not print_items:
+                console.print(
+                    f"labtel demo: {mode} from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(window.start_ns / SECOND))} UTC"
+                    + (f" at {rate:g} events/s" if rate else "")
+                )
+            started = time.monotonic()
+            play(items, truth, window, emitter, print if print_items else None, rate)
+            if emitter is not None:
+                result = emitter.flush(120)
+                console.print(
+                    f"labtel demo: {truth.events['Log']} events and {truth.events['SpanStart']} spans in "
+                    f"{time.monotonic() - started:.1f} s; delivered {result.delivered}, "
+                    f"pending {result.pending}, dropped {result.dropped}"
+                )
+            if truth_path is not None:
+                write_truth(truth, truth_path)
+    except KeyboardInterrupt:
+        console.print("labtel demo: stopped")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if emitter is not None:
+            emitter.close()
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+    return 0
+
+
+def _restamped(items: Any) -> Any:
+    """Load mode: the simulated events, stamped with the time they are sent."""
+    from dataclasses import replace
+
+    for item in items:
+        yield replace(item, time_ns=time.time_ns())
