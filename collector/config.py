@@ -148,6 +148,45 @@ class RetryConfig(StrictModel):
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
+def _check_identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError(f"{value!r} is not a usable ClickHouse name (letters, digits, '_', '-', '.')")
+    return value
+
+
+class MetricsTableConfig(StrictModel):
+    """One metrics table of the `clickhouse` exporter (`metrics_tables.<type>`)."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _check_identifier(value)
+
+
+class MetricsTablesConfig(StrictModel):
+    """The table of each metric type, as the contrib exporter's `metrics_tables` names them."""
+
+    gauge: MetricsTableConfig = MetricsTableConfig(name="otel_metrics_gauge")
+    sum: MetricsTableConfig = MetricsTableConfig(name="otel_metrics_sum")
+    summary: MetricsTableConfig = MetricsTableConfig(name="otel_metrics_summary")
+    histogram: MetricsTableConfig = MetricsTableConfig(name="otel_metrics_histogram")
+    exponential_histogram: MetricsTableConfig = MetricsTableConfig(name="otel_metrics_exponential_histogram")
+
+    def by_type(self) -> dict[str, str]:
+        """The table name of each metric type."""
+        tables = (self.gauge, self.sum, self.summary, self.histogram, self.exponential_histogram)
+        kinds = ("gauge", "sum", "summary", "histogram", "exponential_histogram")
+        return {kind: table.name for kind, table in zip(kinds, tables, strict=True)}
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MetricsTablesConfig:
+        if len(set(self.by_type().values())) != 5:
+            raise ValueError("every metric type needs a table of its own")
+        return self
+
+
 class ClickHouseExporterConfig(StrictModel):
     """The `clickhouse` exporter. Option names follow the contrib ClickHouse exporter."""
 
@@ -158,9 +197,11 @@ class ClickHouseExporterConfig(StrictModel):
     ttl: Duration = timedelta(0)
     logs_ttl: Duration | None = None
     traces_ttl: Duration | None = None
+    metrics_ttl: Duration | None = None
     create_schema: bool = True
     logs_table_name: str = "otel_logs"
     traces_table_name: str = "otel_traces"
+    metrics_tables: MetricsTablesConfig = MetricsTablesConfig()
     timeout: Duration = timedelta(seconds=5)
     compress: Literal["lz4", "zstd", "gzip", "none", ""] = "lz4"
     async_insert: bool = True
@@ -170,9 +211,7 @@ class ClickHouseExporterConfig(StrictModel):
     @field_validator("database", "logs_table_name", "traces_table_name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError(f"{value!r} is not a usable ClickHouse name (letters, digits, '_', '-', '.')")
-        return value
+        return _check_identifier(value)
 
     @field_validator("endpoint")
     @classmethod
@@ -185,7 +224,7 @@ class ClickHouseExporterConfig(StrictModel):
 
     def signal_ttl(self, signal: str) -> timedelta:
         """The retention of one signal: its own `<signal>_ttl`, else the shared `ttl`."""
-        own = {"logs": self.logs_ttl, "traces": self.traces_ttl}.get(signal)
+        own = {"logs": self.logs_ttl, "traces": self.traces_ttl, "metrics": self.metrics_ttl}.get(signal)
         return own if own is not None else self.ttl
 
 
@@ -230,7 +269,7 @@ COMPONENT_TYPES: dict[str, dict[str, type[StrictModel]]] = {
     "exporters": {"clickhouse": ClickHouseExporterConfig},
     "extensions": {"query_api": QueryApiConfig, "file_storage": FileStorageConfig},
 }
-SIGNALS = ("logs", "traces")
+SIGNALS = ("logs", "traces", "metrics")
 
 
 class CollectorConfig(StrictModel):
@@ -360,7 +399,7 @@ def parse_config(raw: Any) -> CollectorConfig:
     if not isinstance(service_raw, dict):
         raise ConfigError("service: missing; it must list service.pipelines")
     if not service_raw.get("pipelines"):
-        raise ConfigError("service.pipelines: missing; define at least one pipeline (logs or traces)")
+        raise ConfigError("service.pipelines: missing; define at least one pipeline (logs, traces or metrics)")
     try:
         service = ServiceConfig.model_validate(service_raw)
     except ValidationError as error:

@@ -5,17 +5,18 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from labtel.collector.storage.client import Storage
-from labtel.query_api.routes import events, health, metrics, traces
+from labtel.query_api.routes import events, health, metrics, series, traces
 from labtel.sdk import __version__
 
 DESCRIPTION = """Events from lab instruments, schedulers, workflow engines and telescopes,
-stored by the labtel collector as OpenTelemetry log records in ClickHouse."""
+stored by the labtel collector as OpenTelemetry log records in ClickHouse, and the metrics
+they send (`/series`)."""
 
 
 def create_app(storage: Storage) -> FastAPI:
     """A query API reading `storage`."""
     app = FastAPI(title="labtel query API", version=__version__, description=DESCRIPTION)
     app.state.storage = storage
-    for router in (health.router, metrics.router, events.router, traces.router):
+    for router in (health.router, metrics.router, events.router, traces.router, series.router):
         app.include_router(router)
     return app

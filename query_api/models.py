@@ -103,3 +103,86 @@ class Readiness(BaseModel):
     schema_version: int
     expected_schema_version: int
     reason: str = ""
+
+
+class MetricInfo(BaseModel):
+    """One stored metric: a name, its type and a service that sends it, with its points in range."""
+
+    name: str
+    type: str = Field(description="gauge, sum, histogram, exponential_histogram or summary")
+    unit: str
+    description: str
+    service: str
+    temporality: str | None = Field(
+        description="delta or cumulative (sums and histograms; null for gauges and summaries)"
+    )
+    monotonic: bool | None = Field(description="whether a sum only grows (null for other types)")
+    points: int = Field(description="data points stored in the range")
+    first: str = Field(description="time of the first point in the range, RFC 3339 UTC")
+    first_unix_nano: int
+    last: str
+    last_unix_nano: int
+
+
+class MetricNames(BaseModel):
+    """The stored metrics, by name, type and service."""
+
+    names: list[MetricInfo]
+
+
+class Exemplar(BaseModel):
+    """A sample measurement kept with a data point, often with the trace it was made in."""
+
+    t: str
+    t_unix_nano: int
+    value: float | None
+    trace_id: str
+    span_id: str
+    attributes: dict[str, str] = Field(description="the measurement's attributes the aggregation dropped")
+
+
+class SeriesPoint(BaseModel):
+    """One time bucket of a series: its start and the aggregate of the points inside it."""
+
+    t: str = Field(description="start of the bucket, RFC 3339 UTC")
+    t_unix_nano: int
+    value: float | None = Field(description="null when not a finite number (e.g. an average of nothing)")
+    exemplars: list[Exemplar] = Field(default=[], description="up to 10 exemplars of the bucket's points")
+
+
+class HistogramPoint(BaseModel):
+    """One time bucket of a histogram series: the aggregate, and the bucket counts behind it."""
+
+    t: str = Field(description="start of the bucket, RFC 3339 UTC")
+    t_unix_nano: int
+    value: float | None
+    count: int = Field(description="values counted (delta points added up; cumulative: the last)")
+    sum: float | None
+    bucket_counts: list[int]
+    explicit_bounds: list[float]
+    exemplars: list[Exemplar] = []
+
+
+class Series(BaseModel):
+    """The points of one service's metric with one label set (the data point attributes)."""
+
+    service: str
+    labels: dict[str, str]
+    points: list[HistogramPoint] | list[SeriesPoint]
+
+
+class SeriesResult(BaseModel):
+    """A metric's series over a time range, bucketed by `step_seconds`."""
+
+    name: str
+    type: str
+    unit: str
+    description: str
+    temporality: str | None
+    monotonic: bool | None
+    agg: str = Field(description="avg, sum, min, max, count, last, rate, or quantile")
+    quantile: float | None
+    step_seconds: int
+    start: str
+    end: str
+    series: list[Series]

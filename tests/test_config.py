@@ -40,7 +40,8 @@ def test_the_shipped_config_loads_with_its_defaults() -> None:
     assert exporter.endpoint == "chdb://./labtel-data"
     assert exporter.database == "otel"
     assert exporter.ttl == timedelta(0)
-    assert set(config.service.pipelines) == {"logs", "traces"}
+    assert set(config.service.pipelines) == {"logs", "traces", "metrics"}
+    assert exporter.metrics_tables.by_type()["exponential_histogram"] == "otel_metrics_exponential_histogram"
 
 
 def test_env_substitution_with_defaults_and_types() -> None:

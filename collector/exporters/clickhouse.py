@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from labtel.collector import telemetry
 from labtel.collector.component import ExportUnavailable, Payload, Verdict
+from labtel.collector.config import SIGNALS as PIPELINE_SIGNALS
 from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.otlp.exact import triage
 from labtel.collector.otlp.signals import SIGNALS, Signal
@@ -92,7 +93,7 @@ class ClickHouseExporter:
         """Create or upgrade the schema (when `create_schema`), apply TTLs, replay the log."""
         if self.config.create_schema:
             await self._chore(migrations.migrate, self.storage)
-            ttls = {signal: self.config.signal_ttl(signal) for signal in ("logs", "traces")}
+            ttls = {signal: self.config.signal_ttl(signal) for signal in PIPELINE_SIGNALS}
             await self._chore(migrations.reconcile_ttl, self.storage, ttls)
         else:
             # The operator owns the schema: it must already be what this version writes to.
@@ -220,6 +221,7 @@ class ClickHouseExporter:
         signal = batch[0].signal
         if not self.storage.ping():
             raise self._storage_down(first_error)
+        self._discard_partial(signal, batch_id)
         checked = triage_batch(signal, batch)
         if not checked.requests:
             return checked.verdicts
@@ -230,6 +232,7 @@ class ClickHouseExporter:
         except Exception as error:
             if not self.storage.ping():
                 raise self._storage_down(error) from error
+            self._discard_partial(signal, batch_id)
             log.error(
                 "%s: storage refuses a validated batch: %s (first failure: %s)",
                 self.name,
@@ -239,6 +242,14 @@ class ClickHouseExporter:
             raise ExportUnavailable(f"storage refuses inserts: {_short(error)}", retry_after_s=5.0) from error
         telemetry.STORED_RECORDS.labels(self.name, signal.name, "exact").inc(checked.records)
         return checked.verdicts
+
+    def _discard_partial(self, signal: Signal, batch_id: str) -> None:
+        """Remove what a failed insert stored of a batch, before it is stored again or given up.
+
+        Only metrics need this: an insert fills their five tables one after another, so it can
+        fail after some were written (logs and traces fill one table, all or nothing)."""
+        if len(self.storage.names.storage_tables(signal.name)) > 1 and self.storage.batch_rows(signal.name, batch_id):
+            self.storage.delete_batch(signal.name, batch_id)
 
     # --- replaying the write-ahead log ----------------------------------------------------
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from labtel.collector.otlp.signals import LOGS, TRACES, Signal
+from labtel.collector.otlp.signals import LOGS, METRICS, TRACES, Signal
 from labtel.collector.otlp.values import value_json
 
 MAX_NANOS = 2**63 - 1
@@ -30,6 +31,7 @@ class Triage:
     data: bytes | None
     error: str | None
     records: int
+    """Records of the request: the rows it becomes (for metrics, data points, not Metric messages)."""
 
 
 class _Invalid(ValueError):
@@ -106,7 +108,44 @@ def _traces(request: Message) -> int:
     return count
 
 
-_WALKERS = {LOGS.name: _logs, TRACES.name: _traces}
+def _exemplars(exemplars: Iterable[Any], where: str) -> None:
+    for x, exemplar in enumerate(exemplars):
+        at = f"{where}.exemplars[{x}]"
+        _check_id(exemplar.trace_id, (0, 16), f"{at}.trace_id")
+        _check_id(exemplar.span_id, (0, 8), f"{at}.span_id")
+        _check_time(exemplar.time_unix_nano, f"{at}.time_unix_nano")
+        _flatten(exemplar.filtered_attributes)
+
+
+def _metrics(request: Message) -> int:
+    """Counts data points (the rows they become), not Metric messages."""
+    count = 0
+    for i, resource_metrics in enumerate(request.resource_metrics):  # type: ignore[attr-defined]
+        _flatten(resource_metrics.resource.attributes)
+        for j, scope_metrics in enumerate(resource_metrics.scope_metrics):
+            _flatten(scope_metrics.scope.attributes)
+            for k, metric in enumerate(scope_metrics.metrics):
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue  # a metric without data stores nothing
+                points = getattr(metric, kind).data_points
+                for n, point in enumerate(points):
+                    where = f"resource_metrics[{i}].scope_metrics[{j}].metrics[{k}].{kind}.data_points[{n}]"
+                    _check_time(point.start_time_unix_nano, f"{where}.start_time_unix_nano")
+                    _check_time(point.time_unix_nano, f"{where}.time_unix_nano")
+                    _flatten(point.attributes)
+                    if kind != "summary":
+                        _exemplars(point.exemplars, where)
+                    if kind == "histogram" and len(point.bucket_counts) not in (0, len(point.explicit_bounds) + 1):
+                        raise _Invalid(
+                            f"{where}.bucket_counts: {len(point.bucket_counts)} buckets for "
+                            f"{len(point.explicit_bounds)} explicit_bounds; OTLP needs one bucket more than bounds"
+                        )
+                count += len(points)
+    return count
+
+
+_WALKERS = {LOGS.name: _logs, TRACES.name: _traces, METRICS.name: _metrics}
 
 
 def triage(signal: Signal, data: bytes) -> Triage:

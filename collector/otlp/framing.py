@@ -44,7 +44,9 @@ def count_records(signal: Signal, data: bytes) -> int:
 
     Every OTLP request nests the same way (field 1: resources, field 2: scopes, field 2:
     records), so one lite schema serves logs, traces and metrics. Raises FramingError for
-    bytes that cannot be a request of this signal.
+    bytes that cannot be a request of this signal. For metrics the records counted are Metric
+    messages, which is what batching needs; the rows they become are data points, which the
+    exact path counts where rows must be compared (the write-ahead log's replays).
     """
     request = _lite_request_type()()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -11,11 +12,13 @@ from google.protobuf import json_format
 
 from labtel.collector.otlp.signals import Signal
 
-# Where ids live in each signal's JSON: (resource list, scope list, item list, id fields, nested).
-_ID_FIELDS = {
+# Where ids live in each signal's JSON: (item list, the item's id fields, nested objects: their
+# path below the item, through objects and lists of objects, and their id fields).
+_EXEMPLARS = tuple((kind, "dataPoints", "exemplars") for kind in ("gauge", "sum", "histogram", "exponentialHistogram"))
+_ID_FIELDS: dict[str, tuple[str, tuple[str, ...], tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]]] = {
     "logs": ("logRecords", ("traceId", "spanId"), ()),
-    "traces": ("spans", ("traceId", "spanId", "parentSpanId"), (("links", ("traceId", "spanId")),)),
-    "metrics": ("metrics", (), ()),
+    "traces": ("spans", ("traceId", "spanId", "parentSpanId"), ((("links",), ("traceId", "spanId")),)),
+    "metrics": ("metrics", (), tuple((path, ("traceId", "spanId")) for path in _EXEMPLARS)),
 }
 
 
@@ -57,6 +60,21 @@ def _list(obj: dict[str, Any], camel: str, where: str) -> list[Any]:
     return value
 
 
+def _nested(obj: dict[str, Any], path: tuple[str, ...], where: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """The objects at `path` below `obj` (through objects and lists of objects), and where they are."""
+    if not path:
+        yield obj, where
+        return
+    key, rest = path[0], path[1:]
+    value = _get(obj, key)
+    if isinstance(value, dict):
+        yield from _nested(value, rest, f"{where}.{key}")
+    elif isinstance(value, list):
+        for n, child in enumerate(value):
+            if isinstance(child, dict):
+                yield from _nested(child, rest, f"{where}.{key}[{n}]")
+
+
 def json_to_protobuf(signal: Signal, body: bytes) -> bytes:
     """Convert an OTLP/JSON request body into the serialized protobuf request."""
     try:
@@ -79,11 +97,10 @@ def json_to_protobuf(signal: Signal, body: bytes) -> bytes:
                     raise OTLPJSONError(f"{where}: expected an object")
                 for field in id_fields:
                     _hex_to_base64(item, field, where)
-                for list_key, fields in nested:
-                    for n, child in enumerate(_list(item, list_key, where)):
-                        if isinstance(child, dict):
-                            for field in fields:
-                                _hex_to_base64(child, field, f"{where}.{list_key}[{n}]")
+                for path, fields in nested:
+                    for child, at in _nested(item, path, where):
+                        for field in fields:
+                            _hex_to_base64(child, field, at)
     message = signal.request_type()
     try:
         json_format.ParseDict(tree, message, ignore_unknown_fields=True)

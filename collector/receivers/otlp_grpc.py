@@ -1,4 +1,4 @@
-"""OTLP/gRPC receiver: the LogsService and TraceService `Export` methods.
+"""OTLP/gRPC receiver: the LogsService, TraceService and MetricsService `Export` methods.
 
 Requests arrive as raw bytes (no Python decoding): the framing is checked and the records
 counted, then the payload goes down the signal's pipeline. Errors follow the OTLP

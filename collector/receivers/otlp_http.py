@@ -1,4 +1,4 @@
-"""OTLP/HTTP receiver: `POST /v1/logs` and `/v1/traces`, protobuf or JSON bodies, gzip.
+"""OTLP/HTTP receiver: `POST /v1/logs`, `/v1/traces` and `/v1/metrics`, protobuf or JSON bodies, gzip.
 
 Responses use the request's content type. Per the OTLP specification: 400 for bad data, 413
 for bodies over `max_request_body_size` (counted after decompression), 415 for unknown content

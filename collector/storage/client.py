@@ -122,7 +122,13 @@ class Storage:
 
     @classmethod
     def from_config(cls, config: ClickHouseExporterConfig, base_dir: Path | None = None) -> Storage:
-        names = SchemaNames(config.database, config.logs_table_name, config.traces_table_name)
+        tables = config.metrics_tables.by_type()
+        names = SchemaNames(
+            config.database,
+            config.logs_table_name,
+            config.traces_table_name,
+            tuple(tables[kind] for kind in schema.METRIC_TYPES),
+        )
         return cls(
             parse_endpoint(config.endpoint, base_dir),
             names,
@@ -240,21 +246,19 @@ class Storage:
             )
 
     def batch_rows(self, signal: str, batch_id: str) -> int:
-        """How many rows of a batch are stored."""
+        """How many rows of a batch are stored (for metrics: data points, over the five tables)."""
         self._check_fault()
-        return int(
-            self.command(
-                f"SELECT count() FROM {self.names.target(signal)} WHERE IngestBatch = {{b:String}}",
-                parameters={"b": batch_id},
-            )
+        counts = " + ".join(
+            f"(SELECT count() FROM {table} WHERE IngestBatch = {{b:String}})"
+            for table in self.names.storage_tables(signal).values()
         )
+        return int(self.command(f"SELECT {counts}", parameters={"b": batch_id}))
 
     def delete_batch(self, signal: str, batch_id: str) -> None:
         """Remove the rows of a partially stored batch before it is inserted again."""
         self._check_fault()
-        self.command(
-            f"DELETE FROM {self.names.target(signal)} WHERE IngestBatch = {{b:String}}", parameters={"b": batch_id}
-        )
+        for table in self.names.storage_tables(signal).values():
+            self.command(f"DELETE FROM {table} WHERE IngestBatch = {{b:String}}", parameters={"b": batch_id})
 
     def _check_fault(self) -> None:
         """Fault injection for tests and soak runs: while the file named by

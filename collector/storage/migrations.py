@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from labtel.collector.storage import schema
+from labtel.collector.storage import metrics_schema, schema
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import SchemaNames, quote_identifier
 from labtel.sdk import __version__
@@ -43,6 +43,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"ALTER TABLE {n.logs} ADD COLUMN IF NOT EXISTS {schema.expires_at_column()}",
             f"ALTER TABLE {n.logs} MODIFY SETTING ttl_only_drop_parts = 0",
         ],
+    ),
+    Migration(
+        3,
+        "metrics: otel_metrics_gauge, _sum, _histogram, _exponential_histogram, _summary (contrib exporter columns)",
+        metrics_schema.metrics_tables,
     ),
 )
 
@@ -92,9 +97,13 @@ def migrate(storage: Storage) -> MigrationReport:
     return report
 
 
+INGEST_SIGNALS = ("logs", "traces", "metrics")
+"""The signals with an ingest path (a Null table and views) in the database."""
+
+
 def ensure_ingest(storage: Storage) -> None:
     """Create this labtel version's ingest tables and views if they are missing."""
-    for signal in ("logs", "traces"):
+    for signal in INGEST_SIGNALS:
         for statement in schema.ingest_objects(storage.names, signal):
             storage.command(statement)
 
@@ -103,7 +112,7 @@ def ingest_ready(storage: Storage) -> list[str]:
     """The ingest tables this labtel version needs that the database lacks."""
     names = storage.names
     missing = []
-    for signal in ("logs", "traces"):
+    for signal in INGEST_SIGNALS:
         table = names.ingest_name(signal)
         found = storage.command(
             "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
@@ -139,6 +148,7 @@ def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta]) -> list[str]:
     tables = {
         "logs": [(names.logs_table, "")],
         "traces": [(names.traces_table, "Timestamp"), (f"{names.traces_table}_trace_id_ts", "End")],
+        "metrics": [(table, "TimeUnix") for table in names.metrics_tables],
     }
     changed = []
     for signal, ttl in ttls.items():

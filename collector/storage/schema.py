@@ -3,7 +3,8 @@
 The logs and traces tables have the column names and types of the OpenTelemetry Collector
 contrib ClickHouse exporter, so Grafana's ClickHouse datasource and a contrib collector can
 share them. Lab columns (event type, node, run, workflow, experiment) are MATERIALIZED from
-the attributes.
+the attributes. The metrics tables and their views are in labtel.collector.storage.metrics_schema,
+built on this module's SQL helpers.
 
 Ingest does no per-record work in Python: each signal has a `Null` input table shaped like its
 OTLP request, into which serialized requests are inserted with `FORMAT ProtobufSingle`; a
@@ -33,6 +34,10 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
+METRIC_TYPES: tuple[str, ...] = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+"""The OTLP metric types; each has its own table (the keys of the exporter's `metrics_tables`)."""
+
+
 @dataclass(frozen=True)
 class SchemaNames:
     """Where labtel's tables live, as configured on the ClickHouse exporter."""
@@ -40,6 +45,8 @@ class SchemaNames:
     database: str = "otel"
     logs_table: str = "otel_logs"
     traces_table: str = "otel_traces"
+    metrics_tables: tuple[str, ...] = tuple(f"otel_metrics_{kind}" for kind in METRIC_TYPES)
+    """The table of each metric type, in METRIC_TYPES order."""
 
     def qualified(self, table: str) -> str:
         return f"{quote_identifier(self.database)}.{quote_identifier(table)}"
@@ -64,8 +71,25 @@ class SchemaNames:
         """The storage table of a signal."""
         return self.qualified({"logs": self.logs_table, "traces": self.traces_table}[signal])
 
+    def metrics_table_name(self, kind: str) -> str:
+        """The unqualified table of one metric type."""
+        return self.metrics_tables[METRIC_TYPES.index(kind)]
+
+    def metrics_table(self, kind: str) -> str:
+        return self.qualified(self.metrics_table_name(kind))
+
+    def storage_tables(self, signal: str) -> dict[str, str]:
+        """The storage tables of a signal by what they hold: the signal itself, or each metric type."""
+        if signal == "metrics":
+            return {kind: self.metrics_table(kind) for kind in METRIC_TYPES}
+        return {signal: self.target(signal)}
+
     def ingest_name(self, signal: str) -> str:
-        """The unqualified name of a signal's ingest table (its view adds `_mv`)."""
+        """The unqualified name of a signal's ingest table (its views add `_mv`, or `_<type>_mv`)."""
+        if signal == "metrics":
+            # Five targets: the name covers their names as well as the definition.
+            targets = "\n".join((ingest_fingerprint(signal), *self.metrics_tables))
+            return f"labtel_metrics_ingest_{hashlib.sha256(targets.encode()).hexdigest()[:10]}"
         table = {"logs": self.logs_table, "traces": self.traces_table}[signal]
         return f"{table}_ingest_{ingest_fingerprint(signal)}"
 
@@ -73,13 +97,24 @@ class SchemaNames:
         """The Null table that serialized Export requests of a signal are inserted into."""
         return self.qualified(self.ingest_name(signal))
 
-    def ingest_view(self, signal: str) -> str:
-        return self.qualified(self.ingest_name(signal) + "_mv")
+    def ingest_view(self, signal: str, kind: str | None = None) -> str:
+        """The view filling a signal's table; for metrics, the first stage's view, or (`kind`)
+        the view filling the table of one metric type."""
+        suffix = "_mv" if kind is None else f"_{kind}_mv"
+        return self.qualified(self.ingest_name(signal) + suffix)
+
+    def metrics_ingest_stage(self) -> str:
+        """The Null table between the metrics views: one row per metric (metrics_schema)."""
+        return self.qualified(self.ingest_name("metrics") + "_metric")
 
 
 # --- the ingest input: OTLP requests as ClickHouse columns ---------------------------------
 
-_PROTO_MESSAGES = {"logs": "ExportLogsServiceRequest", "traces": "ExportTraceServiceRequest"}
+_PROTO_MESSAGES = {
+    "logs": "ExportLogsServiceRequest",
+    "traces": "ExportTraceServiceRequest",
+    "metrics": "ExportMetricsServiceRequest",
+}
 
 
 def ingest_proto(signal: str) -> str:
@@ -460,13 +495,22 @@ _VIEW_SELECTS = {"logs": logs_view_select, "traces": traces_view_select}
 
 @cache
 def ingest_fingerprint(signal: str) -> str:
-    """A short hash of everything that defines a signal's ingest path (schema, columns, view)."""
-    definition = "\n".join((ingest_proto(signal), _INGEST_COLUMNS[signal], _VIEW_SELECTS[signal]("{source}")))
+    """A short hash of everything that defines a signal's ingest path (schema, columns, views)."""
+    if signal == "metrics":
+        from labtel.collector.storage import metrics_schema  # built on this module's SQL helpers
+
+        definition = "\n".join((ingest_proto(signal), metrics_schema.ingest_definition()))
+    else:
+        definition = "\n".join((ingest_proto(signal), _INGEST_COLUMNS[signal], _VIEW_SELECTS[signal]("{source}")))
     return hashlib.sha256(definition.encode()).hexdigest()[:10]
 
 
 def ingest_objects(names: SchemaNames, signal: str) -> list[str]:
-    """The Null input table and the flattening view of one signal's ingest path."""
+    """The Null input table and the flattening view(s) of one signal's ingest path."""
+    if signal == "metrics":
+        from labtel.collector.storage import metrics_schema
+
+        return metrics_schema.ingest_objects(names)
     return [
         f"CREATE TABLE IF NOT EXISTS {names.ingest_table(signal)} ({_INGEST_COLUMNS[signal]}) ENGINE = Null",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view(signal)} TO {names.target(signal)} AS\n"
