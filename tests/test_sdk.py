@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -512,3 +513,54 @@ print("ok")
         env={**os.environ, "LABTEL_EXIT_FLUSH_TIMEOUT_S": "0.1"},
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_instrument_metrics_reach_the_collector(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> None:
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
+    server = server_factory(config=config, workdir=tmp_path).start()
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    lab.configure(
+        service_name=service,
+        endpoint=f"http://{server.grpc}",
+        spool_dir=tmp_path / "spool",
+        batch_interval_s=0.05,
+        metrics_interval_s=60,
+    )
+    try:
+
+        @lab.device_io(device="valve_A", operation="open")
+        def open_valve(fail: bool) -> None:
+            if fail:
+                raise OSError("stuck")
+
+        for fail in (False, False, True):
+            with contextlib.suppress(OSError):
+                open_valve(fail)
+        lab.health_check_failed("extraction", "pressure")
+        lab.run_started("r-9")
+        with lab.phase("measurement"):
+            pass
+        lab.run_completed("r-9")
+        lab.flush(10)  # also exports the metrics now
+        names = {s["name"]: s for s in server.get("/series/names", service=service).json()["names"]}
+        assert {
+            "device_io_operations",
+            "device_io_duration",
+            "device_last_success_timestamp",
+            "phase_healthcheck_failures",
+            "runs_started",
+            "runs_completed",
+            "run_duration",
+            "phase_duration",
+        } <= set(names)
+        operations = server.get("/series", name="device_io_operations", service=service, agg="last").json()
+        by_result = {s["labels"]["result"]: s["points"][-1]["value"] for s in operations["series"]}
+        assert by_result == {"success": 2, "error": 1}
+        for series in operations["series"]:
+            assert set(series["labels"]) == {"device", "operation", "result"}  # low cardinality: no run ids
+        durations = server.get("/series", name="device_io_duration", service=service, agg="count").json()
+        assert sum(s["points"][-1]["value"] for s in durations["series"]) == 3
+        run_labels = server.get("/series", name="run_duration", service=service, agg="count").json()["series"]
+        assert all("run_id" not in s["labels"] and "lab.run.id" not in s["labels"] for s in run_labels)
+    finally:
+        lab.shutdown()
