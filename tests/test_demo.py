@@ -145,3 +145,45 @@ def test_backfill_lands_in_a_fresh_store(server: LabtelServer, tmp_path: Path) -
     names = {span["name"].split(" ")[0] for span in trace["spans"]}
     assert {"experiment", "workflow", "step"} <= names
     assert any(completed[0]["event_id"] in span["event_ids"] for span in trace["spans"])
+
+
+def test_demo_starts_a_collector_when_none_listens(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    grpc, http, api = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "LABTEL_GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
+        "LABTEL_HTTP_ENDPOINT": f"127.0.0.1:{http}",
+        "LABTEL_API_ENDPOINT": f"127.0.0.1:{api}",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labtel.cli",
+            "demo",
+            "--backfill",
+            "2h",
+            "--worlds",
+            "geochronology",
+            "--endpoint",
+            f"http://127.0.0.1:{grpc}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 0, output
+    assert "started labtel serve" in output
+    assert "pending 0, dropped 0" in output
+    assert (tmp_path / "labtel-data").is_dir()  # the collector it started stored the events, then stopped
