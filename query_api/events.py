@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -17,6 +18,8 @@ from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import NOT_EXPIRED
 from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns
+from labtel.query_api.selector import translate
+from labtel.sdk.event_types import event_type_value
 
 EVENT_COLUMNS = """toString(EventId) AS event_id,
     toUnixTimestamp64Nano(Timestamp) AS ts,
@@ -29,17 +32,23 @@ EVENT_COLUMNS = """toString(EventId) AS event_id,
 
 @dataclass
 class EventFilter:
-    """What `GET /events` (and later export and streaming) select on."""
+    """What `GET /events`, `/events/query`, `/export`, `/events/stream` and `/stats` select on."""
 
     start_ns: int | None = None
     end_ns: int | None = None
     severity_min: int | None = None
+    severity_max: int | None = None
     service: str | None = None
     event_type: str | None = None
     node: str | None = None
     run: str | None = None
+    workflow: str | None = None
+    experiment: str | None = None
     trace_id: str | None = None
-    text: str | None = None
+    span_id: str | None = None
+    tokens: list[str] = field(default_factory=list)
+    contains: str | None = None
+    selector: dict[str, Any] | None = None
     conditions: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
 
@@ -56,33 +65,58 @@ class EventFilter:
         if self.severity_min is not None:
             clauses.append("SeverityNumber >= {severity_min:UInt8}")
             params["severity_min"] = self.severity_min
+        if self.severity_max is not None:
+            clauses.append("SeverityNumber <= {severity_max:UInt8}")
+            params["severity_max"] = self.severity_max
         for column, name, value in (
             ("ServiceName", "service", self.service),
-            ("EventType", "event_type", self.event_type.lower() if self.event_type else None),
+            ("EventType", "event_type", event_type_value(self.event_type) if self.event_type else None),
             ("NodeId", "node", self.node),
             ("RunId", "run", self.run),
+            ("WorkflowId", "workflow", self.workflow),
+            ("ExperimentId", "experiment", self.experiment),
             ("TraceId", "trace_id", self.trace_id),
+            ("SpanId", "span_id", self.span_id),
         ):
             if value is not None:
                 clauses.append(f"{column} = {{{name}:String}}")
                 params[name] = value
-        if self.text:
-            clauses.append("positionCaseInsensitiveUTF8(Body, {text:String}) > 0")
-            params["text"] = self.text
-        return (" AND ".join(clauses) or "1"), params
+        for index, token in enumerate(self.tokens):
+            # hasToken over lower(Body) is what the tokenbf skip index covers.
+            clauses.append(f"hasToken(lower(Body), {{token_{index}:String}})")
+            params[f"token_{index}"] = token
+        if self.contains:
+            clauses.append("positionCaseInsensitiveUTF8(Body, {contains:String}) > 0")
+            params["contains"] = self.contains
+        if self.selector:
+            sql, selector_params = translate(self.selector, prefix="f")
+            clauses.append(sql)
+            params.update(selector_params)
+        return " AND ".join(clauses), params
 
 
-def encode_cursor(ts_ns: int, event_id: str) -> str:
-    """An opaque position in the newest-first order: after the event (ts_ns, event_id)."""
-    return base64.urlsafe_b64encode(orjson.dumps([ts_ns, event_id])).decode().rstrip("=")
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
 
-def decode_cursor(cursor: str) -> tuple[int, str]:
+def search_tokens(text: str) -> list[str]:
+    """The words of a search, lower-cased, as the token index splits text (letters and digits)."""
+    return list(dict.fromkeys(t.lower() for t in _TOKEN.findall(text)))
+
+
+def encode_cursor(ts_ns: int, event_id: str, ascending: bool = False) -> str:
+    """An opaque position in a page order: after the event (ts_ns, event_id)."""
+    return base64.urlsafe_b64encode(orjson.dumps([ts_ns, event_id, "a" if ascending else "d"])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, ascending: bool = False) -> tuple[int, str]:
     try:
-        ts_ns, event_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return int(ts_ns), str(UUID(str(event_id)))
+        ts_ns, event_id, *rest = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        position = int(ts_ns), str(UUID(str(event_id)))
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise ParamError(f"cursor: {cursor!r} is not a cursor returned by this API") from None
+    if rest and (rest[0] == "a") != ascending:
+        raise ParamError("cursor: it was made for the other sort order")
+    return position
 
 
 def row_to_event(row: dict[str, Any]) -> Event:
@@ -117,27 +151,35 @@ def row_to_event(row: dict[str, Any]) -> Event:
     )
 
 
-def list_events(storage: Storage, flt: EventFilter, limit: int, cursor: str | None) -> tuple[list[Event], str | None]:
-    """A newest-first page of events and the cursor of the next page (None at the end).
+def list_events(
+    storage: Storage, flt: EventFilter, limit: int, cursor: str | None, ascending: bool = False
+) -> tuple[list[Event], str | None]:
+    """A page of events (newest first, or oldest first) and the cursor of the next page (None at
+    the end).
 
-    The order is (Timestamp, EventId) descending, a total order, so paging neither repeats nor
-    skips events while new ones arrive."""
+    The order is (Timestamp, EventId), a total order, so paging neither repeats nor skips events
+    while new ones arrive."""
     where, params = flt.where()
+    direction = "ASC" if ascending else "DESC"
     if cursor:
-        ts_ns, event_id = decode_cursor(cursor)
-        where += " AND (Timestamp, EventId) < (fromUnixTimestamp64Nano({cursor_ts:Int64}), toUUID({cursor_id:String}))"
+        ts_ns, event_id = decode_cursor(cursor, ascending)
+        after = ">" if ascending else "<"
+        where += (
+            f" AND (Timestamp, EventId) {after} (fromUnixTimestamp64Nano({{cursor_ts:Int64}}), "
+            "toUUID({cursor_id:String}))"
+        )
         params.update(cursor_ts=ts_ns, cursor_id=event_id)
     params["limit"] = limit + 1
     rows = storage.rows(
         f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} "
-        "ORDER BY Timestamp DESC, EventId DESC LIMIT {limit:UInt32}",
+        f"ORDER BY Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}",
         parameters=params,
     )
     events = [row_to_event(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit and events:
         last = events[-1]
-        next_cursor = encode_cursor(last.time_unix_nano, last.event_id)
+        next_cursor = encode_cursor(last.time_unix_nano, last.event_id, ascending)
     return events, next_cursor
 
 

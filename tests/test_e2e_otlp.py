@@ -259,8 +259,10 @@ def test_events_filters_and_pagination(server: LabtelServer) -> None:
     assert seen == [f"reading {i}" for i in reversed(range(25))]
     errors = server.get("/events", service="pager", severity_min="error").json()["events"]
     assert [e["body"] for e in errors] == [f"reading {i}" for i in (24, 20, 16, 12, 8, 4, 0)]
-    node = server.get("/events", service="pager", node="node-1", q="READING 1").json()["events"]
+    node = server.get("/events", service="pager", node="node-1", contains="READING 1").json()["events"]
     assert [e["body"] for e in node] == ["reading 19", "reading 16", "reading 13", "reading 10", "reading 1"]
+    words = server.get("/events", service="pager", node="node-1", q="READING 1").json()["events"]
+    assert [e["body"] for e in words] == ["reading 1"]  # q matches whole words
     window = server.get("/events", service="pager", start=str((base + 5e9) / 1e9), end="2026-09-21T14:13:30Z").json()
     assert [e["body"] for e in window["events"]] == [f"reading {i}" for i in (9, 8, 7, 6, 5)]
     assert server.get("/events", event_type="DATA_STORE", limit=1).json()["events"][0]["event_type"] == "data_store"

@@ -1,62 +1,180 @@
-"""`GET /events` and `GET /events/{event_id}`."""
+"""`GET /events`, `GET /events/{event_id}` and `POST /events/query`."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+import time
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
 
+from labtel.collector.durations import parse_duration
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
-from labtel.query_api.events import EventFilter, get_event, list_events
+from labtel.query_api.events import EventFilter, get_event, list_events, search_tokens
 from labtel.query_api.models import Event, EventPage
 from labtel.query_api.params import ParamError, parse_hex_id, parse_severity, parse_time_ns
+from labtel.query_api.selector import SelectorError
 
 router = APIRouter(tags=["events"])
 
+ATTRIBUTE_FILTERS = """Filter on any attribute with `attr.<key>` (log attributes) or `resource.<key>`
+(resource attributes), e.g. `attr.lab.node.id=ot2_1`. Operators: `attr.duration_ms=>100`,
+`attr.duration_ms>=100`, `attr.duration_ms=<5`, `attr.status=!=failed` (or `attr.status!=failed`),
+`attr.status=in:failed,cancelled`. Numbers compare as numbers; anything else as text."""
+
+_PREFIXES = {"attr.": "attributes.", "resource.": "resource."}
+_OPERATORS = {">=": "$gte", "<=": "$lte", "!=": "$ne", ">": "$gt", "<": "$lt", "=": "$eq"}
+
+
+def _typed(text: str) -> Any:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
+def attribute_selector(items: list[tuple[str, str]]) -> dict[str, Any]:
+    """`attr.<key>=<op><value>` query parameters as a selector (one engine for every filter)."""
+    conditions: list[dict[str, Any]] = []
+    for raw_key, raw_value in items:
+        prefix = next((p for p in _PREFIXES if raw_key.startswith(p)), None)
+        if prefix is None:
+            continue
+        key, value, operator = raw_key[len(prefix) :], raw_value, "="
+        if key[-1:] in ("<", ">", "!"):  # attr.x>=5 arrives as key "attr.x>" and value "5"
+            key, operator = key[:-1], key[-1] + "="
+        elif not value and any(c in key for c in "<>"):  # attr.x>5 arrives as a key alone
+            cut = min(i for i in (key.find("<"), key.find(">")) if i >= 0)
+            key, operator, value = key[:cut], key[cut], key[cut + 1 :]
+        else:
+            for symbol in (">=", "<=", "!=", ">", "<", "="):
+                if value.startswith(symbol):
+                    operator, value = symbol, value[len(symbol) :]
+                    break
+        if not key:
+            raise ParamError(f"{raw_key}: the attribute key is missing")
+        field = _PREFIXES[prefix] + key
+        if value.startswith("in:") and operator == "=":
+            conditions.append({field: {"$in": [v for v in value[3:].split(",") if v]}})
+            continue
+        typed = _typed(value) if operator in (">", "<", ">=", "<=") else value
+        if operator in (">", "<", ">=", "<=") and isinstance(typed, str):
+            conditions.append({field: {_OPERATORS[operator]: typed}})
+        elif operator in ("=", "!="):
+            conditions.append({field: {_OPERATORS[operator]: _typed(value)}})
+        else:
+            conditions.append({field: {_OPERATORS[operator]: typed}})
+    return {"$and": conditions} if conditions else {}
+
 
 def event_filter(
+    request: Request,
     start: Annotated[str | None, Query(description="Events at or after this time (RFC 3339 or epoch seconds)")] = None,
     end: Annotated[str | None, Query(description="Events before this time")] = None,
+    since: Annotated[str | None, Query(description="Relative start: 15m, 24h, 7d (instead of start)")] = None,
     severity_min: Annotated[
         str | None, Query(description="Minimum severity: 1-24 or TRACE/DEBUG/INFO/WARN/ERROR/FATAL")
     ] = None,
+    severity_max: Annotated[str | None, Query(description="Maximum severity")] = None,
     service: Annotated[str | None, Query(description="service.name")] = None,
     event_type: Annotated[str | None, Query(description="lab.event.type (case-insensitive)")] = None,
     node: Annotated[str | None, Query(description="lab.node.id")] = None,
     run: Annotated[str | None, Query(description="lab.run.id")] = None,
+    workflow: Annotated[str | None, Query(description="lab.workflow.id")] = None,
+    experiment: Annotated[str | None, Query(description="lab.experiment.id")] = None,
     trace_id: Annotated[str | None, Query(description="32-digit hex trace id")] = None,
-    q: Annotated[str | None, Query(description="Text the body contains (case-insensitive)")] = None,
+    span_id: Annotated[str | None, Query(description="16-digit hex span id")] = None,
+    q: Annotated[
+        str | None, Query(description="Words the body contains, whole and case-insensitive (token index)")
+    ] = None,
+    contains: Annotated[str | None, Query(description="Text the body contains anywhere (case-insensitive)")] = None,
 ) -> EventFilter:
+    """The filters of a request; `attr.<key>` / `resource.<key>` parameters included."""
     try:
+        start_ns = parse_time_ns(start, "start") if start else None
+        if since:
+            start_ns = time.time_ns() - int(parse_duration(since).total_seconds() * 1e9)
         return EventFilter(
-            start_ns=parse_time_ns(start, "start") if start else None,
+            start_ns=start_ns,
             end_ns=parse_time_ns(end, "end") if end else None,
             severity_min=parse_severity(severity_min, "severity_min") if severity_min else None,
+            severity_max=parse_severity(severity_max, "severity_max") if severity_max else None,
             service=service,
             event_type=event_type,
             node=node,
             run=run,
+            workflow=workflow,
+            experiment=experiment,
             trace_id=parse_hex_id(trace_id, 32, "trace_id") if trace_id else None,
-            text=q or None,
+            span_id=parse_hex_id(span_id, 16, "span_id") if span_id else None,
+            tokens=search_tokens(q) if q else [],
+            contains=contains or None,
+            selector=attribute_selector(list(request.query_params.multi_items())) or None,
         )
-    except ParamError as error:
+    except (ParamError, SelectorError) as error:
         raise HTTPException(400, str(error)) from None
+    except ValueError as error:  # a bad duration in `since`
+        raise HTTPException(400, f"since: {error}") from None
 
 
-@router.get("/events", response_model=EventPage, summary="Events, newest first, filtered and paged")
+Order = Literal["desc", "asc"]
+
+
+@router.get(
+    "/events",
+    response_model=EventPage,
+    summary="Events, newest first, filtered and paged",
+    description=f"Filters combine with AND. {ATTRIBUTE_FILTERS}",
+)
 def events(
     storage: Annotated[Storage, Depends(get_storage)],
     flt: Annotated[EventFilter, Depends(event_filter)],
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    order: Annotated[Order, Query(description="desc: newest first; asc: oldest first")] = "desc",
 ) -> EventPage:
+    return _page(storage, flt, limit, cursor, order)
+
+
+def _page(storage: Storage, flt: EventFilter, limit: int, cursor: str | None, order: str) -> EventPage:
     try:
-        page, next_cursor = list_events(storage, flt, limit, cursor)
-    except ParamError as error:
+        page, next_cursor = list_events(storage, flt, limit, cursor, ascending=order == "asc")
+    except (ParamError, SelectorError) as error:
         raise HTTPException(400, str(error)) from None
     return EventPage(events=page, next_cursor=next_cursor)
+
+
+class EventQuery(BaseModel):
+    """A selector query, MongoDB-style, with paging."""
+
+    selector: dict[str, Any] = Field(
+        default_factory=dict,
+        description='e.g. {"log_level": {"$gte": 40}, "source.node_id": "ot2_1"}; see the selector guide',
+        examples=[{"$and": [{"event_type": "action_failed"}, {"attributes.duration_ms": {"$gt": 1000}}]}],
+    )
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = None
+    order: Order = "desc"
+
+
+@router.post(
+    "/events/query",
+    response_model=EventPage,
+    summary="Events matching a MongoDB-style selector",
+    description="Operators: $eq $ne $gt $gte $lt $lte $in $nin $regex ($options: i) $exists $not $and $or $nor. "
+    "Fields: event columns (timestamp, log_level, severity, event_type, service, node_id, run_id, workflow_id, "
+    "experiment_id, trace_id, body ...), MADSci's source.<x>_id and event_data.<key>, attributes.<key>, "
+    "resource.<key>; any other name is a log attribute. An unsupported operator is a 400 naming it.",
+)
+def query_events(
+    storage: Annotated[Storage, Depends(get_storage)],
+    query: Annotated[EventQuery, Body()],
+) -> EventPage:
+    return _page(storage, EventFilter(selector=query.selector or None), query.limit, query.cursor, query.order)
 
 
 @router.get(

@@ -1,0 +1,293 @@
+"""MongoDB-style selectors (as MADSci's `POST /events/query` takes them) → parameterized SQL.
+
+    {"log_level": {"$gte": 40}, "source.node_id": "ot2_1", "$or": [{"event_type": "action_failed"},
+     {"attributes.status": {"$in": ["failed", "cancelled"]}}]}
+
+Field names are labtel's columns and MADSci's event fields (`event_type`, `log_level`,
+`event_timestamp`, `source.<x>_id`, `event_data.<key>`), `attributes.<key>` / `resource.<key>` for
+the attribute maps (keys may contain dots), and any other name is a log attribute. Operators:
+$eq $ne $gt $gte $lt $lte $in $nin $regex ($options i) $exists $not, and $and $or $nor. Values
+and keys only ever travel as server-side parameters; an unsupported operator is an error that
+names it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.sdk import semconv
+
+MAX_DEPTH = 12
+MAX_CONDITIONS = 300
+
+COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+FIELD_OPERATORS = {*COMPARISONS, "$in", "$nin", "$regex", "$options", "$exists", "$not"}
+LOGICAL = {"$and", "$or", "$nor"}
+
+
+class SelectorError(ValueError):
+    """The selector cannot be translated; the message names the operator or field at fault."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A real column: how to compare values of it."""
+
+    sql: str
+    kind: str  # "string", "number", "time", "severity", "uuid"
+
+
+COLUMNS: dict[str, Column] = {
+    "timestamp": Column("Timestamp", "time"),
+    "event_timestamp": Column("Timestamp", "time"),
+    "time_unix_nano": Column("Timestamp", "time"),
+    "observed_timestamp": Column("ObservedTimestamp", "time"),
+    "severity": Column("SeverityNumber", "number"),
+    "severity_number": Column("SeverityNumber", "number"),
+    "severity_text": Column("SeverityText", "string"),
+    "log_level": Column("SeverityNumber", "severity"),
+    "body": Column("Body", "string"),
+    "message": Column("Body", "string"),
+    "service": Column("ServiceName", "string"),
+    "service_name": Column("ServiceName", "string"),
+    "event_type": Column("EventType", "event_type"),
+    "event_name": Column("EventName", "string"),
+    "event_id": Column("EventId", "uuid"),
+    "_id": Column("EventId", "uuid"),
+    "trace_id": Column("TraceId", "string"),
+    "span_id": Column("SpanId", "string"),
+    "node_id": Column("NodeId", "string"),
+    "run_id": Column("RunId", "string"),
+    "workflow_id": Column("WorkflowId", "string"),
+    "experiment_id": Column("ExperimentId", "string"),
+    "scope": Column("ScopeName", "string"),
+    "scope_name": Column("ScopeName", "string"),
+}
+for _name, _column in list(COLUMNS.items()):
+    if _name.endswith("_id") and _column.sql in ("NodeId", "RunId", "WorkflowId", "ExperimentId"):
+        COLUMNS[f"source.{_name}"] = _column
+
+
+def stdlib_level_to_severity(level: float) -> float:
+    """A stdlib/MADSci log level (DEBUG 10 … CRITICAL 50) on OTel's severity scale (5 … 21)."""
+    return max(1.0, (level - 10) / 10 * 4 + 5)
+
+
+@dataclass
+class Translation:
+    """A selector being turned into SQL: the parameters collected so far."""
+
+    prefix: str = "s"
+    parameters: dict[str, Any] = field(default_factory=dict)
+    conditions: int = 0
+
+    def param(self, value: Any, kind: str) -> str:
+        name = f"{self.prefix}{len(self.parameters)}"
+        self.parameters[name] = value
+        return f"{{{name}:{kind}}}"
+
+    def count(self) -> None:
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            raise SelectorError(f"the selector has more than {MAX_CONDITIONS} conditions")
+
+
+def translate(selector: Any, prefix: str = "s") -> tuple[str, dict[str, Any]]:
+    """SQL for a selector (a WHERE clause without the keyword) and its parameters."""
+    if not isinstance(selector, Mapping):
+        raise SelectorError("a selector must be a JSON object")
+    state = Translation(prefix=f"{prefix}_")
+    return _document(selector, state, 0), state.parameters
+
+
+def _document(selector: Mapping[str, Any], state: Translation, depth: int) -> str:
+    if depth > MAX_DEPTH:
+        raise SelectorError(f"the selector nests deeper than {MAX_DEPTH} levels")
+    parts = []
+    for key, value in selector.items():
+        if not isinstance(key, str):
+            raise SelectorError("selector keys must be strings")
+        if key.startswith("$"):
+            parts.append(_logical(key, value, state, depth))
+        else:
+            parts.append(_field(key, value, state, depth))
+    if not parts:
+        return "1"
+    return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+
+
+def _logical(operator: str, value: Any, state: Translation, depth: int) -> str:
+    if operator not in LOGICAL:
+        raise SelectorError(f"unsupported operator {operator}")
+    if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
+        raise SelectorError(f"{operator} takes a non-empty list of selectors")
+    parts = [_document(v, state, depth + 1) for v in value]
+    if operator == "$and":
+        return "(" + " AND ".join(parts) + ")"
+    joined = "(" + " OR ".join(parts) + ")"
+    return joined if operator == "$or" else f"NOT {joined}"
+
+
+def _target(name: str) -> tuple[str, Column | None, str | None]:
+    """(SQL expression, column or None, attribute key or None) for a field name."""
+    column = COLUMNS.get(name)
+    if column is not None:
+        return column.sql, column, None
+    for prefix, source in (
+        ("attributes.", "LogAttributes"),
+        ("attr.", "LogAttributes"),
+        ("event_data.", "LogAttributes"),
+        ("resource.", "ResourceAttributes"),
+    ):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return source, None, name[len(prefix) :]
+    if name.startswith("source."):  # MADSci ownership info: source.user_id → lab.user.id
+        short = name[len("source.") :]
+        return "LogAttributes", None, semconv.FIELD_ALIASES.get(short, f"lab.{short.removesuffix('_id')}.id")
+    return "LogAttributes", None, semconv.FIELD_ALIASES.get(name, name)
+
+
+def _field(name: str, value: Any, state: Translation, depth: int) -> str:
+    source, column, key = _target(name)
+    if isinstance(value, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in value):
+        unknown = [k for k in value if k not in FIELD_OPERATORS]
+        if unknown:
+            raise SelectorError(f"unsupported operator {unknown[0]}")
+        parts = []
+        for operator, operand in value.items():
+            if operator == "$options":
+                continue
+            parts.append(_operator(operator, operand, value, source, column, key, state, depth))
+        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+    return _operator("$eq", value, {}, source, column, key, state, depth)
+
+
+def _operator(
+    operator: str,
+    operand: Any,
+    siblings: Mapping[str, Any],
+    source: str,
+    column: Column | None,
+    key: str | None,
+    state: Translation,
+    depth: int,
+) -> str:
+    state.count()
+    if operator == "$not":
+        if not isinstance(operand, Mapping) or not operand:
+            raise SelectorError('$not takes an operator expression, e.g. {"$not": {"$regex": "x"}}')
+        inner = [
+            _operator(op, v, operand, source, column, key, state, depth + 1)
+            for op, v in operand.items()
+            if op != "$options"
+        ]
+        return "NOT (" + " AND ".join(inner) + ")"
+    if operator == "$exists":
+        present = _present(source, column, key, state)
+        return present if bool(operand) else f"NOT {present}"
+    if operator == "$regex":
+        if not isinstance(operand, str):
+            raise SelectorError("$regex takes a string")
+        options = siblings.get("$options", "")
+        pattern = ("(?i)" if "i" in str(options) else "") + operand
+        return f"match({_text(source, column, key, state)}, {state.param(pattern, 'String')})"
+    if operator in ("$in", "$nin"):
+        if not isinstance(operand, list):
+            raise SelectorError(f"{operator} takes a list")
+        if not operand:
+            return "0" if operator == "$in" else "1"
+        alternatives = [_compare("=", v, source, column, key, state) for v in operand]
+        joined = "(" + " OR ".join(alternatives) + ")"
+        return joined if operator == "$in" else f"NOT {joined}"
+    if operator not in COMPARISONS:
+        raise SelectorError(f"unsupported operator {operator}")
+    return _compare(COMPARISONS[operator], operand, source, column, key, state)
+
+
+def _attribute(source: str, key: str, state: Translation) -> str:
+    return f"{source}[{state.param(key, 'String')}]"
+
+
+def _present(source: str, column: Column | None, key: str | None, state: Translation) -> str:
+    if key is not None:
+        return f"mapContains({source}, {state.param(key, 'String')})"
+    assert column is not None
+    if column.kind in ("string", "event_type"):
+        return f"{column.sql} != ''"
+    return "1"
+
+
+def _text(source: str, column: Column | None, key: str | None, state: Translation) -> str:
+    if key is not None:
+        return _attribute(source, key, state)
+    assert column is not None
+    return column.sql if column.kind in ("string", "event_type") else f"toString({column.sql})"
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _compare(op: str, value: Any, source: str, column: Column | None, key: str | None, state: Translation) -> str:
+    if isinstance(value, (Mapping, list)):
+        raise SelectorError("compare with a string, number, boolean or null, not an object or list")
+    if key is not None:
+        target = _attribute(source, key, state)
+        if value is None:
+            return (
+                f"({'NOT ' if op == '=' else ''}mapContains({source}, {state.param(key, 'String')}))"
+                if op in ("=", "!=")
+                else "0"
+            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise SelectorError("numbers must be finite")
+            number = f"toFloat64OrNull({target})"
+            if op in ("=", "!="):
+                text_test = f"{target} {op} {state.param(_scalar(value), 'String')}"
+                numeric = f"{number} {op} {state.param(float(value), 'Float64')}"
+                return (
+                    f"({text_test} OR ifNull({numeric}, 0))" if op == "=" else f"({text_test} AND ifNull({numeric}, 1))"
+                )
+            return f"ifNull({number} {op} {state.param(float(value), 'Float64')}, 0)"
+        return f"{target} {op} {state.param(_scalar(value), 'String')}"
+    assert column is not None
+    kind = column.kind
+    if value is None:
+        return f"{column.sql} {'=' if op == '=' else '!='} ''" if kind == "string" else ("0" if op == "=" else "1")
+    if kind == "time":
+        return f"{column.sql} {op} fromUnixTimestamp64Nano({state.param(_time_ns(value), 'Int64')})"
+    if kind in ("number", "severity"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SelectorError(f"{column.sql} compares with numbers")
+        level = stdlib_level_to_severity(float(value)) if kind == "severity" else float(value)
+        return f"{column.sql} {op} {state.param(level, 'Float64')}"
+    if kind == "uuid":
+        return f"toString({column.sql}) {op} {state.param(str(value).lower(), 'String')}"
+    if kind == "event_type":
+        from labtel.sdk.event_types import event_type_value
+
+        return f"{column.sql} {op} {state.param(event_type_value(value), 'String')}"
+    return f"{column.sql} {op} {state.param(_scalar(value), 'String')}"
+
+
+def _time_ns(value: Any) -> int:
+    if isinstance(value, bool):
+        raise SelectorError("times are RFC 3339 strings or epoch seconds")
+    if isinstance(value, (int, float)):
+        return int(value * 1_000_000_000) if abs(value) < 1e12 else int(value)
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1e9)
+    try:
+        return parse_time_ns(str(value), "time")
+    except ParamError as error:
+        raise SelectorError(str(error)) from None

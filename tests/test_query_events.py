@@ -1,0 +1,200 @@
+"""`GET /events` filters, search, order and paging, and `GET /stats`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from labtel.collector.storage import migrations
+from labtel.collector.storage.client import Storage
+from labtel.query_api.app import create_app
+from tests.conftest import make_storage
+from tests.helpers import log_record, logs_request
+
+HOUR = 3600 * 1_000_000_000
+
+
+def insert(storage: Storage, records: list[Any], service: str = "query") -> None:
+    storage.insert_otlp(
+        "logs", logs_request(records, resource={"service.name": service}).SerializeToString(), uuid.uuid4().hex
+    )
+
+
+@pytest.fixture(scope="module")
+def world(chdb_path: Path) -> Iterator[tuple[TestClient, Storage, int]]:
+    storage = make_storage(chdb_path)
+    migrations.migrate(storage)
+    now = time.time_ns()
+    records = []
+    for i in range(48):  # one event every half hour for a day, ending now
+        records.append(
+            log_record(
+                f"reading {i} of the pressure gauge" if i % 2 else f"valve_{i} opened quickly",
+                {
+                    "lab.node.id": f"node-{i % 3}",
+                    "lab.event.type": "device_io" if i % 2 else "state_transition",
+                    "lab.workflow.id": f"wf-{i // 12}",
+                    "lab.experiment.id": "exp-1" if i < 24 else "exp-2",
+                },
+                time_ns=now - (47 - i) * HOUR // 2,
+                severity=(9, 13, 17)[i % 3],
+            )
+        )
+    insert(storage, records)
+    with TestClient(create_app(storage)) as client:
+        yield client, storage, now
+    storage.command(f"DROP DATABASE IF EXISTS `{storage.names.database}`")
+
+
+def bodies(client: TestClient, **params: Any) -> list[str]:
+    response = client.get("/events", params={"service": "query", "limit": 1000, **params})
+    assert response.status_code == 200, response.text
+    return [e["body"] for e in response.json()["events"]]
+
+
+def test_relative_time_and_severity_range(world: tuple[TestClient, Storage, int]) -> None:
+    client, _, _ = world
+    assert len(bodies(client, since="3h")) == 6
+    assert len(bodies(client, since="30m")) == 1
+    assert len(bodies(client)) == 48
+    warnings = bodies(client, severity_min="WARN", severity_max="warn")
+    assert len(warnings) == 16
+    assert all(b.startswith(("reading", "valve")) for b in warnings)
+    assert client.get("/events", params={"since": "soon"}).status_code == 400
+
+
+def test_token_search_and_substring_search(world: tuple[TestClient, Storage, int]) -> None:
+    client, _, _ = world
+    assert len(bodies(client, q="PRESSURE gauge")) == 24  # whole words, any case
+    assert bodies(client, q="pressure valve") == []  # every word must be there
+    assert bodies(client, q="pres") == []  # tokens are whole words...
+    assert len(bodies(client, contains="pres")) == 24  # ...substrings are `contains`
+    assert bodies(client, q="valve_10") == ["valve_10 opened quickly"]  # `_` separates tokens, as in ClickHouse
+    assert bodies(client, contains="reading 1 ") == ["reading 1 of the pressure gauge"]
+
+
+def test_lab_columns_and_span_filters(world: tuple[TestClient, Storage, int]) -> None:
+    client, _, _ = world
+    assert len(bodies(client, workflow="wf-1")) == 12
+    assert len(bodies(client, experiment="exp-2", node="node-0")) == 8
+    assert len(bodies(client, event_type="DEVICE_IO", **{"attr.lab.node.id": "in:node-1,node-2"})) == 16
+    assert client.get("/events", params={"span_id": "xyz"}).status_code == 400
+
+
+def test_both_orders_page_with_cursors(world: tuple[TestClient, Storage, int]) -> None:
+    client, _, _ = world
+    newest_first = bodies(client)
+    for order, expected in (("desc", newest_first), ("asc", list(reversed(newest_first)))):
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {
+                "service": "query",
+                "limit": 7,
+                "order": order,
+                **({"cursor": cursor} if cursor else {}),
+            }
+            page = client.get("/events", params=params).json()
+            seen += [e["body"] for e in page["events"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert seen == expected
+    first = client.get("/events", params={"service": "query", "limit": 5}).json()["next_cursor"]
+    wrong = client.get("/events", params={"service": "query", "cursor": first, "order": "asc"})
+    assert wrong.status_code == 400
+    assert "other sort order" in wrong.json()["detail"]
+
+
+def test_paging_never_repeats_or_skips_while_events_arrive(world: tuple[TestClient, Storage, int]) -> None:
+    client, storage, now = world
+    base = now - 1000 * HOUR
+    insert(storage, [log_record(f"p{i}", time_ns=base + i * 1_000_000) for i in range(300)], service="pager")
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"service": "pager", "limit": 40, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/events", params=params).json()
+        seen += [e["event_id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        pages += 1
+        # Meanwhile, more events arrive: newer ones, and late ones inside the range being paged.
+        insert(storage, [log_record(f"new{pages}-{i}") for i in range(5)], service="pager")
+        insert(
+            storage, [log_record(f"late{pages}-{i}", time_ns=base + 150_000_000 + i) for i in range(3)], service="pager"
+        )
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen))  # no repeats
+    originals = {
+        e["event_id"]
+        for e in client.get(
+            "/events", params={"service": "pager", "limit": 1000, "end": str((base + 300_000_000) / 1e9)}
+        ).json()["events"]
+        if e["body"].startswith("p")
+    }
+    assert len(originals) == 300
+    assert originals <= set(seen)  # no skips
+
+
+def test_stats_counts_by_group_and_bucket(world: tuple[TestClient, Storage, int]) -> None:
+    client, _, now = world
+    totals = client.get("/stats", params={"service": "query", "group_by": "event_type"}).json()
+    assert totals["totals"] == {"device_io": 24, "state_transition": 24}
+    assert totals["total"] == 48
+    assert totals["buckets"] == []
+    hourly = client.get(
+        "/stats", params={"service": "query", "group_by": "node", "bucket": "1h", "since": "24h"}
+    ).json()
+    assert hourly["groups"] == ["node-0", "node-1", "node-2"]
+    assert len(hourly["buckets"]) in (24, 25)
+    assert sum(sum(b["counts"].values()) for b in hourly["buckets"]) == 48
+    assert all(set(b["counts"]) == {"node-0", "node-1", "node-2"} for b in hourly["buckets"])  # zeros present
+    empty = client.get(
+        "/stats",
+        params={
+            "service": "query",
+            "bucket": "1h",
+            "start": str((now - 200 * HOUR) / 1e9),
+            "end": str((now - 190 * HOUR) / 1e9),
+        },
+    ).json()
+    assert len(empty["buckets"]) in (10, 11)  # an unaligned range touches a partial bucket at each end
+    assert empty["total"] == 0
+    none = client.get("/stats", params={"service": "query", "group_by": "none", "bucket": "1d", "tz": "Europe/Madrid"})
+    assert none.status_code == 200
+    assert none.json()["total"] == 48
+    for bad in ({"group_by": "colour"}, {"bucket": "7x"}, {"tz": "Mars/Olympus"}, {"bucket": "1s", "since": "30d"}):
+        response = client.get("/stats", params=bad)
+        assert response.status_code == 400, bad
+
+
+def test_day_buckets_follow_the_time_zone_across_dst(storage: Storage) -> None:
+    # 2026-03-29: Madrid moves from UTC+1 to UTC+2; days there are 23 hours long.
+    march_28 = 1_774_652_400_000_000_000  # 2026-03-28T00:00:00+01:00
+    insert(storage, [log_record(f"e{h}", time_ns=march_28 + h * HOUR) for h in range(0, 72, 6)], service="dst")
+    with TestClient(create_app(storage)) as client:
+        result = client.get(
+            "/stats",
+            params={
+                "service": "dst",
+                "group_by": "none",
+                "bucket": "1d",
+                "tz": "Europe/Madrid",
+                "start": "2026-03-28T00:00:00+01:00",
+                "end": "2026-03-31T00:00:00+02:00",
+            },
+        ).json()
+    assert [b["t"] for b in result["buckets"]] == [
+        "2026-03-27T23:00:00.000000000Z",
+        "2026-03-28T23:00:00.000000000Z",
+        "2026-03-29T22:00:00.000000000Z",
+    ]
+    assert [b["counts"][""] for b in result["buckets"]] == [4, 4, 4]
