@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from labtel.cli import query
 from labtel.sdk import __version__
 
 app = typer.Typer(
@@ -168,7 +169,7 @@ def api(
     _path, cfg = _load(config, data_dir)
     ext = next(iter(cfg.query_apis().values()), QueryApiConfig())
     if endpoint:
-        ext = QueryApiConfig(endpoint=endpoint, storage=ext.storage)
+        ext = ext.model_copy(update={"endpoint": QueryApiConfig(endpoint=endpoint).endpoint})
     exporters = {name: e for name, e in cfg.exporters.items() if name == ext.storage} or cfg.exporters
     api_only = cfg.model_copy(
         update={
@@ -277,6 +278,9 @@ def demo(
 def version() -> None:
     """Print the labtel version."""
     typer.echo(__version__)
+
+
+query.register(app)
 
 
 def main() -> None:

@@ -228,12 +228,31 @@ class ClickHouseExporterConfig(StrictModel):
         return own if own is not None else self.ttl
 
 
+class SqlSandboxConfig(StrictModel):
+    """Limits of `POST /sql`: every query runs read-only within these."""
+
+    timeout: Duration = timedelta(seconds=30)
+    max_rows_to_read: int = Field(2_000_000_000, ge=1)
+    max_result_rows: int = Field(1_000_000, ge=1)
+    max_result_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_memory_usage: int = Field(2 * 1024 * 1024 * 1024, ge=1024 * 1024)
+
+
+class ExportConfig(StrictModel):
+    """`GET /export`: rows are read from storage in time windows of at most `chunk_rows` each,
+    so an export of any size streams in bounded memory."""
+
+    chunk_rows: int = Field(100_000, ge=1, le=10_000_000)
+
+
 class QueryApiConfig(_EndpointModel):
     """The `query_api` extension: labtel's HTTP query API, reading the exporter's storage."""
 
     endpoint: str = "localhost:8000"
     storage: str = "clickhouse"
     public_url: str = ""
+    sql: SqlSandboxConfig = SqlSandboxConfig()
+    export: ExportConfig = ExportConfig()
 
 
 class FileStorageConfig(StrictModel):

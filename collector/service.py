@@ -24,6 +24,7 @@ from labtel.collector.config import (
     ClickHouseExporterConfig,
     CollectorConfig,
     ConfigError,
+    QueryApiConfig,
     component_type,
 )
 from labtel.collector.exporters.clickhouse import ClickHouseExporter
@@ -73,12 +74,12 @@ class ConsumerFanOut:
 class QueryApiExtension:
     """The `query_api` extension: labtel's query API served beside the receivers."""
 
-    def __init__(self, name: str, host: str, port: int, storage: Storage) -> None:
+    def __init__(self, name: str, config: QueryApiConfig, storage: Storage) -> None:
         from labtel.query_api.app import create_app  # the API is optional for a bare collector
 
         self.name = name
-        self._host = host
-        self._server = HttpServer(create_app(storage), host, port)
+        self._host = config.host
+        self._server = HttpServer(create_app(storage, config), config.host, config.port)
 
     async def start(self) -> None:
         await self._server.start()
@@ -163,7 +164,7 @@ class Service:
                 if ext.storage not in cfg.exporters:
                     raise ConfigError(f"extensions.{extension_id}.storage: no exporter named {ext.storage!r}")
                 storage = self._storage(ext.storage, cfg.exporters[ext.storage], base_dir)
-                self.extensions.append(QueryApiExtension(extension_id, ext.host, ext.port, storage))
+                self.extensions.append(QueryApiExtension(extension_id, ext, storage))
 
     def _wal(self, exporter_id: str, config: ClickHouseExporterConfig, storage: Storage) -> WriteAheadLog | None:
         queue = config.sending_queue

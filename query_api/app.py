@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
 from labtel.query_api import errors
-from labtel.query_api.routes import events, health, metrics, series, stats, stream, traces
+from labtel.query_api.routes import events, export, health, metrics, series, sql, stats, stream, traces
+from labtel.query_api.sandbox import Sandbox, SandboxLimits
 from labtel.sdk import __version__
 
 DESCRIPTION = """Events from lab instruments, schedulers, workflow engines and telescopes,
@@ -14,10 +16,22 @@ stored by the labtel collector as OpenTelemetry log records in ClickHouse, and t
 they send (`/series`)."""
 
 
-def create_app(storage: Storage) -> FastAPI:
-    """A query API reading `storage`."""
+def create_app(storage: Storage, config: QueryApiConfig | None = None) -> FastAPI:
+    """A query API reading `storage`, with the limits of the `query_api` extension's `config`."""
+    config = config or QueryApiConfig()
     app = FastAPI(title="labtel query API", version=__version__, description=DESCRIPTION)
     app.state.storage = storage
+    app.state.config = config
+    app.state.sandbox = Sandbox(
+        storage,
+        SandboxLimits(
+            max_execution_time_s=config.sql.timeout.total_seconds(),
+            max_rows_to_read=config.sql.max_rows_to_read,
+            max_result_rows=config.sql.max_result_rows,
+            max_result_bytes=config.sql.max_result_bytes,
+            max_memory_usage=config.sql.max_memory_usage,
+        ),
+    )
     errors.install(app)
     # stream before events: /events/stream must not be read as /events/{event_id}
     for router in (
@@ -26,6 +40,8 @@ def create_app(storage: Storage) -> FastAPI:
         stream.router,
         events.router,
         stats.router,
+        sql.router,
+        export.router,
         traces.router,
         series.router,
     ):

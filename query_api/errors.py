@@ -11,7 +11,11 @@ from fastapi.responses import JSONResponse
 from labtel.collector.storage.client import StorageError
 
 # ClickHouse error codes caused by what the client asked (a pattern, a type, a name, a value).
-_CLIENT_CODES = {6, 25, 26, 27, 32, 36, 38, 41, 42, 43, 44, 46, 47, 53, 62, 69, 70, 72, 130, 184, 190, 386, 427, 457}
+_CLIENT_CODES = {
+    *(6, 25, 26, 27, 32, 36, 38, 41, 42, 43, 44, 46, 47, 53, 60, 62, 69, 70, 72, 81, 130, 184, 190),
+    *(215, 386, 427, 456, 457),
+}
+_REFUSED_CODES = {164, 497}  # READONLY, ACCESS_DENIED
 _LIMIT_CODES = {158, 241, 307, 396}
 _TIMEOUT_CODES = {159, 160}
 _CODE = re.compile(r"Code: (\d+)")
@@ -27,6 +31,8 @@ def describe(error: Exception) -> tuple[int, str]:
     message = _TRAILER.sub("", first.split("DB::Exception: ")[-1]).strip()
     if code in _CLIENT_CODES:
         return 400, message
+    if code in _REFUSED_CODES:
+        return 403, f"not allowed: {message}"
     if code in _LIMIT_CODES:
         return 413, f"the query exceeds a limit: {message}"
     if code in _TIMEOUT_CODES:

@@ -106,8 +106,10 @@ class Storage:
         timeout_s: float = 30.0,
         compress: str = "lz4",
         pool_size: int = 8,
+        current_database: str | None = None,
     ) -> None:
         self.target = target
+        self._current_database = current_database
         self.names = names
         self._username = username
         self._password = password
@@ -139,6 +141,20 @@ class Storage:
             pool_size=max(8, config.sending_queue.num_consumers + 4),
         )
 
+    def in_database(self, pool_size: int = 4) -> Storage:
+        """Another Storage on the same ClickHouse whose statements resolve unqualified table
+        names in labtel's database (the SQL sandbox's)."""
+        return Storage(
+            self.target,
+            self.names,
+            username=self._username,
+            password=self._password,
+            timeout_s=self._timeout_s,
+            compress=self._compress,
+            pool_size=pool_size,
+            current_database=self.names.database,
+        )
+
     # --- clients -------------------------------------------------------------------------
 
     def _new_client(self) -> Client:
@@ -147,10 +163,14 @@ class Storage:
                 if self.target.path:
                     Path(self.target.path).mkdir(parents=True, exist_ok=True)
                 return clickhouse_connect.get_client(
-                    interface="chdb", path=self.target.path, chdb_options=dict(self.target.options) or None
+                    interface="chdb",
+                    path=self.target.path,
+                    database=self._current_database,
+                    chdb_options=dict(self.target.options) or None,
                 )
             return clickhouse_connect.get_client(
                 dsn=self.target.url,
+                database=self._current_database,
                 username=self._username,
                 password=self._password,
                 connect_timeout=min(self._timeout_s, 10.0),
@@ -163,31 +183,47 @@ class Storage:
         except OSError as error:
             raise StorageError(f"cannot reach {self.target.describe()}: {error}") from error
 
-    @contextmanager
-    def client(self) -> Iterator[Client]:
-        """Borrow a client for one statement (or a few); it goes back to the pool afterwards."""
-        if self._closed:
-            raise StorageError("storage is closed")
-        try:
-            client = self._pool.get_nowait()
-        except queue.Empty:
+    def _acquire(self) -> Client:
+        while True:
+            try:
+                return self._pool.get_nowait()
+            except queue.Empty:
+                pass
             with self._lock:
                 grow = self._created < self._pool_size
                 if grow:
                     self._created += 1
             if grow:
                 try:
-                    client = self._new_client()
+                    return self._new_client()
                 except BaseException:
                     with self._lock:
                         self._created -= 1
                     raise
-            else:
-                client = self._pool.get()
+            try:  # wait for a client to come back, or for room to make one (a discarded client)
+                return self._pool.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        """Borrow a client for one statement (or a few); it goes back to the pool afterwards."""
+        if self._closed:
+            raise StorageError("storage is closed")
+        client = self._acquire()
         try:
             yield client
-        finally:
-            self._pool.put(client)
+        except BaseException:
+            if not self.target.embedded:
+                self._pool.put(client)
+                raise
+            # A chDB handle whose statement failed can hand part of that statement's output to
+            # its next statement (seen with text formats): never reuse it.
+            with self._lock:
+                self._created -= 1
+            client.close()
+            raise
+        self._pool.put(client)
 
     def close(self) -> None:
         self._closed = True
@@ -220,6 +256,19 @@ class Storage:
         with self.client() as client:
             result = client.query(sql, parameters=parameters, settings=settings)
             return list(result.named_results())
+
+    def raw(
+        self,
+        sql: str,
+        fmt: str | None,
+        parameters: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> bytes:
+        """Run a SELECT and return its result as ClickHouse writes it in format `fmt` (CSV, Parquet, ...);
+        None leaves the statement's text as it is (its own FORMAT, or TabSeparated)."""
+        with self.client() as client:
+            data: bytes = client.raw_query(sql, parameters=parameters, settings=settings, fmt=fmt)
+            return data
 
     def ping(self) -> bool:
         """True when ClickHouse answers a trivial query."""

@@ -1,0 +1,339 @@
+"""`labtel events`, `labtel sql` and `labtel export`: the query API from the terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import requests
+import typer
+from rich.console import Console
+from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+from rich.table import Table
+from rich.text import Text
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+ApiOption = Annotated[
+    str,
+    typer.Option("--api", envvar="LABTEL_API_URL", help="The query API (default: $LABTEL_API_URL or localhost:8000)"),
+]
+DEFAULT_API = "http://localhost:8000"
+
+_SEVERITY_STYLES = {
+    "TRACE": "dim",
+    "DEBUG": "dim",
+    "INFO": "green",
+    "WARN": "yellow",
+    "ERROR": "red",
+    "FATAL": "bold red",
+}
+
+
+class ApiError(Exception):
+    """The query API could not be reached or refused the request."""
+
+
+def _base(api: str) -> str:
+    return (api if "://" in api else f"http://{api}").rstrip("/")
+
+
+def _check(response: requests.Response) -> requests.Response:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ApiError(f"{response.status_code}: {detail}")
+    return response
+
+
+def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
+    try:
+        return _check(requests.request(method, url, timeout=kwargs.pop("timeout", 60), **kwargs))
+    except requests.ConnectionError:
+        raise ApiError(
+            f"cannot reach the query API at {url.split('/', 3)[:3][-1]}: is `labtel serve` running?"
+        ) from None
+
+
+def _fail(error: ApiError) -> typer.Exit:
+    err.print(f"[red]labtel:[/red] {error}")
+    return typer.Exit(1)
+
+
+def filter_params(
+    since: str | None,
+    start: str | None,
+    end: str | None,
+    service: str | None,
+    node: str | None,
+    event_type: str | None,
+    run: str | None,
+    severity: str | None,
+    query: str | None,
+    attributes: list[str] | None,
+) -> list[tuple[str, str]]:
+    """Query parameters of `/events`, `/events/stream` and `/export` from command-line filters."""
+    params = [
+        (key, value)
+        for key, value in (
+            ("since", since),
+            ("start", start),
+            ("end", end),
+            ("service", service),
+            ("node", node),
+            ("event_type", event_type),
+            ("run", run),
+            ("severity_min", severity),
+            ("q", query),
+        )
+        if value
+    ]
+    for item in attributes or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: use key=value (operators: key=>5, key=!=x, key=in:a,b)")
+        params.append((f"attr.{key}", value))
+    return params
+
+
+def _time(event: dict[str, Any]) -> str:
+    return str(event["timestamp"]).replace("T", " ")[:23]
+
+
+def _severity(event: dict[str, Any]) -> Text:
+    text = str(event["severity_text"]) or "-"
+    return Text(text, style=_SEVERITY_STYLES.get(text.rstrip("0123456789"), ""))
+
+
+def event_line(event: dict[str, Any]) -> Text:
+    """One event as a line of the tail."""
+    line = Text(_time(event) + " ", style="dim")
+    line.append_text(_severity(event))
+    line.append(f" {event['service_name']}", style="cyan")
+    if event["event_type"]:
+        line.append(f" {event['event_type']}", style="magenta")
+    if event["node_id"]:
+        line.append(f" [{event['node_id']}]", style="blue")
+    line.append(f" {event['body']}")
+    return line
+
+
+def events_table(events: list[dict[str, Any]]) -> Table:
+    """Events as a rich table, oldest at the top."""
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("time (UTC)", "severity", "service", "event type", "node", "body"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        table.add_row(
+            _time(event), _severity(event), event["service_name"], event["event_type"], event["node_id"], event["body"]
+        )
+    return table
+
+
+def _sse(url: str, params: list[tuple[str, str]], last_id: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
+    with requests.get(url, params=params, headers=headers, stream=True, timeout=(10, 60)) as response:
+        _check(response)
+        frame: dict[str, str] = {}
+        for raw in response.iter_lines(decode_unicode=True):
+            if raw:
+                key, _, value = raw.partition(": ")
+                frame[key] = value
+            elif "data" in frame:
+                yield frame.get("id", ""), json.loads(frame["data"])
+                frame = {}
+
+
+def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: bool) -> None:
+    """Print events as they arrive, reconnecting (and resuming) when the connection drops;
+    events in `shown` were printed already."""
+    last_id: str | None = None
+    while True:
+        try:
+            for sse_id, event in _sse(f"{base}/events/stream", params, last_id):
+                last_id = sse_id  # a reconnection resumes after it
+                if event["event_id"] in shown:
+                    continue
+                if as_json:
+                    sys.stdout.write(json.dumps(event) + "\n")
+                    sys.stdout.flush()
+                else:
+                    out.print(event_line(event))
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
+            err.print("[dim]labtel: connection lost; reconnecting...[/dim]")
+            time.sleep(1)
+
+
+def events(
+    api: ApiOption = DEFAULT_API,
+    since: Annotated[str | None, typer.Option(help="Relative start: 15m, 24h, 7d")] = None,
+    start: Annotated[str | None, typer.Option(help="Start time (RFC 3339 or epoch seconds)")] = None,
+    end: Annotated[str | None, typer.Option(help="End time")] = None,
+    service: Annotated[str | None, typer.Option(help="service.name")] = None,
+    node: Annotated[str | None, typer.Option(help="lab.node.id")] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="lab.event.type")] = None,
+    run: Annotated[str | None, typer.Option(help="lab.run.id")] = None,
+    severity: Annotated[str | None, typer.Option(help="Minimum severity: INFO, WARN, ERROR, ...")] = None,
+    query: Annotated[str | None, typer.Option("--search", "-q", help="Words in the body")] = None,
+    attribute: Annotated[
+        list[str] | None, typer.Option("--attr", "-a", help="Attribute filter key=value (repeatable)")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of the latest")] = 30,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing events as they arrive")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+) -> None:
+    """Show the latest events (a table, oldest at the top); --follow tails them live."""
+    base = _base(api)
+    params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
+    try:
+        page = _request("GET", f"{base}/events", params=[*params, ("limit", str(limit))]).json()
+        latest = list(reversed(page["events"]))
+        if as_json:
+            for event in latest:
+                sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+        elif follow_:
+            for event in latest:
+                out.print(event_line(event))
+        else:
+            out.print(events_table(latest))
+            if page["next_cursor"]:
+                err.print(f"[dim]the latest {len(latest)}; --limit or --since for more[/dim]")
+        if follow_:
+            tail = [p for p in params if p[0] not in ("since", "start", "end")]
+            if latest:  # go on from the last event shown (events of the same instant are skipped once)
+                last = latest[-1]["time_unix_nano"]
+                tail.append(("start", f"{last // 1_000_000_000}.{last % 1_000_000_000:09d}"))
+            follow(base, tail, {e["event_id"] for e in latest}, as_json)
+    except ApiError as error:
+        raise _fail(error) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def sql(
+    query: Annotated[
+        str, typer.Argument(help="One SELECT over labtel's tables (otel_logs, otel_traces, ...); - reads stdin")
+    ],
+    api: ApiOption = DEFAULT_API,
+    fmt: Annotated[str, typer.Option("--format", "-F", help="table, json, csv, tsv, ndjson, parquet, arrow")] = "table",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result to this file")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="A {name:Type} placeholder's value: name=value")
+    ] = None,
+) -> None:
+    """Run read-only SQL through the query API's sandbox (POST /sql)."""
+    text = sys.stdin.read() if query == "-" else query
+    parameters = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: use name=value")
+        parameters[key] = value
+    base = _base(api)
+    wanted = "json" if fmt == "table" else fmt
+    try:
+        response = _request(
+            "POST", f"{base}/sql", json={"sql": text, "parameters": parameters, "format": wanted}, timeout=600
+        )
+    except ApiError as error:
+        raise _fail(error) from None
+    if fmt != "table":
+        _write(response.content, output)
+        return
+    result = response.json()
+    table = Table(header_style="bold")
+    for column in result["meta"]:
+        table.add_column(f"{column['name']}\n[dim]{column['type']}[/dim]", overflow="fold")
+    for row in result["data"]:
+        table.add_row(*(_cell(value) for value in row.values()))
+    out.print(table)
+    elapsed = result.get("statistics", {}).get("elapsed", 0.0)
+    err.print(f"[dim]{result['rows']} row(s) in {elapsed * 1000:.1f} ms[/dim]")
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _write(data: bytes, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        output.write_bytes(data)
+        err.print(f"[dim]{len(data):,} bytes written to {output}[/dim]")
+
+
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (- for stdout)")],
+    api: ApiOption = DEFAULT_API,
+    fmt: Annotated[str, typer.Option("--format", "-F", help="parquet, csv or ndjson")] = "parquet",
+    since: Annotated[str | None, typer.Option(help="Relative start: 15m, 24h, 7d")] = None,
+    start: Annotated[str | None, typer.Option(help="Start time (RFC 3339 or epoch seconds)")] = None,
+    end: Annotated[str | None, typer.Option(help="End time")] = None,
+    service: Annotated[str | None, typer.Option(help="service.name")] = None,
+    node: Annotated[str | None, typer.Option(help="lab.node.id")] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="lab.event.type")] = None,
+    run: Annotated[str | None, typer.Option(help="lab.run.id")] = None,
+    severity: Annotated[str | None, typer.Option(help="Minimum severity")] = None,
+    query: Annotated[str | None, typer.Option("--search", "-q", help="Words in the body")] = None,
+    attribute: Annotated[list[str] | None, typer.Option("--attr", "-a", help="Attribute filter key=value")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many events (the oldest)")] = None,
+) -> None:
+    """Download events (GET /export) to a file, streamed: Parquet by default."""
+    params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
+    params.append(("format", fmt))
+    if limit:
+        params.append(("limit", str(limit)))
+    base = _base(api)
+    try:
+        with requests.get(f"{base}/export", params=params, stream=True, timeout=(10, 600)) as response:
+            _check(response)
+            if str(output) == "-":
+                _copy(response, sys.stdout.buffer, None)
+                return
+            with (
+                output.open("wb") as file,
+                Progress(
+                    SpinnerColumn(),
+                    TextColumn(f"exporting to {output}"),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    console=err,
+                    transient=not err.is_terminal,
+                    disable=not err.is_terminal,
+                ) as progress,
+            ):
+                task = progress.add_task("export", total=None)
+                written = _copy(response, file, lambda n: progress.advance(task, n))
+        err.print(f"[green]{written:,} bytes[/green] written to {output}")
+    except requests.ConnectionError:
+        raise _fail(ApiError(f"cannot reach the query API at {base}: is `labtel serve` running?")) from None
+    except ApiError as error:
+        raise _fail(error) from None
+
+
+def _copy(response: requests.Response, file: BinaryIO, advance: Any) -> int:
+    written = 0
+    for chunk in response.iter_content(chunk_size=1 << 20):
+        file.write(chunk)
+        written += len(chunk)
+        if advance is not None:
+            advance(len(chunk))
+    file.flush()
+    return written
+
+
+def register(app: typer.Typer) -> None:
+    """Add the query commands to the `labtel` command."""
+    app.command("events")(events)
+    app.command("sql")(sql)
+    app.command("export")(export)

@@ -1,0 +1,61 @@
+"""`GET /export`: the events of `/events`' filters as a CSV, NDJSON or Parquet download."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from labtel.collector.config import QueryApiConfig
+from labtel.collector.storage.client import Storage
+from labtel.query_api.deps import get_storage
+from labtel.query_api.events import EventFilter
+from labtel.query_api.export import EXPORT_COLUMNS, export_chunks
+from labtel.query_api.formats import EXPORT_FORMATS, choose_format
+from labtel.query_api.routes.events import ATTRIBUTE_FILTERS, event_filter
+
+router = APIRouter(tags=["export"])
+
+_EXTENSIONS = {"csv": "csv", "ndjson": "ndjson", "parquet": "parquet"}
+COLUMNS_DOC = "\n".join(f"- `{name}`: {meaning}" for name, _, meaning in EXPORT_COLUMNS)
+
+
+@router.get(
+    "/export",
+    summary="Download events as CSV, NDJSON or Parquet",
+    description="The events `/events` would select, oldest first, streamed in bounded memory whatever their "
+    "number; without `end`, up to the moment of the request. Format by `format` or Accept (CSV by default). "
+    f"{ATTRIBUTE_FILTERS}\n\nColumns, in order (CSV has a header row):\n{COLUMNS_DOC}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {media: {} for _, media in EXPORT_FORMATS.values()}}},
+)
+def export(
+    request: Request,
+    storage: Annotated[Storage, Depends(get_storage)],
+    flt: Annotated[EventFilter, Depends(event_filter)],
+    format: Annotated[str | None, Query(description="csv, ndjson or parquet")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="At most this many events (the oldest)")] = None,
+) -> StreamingResponse:
+    try:
+        name, (_, media_type) = choose_format(EXPORT_FORMATS, format, request.headers.get("accept"))
+    except LookupError as error:
+        raise HTTPException(406 if format is None else 400, str(error)) from None
+    if flt.end_ns is None:
+        flt.end_ns = time.time_ns()
+    config: QueryApiConfig = request.app.state.config
+    chunks = export_chunks(storage, flt, name, config.export.chunk_rows, limit)
+    first = next(chunks, b"")  # planning runs now, so its errors are a proper 4xx/503
+    filename = f"labtel-events-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{_EXTENSIONS[name]}"
+
+    def body() -> Iterator[bytes]:
+        yield first
+        yield from chunks
+
+    return StreamingResponse(
+        body(),
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -1,0 +1,103 @@
+"""`labtel events`, `labtel sql` and `labtel export` against a real labtel server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from labtel.cli import app
+from tests.helpers import LabtelServer, log_record, logs_request
+
+runner = CliRunner()
+BASE = 1_786_000_000_000_000_000
+
+
+def send(server: LabtelServer, bodies: list[str], service: str = "cli", node: str = "ot2_1", start: int = BASE) -> None:
+    records = [
+        log_record(body, {"lab.node.id": node, "lab.event.type": "action_complete", "n": i}, time_ns=start + i * 10**9)
+        for i, body in enumerate(bodies)
+    ]
+    httpx.post(
+        f"{server.http}/v1/logs",
+        content=logs_request(records, resource={"service.name": service}).SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+    ).raise_for_status()
+
+
+def test_events_sql_and_export(server: LabtelServer, tmp_path: Path) -> None:
+    send(server, [f"transfer {i}" for i in range(12)])
+    send(server, ["arm fault"], node="pf400", start=BASE + 100 * 10**9)
+
+    table = runner.invoke(app, ["events", "--api", server.api, "--service", "cli", "-n", "5"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "arm fault" in table.stdout
+    assert "transfer 11" in table.stdout
+    assert "transfer 7" not in table.stdout  # only the latest five
+    assert table.stdout.index("transfer 8") < table.stdout.index("arm fault")  # oldest at the top
+
+    lines = runner.invoke(app, ["events", "--api", server.api, "--node", "ot2_1", "-a", "n=>9", "--json"])
+    assert lines.exit_code == 0, lines.output
+    assert [json.loads(line)["body"] for line in lines.stdout.splitlines()] == ["transfer 10", "transfer 11"]
+
+    counted = runner.invoke(
+        app, ["sql", "SELECT NodeId, count() AS n FROM otel_logs GROUP BY NodeId ORDER BY NodeId", "--api", server.api]
+    )
+    assert counted.exit_code == 0, counted.output
+    assert "ot2_1" in counted.stdout
+    assert "12" in counted.stdout
+    as_csv = runner.invoke(
+        app,
+        ["sql", "SELECT count() AS n FROM otel_logs WHERE NodeId = {node:String}", "-F", "csv", "-p", "node=pf400"],
+        env={"LABTEL_API_URL": server.api},
+    )
+    assert as_csv.stdout == '"n"\n1\n'
+    refused = runner.invoke(app, ["sql", "DROP TABLE otel_logs", "--api", server.api])
+    assert refused.exit_code == 1
+    assert "not allowed" in refused.output
+
+    target = tmp_path / "events.parquet"
+    exported = runner.invoke(app, ["export", "--api", server.api, "--service", "cli", "-o", str(target)])
+    assert exported.exit_code == 0, exported.output
+    assert pq.read_table(target).column("body").to_pylist() == [*(f"transfer {i}" for i in range(12)), "arm fault"]
+
+
+def test_unreachable_api_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["events", "--api", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "cannot reach the query API" in result.output
+
+
+def test_follow_prints_events_as_they_arrive(server: LabtelServer) -> None:
+    now = time.time_ns()
+    send(server, ["already there"], service="tail", start=now - 10**9)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labtel.cli", "events", "--api", server.api, "--service", "tail", "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        seen: list[str] = []
+        sender = threading.Timer(2.0, lambda: send(server, ["new one", "and another"], service="tail", start=time.time_ns()))
+        sender.start()
+        deadline = time.monotonic() + 40
+        while len(seen) < 3 and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if line:
+                seen.append(json.loads(line)["body"])
+        sender.join()
+        assert seen == ["already there", "new one", "and another"]
+    finally:
+        process.kill()
+        process.wait(10)
