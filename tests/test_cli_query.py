@@ -89,7 +89,9 @@ def test_follow_prints_events_as_they_arrive(server: LabtelServer) -> None:
     try:
         assert process.stdout is not None
         seen: list[str] = []
-        sender = threading.Timer(2.0, lambda: send(server, ["new one", "and another"], service="tail", start=time.time_ns()))
+        sender = threading.Timer(
+            2.0, lambda: send(server, ["new one", "and another"], service="tail", start=time.time_ns())
+        )
         sender.start()
         deadline = time.monotonic() + 40
         while len(seen) < 3 and time.monotonic() < deadline:
