@@ -82,7 +82,7 @@ class EventFilter:
                 clauses.append(f"{column} = {{{name}:String}}")
                 params[name] = value
         for index, token in enumerate(self.tokens):
-            # hasToken over lower(Body) is what the tokenbf skip index covers.
+            # hasToken over lower(Body) is what the text index idx_body_text answers.
             clauses.append(f"hasToken(lower(Body), {{token_{index}:String}})")
             params[f"token_{index}"] = token
         if self.contains:
@@ -151,6 +151,22 @@ def row_to_event(row: dict[str, Any]) -> Event:
     )
 
 
+FIRST_WINDOW_NS = 3600 * 1_000_000_000
+"""The span of time a page is first looked for in; each further look spans WINDOW_GROWTH times more."""
+WINDOW_GROWTH = 8
+
+
+def time_extent(storage: Storage) -> tuple[int, int] | None:
+    """The first and last event time stored, in Unix nanoseconds (from the parts' min/max index)."""
+    rows = storage.rows(
+        "SELECT toUnixTimestamp64Nano(min(Timestamp)) AS lo, toUnixTimestamp64Nano(max(Timestamp)) AS hi, "
+        f"count() AS n FROM {storage.names.logs}"
+    )
+    if not rows or not rows[0]["n"]:
+        return None
+    return int(rows[0]["lo"]), int(rows[0]["hi"])
+
+
 def list_events(
     storage: Storage, flt: EventFilter, limit: int, cursor: str | None, ascending: bool = False
 ) -> tuple[list[Event], str | None]:
@@ -158,9 +174,11 @@ def list_events(
     the end).
 
     The order is (Timestamp, EventId), a total order, so paging neither repeats nor skips events
-    while new ones arrive."""
+    while new ones arrive. The page is looked for in growing windows of time from its start (the
+    newest end, or the oldest): a page of recent events reads only the recent parts of the table."""
     where, params = flt.where()
     direction = "ASC" if ascending else "DESC"
+    lo, hi = flt.start_ns, flt.end_ns
     if cursor:
         ts_ns, event_id = decode_cursor(cursor, ascending)
         after = ">" if ascending else "<"
@@ -169,12 +187,32 @@ def list_events(
             "toUUID({cursor_id:String}))"
         )
         params.update(cursor_ts=ts_ns, cursor_id=event_id)
-    params["limit"] = limit + 1
-    rows = storage.rows(
+        if ascending:
+            lo = ts_ns if lo is None else max(lo, ts_ns)
+        else:
+            hi = ts_ns + 1 if hi is None else min(hi, ts_ns + 1)
+    extent = time_extent(storage)
+    if extent is None:
+        return [], None
+    lo = extent[0] if lo is None else max(lo, extent[0])
+    hi = extent[1] + 1 if hi is None else min(hi, extent[1] + 1)
+    sql = (
         f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} "
-        f"ORDER BY Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}",
-        parameters=params,
+        "AND Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64}) "
+        "AND Timestamp < fromUnixTimestamp64Nano({window_hi:Int64}) "
+        f"ORDER BY Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
     )
+    rows: list[dict[str, Any]] = []
+    width = FIRST_WINDOW_NS
+    while lo < hi and len(rows) <= limit:
+        window = (lo, min(hi, lo + width)) if ascending else (max(lo, hi - width), hi)
+        params.update(window_lo=window[0], window_hi=window[1], limit=limit + 1 - len(rows))
+        rows += storage.rows(sql, parameters=params)
+        if ascending:
+            lo = window[1]
+        else:
+            hi = window[0]
+        width *= WINDOW_GROWTH
     events = [row_to_event(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit and events:

@@ -150,10 +150,10 @@ def test_tables_have_the_contrib_exporter_columns(store: Storage) -> None:
 def test_the_migration_applies_once(chdb_path: Path) -> None:
     storage = make_storage(chdb_path)
     (metrics,) = [m for m in migrations.MIGRATIONS if "otel_metrics_gauge" in m.name]
-    assert metrics.version == 3 == migrations.latest_version()
-    assert [m.version for m in migrations.migrate(storage).applied] == [1, 2, 3]
+    assert metrics.version == 3
+    assert [m.version for m in migrations.migrate(storage).applied] == [m.version for m in migrations.MIGRATIONS]
     again = migrations.migrate(storage)
-    assert (again.applied, again.current_version) == ([], 3)
+    assert (again.applied, again.current_version) == ([], migrations.latest_version())
     assert migrations.ingest_ready(storage) == []
     tables = storage.rows(
         "SELECT name FROM system.tables WHERE database = {db:String} AND name LIKE 'otel_metrics_%'",

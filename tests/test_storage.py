@@ -102,6 +102,38 @@ def test_migrations_apply_once(chdb_path: Path) -> None:
     assert store.command(f"SELECT count() FROM {store.names.migrations}") == len(migrations.MIGRATIONS)
 
 
+def test_word_search_moves_to_a_text_index_keeping_stored_events_findable(chdb_path: Path) -> None:
+    store = make_storage(chdb_path)
+    store.command(f"CREATE DATABASE {schema.quote_identifier(store.names.database)}")
+    store.command(schema.migrations_table(store.names))
+    for migration in migrations.MIGRATIONS[:3]:  # a store of the version before the text index
+        for statement in migration.statements(store.names):
+            store.command(statement)
+        store.command(
+            f"INSERT INTO {store.names.migrations} (version, name) VALUES ({migration.version}, {migration.name!r})"
+        )
+    migrations.ensure_ingest(store)
+    records = [log_record(f"Pump {i} primed", time_ns=1_780_000_000_000_000_000 + i) for i in range(20)]
+    records.append(log_record("Valve STUCK open", time_ns=1_780_000_000_000_000_100))
+    store.insert_otlp("logs", logs_request(records).SerializeToString(), "b-before")
+    assert [m.version for m in migrations.migrate(store).applied] == [4]
+    indexes = store.rows(
+        "SELECT name, type FROM system.data_skipping_indices WHERE database = {db:String} AND table = 'otel_logs' "
+        "AND name IN ('idx_lower_body', 'idx_body_text')",
+        parameters={"db": store.names.database},
+    )
+    assert [(r["name"], r["type"]) for r in indexes] == [("idx_body_text", "text")]
+    store.insert_otlp("logs", logs_request([log_record("valve stuck again")]).SerializeToString(), "b-after")
+    found = store.rows(f"SELECT Body FROM {store.names.logs} WHERE hasToken(lower(Body), 'stuck') ORDER BY Timestamp")
+    assert [r["Body"] for r in found][:1] == ["Valve STUCK open"]
+    assert len(found) == 2
+    plan = store.raw(
+        f"EXPLAIN indexes = 1 SELECT Body FROM {store.names.logs} WHERE hasToken(lower(Body), 'stuck')", None
+    )
+    assert b"idx_body_text" in plan
+    store.command(f"DROP DATABASE {schema.quote_identifier(store.names.database)}")
+
+
 def test_ttl_follows_the_configuration(storage: Storage) -> None:
     # A fresh logs table already has a TTL: events may carry their own expiry.
     assert migrations.current_ttl(storage, "otel_logs") is None
