@@ -242,7 +242,7 @@ class ExportConfig(StrictModel):
     """`GET /export`: rows are read from storage in time windows of at most `chunk_rows` each,
     so an export of any size streams in bounded memory."""
 
-    chunk_rows: int = Field(100_000, ge=1, le=10_000_000)
+    chunk_rows: int = Field(50_000, ge=1, le=10_000_000)
 
 
 class QueryApiConfig(_EndpointModel):

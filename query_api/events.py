@@ -52,9 +52,11 @@ class EventFilter:
     conditions: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
 
-    def where(self) -> tuple[str, dict[str, Any]]:
-        """The WHERE clause (without the keyword) and its parameters."""
-        clauses = [NOT_EXPIRED, *self.conditions]
+    def where(self, hide_expired: bool = True) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause (without the keyword) and its parameters; events that expired (by
+        their own TTL, before a merge deleted them) are left out unless `hide_expired` is False."""
+        clauses = [NOT_EXPIRED] if hide_expired else ["1"]
+        clauses += self.conditions
         params = dict(self.parameters)
         if self.start_ns is not None:
             clauses.append("Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64})")

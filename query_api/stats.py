@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,11 +36,12 @@ class Bucket:
     seconds: int = 0
     calendar: str = ""
 
-    def sql(self, tz_param: str) -> str:
+    def sql(self, tz_param: str, time: str = "Timestamp") -> str:
+        """The start of the bucket holding `time` (a column or expression)."""
         if self.calendar:
-            day = f"{self.calendar}(Timestamp, {tz_param})"
+            day = f"{self.calendar}({time}, {tz_param})"
             return f"toDateTime({day}, {tz_param})" if self.calendar != "toStartOfDay" else day
-        return f"toStartOfInterval(Timestamp, toIntervalSecond({self.seconds}), {tz_param})"
+        return f"toStartOfInterval({time}, toIntervalSecond({self.seconds}), {tz_param})"
 
 
 def parse_bucket(text: str) -> Bucket:
@@ -90,19 +91,90 @@ def bucket_starts(bucket: Bucket, start_ns: int, end_ns: int, tz: ZoneInfo) -> l
     return starts
 
 
+HOUR_NS = 3600 * 1_000_000_000
+HOURLY_GROUPS = ("event_type", "service", "severity", "none")
+"""The groups the hourly counts projection of the logs table holds (schema.HOURLY_COUNTS)."""
+
+
+def hourly_counts_apply(
+    flt: EventFilter, group_by: str, bucket: Bucket | None, tz: ZoneInfo, start_ns: int, end_ns: int
+) -> bool:
+    """Whether the hourly counts projection can answer: groups and filters it holds, and buckets
+    made of whole UTC hours (widths in hours, days in a zone whose offsets are whole hours)."""
+    if group_by not in HOURLY_GROUPS:
+        return False
+    if any((flt.node, flt.run, flt.workflow, flt.experiment, flt.trace_id, flt.span_id, flt.tokens, flt.contains)) or (
+        flt.selector or flt.conditions
+    ):
+        return False
+    if bucket is None:
+        return True
+    if bucket.seconds % 3600:
+        return False
+    day_s, start_s, end_s = 86_400, start_ns // 1_000_000_000, end_ns // 1_000_000_000
+    for moment in [*range(start_s, end_s, day_s), end_s]:
+        offset = datetime.fromtimestamp(moment, tz).utcoffset() or timedelta(0)
+        if offset.total_seconds() % 3600:
+            return False
+    return True
+
+
+def _count_sql(
+    storage: Storage, flt: EventFilter, group_by: str, bucket: Bucket | None, tz: ZoneInfo, start_ns: int, end_ns: int
+) -> tuple[str, dict[str, Any]]:
+    """The SQL counting events per (bucket start, group), and its parameters.
+
+    Where the hourly counts projection applies, whole hours are counted from it (ClickHouse reads
+    the projection, ~18 times fewer rows) and only the partial hours at the ends of the range and
+    events with an expiry of their own are counted from the rows."""
+
+    def bucketed(time: str) -> str:
+        return f"toUnixTimestamp64Nano(toDateTime64({bucket.sql('{tz:String}', time)}, 9))" if bucket else "0"
+
+    flt = replace(flt, start_ns=start_ns, end_ns=end_ns)
+    where, params = flt.where()
+    params["tz"] = str(tz)
+    column = GROUPS.get(group_by, "''")
+    first_hour = -(-start_ns // HOUR_NS) * HOUR_NS
+    last_hour = end_ns // HOUR_NS * HOUR_NS
+    if first_hour >= last_hour or not hourly_counts_apply(flt, group_by, bucket, tz, start_ns, end_ns):
+        return (
+            f"SELECT {bucketed('Timestamp')} AS t, {column} AS g, count() AS n "
+            f"FROM {storage.names.logs} WHERE {where} GROUP BY t, g ORDER BY t, g"
+        ), params
+    whole = replace(flt, start_ns=None, end_ns=None)
+    hours_where, hours_params = whole.where(hide_expired=False)
+    params.update(hours_params, first_hour=first_hour, last_hour=last_hour)
+    hours = (
+        "toStartOfHour(Timestamp) >= fromUnixTimestamp64Nano({first_hour:Int64}) "
+        "AND toStartOfHour(Timestamp) < fromUnixTimestamp64Nano({last_hour:Int64})"
+    )
+    in_hours = (
+        "Timestamp >= fromUnixTimestamp64Nano({first_hour:Int64}) "
+        "AND Timestamp < fromUnixTimestamp64Nano({last_hour:Int64})"
+    )
+    table = storage.names.logs
+    parts = [
+        # whole hours, events without an expiry of their own: the projection
+        f"SELECT {bucketed('toStartOfHour(Timestamp)')} AS t, {column} AS g, count() AS n FROM {table} "
+        f"WHERE {hours_where} AND ExpiresAt = 0 AND {hours} GROUP BY t, g",
+        # the partial hours at both ends: rows (the primary key reads only those)
+        f"SELECT {bucketed('Timestamp')} AS t, {column} AS g, count() AS n FROM {table} "
+        f"WHERE {where} AND NOT ({in_hours}) GROUP BY t, g",
+        # events that expire on their own, not yet expired (the ExpiresAt index skips the rest)
+        f"SELECT {bucketed('Timestamp')} AS t, {column} AS g, count() AS n FROM {table} "
+        f"WHERE {where} AND {in_hours} AND ExpiresAt != 0 GROUP BY t, g",
+    ]
+    union = "\n    UNION ALL\n    ".join(parts)
+    return f"SELECT t, g, sum(n) AS n FROM (\n    {union}\n) GROUP BY t, g ORDER BY t, g", params
+
+
 def count_events(
     storage: Storage, flt: EventFilter, group_by: str, bucket: Bucket | None, tz: ZoneInfo, start_ns: int, end_ns: int
 ) -> dict[str, Any]:
     """Counts of events per group (and per bucket), with empty buckets as zeros."""
-    where, params = flt.where()
-    group = GROUPS.get(group_by, "''") if group_by != "none" else "''"
-    params["tz"] = str(tz)
-    bucket_sql = f"toUnixTimestamp64Nano(toDateTime64({bucket.sql('{tz:String}')}, 9))" if bucket else "0"
-    rows = storage.rows(
-        f"SELECT {bucket_sql} AS t, {group} AS g, count() AS n FROM {storage.names.logs} "
-        f"WHERE {where} GROUP BY t, g ORDER BY t, g",
-        parameters=params,
-    )
+    sql, params = _count_sql(storage, flt, group_by, bucket, tz, start_ns, end_ns)
+    rows = storage.rows(sql, parameters=params)
     totals: dict[str, int] = {}
     for row in rows:
         totals[row["g"]] = totals.get(row["g"], 0) + row["n"]

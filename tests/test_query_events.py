@@ -221,3 +221,53 @@ def test_pages_are_found_across_growing_windows_of_time(storage: Storage) -> Non
                 assert seen == [f"age {age}" for age in expected], (order, limit)
         window = client.get("/events", params={"service": "ages", "since": "6d", "end": str((now - 2 * 10**9) / 1e9)})
         assert [e["body"] for e in window.json()["events"]] == [f"age {a}" for a in ages_s[1:8]]
+
+
+def test_hourly_counts_come_from_the_projection_and_equal_counting_rows(storage: Storage) -> None:
+    from zoneinfo import ZoneInfo
+
+    from labtel.query_api.events import EventFilter
+    from labtel.query_api.stats import _count_sql, count_events, parse_bucket
+
+    start = 1_774_652_400_000_000_000 - 1_234_567_891  # not on an hour
+    records = [
+        log_record(
+            f"e{i}",
+            {"lab.event.type": ("action_start", "action_complete", "node_error")[i % 3]}
+            | ({"lab.ttl_seconds": 3600 * 24 * 365 * 30} if i % 10 == 0 else {})  # expiring, not yet
+            | ({"lab.expires_at": "2020-01-01T00:00:00Z"} if i % 25 == 1 else {}),  # already expired: hidden
+            time_ns=start + i * 97_000_000_000,
+            severity=(9, 13, 17)[i % 3],
+        )
+        for i in range(400)
+    ]
+    insert(storage, records, service="hourly")
+    insert(storage, records[:50], service="other")
+    end = start + 400 * 97_000_000_000 + 1
+    cases = [
+        ("event_type", "1h", "UTC"),
+        ("severity", "3h", "Europe/Madrid"),
+        ("service", "1d", "Europe/Madrid"),
+        ("none", None, "America/New_York"),
+        ("event_type", "1w", "UTC"),
+    ]
+    for group_by, width, zone in cases:
+        bucket = parse_bucket(width) if width else None
+        flt = EventFilter(service="hourly", severity_min=13)
+        found = count_events(storage, flt, group_by, bucket, ZoneInfo(zone), start, end)
+        # The same counts from rows only: a filter the projection cannot hold (always true).
+        rows_only = EventFilter(service="hourly", severity_min=13, contains="e")
+        expected = count_events(storage, rows_only, group_by, bucket, ZoneInfo(zone), start, end)
+        assert found == expected, (group_by, width, zone)
+        assert found["total"] == sum(1 for i in range(400) if i % 3 and i % 25 != 1)
+        sql, params = _count_sql(storage, EventFilter(service="hourly"), group_by, bucket, ZoneInfo(zone), start, end)
+        plan = storage.raw(f"EXPLAIN {sql}", None, parameters=params)
+        assert b"p_counts_hourly" in plan, (group_by, width, zone)
+    # Half-hour zones, minute buckets and node groups count rows.
+    for group_by, width, zone in (
+        ("event_type", "1d", "Asia/Kolkata"),
+        ("event_type", "30m", "UTC"),
+        ("node", "1h", "UTC"),
+    ):
+        sql, params = _count_sql(storage, EventFilter(), group_by, parse_bucket(width), ZoneInfo(zone), start, end)
+        assert b"p_counts_hourly" not in storage.raw(f"EXPLAIN {sql}", None, parameters=params)

@@ -116,7 +116,7 @@ def test_word_search_moves_to_a_text_index_keeping_stored_events_findable(chdb_p
     records = [log_record(f"Pump {i} primed", time_ns=1_780_000_000_000_000_000 + i) for i in range(20)]
     records.append(log_record("Valve STUCK open", time_ns=1_780_000_000_000_000_100))
     store.insert_otlp("logs", logs_request(records).SerializeToString(), "b-before")
-    assert [m.version for m in migrations.migrate(store).applied] == [4]
+    assert 4 in [m.version for m in migrations.migrate(store).applied]
     indexes = store.rows(
         "SELECT name, type FROM system.data_skipping_indices WHERE database = {db:String} AND table = 'otel_logs' "
         "AND name IN ('idx_lower_body', 'idx_body_text')",

@@ -61,6 +61,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"ALTER TABLE {n.logs} MATERIALIZE INDEX idx_body_text",
         ],
     ),
+    Migration(
+        5,
+        "otel_logs: hourly event counts (a projection) for /stats and dashboards; an index on ExpiresAt",
+        lambda n: [
+            f"ALTER TABLE {n.logs} ADD INDEX IF NOT EXISTS idx_expires_at ExpiresAt TYPE minmax GRANULARITY 1",
+            # A replay removes a partly stored batch with DELETE: the projection is rebuilt for it.
+            f"ALTER TABLE {n.logs} MODIFY SETTING lightweight_mutation_projection_mode = 'rebuild'",
+            f"ALTER TABLE {n.logs} ADD {schema.hourly_counts_projection().replace('PROJECTION', 'PROJECTION IF NOT EXISTS', 1)}",
+            # Parts stored before get both in background mutations; until then they are read as rows.
+            f"ALTER TABLE {n.logs} MATERIALIZE INDEX idx_expires_at",
+            f"ALTER TABLE {n.logs} MATERIALIZE PROJECTION {schema.HOURLY_COUNTS}",
+        ],
+    ),
 )
 
 

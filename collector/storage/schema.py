@@ -556,5 +556,16 @@ def logs_ttl_clause(seconds: int) -> str:
     return f"if(ExpiresAt = 0, {retention}, least(toDateTime(ExpiresAt), {retention}))"
 
 
+HOURLY_COUNTS = "p_counts_hourly"
+"""The projection of otel_logs holding event counts per hour, service, event type and severity."""
+
+
+def hourly_counts_projection() -> str:
+    """The hourly counts projection: `/stats` and dashboards count whole hours from it. Events
+    with an expiry of their own (`ExpiresAt != 0`) are kept apart, since they may be hidden."""
+    keys = "toStartOfHour(Timestamp), ExpiresAt = 0, ServiceName, EventType, SeverityNumber, SeverityText"
+    return f"PROJECTION {HOURLY_COUNTS} (SELECT {keys}, count() GROUP BY {keys})"
+
+
 NOT_EXPIRED = "(ExpiresAt = 0 OR ExpiresAt > now64(3))"
 """SQL: the event has not expired (TTL deletes expired rows only at the next merge)."""
