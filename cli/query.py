@@ -1,4 +1,4 @@
-"""`labtel events`, `labtel sql` and `labtel export`: the query API from the terminal."""
+"""`labtel events`, `labtel sql`, `labtel export` and `labtel utilization`: the query API from the terminal."""
 
 from __future__ import annotations
 
@@ -337,3 +337,101 @@ def register(app: typer.Typer) -> None:
     app.command("events")(events)
     app.command("sql")(sql)
     app.command("export")(export)
+    app.command("utilization")(utilization)
+
+
+def _percent_cell(value: float) -> Text:
+    style = "red" if value >= 90 else "yellow" if value >= 70 else "green" if value > 0 else "dim"
+    return Text(f"{value:.1f} %", style=style)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f}"
+
+
+def utilization(
+    api: ApiOption = DEFAULT_API,
+    range_: Annotated[str, typer.Option("--range", help="How far back from now: 24h, 7d, 30d")] = "7d",
+    start: Annotated[str | None, typer.Option(help="Start (instead of --range)")] = None,
+    end: Annotated[str | None, typer.Option(help="End (default: now)")] = None,
+    bucket: Annotated[
+        str | None, typer.Option(help="hour, day, week or month: utilization per period (else per node)")
+    ] = None,
+    report: Annotated[str, typer.Option(help="nodes, periods, sessions or users")] = "",
+    by: Annotated[str, typer.Option(help="users report: user, experiment or workflow")] = "user",
+    unit: Annotated[str, typer.Option(help="sessions report: node, workcell or lab")] = "node",
+    tz: Annotated[str, typer.Option(help="Time zone of periods")] = "UTC",
+    day_start: Annotated[str | None, typer.Option(help="Where days begin, e.g. 12:00")] = None,
+    node: Annotated[list[str] | None, typer.Option(help="Only these nodes (repeatable)")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON answer")] = False,
+) -> None:
+    """How busy the instruments were (GET /utilization/...): per node, per period, sessions or users."""
+    chosen = report or ("periods" if bucket else "nodes")
+    if chosen not in ("nodes", "periods", "sessions", "users"):
+        raise typer.BadParameter(f"{chosen!r}: nodes, periods, sessions or users", param_hint="--report")
+    params: list[tuple[str, str]] = [("tz", tz)]
+    params += [("start", start)] if start else [("since", range_)]
+    params += [("end", end)] if end else []
+    params += [("day_start", day_start)] if day_start else []
+    params += [("node", n) for n in node or []]
+    params += {"periods": [("bucket", bucket or "day")], "sessions": [("unit", unit)], "users": [("by", by)]}.get(
+        chosen, []
+    )
+    if as_csv:
+        params.append(("format", "csv"))
+    try:
+        response = _request("GET", f"{_base(api)}/utilization/{chosen}", params=params, timeout=600)
+    except ApiError as error:
+        raise _fail(error) from None
+    if as_csv:
+        sys.stdout.write(response.text)
+        return
+    result = response.json()
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    out.print(_utilization_table(chosen, result, by, unit))
+
+
+def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str) -> Table:
+    title = f"{result['start'][:19]} to {result['until'][:19]} UTC"
+    table = Table(title=f"{report}, {title}", header_style="bold")
+    if report == "nodes":
+        for column in ("node", "workcell", "busy h", "idle h", "utilization", "actions", "failed", "mean s", "p95 s"):
+            table.add_column(column, justify="left" if column in ("node", "workcell") else "right")
+        for n in result["nodes"]:
+            table.add_row(
+                n["node"], n["workcell"], _hours(n["busy_s"]), _hours(n["idle_s"]), _percent_cell(n["utilization_percent"]),
+                str(n["actions"]), str(n["failed"]), f"{n['mean_action_s']:.1f}", f"{n['p95_action_s']:.1f}",
+            )  # fmt: skip
+        lab = result["lab"]
+        table.add_row(
+            "[bold]all[/bold]", "", _hours(lab["busy_s"]), _hours(lab["idle_s"]), _percent_cell(lab["utilization_percent"]),
+            str(lab["actions"]), str(lab["failed"]), "", "",
+        )  # fmt: skip
+    elif report == "periods":
+        for column in ("period (UTC)", "nodes", "busy h", "available h", "utilization", "actions", "failed"):
+            table.add_column(column, justify="left" if column.startswith("period") else "right")
+        for p in result["periods"]:
+            table.add_row(
+                p["start"][:16].replace("T", " "), str(p["nodes"]), _hours(p["busy_s"]), _hours(p["available_s"]),
+                _percent_cell(p["utilization_percent"]), str(p["actions"]), str(p["failed"]),
+            )  # fmt: skip
+    elif report == "sessions":
+        for column in (unit, "start (UTC)", "hours", "busy h", "utilization", "actions", "users"):
+            table.add_column(column, justify="right" if column in ("hours", "busy h", "actions") else "left")
+        for s in result["sessions"]:
+            table.add_row(
+                s[unit], s["start"][:19].replace("T", " "), _hours(s["duration_s"]), _hours(s["busy_s"]),
+                _percent_cell(s["utilization_percent"]), str(s["actions"]), ", ".join(s["users"]),
+            )  # fmt: skip
+    else:
+        for column in (by, "actions", "failed", "action h", "workflows done", "failed wf", "nodes"):
+            table.add_column(column, justify="left" if column in (by, "nodes") else "right")
+        for r in result[f"{by}s"]:
+            table.add_row(
+                r[by], str(r["actions"]), str(r["actions_failed"]), _hours(r["action_s"]), str(r["workflows_completed"]),
+                str(r["workflows_failed"]), ", ".join(r["nodes"]),
+            )  # fmt: skip
+    return table

@@ -239,9 +239,8 @@ class ChemistryLab:
 
     def _step(self, index: int, node: Node, action: str, parent: SpanRef, ids: dict[str, str]) -> Task:
         sim, truth = self.sim, self.truth
-        wait_ns = max(0, node.busy_until_ns - sim.now_ns)
-        if wait_ns:
-            yield wait_ns / SECOND  # the node is busy with another experiment's action
+        while node.busy_until_ns > sim.now_ns:  # the node is busy with another experiment's action
+            yield (node.busy_until_ns - sim.now_ns) / SECOND  # (another may have taken it meanwhile)
         median, spread = NODE_KINDS[node.kind][1][action]
         duration = median * math.exp(sim.rng.gauss(0, spread))
         failed = sim.rng.random() < FAILURE_RATE

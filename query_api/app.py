@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
 from labtel.query_api import errors
-from labtel.query_api.routes import events, export, health, metrics, series, sql, stats, stream, traces
+from labtel.query_api.routes import events, export, health, metrics, series, sql, stats, stream, traces, utilization
 from labtel.query_api.sandbox import Sandbox, SandboxLimits
 from labtel.sdk import __version__
 
@@ -42,6 +42,7 @@ def create_app(storage: Storage, config: QueryApiConfig | None = None) -> FastAP
         stats.router,
         sql.router,
         export.router,
+        utilization.router,
         traces.router,
         series.router,
     ):

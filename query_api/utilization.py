@@ -1,0 +1,381 @@
+"""Utilization analytics, in ClickHouse SQL: how busy instruments were, who used them, where time went.
+
+The SQL lives in `query_api/sql/`: `intervals.sql` turns events into intervals (actions paired
+from their start and end events, busy time as their union per node, down time from node_stop to
+node_start), and one file per report builds on it. This module fills in parameters, runs the
+SQL and shapes the answers; it computes nothing per event itself.
+
+Definitions (README "Utilization"):
+- an action runs from its first start event (`action_start`, or `action_status_change` with
+  `status` / `action_status` running, started or in_progress) to its first end event
+  (`action_complete` / `_failed` / `_cancelled`, or a status of completed, succeeded, finished,
+  failed, cancelled or aborted), matched by `lab.action.id` / `action_id`; without ids a node does
+  one action at a time. An end with no start seen began `duration_ms` before it; a start with no
+  end runs `open_limit` at most.
+- busy: the union of a node's actions; available: the range up to now, less the node's down time
+  (node_stop to node_start), plus any action time while down; idle = available - busy.
+- actions are counted where they end; sessions are busy time joined across gaps shorter than `gap`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import Any
+
+from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import NOT_EXPIRED
+from labtel.query_api.events import EventFilter
+from labtel.query_api.params import ParamError, format_time_ns
+from labtel.query_api.stats import GROUPS, MAX_BUCKETS, Bucket, parse_bucket
+
+SECOND = 1_000_000_000
+PERIODS = {"hour": "1h", "day": "1d", "week": "1w", "month": "1mo"}
+"""Period names (MADSci's hourly/daily/weekly/monthly) → bucket widths."""
+UNITS = {"node": "n.node", "workcell": "if(n.workcell != '', n.workcell, n.node)", "lab": "n.lab"}
+"""What sessions are made of → the SQL naming it, from `node_units` (a node without workcell is its own)."""
+KEYS = ("user", "experiment", "workflow")
+MAX_STEPS = 10 * 366 * 96
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a utilization report covers and how intervals are made."""
+
+    start_ns: int
+    end_ns: int
+    now_ns: int
+    tz: str = "UTC"
+    day_start_s: int = 0
+    """Where calendar days (weeks, months) begin: seconds after midnight, local time (43200: noon)."""
+    lookback_ns: int = 24 * 3600 * SECOND
+    open_limit_ns: int = 3600 * SECOND
+    gap_ns: int = 1800 * SECOND
+    nodes: tuple[str, ...] = field(default_factory=tuple)
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "start": self.start_ns,
+            "end": self.end_ns,
+            "now": self.now_ns,
+            "lookback": self.lookback_ns,
+            "open_limit": self.open_limit_ns,
+            "gap": self.gap_ns,
+            "nodes": list(self.nodes),
+            "tz": self.tz,
+            "day_start": self.day_start_s,
+        }
+
+    @property
+    def until_ns(self) -> int:
+        """The end of what can have happened: the range's end, or now."""
+        return max(self.start_ns, min(self.end_ns, self.now_ns))
+
+
+@cache
+def sql_file(name: str) -> str:
+    """The text of one SQL file of `query_api/sql/`."""
+    return resources.files("labtel.query_api").joinpath("sql", f"{name}.sql").read_text()
+
+
+def merge_sql(source: str, gap: str = "0") -> str:
+    """SQL: the intervals (unit, s, e) of `source` joined where they overlap, touch, or lie less
+    than `gap` apart: a running maximum of ends starts a new run wherever a start passes it."""
+    return f"""
+        SELECT unit, min(s) AS s, max(e) AS e
+        FROM (
+            SELECT unit, s, e,
+                sum(toUInt64(ifNull(s > reach + {gap}, 1)))
+                    OVER (PARTITION BY unit ORDER BY s, e ROWS UNBOUNDED PRECEDING) AS run
+            FROM (
+                SELECT unit, s, e,
+                    max(toNullable(e))
+                        OVER (PARTITION BY unit ORDER BY s, e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+                FROM {source}
+            )
+        )
+        GROUP BY unit, run"""
+
+
+def report_sql(storage: Storage, report: str, **fields: str) -> str:
+    """intervals.sql followed by a report's SQL, with the template fields filled in."""
+    values = {
+        "logs": storage.names.logs,
+        "not_expired": NOT_EXPIRED,
+        "merge_busy": merge_sql("busy_pieces"),
+        "merge_down": merge_sql("down_pieces"),
+        "unit": UNITS["node"],
+        **fields,
+    }
+    return Template(sql_file("intervals") + "\n" + sql_file(report)).substitute(values)
+
+
+def period_bucket(name: str) -> Bucket:
+    """A period name (hour, day, week, month, or a width such as 1h, 6h, 1d) as a bucket."""
+    return parse_bucket(PERIODS.get(name, name))
+
+
+def bucket_sql(bucket: Bucket, time: str, day_start_s: int = 0) -> str:
+    """SQL: the start of the bucket holding `time` in the scope's zone; calendar days (weeks, months)
+    begin at `day_start_s` local time (12:00 for observing nights), whatever the DST change."""
+    if not bucket.calendar or not day_start_s:
+        return bucket.sql("{tz:String}", time)
+    seconds = f"(toHour({time}, {{tz:String}}) * 3600 + toMinute({time}, {{tz:String}}) * 60 + toSecond({time}, {{tz:String}}))"
+    day = f"(toDate({time}, {{tz:String}}) - toUInt8({seconds} < {{day_start:Int64}}))"
+    first = {"toStartOfDay": day, "toMonday": f"toMonday({day})", "toStartOfMonth": f"toStartOfMonth({day})"}[
+        bucket.calendar
+    ]
+    hour, minute, second = day_start_s // 3600, day_start_s % 3600 // 60, day_start_s % 60
+    return (
+        f"makeDateTime(toYear({first}), toMonth({first}), toDayOfMonth({first}), {hour}, {minute}, {second}, "
+        "{tz:String})"
+    )
+
+
+def bucket_bounds(storage: Storage, scope: Scope, bucket: Bucket) -> list[int]:
+    """The starts of the buckets covering the scope, and the end of the last one, computed by the
+    same SQL that puts events in buckets (so both agree across DST changes and odd offsets)."""
+    step = 900 * SECOND  # every bucket start lies on a quarter hour, in any time zone
+    steps = (scope.end_ns - scope.start_ns + 32 * 86_400 * SECOND) // step + 1
+    if steps > MAX_STEPS:
+        raise ParamError("start/end: utilization reports cover at most ten years")
+    expression = bucket_sql(bucket, "t", scope.day_start_s)
+    rows = storage.rows(
+        f"SELECT arraySort(groupUniqArray(toUnixTimestamp64Nano(toDateTime64({expression}, 9)))) AS b "
+        "FROM (SELECT fromUnixTimestamp64Nano({start:Int64} + toInt64(number) * {step:Int64}) AS t "
+        "FROM numbers({steps:UInt64}))",
+        parameters={**scope.parameters(), "step": step, "steps": steps},
+    )
+    starts: list[int] = [int(b) for b in rows[0]["b"]]
+    bounds = [b for b in starts if b < scope.end_ns]
+    bounds.append(next(b for b in starts if b >= scope.end_ns))
+    if len(bounds) - 1 > MAX_BUCKETS:
+        raise ParamError(f"bucket: {bucket.text} makes {len(bounds) - 1} buckets; at most {MAX_BUCKETS}")
+    return bounds
+
+
+# --- shaping ---------------------------------------------------------------------------------------
+
+
+def _seconds(ns: float) -> float:
+    return round(ns / SECOND, 3)
+
+
+def _percent(busy_ns: float, available_ns: float) -> float:
+    return round(100.0 * busy_ns / available_ns, 3) if available_ns > 0 else 0.0
+
+
+def _time_figures(available_ns: int, busy_ns: int) -> dict[str, Any]:
+    return {
+        "available_s": _seconds(available_ns),
+        "busy_s": _seconds(busy_ns),
+        "idle_s": _seconds(available_ns - busy_ns),
+        "utilization_percent": _percent(busy_ns, available_ns),
+    }
+
+
+def _rollup(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    available, busy = sum(r["available_ns"] for r in rows), sum(r["busy_ns"] for r in rows)
+    figures = {"nodes": len(rows), **_time_figures(available, busy)}
+    for key in ("actions", "completed", "failed", "cancelled", "running"):
+        figures[key] = sum(int(r.get(key, 0)) for r in rows)
+    return figures
+
+
+def _scope_info(scope: Scope) -> dict[str, Any]:
+    return {
+        "start": format_time_ns(scope.start_ns),
+        "end": format_time_ns(scope.end_ns),
+        "until": format_time_ns(scope.until_ns),
+        "tz": scope.tz,
+    }
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+
+def nodes_report(storage: Storage, scope: Scope) -> dict[str, Any]:
+    """Per node: available, busy and idle time, utilization and actions; rolled up to workcells and the lab."""
+    rows = storage.rows(report_sql(storage, "nodes"), parameters=scope.parameters())
+    nodes = [
+        {
+            "node": r["node"],
+            "workcell": r["workcell"],
+            "lab": r["lab"],
+            **_time_figures(r["available_ns"], r["busy_ns"]),
+            "actions": r["actions"],
+            "completed": r["completed"],
+            "failed": r["failed"],
+            "cancelled": r["cancelled"],
+            "running": r["running"],
+            "mean_action_s": round(float(r["mean_action_s"]), 3) if math.isfinite(r["mean_action_s"]) else 0.0,
+            "p95_action_s": round(float(r["p95_action_s"]), 3) if math.isfinite(r["p95_action_s"]) else 0.0,
+        }
+        for r in rows
+    ]
+    workcells: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        workcells.setdefault(r["workcell"] or r["node"], []).append(r)
+    return {
+        **_scope_info(scope),
+        "nodes": nodes,
+        "workcells": [{"workcell": name, **_rollup(members)} for name, members in sorted(workcells.items())],
+        "lab": _rollup(rows),
+    }
+
+
+def periods_report(storage: Storage, scope: Scope, bucket: Bucket) -> dict[str, Any]:
+    """The node metrics per hour / day / week / month (empty buckets as zeros), per node and in all."""
+    bounds = bucket_bounds(storage, scope, bucket)
+    end_time = "fromUnixTimestamp64Nano(e_raw)"
+    sql = report_sql(storage, "periods", bucket_of_end=bucket_sql(bucket, end_time, scope.day_start_s))
+    rows = storage.rows(sql, parameters={**scope.parameters(), "bounds": bounds})
+    by_bucket: dict[int, list[dict[str, Any]]] = {i: [] for i in range(1, len(bounds))}
+    for r in rows:
+        by_bucket[int(r["bucket"])].append(r)
+    periods = []
+    for index in range(1, len(bounds)):
+        members = by_bucket[index]
+        periods.append(
+            {
+                "start": format_time_ns(bounds[index - 1]),
+                "end": format_time_ns(bounds[index]),
+                "start_unix_nano": bounds[index - 1],
+                **_rollup(members),
+                "by_node": {
+                    r["node"]: {
+                        **_time_figures(r["available_ns"], r["busy_ns"]),
+                        "actions": r["actions"],
+                        "completed": r["completed"],
+                        "failed": r["failed"],
+                    }
+                    for r in members
+                },
+            }
+        )
+    return {
+        **_scope_info(scope),
+        "bucket": bucket.text,
+        "day_start_s": scope.day_start_s,
+        "periods": periods,
+        "total": _rollup(rows) | {"nodes": len({r["node"] for r in rows})},
+    }
+
+
+def sessions_report(storage: Storage, scope: Scope, unit: str) -> dict[str, Any]:
+    """Sessions of each node (or workcell, or the lab): busy time joined across short idle gaps."""
+    if unit not in UNITS:
+        raise ParamError(f"unit: {unit!r} is not one of {', '.join(UNITS)}")
+    sql = report_sql(
+        storage,
+        "sessions",
+        unit=UNITS[unit],
+        merge_unit_busy=merge_sql("unit_pieces"),
+        merge_sessions=merge_sql("unit_busy", "{gap:Int64}"),
+    )
+    rows = storage.rows(sql, parameters=scope.parameters())
+    sessions = []
+    for r in rows:
+        duration = r["end_ns"] - r["start_ns"]
+        sessions.append(
+            {
+                unit: r["unit"],
+                "start": format_time_ns(r["start_ns"]),
+                "end": format_time_ns(r["end_ns"]),
+                "duration_s": _seconds(duration),
+                "busy_s": _seconds(r["busy_ns"]),
+                "idle_s": _seconds(duration - r["busy_ns"]),
+                "utilization_percent": _percent(r["busy_ns"], duration),
+                "actions": r["actions"],
+                "completed": r["completed"],
+                "failed": r["failed"],
+                "cancelled": r["cancelled"],
+                "running": r["running"],
+                "nodes": r["nodes"],
+                "users": r["users"],
+                "experiments": r["experiments"],
+                "workflows": r["workflows"],
+            }
+        )
+    return {**_scope_info(scope), "unit": unit, "gap_s": _seconds(scope.gap_ns), "sessions": sessions}
+
+
+def users_report(storage: Storage, scope: Scope, by: str) -> dict[str, Any]:
+    """Actions, action time, nodes and workflows per user (or experiment, or workflow)."""
+    if by not in KEYS:
+        raise ParamError(f"by: {by!r} is not one of {', '.join(KEYS)}")
+    rows = storage.rows(report_sql(storage, "users", key=by), parameters=scope.parameters())
+    entries = [
+        {
+            by: r["key"],
+            "actions": r["actions"],
+            "actions_completed": r["actions_completed"],
+            "actions_failed": r["actions_failed"],
+            "action_s": _seconds(r["action_ns"]),
+            "nodes": r["nodes"],
+            "workflows_completed": r["workflows_completed"],
+            "workflows_failed": r["workflows_failed"],
+            "workflows_aborted": r["workflows_aborted"],
+            "workflows_running": r["workflows_running"],
+            "workflow_s": _seconds(r["workflow_ns"]),
+        }
+        for r in rows
+    ]
+    return {**_scope_info(scope), "by": by, f"{by}s": entries}
+
+
+TIMESERIES_GROUPS = ("event_type", "service", "severity", "node", "none")
+
+
+def timeseries_report(
+    storage: Storage,
+    scope: Scope,
+    flt: EventFilter,
+    bucket: Bucket,
+    group_by: str,
+    history: int = 24,
+    threshold: float = 3.0,
+) -> dict[str, Any]:
+    """Events per bucket and group, their error rate, and buckets whose count is far from the trailing
+    baseline (the `history` buckets before): |count - mean| > threshold x max(stddev, sqrt(mean))."""
+    if group_by not in TIMESERIES_GROUPS:
+        raise ParamError(f"group_by: {group_by!r} is not one of {', '.join(TIMESERIES_GROUPS)}")
+    bounds = bucket_bounds(storage, scope, bucket)
+    flt = EventFilter(**{**flt.__dict__, "start_ns": scope.start_ns, "end_ns": scope.end_ns})
+    where, params = flt.where()
+    sql = Template(sql_file("timeseries")).substitute(
+        logs=storage.names.logs,
+        where=where,
+        bucket=bucket_sql(bucket, "Timestamp", scope.day_start_s),
+        group=GROUPS.get(group_by, "''") if group_by != "none" else "''",
+    )
+    rows = storage.rows(sql, parameters={**params, **scope.parameters(), "bounds": bounds, "history": history})
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        baseline, spread = float(r["baseline"] or 0.0), float(r["spread"] or 0.0)
+        tolerance = max(spread, math.sqrt(max(baseline, 1.0)))
+        enough = int(r["history"]) >= max(3, history // 2)
+        score = (r["n"] - baseline) / tolerance if enough else 0.0
+        series.setdefault(r["g"], []).append(
+            {
+                "t": format_time_ns(r["bucket_start_ns"]),
+                "t_unix_nano": r["bucket_start_ns"],
+                "count": r["n"],
+                "errors": r["errors"],
+                "error_rate": round(r["errors"] / r["n"], 4) if r["n"] else 0.0,
+                "baseline": round(baseline, 3) if enough else None,
+                "z": round(score, 3) if enough else None,
+                "flagged": enough and abs(score) > threshold,
+            }
+        )
+    return {
+        **_scope_info(scope),
+        "bucket": bucket.text,
+        "group_by": group_by,
+        "history": history,
+        "threshold": threshold,
+        "series": [{"group": g, "points": points} for g, points in sorted(series.items())],
+    }
