@@ -36,7 +36,7 @@ def test_node_utilization_matches_the_ground_truth(server: LabtelServer, tmp_pat
             "--no-serve",
             "--truth",
             str(truth_path),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=300,
