@@ -19,6 +19,7 @@ Definitions (README "Utilization"):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,8 +36,8 @@ from labtel.query_api.stats import GROUPS, MAX_BUCKETS, Bucket, parse_bucket
 SECOND = 1_000_000_000
 PERIODS = {"hour": "1h", "day": "1d", "week": "1w", "month": "1mo"}
 """Period names (MADSci's hourly/daily/weekly/monthly) → bucket widths."""
-UNITS = {"node": "n.node", "workcell": "if(n.workcell != '', n.workcell, n.node)", "lab": "n.lab"}
-"""What sessions are made of → the SQL naming it, from `node_units` (a node without workcell is its own)."""
+UNITS = {"node": "node", "workcell": "if(workcell != '', workcell, node)", "lab": "lab"}
+"""What sessions are made of → the SQL naming it in `runs` (a node without a workcell is its own)."""
 KEYS = ("user", "experiment", "workflow")
 MAX_STEPS = 10 * 366 * 96
 
@@ -81,36 +82,19 @@ def sql_file(name: str) -> str:
     return resources.files("labtel.query_api").joinpath("sql", f"{name}.sql").read_text()
 
 
-def merge_sql(source: str, gap: str = "0") -> str:
-    """SQL: the intervals (unit, s, e) of `source` joined where they overlap, touch, or lie less
-    than `gap` apart: a running maximum of ends starts a new run wherever a start passes it."""
-    return f"""
-        SELECT unit, min(s) AS s, max(e) AS e
-        FROM (
-            SELECT unit, s, e,
-                sum(toUInt64(ifNull(s > reach + {gap}, 1)))
-                    OVER (PARTITION BY unit ORDER BY s, e ROWS UNBOUNDED PRECEDING) AS run
-            FROM (
-                SELECT unit, s, e,
-                    max(toNullable(e))
-                        OVER (PARTITION BY unit ORDER BY s, e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
-                FROM {source}
-            )
-        )
-        GROUP BY unit, run"""
+REPORT_FILES = {
+    "nodes": ("intervals", "downtime", "reported", "nodes"),
+    "periods": ("intervals", "downtime", "reported", "periods"),
+    "sessions": ("intervals", "sessions"),
+    "users": ("intervals", "users"),
+}
+"""Each report's SQL: a chain of CTEs (every step read once) and the report's SELECT."""
 
 
 def report_sql(storage: Storage, report: str, **fields: str) -> str:
-    """intervals.sql followed by a report's SQL, with the template fields filled in."""
-    values = {
-        "logs": storage.names.logs,
-        "not_expired": NOT_EXPIRED,
-        "merge_busy": merge_sql("busy_pieces"),
-        "merge_down": merge_sql("down_pieces"),
-        "unit": UNITS["node"],
-        **fields,
-    }
-    return Template(sql_file("intervals") + "\n" + sql_file(report)).substitute(values)
+    """A report's SQL files, joined, with the template fields filled in."""
+    text = "\n".join(sql_file(name) for name in REPORT_FILES[report])
+    return Template(text).substitute({"logs": storage.names.logs, "not_expired": NOT_EXPIRED, **fields})
 
 
 def period_bucket(name: str) -> Bucket:
@@ -230,29 +214,52 @@ def nodes_report(storage: Storage, scope: Scope) -> dict[str, Any]:
 def periods_report(storage: Storage, scope: Scope, bucket: Bucket) -> dict[str, Any]:
     """The node metrics per hour / day / week / month (empty buckets as zeros), per node and in all."""
     bounds = bucket_bounds(storage, scope, bucket)
-    end_time = "fromUnixTimestamp64Nano(e_raw)"
-    sql = report_sql(storage, "periods", bucket_of_end=bucket_sql(bucket, end_time, scope.day_start_s))
+    sql = report_sql(
+        storage,
+        "periods",
+        bucket_of_start=bucket_sql(bucket, "fromUnixTimestamp64Nano(piece.2)", scope.day_start_s),
+        bucket_of_last=bucket_sql(bucket, "fromUnixTimestamp64Nano(piece.3 - 1)", scope.day_start_s),
+    )
     rows = storage.rows(sql, parameters={**scope.parameters(), "bounds": bounds})
-    by_bucket: dict[int, list[dict[str, Any]]] = {i: [] for i in range(1, len(bounds))}
+    index = {start: i for i, start in enumerate(bounds[:-1])}
+    spans = [max(0, min(b, scope.until_ns) - max(a, scope.start_ns)) for a, b in itertools.pairwise(bounds)]
+    nodes: dict[str, dict[str, Any]] = {}
     for r in rows:
-        by_bucket[int(r["bucket"])].append(r)
-    periods = []
-    for index in range(1, len(bounds)):
-        members = by_bucket[index]
+        node = nodes.setdefault(
+            r["node"],
+            {"workcell": r["workcell"], "lab": r["lab"], "cells": [dict.fromkeys(_CELL, 0) for _ in spans]},
+        )
+        if r["kind"] == "node":
+            continue
+        cell = node["cells"][index[r["bucket_start_ns"]]]
+        if r["kind"] == "end":
+            cell["actions"] += r["pieces"]
+            cell["completed"] += r["completed"]
+            cell["failed"] += r["failed"]
+        else:
+            cell[f"{r['kind']}_ns"] += r["ns"]
+    periods, every = [], []
+    for i, span in enumerate(spans):
+        members = [
+            {"node": name, "available_ns": span - node["cells"][i]["down_ns"] + node["cells"][i]["overlap_ns"]}
+            | node["cells"][i]
+            for name, node in sorted(nodes.items())
+        ]
+        every += members
         periods.append(
             {
-                "start": format_time_ns(bounds[index - 1]),
-                "end": format_time_ns(bounds[index]),
-                "start_unix_nano": bounds[index - 1],
+                "start": format_time_ns(bounds[i]),
+                "end": format_time_ns(bounds[i + 1]),
+                "start_unix_nano": bounds[i],
                 **_rollup(members),
                 "by_node": {
-                    r["node"]: {
-                        **_time_figures(r["available_ns"], r["busy_ns"]),
-                        "actions": r["actions"],
-                        "completed": r["completed"],
-                        "failed": r["failed"],
+                    m["node"]: {
+                        **_time_figures(m["available_ns"], m["busy_ns"]),
+                        "actions": m["actions"],
+                        "completed": m["completed"],
+                        "failed": m["failed"],
                     }
-                    for r in members
+                    for m in members
                 },
             }
         )
@@ -261,21 +268,18 @@ def periods_report(storage: Storage, scope: Scope, bucket: Bucket) -> dict[str, 
         "bucket": bucket.text,
         "day_start_s": scope.day_start_s,
         "periods": periods,
-        "total": _rollup(rows) | {"nodes": len({r["node"] for r in rows})},
+        "total": _rollup(every) | {"nodes": len(nodes)},
     }
+
+
+_CELL = ("busy_ns", "down_ns", "overlap_ns", "actions", "completed", "failed")
 
 
 def sessions_report(storage: Storage, scope: Scope, unit: str) -> dict[str, Any]:
     """Sessions of each node (or workcell, or the lab): busy time joined across short idle gaps."""
     if unit not in UNITS:
         raise ParamError(f"unit: {unit!r} is not one of {', '.join(UNITS)}")
-    sql = report_sql(
-        storage,
-        "sessions",
-        unit=UNITS[unit],
-        merge_unit_busy=merge_sql("unit_pieces"),
-        merge_sessions=merge_sql("unit_busy", "{gap:Int64}"),
-    )
+    sql = report_sql(storage, "sessions", unit=UNITS[unit])
     rows = storage.rows(sql, parameters=scope.parameters())
     sessions = []
     for r in rows:

@@ -42,6 +42,22 @@ LAB_COLUMNS: Final[dict[str, str]] = {
 }
 """Storage column → the attribute it is derived from (log attribute first, then resource)."""
 
+LAB_STATUS: Final = "status"
+"""An action's status (MADSci's `status`; its workcell engine says `action_status`)."""
+LAB_ACTION_ID: Final = "lab.action.id"
+DURATION_MS: Final = "duration_ms"
+
+UTILIZATION_COLUMNS: Final[dict[str, tuple[tuple[str, ...], bool]]] = {
+    "WorkcellId": ((LAB_WORKCELL_ID,), True),
+    "UserId": ((LAB_USER_ID,), True),
+    "LabName": ((LAB_NAME,), True),
+    "ActionId": ((LAB_ACTION_ID, "action_id"), False),
+    "ActionStatus": ((LAB_STATUS, "action_status"), False),
+}
+"""Storage columns utilization reads (migration 6) → (the attributes they come from, first found
+wins; whether the resource's attributes count too, after the record's). `DurationMs` holds
+`duration_ms`."""
+
 FIELD_ALIASES: Final[dict[str, str]] = {
     "event_type": LAB_EVENT_TYPE,
     "event_id": LAB_EVENT_ID,

@@ -74,6 +74,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"ALTER TABLE {n.logs} MATERIALIZE PROJECTION {schema.HOURLY_COUNTS}",
         ],
     ),
+    Migration(
+        6,
+        "otel_logs: lab columns for utilization (WorkcellId, UserId, LabName, ActionId, ActionStatus, DurationMs)",
+        lambda n: [
+            *(f"ALTER TABLE {n.logs} ADD COLUMN IF NOT EXISTS {column}" for column in schema.utilization_columns()),
+            # Stored parts compute them from the attributes until a background mutation writes them.
+            *(
+                f"ALTER TABLE {n.logs} MATERIALIZE COLUMN {column.split()[0]}"
+                for column in schema.utilization_columns()
+            ),
+        ],
+    ),
 )
 
 

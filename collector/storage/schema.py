@@ -387,6 +387,23 @@ def _lab_columns() -> str:
     return "\n".join(lines)
 
 
+def utilization_columns() -> list[str]:
+    """The lab columns utilization reads, each MATERIALIZED from its attributes (migration 6)."""
+    columns = []
+    for column, (attributes, from_resource) in semconv.UTILIZATION_COLUMNS.items():
+        value = "''"
+        for attribute in reversed(attributes):
+            own, resource = f"LogAttributes['{attribute}']", f"ResourceAttributes['{attribute}']"
+            fallback = f"if({resource} != '', {resource}, {value})" if from_resource else value
+            value = f"if({own} != '', {own}, {fallback})"
+        if column == "ActionStatus":
+            value = f"lower({value})"
+        kind = "String" if column == "ActionId" else "LowCardinality(String)"
+        columns.append(f"{column} {kind} MATERIALIZED {value}")
+    columns.append(f"DurationMs Float64 MATERIALIZED toFloat64OrZero(LogAttributes['{semconv.DURATION_MS}'])")
+    return columns
+
+
 def logs_table(names: SchemaNames) -> str:
     """`otel_logs`: the contrib exporter's columns, plus labtel's event id and lab columns."""
     return f"""CREATE TABLE IF NOT EXISTS {names.logs} (

@@ -1,83 +1,69 @@
--- labtel utilization: the intervals every report is built from.
+-- labtel utilization: the actions and busy time every report is built from.
 --
--- A WITH clause; a report's SELECT follows it. Times are Unix nanoseconds (Int64).
+-- A WITH clause; each report's SQL continues it. Each step reads the one before it once (ClickHouse
+-- runs a CTE again wherever it is named), so the logs are read once. Times are Unix nanoseconds.
 -- Parameters:
---   {start:Int64} {end:Int64}  the range analysed; {now:Int64} nothing counts after it
---   {lookback:Int64}           how far before the range (and after it) edges are read, so actions
---                              and down times that cross its ends are found
+--   {start:Int64} {end:Int64}  the range analysed; {now:Int64}: nothing counts after it
+--   {lookback:Int64}           how far before (and after) the range events are read, so actions
+--                              crossing its ends are found whole
 --   {open_limit:Int64}         an action with no end event counts as running this long at most
---   {gap:Int64}                idle time that separates two sessions of a unit
 --   {nodes:Array(String)}      only these nodes (empty: all)
--- Template fields: $logs (the logs table), $not_expired, $unit (node, workcell or lab: what
--- sessions are made of).
+-- Template fields: $logs (the logs table), $not_expired.
 WITH
-    -- Every event that starts or ends an action, or starts or stops a node.
+    -- Events that start or end an action (the lab columns come from their attributes, migration 6).
     edges AS (
         SELECT
             NodeId AS node,
             toUnixTimestamp64Nano(Timestamp) AS ts,
-            EventType AS type,
-            lower(if(LogAttributes['status'] != '', LogAttributes['status'], LogAttributes['action_status'])) AS status,
             multiIf(
-                type = 'action_start' OR (type = 'action_status_change' AND status IN ('running', 'started', 'in_progress')), 1,
-                type IN ('action_complete', 'action_failed', 'action_cancelled')
-                    OR (type = 'action_status_change'
-                        AND status IN ('completed', 'succeeded', 'finished', 'failed', 'cancelled', 'canceled', 'aborted')), 2,
-                type = 'node_start', 3,
-                type = 'node_stop', 4,
+                EventType = 'action_start'
+                    OR (EventType = 'action_status_change' AND ActionStatus IN ('running', 'started', 'in_progress')), 1,
+                EventType IN ('action_complete', 'action_failed', 'action_cancelled')
+                    OR (EventType = 'action_status_change'
+                        AND ActionStatus IN ('completed', 'succeeded', 'finished', 'failed', 'cancelled', 'canceled', 'aborted')), 2,
                 0) AS edge,
-            multiIf(type = 'action_failed' OR status = 'failed', 'failed',
-                    type = 'action_cancelled' OR status IN ('cancelled', 'canceled', 'aborted'), 'cancelled',
+            multiIf(EventType = 'action_failed' OR ActionStatus = 'failed', 'failed',
+                    EventType = 'action_cancelled' OR ActionStatus IN ('cancelled', 'canceled', 'aborted'), 'cancelled',
                     'completed') AS outcome,
-            if(LogAttributes['lab.action.id'] != '', LogAttributes['lab.action.id'], LogAttributes['action_id']) AS action_id,
-            toFloat64OrZero(LogAttributes['duration_ms']) AS reported_ms,
-            if(LogAttributes['lab.user.id'] != '', LogAttributes['lab.user.id'], ResourceAttributes['lab.user.id']) AS user,
+            ActionId AS action_id,
+            DurationMs AS reported_ms,
+            UserId AS user,
             ExperimentId AS experiment,
             WorkflowId AS workflow,
-            if(LogAttributes['lab.workcell.id'] != '', LogAttributes['lab.workcell.id'],
-               ResourceAttributes['lab.workcell.id']) AS workcell,
-            ResourceAttributes['lab.name'] AS lab
+            WorkcellId AS workcell,
+            LabName AS lab
         FROM $logs
         WHERE $not_expired
           AND NodeId != ''
-          AND EventType IN ('action_start', 'action_status_change', 'action_complete', 'action_failed',
-                            'action_cancelled', 'node_start', 'node_stop')
+          AND EventType IN ('action_start', 'action_status_change', 'action_complete', 'action_failed', 'action_cancelled')
           AND Timestamp >= fromUnixTimestamp64Nano({start:Int64} - {lookback:Int64})
           AND Timestamp < fromUnixTimestamp64Nano({end:Int64} + {lookback:Int64})
           AND (empty({nodes:Array(String)}) OR has({nodes:Array(String)}, NodeId))
           AND edge != 0
     ),
-    -- Edges without an action id: a start after an end (or the first start) begins a new action,
-    -- so without ids a node does one action at a time.
-    anonymous AS (
-        SELECT *, concat('#', toString(sum(toUInt64(edge = 1 AND previous != 1))
-                OVER (PARTITION BY node ORDER BY ts, edge ROWS UNBOUNDED PRECEDING))) AS action_key
+    -- Which action each edge belongs to: its id, or without one, the node's current action (a start
+    -- after an end begins a new one: without ids a node does one action at a time).
+    keyed AS (
+        SELECT *, if(action_id != '', action_id, concat('#', toString(ordinal))) AS action_key
         FROM (
-            SELECT *, lagInFrame(edge, 1, 0)
-                    OVER (PARTITION BY node ORDER BY ts, edge ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-                AS previous
-            FROM edges
-            WHERE edge IN (1, 2) AND action_id = ''
+            SELECT *, sum(toUInt64(edge = 1 AND previous != 1))
+                    OVER (PARTITION BY node, action_id = '' ORDER BY ts, edge ROWS UNBOUNDED PRECEDING) AS ordinal
+            FROM (
+                SELECT *, lagInFrame(edge, 1, 0) OVER (PARTITION BY node, action_id = '' ORDER BY ts, edge
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS previous
+                FROM edges
+            )
         )
     ),
-    keyed AS (
-        SELECT node, ts, edge, outcome, reported_ms, user, experiment, workflow, action_id AS action_key
-        FROM edges
-        WHERE edge IN (1, 2) AND action_id != ''
-        UNION ALL
-        SELECT node, ts, edge, outcome, reported_ms, user, experiment, workflow, action_key
-        FROM anonymous
-    ),
-    -- One row per action: from its first start to its first end. An end with no start seen began
-    -- `duration_ms` before it (when the end says so); a start with no end runs `open_limit` at most.
+    -- One row per action, from its first start to its first end. An end with no start seen began
+    -- `duration_ms` before it (when it says so); a start with no end runs `open_limit` at most.
     actions AS (
         SELECT
-            node,
-            action_key,
+            node, action_key, workcell, lab, user, experiment, workflow,
             multiIf(starts > 0, first_start, reported > 0, first_end - toInt64(reported * 1e6), first_end) AS s_raw,
             if(ends > 0, first_end, least(s_raw + {open_limit:Int64}, {now:Int64})) AS e_raw,
             if(ends > 0, end_outcome, 'running') AS outcome,
-            user, experiment, workflow
+            e_raw >= {start:Int64} AND e_raw < least({end:Int64}, {now:Int64} + 1) AS counted
         FROM (
             SELECT
                 node,
@@ -90,61 +76,49 @@ WITH
                 maxIf(reported_ms, edge = 2) AS reported,
                 anyIf(user, user != '') AS user,
                 anyIf(experiment, experiment != '') AS experiment,
-                anyIf(workflow, workflow != '') AS workflow
+                anyIf(workflow, workflow != '') AS workflow,
+                anyIf(workcell, workcell != '') AS workcell,
+                anyIf(lab, lab != '') AS lab
             FROM keyed
             GROUP BY node, action_key
         )
     ),
-    -- Action time inside the range, and its union per node: busy time (overlaps count once).
-    busy_pieces AS (
-        SELECT node AS unit, greatest(s_raw, {start:Int64}) AS s, least(e_raw, {end:Int64}, {now:Int64}) AS e
-        FROM actions
-        WHERE e > s
-    ),
-    busy AS ($merge_busy),
-    -- The nodes reported: those with events in the range, or busy in it; with their workcell and lab.
-    node_units AS (
-        SELECT node, anyIf(workcell, workcell != '') AS workcell, anyIf(lab, lab != '') AS lab
+    -- Each action's time inside the range (zero-long when outside), and the run of overlapping
+    -- actions of its node it belongs to (a new run wherever a start passes every earlier end).
+    pieces AS (
+        SELECT *, e > s AS inside, sum(toUInt64(ifNull(s > reach, 1)))
+                OVER (PARTITION BY node ORDER BY s, e ROWS UNBOUNDED PRECEDING) AS run
         FROM (
-            SELECT
-                NodeId AS node,
-                if(LogAttributes['lab.workcell.id'] != '', LogAttributes['lab.workcell.id'],
-                   ResourceAttributes['lab.workcell.id']) AS workcell,
-                ResourceAttributes['lab.name'] AS lab
-            FROM $logs
-            WHERE $not_expired
-              AND NodeId != ''
-              AND Timestamp >= fromUnixTimestamp64Nano({start:Int64})
-              AND Timestamp < fromUnixTimestamp64Nano(least({end:Int64}, {now:Int64}))
-              AND (empty({nodes:Array(String)}) OR has({nodes:Array(String)}, NodeId))
-            UNION ALL
-            SELECT node, workcell, lab FROM edges WHERE node IN (SELECT unit FROM busy_pieces)
+            SELECT *, max(toNullable(e))
+                    OVER (PARTITION BY node ORDER BY s, e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+            FROM (
+                SELECT *,
+                    least(greatest(s_raw, {start:Int64}), least({end:Int64}, {now:Int64})) AS s,
+                    greatest(least(e_raw, {end:Int64}, {now:Int64}), s) AS e
+                FROM actions
+            )
         )
-        GROUP BY node
     ),
-    -- A node is down from node_stop to its next node_start; before a first node_start it was down.
-    state_edges AS (
-        SELECT node, ts, edge,
-            leadInFrame(ts, 1, {end:Int64})
-                OVER (PARTITION BY node ORDER BY ts, edge ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS next_ts,
-            row_number() OVER (PARTITION BY node ORDER BY ts, edge) AS position
-        FROM edges
-        WHERE edge IN (3, 4)
-    ),
-    down_pieces AS (
-        SELECT node AS unit, greatest(s, {start:Int64}) AS s, least(e, {end:Int64}, {now:Int64}) AS e
-        FROM (
-            SELECT node, ts AS s, next_ts AS e FROM state_edges WHERE edge = 4
-            UNION ALL
-            SELECT node, {start:Int64} - {lookback:Int64} AS s, ts AS e FROM state_edges WHERE edge = 3 AND position = 1
-        )
-        WHERE least(e, {end:Int64}, {now:Int64}) > greatest(s, {start:Int64})
-    ),
-    down AS ($merge_down),
-    -- Busy time while down (an action the node ran although it said it was stopped): available.
-    busy_while_down AS (
-        SELECT b.unit AS unit, least(b.e, d.e) AS e, greatest(b.s, d.s) AS s
-        FROM busy AS b
-        INNER JOIN down AS d ON b.unit = d.unit
-        WHERE b.s < d.e AND d.s < b.e
+    -- Busy time: per node, the union of its actions, one row per run; with the actions counted in
+    -- the range (those ending in it) and who ran them.
+    runs AS (
+        SELECT
+            node,
+            run,
+            min(s) AS s,
+            max(e) AS e,
+            anyIf(workcell, workcell != '') AS workcell,
+            anyIf(lab, lab != '') AS lab,
+            countIf(counted) AS actions,
+            countIf(counted AND outcome = 'completed') AS completed,
+            countIf(counted AND outcome = 'failed') AS failed,
+            countIf(counted AND outcome = 'cancelled') AS cancelled,
+            countIf(counted AND outcome = 'running') AS running,
+            groupArrayIf((e_raw - s_raw) / 1e9, counted AND outcome != 'running') AS durations,
+            groupArrayIf((e_raw, outcome), counted) AS ends,
+            groupUniqArrayIf(user, user != '' AND inside) AS users,
+            groupUniqArrayIf(experiment, experiment != '' AND inside) AS experiments,
+            groupUniqArrayIf(workflow, workflow != '' AND inside) AS workflows
+        FROM pieces
+        GROUP BY node, run
     )

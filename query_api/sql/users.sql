@@ -1,6 +1,6 @@
 -- Per $key (user, experiment or workflow): actions ending in the range and their time in it,
 -- nodes used, and workflows (counted where they end, or start when still running).
--- Follows intervals.sql.
+-- Continues intervals.sql.
 , workflow_events AS (
     SELECT
         WorkflowId AS workflow,
@@ -35,10 +35,10 @@ by_actions AS (
         count() AS actions,
         countIf(outcome = 'completed') AS completed,
         countIf(outcome = 'failed') AS failed,
-        sum(greatest(0, least(e_raw, {end:Int64}, {now:Int64}) - greatest(s_raw, {start:Int64}))) AS action_ns,
+        sum(e - s) AS action_ns,
         arraySort(groupUniqArray(node)) AS nodes
-    FROM actions
-    WHERE e_raw >= {start:Int64} AND e_raw < least({end:Int64}, {now:Int64} + 1)
+    FROM pieces
+    WHERE counted
     GROUP BY key
 ),
 by_workflows AS (
