@@ -16,8 +16,13 @@ from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
+
+
+def out() -> Console:
+    """The terminal, as it is now (its width may change between commands)."""
+    return Console(highlight=False, soft_wrap=True)
+
 
 ApiOption = Annotated[
     str,
@@ -155,6 +160,7 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
     """Print events as they arrive, reconnecting (and resuming) when the connection drops;
     events in `shown` were printed already."""
     last_id: str | None = None
+    console = out()
     while True:
         try:
             for sse_id, event in _sse(f"{base}/events/stream", params, last_id):
@@ -165,7 +171,7 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
                     sys.stdout.write(json.dumps(event) + "\n")
                     sys.stdout.flush()
                 else:
-                    out.print(event_line(event))
+                    console.print(event_line(event))
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
             err.print("[dim]labtel: connection lost; reconnecting...[/dim]")
             time.sleep(1)
@@ -201,9 +207,9 @@ def events(
             sys.stdout.flush()
         elif follow_:
             for event in latest:
-                out.print(event_line(event))
+                out().print(event_line(event))
         else:
-            out.print(events_table(latest))
+            out().print(events_table(latest))
             if page["next_cursor"]:
                 err.print(f"[dim]the latest {len(latest)}; --limit or --since for more[/dim]")
         if follow_:
@@ -254,7 +260,7 @@ def sql(
         table.add_column(f"{column['name']}\n[dim]{column['type']}[/dim]", overflow="fold")
     for row in result["data"]:
         table.add_row(*(_cell(value) for value in row.values()))
-    out.print(table)
+    out().print(table)
     elapsed = result.get("statistics", {}).get("elapsed", 0.0)
     err.print(f"[dim]{result['rows']} row(s) in {elapsed * 1000:.1f} ms[/dim]")
 
@@ -391,7 +397,7 @@ def utilization(
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
-    out.print(_utilization_table(chosen, result, by, unit))
+    out().print(_utilization_table(chosen, result, by, unit))
 
 
 def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str) -> Table:
@@ -399,7 +405,7 @@ def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str) 
     table = Table(title=f"{report}, {title}", header_style="bold")
     if report == "nodes":
         for column in ("node", "workcell", "busy h", "idle h", "utilization", "actions", "failed", "mean s", "p95 s"):
-            table.add_column(column, justify="left" if column in ("node", "workcell") else "right")
+            table.add_column(column, justify="left" if column in ("node", "workcell") else "right", no_wrap=True)
         for n in result["nodes"]:
             table.add_row(
                 n["node"], n["workcell"], _hours(n["busy_s"]), _hours(n["idle_s"]), _percent_cell(n["utilization_percent"]),
@@ -412,7 +418,7 @@ def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str) 
         )  # fmt: skip
     elif report == "periods":
         for column in ("period (UTC)", "nodes", "busy h", "available h", "utilization", "actions", "failed"):
-            table.add_column(column, justify="left" if column.startswith("period") else "right")
+            table.add_column(column, justify="left" if column.startswith("period") else "right", no_wrap=True)
         for p in result["periods"]:
             table.add_row(
                 p["start"][:16].replace("T", " "), str(p["nodes"]), _hours(p["busy_s"]), _hours(p["available_s"]),

@@ -83,18 +83,36 @@ def sql_file(name: str) -> str:
 
 
 REPORT_FILES = {
-    "nodes": ("intervals", "downtime", "reported", "nodes"),
-    "periods": ("intervals", "downtime", "reported", "periods"),
+    "nodes": ("intervals", "downtime", "seen", "nodes"),
+    "periods": ("intervals", "downtime", "seen", "periods"),
     "sessions": ("intervals", "sessions"),
     "users": ("intervals", "users"),
 }
-"""Each report's SQL: a chain of CTEs (every step read once) and the report's SELECT."""
+"""Each report's SQL: a chain of CTEs (every step named once) and the report's SELECT."""
+
+
+SWEEP = {
+    # `pieces` (a node's actions) and `downs` (its down time) as one time line of events: at each
+    # instant how many pieces and downs begin (+1) or end (-1). Between two events the union of the
+    # pieces covers the stretch when their running sum is above zero: busy time without sorting
+    # the intervals into runs, and its part while down, in one vectorized pass.
+    "sweep": "arraySort(arrayConcat(arrayMap(p -> (p.1, toInt64(1), toInt64(0)), pieces), "
+    "arrayMap(p -> (p.2, toInt64(-1), toInt64(0)), pieces), arrayMap(d -> (d.1, toInt64(0), toInt64(1)), downs), "
+    "arrayMap(d -> (d.2, toInt64(0), toInt64(-1)), downs)))",
+    "busy": "arraySum(arrayMap((g, b) -> if(b > 0, g, 0), arrayPopFront(arrayDifference(arrayMap(x -> x.1, sweep))), "
+    "arrayPopBack(arrayCumSum(arrayMap(x -> x.2, sweep)))))",
+    "overlap": "arraySum(arrayMap((g, b, d) -> if(b > 0 AND d > 0, g, 0), "
+    "arrayPopFront(arrayDifference(arrayMap(x -> x.1, sweep))), arrayPopBack(arrayCumSum(arrayMap(x -> x.2, sweep))), "
+    "arrayPopBack(arrayCumSum(arrayMap(x -> x.3, sweep)))))",
+}
+"""SQL: busy time (the union of `pieces`) and the part of it within `downs`; the template fields
+of nodes.sql and periods.sql."""
 
 
 def report_sql(storage: Storage, report: str, **fields: str) -> str:
     """A report's SQL files, joined, with the template fields filled in."""
     text = "\n".join(sql_file(name) for name in REPORT_FILES[report])
-    return Template(text).substitute({"logs": storage.names.logs, "not_expired": NOT_EXPIRED, **fields})
+    return Template(text).substitute({"logs": storage.names.logs, "not_expired": NOT_EXPIRED, **SWEEP, **fields})
 
 
 def period_bucket(name: str) -> Bucket:
@@ -225,19 +243,10 @@ def periods_report(storage: Storage, scope: Scope, bucket: Bucket) -> dict[str, 
     spans = [max(0, min(b, scope.until_ns) - max(a, scope.start_ns)) for a, b in itertools.pairwise(bounds)]
     nodes: dict[str, dict[str, Any]] = {}
     for r in rows:
-        node = nodes.setdefault(
-            r["node"],
-            {"workcell": r["workcell"], "lab": r["lab"], "cells": [dict.fromkeys(_CELL, 0) for _ in spans]},
-        )
-        if r["kind"] == "node":
-            continue
+        node = nodes.setdefault(r["node"], {"cells": [dict.fromkeys(_CELL, 0) for _ in spans]})
         cell = node["cells"][index[r["bucket_start_ns"]]]
-        if r["kind"] == "end":
-            cell["actions"] += r["pieces"]
-            cell["completed"] += r["completed"]
-            cell["failed"] += r["failed"]
-        else:
-            cell[f"{r['kind']}_ns"] += r["ns"]
+        for key in _CELL:
+            cell[key] += r[key]
     periods, every = [], []
     for i, span in enumerate(spans):
         members = [

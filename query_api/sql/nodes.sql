@@ -1,12 +1,41 @@
 -- Per node: available, busy and idle time, utilization, and its actions (counted where they end).
--- Continues intervals.sql, downtime.sql and reported.sql.
+-- Busy time is the union of the node's actions, and busy time while down counts as available (the
+-- template fields sweep, busy and overlap: utilization.SWEEP). Continues intervals, downtime and seen.
+, busy_nodes AS (
+    SELECT
+        node,
+        anyIf(workcell, workcell != '') AS workcell,
+        anyIf(lab, lab != '') AS lab,
+        arraySort(groupArrayIf((s, e), e > s)) AS pieces,
+        countIf(counted) AS actions,
+        countIf(counted AND outcome = 1) AS completed,
+        countIf(counted AND outcome = 2) AS failed,
+        countIf(counted AND outcome = 3) AS cancelled,
+        countIf(counted AND outcome = 0) AS running,
+        groupArrayIf((e_raw - s_raw) / 1e9, counted AND outcome != 0) AS durations
+    FROM actions
+    GROUP BY node
+    HAVING length(pieces) > 0 OR actions > 0
+),
+reported AS (
+    SELECT
+        if(u.node != '', u.node, b.node) AS node,
+        if(u.workcell != '', u.workcell, b.workcell) AS workcell,
+        if(u.lab != '', u.lab, b.lab) AS lab,
+        b.pieces AS pieces, b.actions AS actions, b.completed AS completed, b.failed AS failed,
+        b.cancelled AS cancelled, b.running AS running, b.durations AS durations,
+        d.downs AS downs, d.down_ns AS down_ns
+    FROM seen AS u
+    FULL OUTER JOIN busy_nodes AS b ON u.node = b.node
+    LEFT JOIN downtime AS d ON d.node = if(u.node != '', u.node, b.node)
+)
 SELECT
     node,
     workcell,
     lab,
-    greatest(0, least({end:Int64}, {now:Int64}) - {start:Int64}) - down_ns + arraySum(arrayMap(o -> o.2 - o.1, overlaps))
-        AS available_ns,
-    busy_ns,
+    $sweep AS sweep,
+    greatest(0, least({end:Int64}, {now:Int64}) - {start:Int64}) - down_ns + $overlap AS available_ns,
+    $busy AS busy_ns,
     actions,
     completed,
     failed,

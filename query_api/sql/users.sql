@@ -33,11 +33,11 @@ by_actions AS (
     SELECT
         $key AS key,
         count() AS actions,
-        countIf(outcome = 'completed') AS completed,
-        countIf(outcome = 'failed') AS failed,
+        countIf(outcome = 1) AS completed,
+        countIf(outcome = 2) AS failed,
         sum(e - s) AS action_ns,
         arraySort(groupUniqArray(node)) AS nodes
-    FROM pieces
+    FROM actions
     WHERE counted
     GROUP BY key
 ),
