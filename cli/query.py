@@ -30,6 +30,20 @@ ApiOption = Annotated[
 ]
 DEFAULT_API = "http://localhost:8000"
 
+# The filters of `/events`, `/events/stream` and `/export`, as options of every command that takes them.
+SinceOption = Annotated[str | None, typer.Option(help="Relative start: 15m, 24h, 7d")]
+StartOption = Annotated[str | None, typer.Option(help="Start time (RFC 3339 or epoch seconds)")]
+EndOption = Annotated[str | None, typer.Option(help="End time")]
+ServiceOption = Annotated[str | None, typer.Option(help="service.name")]
+NodeOption = Annotated[str | None, typer.Option(help="lab.node.id")]
+TypeOption = Annotated[str | None, typer.Option("--type", help="lab.event.type")]
+RunOption = Annotated[str | None, typer.Option(help="lab.run.id")]
+SeverityOption = Annotated[str | None, typer.Option(help="Minimum severity: INFO, WARN, ERROR, ...")]
+SearchOption = Annotated[str | None, typer.Option("--search", "-q", help="Words in the body")]
+AttributeOption = Annotated[
+    list[str] | None, typer.Option("--attr", "-a", help="Attribute filter key=value (repeatable)")
+]
+
 _SEVERITY_STYLES = {
     "TRACE": "dim",
     "DEBUG": "dim",
@@ -179,18 +193,16 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
 
 def events(
     api: ApiOption = DEFAULT_API,
-    since: Annotated[str | None, typer.Option(help="Relative start: 15m, 24h, 7d")] = None,
-    start: Annotated[str | None, typer.Option(help="Start time (RFC 3339 or epoch seconds)")] = None,
-    end: Annotated[str | None, typer.Option(help="End time")] = None,
-    service: Annotated[str | None, typer.Option(help="service.name")] = None,
-    node: Annotated[str | None, typer.Option(help="lab.node.id")] = None,
-    event_type: Annotated[str | None, typer.Option("--type", help="lab.event.type")] = None,
-    run: Annotated[str | None, typer.Option(help="lab.run.id")] = None,
-    severity: Annotated[str | None, typer.Option(help="Minimum severity: INFO, WARN, ERROR, ...")] = None,
-    query: Annotated[str | None, typer.Option("--search", "-q", help="Words in the body")] = None,
-    attribute: Annotated[
-        list[str] | None, typer.Option("--attr", "-a", help="Attribute filter key=value (repeatable)")
-    ] = None,
+    since: SinceOption = None,
+    start: StartOption = None,
+    end: EndOption = None,
+    service: ServiceOption = None,
+    node: NodeOption = None,
+    event_type: TypeOption = None,
+    run: RunOption = None,
+    severity: SeverityOption = None,
+    query: SearchOption = None,
+    attribute: AttributeOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of the latest")] = 30,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing events as they arrive")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
@@ -282,16 +294,16 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (- for stdout)")],
     api: ApiOption = DEFAULT_API,
     fmt: Annotated[str, typer.Option("--format", "-F", help="parquet, csv or ndjson")] = "parquet",
-    since: Annotated[str | None, typer.Option(help="Relative start: 15m, 24h, 7d")] = None,
-    start: Annotated[str | None, typer.Option(help="Start time (RFC 3339 or epoch seconds)")] = None,
-    end: Annotated[str | None, typer.Option(help="End time")] = None,
-    service: Annotated[str | None, typer.Option(help="service.name")] = None,
-    node: Annotated[str | None, typer.Option(help="lab.node.id")] = None,
-    event_type: Annotated[str | None, typer.Option("--type", help="lab.event.type")] = None,
-    run: Annotated[str | None, typer.Option(help="lab.run.id")] = None,
-    severity: Annotated[str | None, typer.Option(help="Minimum severity")] = None,
-    query: Annotated[str | None, typer.Option("--search", "-q", help="Words in the body")] = None,
-    attribute: Annotated[list[str] | None, typer.Option("--attr", "-a", help="Attribute filter key=value")] = None,
+    since: SinceOption = None,
+    start: StartOption = None,
+    end: EndOption = None,
+    service: ServiceOption = None,
+    node: NodeOption = None,
+    event_type: TypeOption = None,
+    run: RunOption = None,
+    severity: SeverityOption = None,
+    query: SearchOption = None,
+    attribute: AttributeOption = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many events (the oldest)")] = None,
 ) -> None:
     """Download events (GET /export) to a file, streamed: Parquet by default."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +47,9 @@ def by_node(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def db(chdb_path: Path) -> Iterator[Storage]:
-    storage = make_storage(chdb_path)
-    migrations.migrate(storage)
-    yield storage
-    storage.command(f"DROP DATABASE IF EXISTS `{storage.names.database}`")
+def db(storage: Storage) -> Storage:
+    """A migrated database of this test's own."""
+    return storage
 
 
 def test_overlapping_actions_count_once_as_busy(db: Storage) -> None:
