@@ -205,7 +205,8 @@ def list_events(
         f"ORDER BY Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
     )
     rows: list[dict[str, Any]] = []
-    width = FIRST_WINDOW_NS
+    # Words and trace ids are looked up in indexes that skip what cannot match: one look is enough.
+    width = hi - lo if (flt.tokens or flt.trace_id) else FIRST_WINDOW_NS
     while lo < hi and len(rows) <= limit:
         window = (lo, min(hi, lo + width)) if ascending else (max(lo, hi - width), hi)
         params.update(window_lo=window[0], window_hi=window[1], limit=limit + 1 - len(rows))
