@@ -32,6 +32,7 @@ from labtel.collector.otlp.signals import SIGNALS, Signal
 from labtel.collector.processors.batch import GroupCommit, Passthrough, merge_verdicts
 from labtel.collector.receivers.otlp_grpc import OTLPGrpcReceiver
 from labtel.collector.receivers.otlp_http import OTLPHttpReceiver
+from labtel.collector.self_metrics import SelfMetrics
 from labtel.collector.servers import HttpServer
 from labtel.collector.storage.client import Storage
 from labtel.collector.wal import WriteAheadLog
@@ -110,6 +111,7 @@ class Service:
         self.processors: list[Lifecycle] = []
         self.receivers: list[OTLPGrpcReceiver | OTLPHttpReceiver] = []
         self.extensions: list[QueryApiExtension] = []
+        self.self_metrics: SelfMetrics | None = None
         self._started: list[Lifecycle] = []
         self._build(extensions, base_dir)
 
@@ -155,6 +157,9 @@ class Service:
                 self.receivers.append(OTLPGrpcReceiver(receiver_id, receiver_cfg.protocols.grpc, consumers))
             if receiver_cfg.protocols.http is not None:
                 self.receivers.append(OTLPHttpReceiver(receiver_id, receiver_cfg.protocols.http, consumers))
+        if self.exporters:  # the collector's own metrics go to the storage of its first pipeline
+            first = next(iter(self.exporters.values()))
+            self.self_metrics = SelfMetrics.from_settings(first.storage, cfg.service.telemetry.metrics)
         if with_extensions:
             apis = cfg.query_apis()
             for extension_id in cfg.service.extensions:
@@ -203,7 +208,14 @@ class Service:
     async def start(self) -> None:
         """Start every component; on failure, stop what was started and re-raise."""
         try:
-            for component in [*self.exporters.values(), *self.extensions, *self.processors, *self.receivers]:
+            background = [self.self_metrics] if self.self_metrics is not None else []
+            for component in [
+                *self.exporters.values(),
+                *self.extensions,
+                *self.processors,
+                *self.receivers,
+                *background,
+            ]:
                 await component.start()
                 self._started.append(component)
         except BaseException:

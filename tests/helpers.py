@@ -40,6 +40,7 @@ extensions:
   file_storage: {{directory: "{wal_dir}"}}
 service:
   extensions: [query_api, file_storage]
+  telemetry: {{metrics: {self_metrics}}}
   pipelines:
 {pipelines}
 """
@@ -58,9 +59,11 @@ def write_config(
     queue_extra: str = "",
     exporter_extra: str = "",
     signals: tuple[str, ...] = ("logs", "traces"),
+    self_metrics: str = "{level: none}",
 ) -> Path:
     """A collector config listening on free loopback ports, storing in `data_dir`, with a
-    pipeline for each of `signals`."""
+    pipeline for each of `signals` (the collector's own metrics are not stored unless
+    `self_metrics` says so, e.g. `{interval: 1s}`)."""
     path.write_text(
         CONFIG_TEMPLATE.format(
             endpoint=endpoint or f"chdb://{data_dir}",
@@ -72,6 +75,7 @@ def write_config(
             queue_extra=queue_extra,
             wal_dir=data_dir.parent / "wal",
             pipelines="\n".join(PIPELINE.format(signal=signal) for signal in signals),
+            self_metrics=self_metrics,
         )
     )
     return path
