@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run demo test lint typecheck format pytest bench bench-ingest clean
+.PHONY: install run demo test lint typecheck format pytest bench bench-ingest bench-query dashboards clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,16 @@ pytest: $(STAMP)
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info
 
-bench: $(STAMP) bench-ingest bench-sdk ## every benchmark (figures for the issue notes)
+bench: $(STAMP) bench-ingest bench-sdk bench-query ## every benchmark (figures for the issue notes)
 
 bench-ingest: $(STAMP) ## ingest throughput, latency and loss check (bench/ingest.py)
 	$(BIN)/python bench/ingest.py --clients 32 --duration 30
+
+bench-query: $(STAMP) ## the query API over 10M events: filters, search, selector, stats, export, utilization (bench/query.py)
+	$(BIN)/python bench/query.py --rows 10000000 --repeat 20
+
+dashboards: $(STAMP) ## regenerate the Grafana dashboards and provisioning (dashboards/generate.py)
+	$(BIN)/python dashboards/generate.py
 
 bench-sdk: $(STAMP) ## cost per logging call and CPU per delivered event, labtel.sdk vs stock OTel (bench/sdk.py)
 	$(BIN)/python bench/sdk.py --events 20000 --repeat 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from labtel.demo.sim import Item, Log, SpanEnd, SpanStart
 from labtel.sdk import semconv
 from labtel.sdk.logger import build_record
 from labtel.sdk.pipeline import FlushResult, Pipeline
-from labtel.sdk.transport import make_transport
+from labtel.sdk.transport import Transport, make_transport
 
 _SITES = {
     "madsci": ("chem-lab-A", "chem-ws-01"),
@@ -52,7 +52,16 @@ class _PresetIds(IdGenerator):
 class Emitter:
     """Delivers items to a collector."""
 
-    def __init__(self, endpoint: str, protocol: str, spool_dir: Path, demo_id: str = "") -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        protocol: str,
+        spool_dir: Path,
+        demo_id: str = "",
+        transport: Callable[[], Transport] | None = None,
+    ) -> None:
+        """`transport` makes each service's delivery channel (default: OTLP to `endpoint`)."""
+        self._transport = transport
         self._endpoint = endpoint
         self._protocol = protocol
         self._spool_dir = spool_dir
@@ -80,7 +89,7 @@ class Emitter:
             endpoint, protocol = self._endpoint, self._protocol
             found = self._pipelines[service] = Pipeline(
                 self._resource(service),
-                lambda: make_transport(protocol, endpoint, {}, 30.0),
+                self._transport or (lambda: make_transport(protocol, endpoint, {}, 30.0)),
                 self._spool_dir / service,
                 1 << 30,
                 batch_max_records=2000,

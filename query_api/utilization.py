@@ -87,6 +87,7 @@ REPORT_FILES = {
     "periods": ("intervals", "downtime", "seen", "periods"),
     "sessions": ("intervals", "sessions"),
     "users": ("intervals", "users"),
+    "actions": ("intervals",),
 }
 """Each report's SQL: a chain of CTEs (every step named once) and the report's SELECT."""
 
@@ -109,10 +110,16 @@ SWEEP = {
 of nodes.sql and periods.sql."""
 
 
-def report_sql(storage: Storage, report: str, **fields: str) -> str:
-    """A report's SQL files, joined, with the template fields filled in."""
+def report_text(report: str, logs: str, **fields: str) -> str:
+    """A report's SQL files, joined, reading the logs table `logs`, with the template fields filled in
+    (its `{name:Type}` parameters left for the caller: the API binds them, dashboards put macros there)."""
     text = "\n".join(sql_file(name) for name in REPORT_FILES[report])
-    return Template(text).substitute({"logs": storage.names.logs, "not_expired": NOT_EXPIRED, **SWEEP, **fields})
+    return Template(text).substitute({"logs": logs, "not_expired": NOT_EXPIRED, **SWEEP, **fields})
+
+
+def report_sql(storage: Storage, report: str, **fields: str) -> str:
+    """A report's SQL over `storage`'s logs table."""
+    return report_text(report, storage.names.logs, **fields)
 
 
 def period_bucket(name: str) -> Bucket:

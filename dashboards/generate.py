@@ -1,0 +1,663 @@
+"""labtel's Grafana dashboards and provisioning, generated: the one source of truth (`make dashboards`).
+
+    python dashboards/generate.py           # write dashboards/json/*.json and dashboards/provisioning/
+    python dashboards/generate.py --check   # exit 1 if the committed files differ from what this makes
+
+Every panel reads labtel's tables through the official ClickHouse datasource
+(grafana-clickhouse-datasource, provisioned with uid `labtel-clickhouse`). The utilization panels
+run the very SQL of `GET /utilization/...` (query_api/sql), with Grafana's macros in place of the
+API's parameters, so a number on a dashboard is the API's number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labtel.query_api.stats import parse_bucket
+from labtel.query_api.utilization import SECOND, bucket_sql, report_text
+
+HERE = Path(__file__).resolve().parent
+DATASOURCE_UID = "labtel-clickhouse"
+DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": DATASOURCE_UID}
+SCHEMA_VERSION = 39
+LOGS = "${database}.otel_logs"
+FORMAT = {"timeseries": 0, "table": 1, "logs": 2}
+
+# The API's parameters, as Grafana expressions (macros expanded by the datasource, variables by Grafana).
+GRAFANA_PARAMETERS = {
+    "{start:Int64}": "(toInt64(toUnixTimestamp($__fromTime)) * 1000000000)",
+    "{end:Int64}": "(toInt64(toUnixTimestamp($__toTime)) * 1000000000)",
+    "{now:Int64}": "toUnixTimestamp64Nano(now64(9))",
+    "{lookback:Int64}": str(24 * 3600 * SECOND),
+    "{open_limit:Int64}": str(3600 * SECOND),
+    "{gap:Int64}": str(1800 * SECOND),
+    "{nodes:Array(String)}": "CAST([], 'Array(String)')",
+    "{tz:String}": "'${tz}'",
+    "{day_start:Int64}": "0",
+}
+
+
+_PARAMETER = re.compile(r"\{[a-z_]+:[A-Z][\w()]*\}")
+
+
+def grafana_sql(sql: str, **extra: str) -> str:
+    """API SQL with Grafana's macros and variables in place of its parameters."""
+    for parameter, expression in {**GRAFANA_PARAMETERS, **extra}.items():
+        sql = sql.replace(parameter, expression)
+    leftover = _PARAMETER.search(sql)
+    if leftover:
+        raise ValueError(f"a parameter is left in dashboard SQL: {leftover.group(0)}")
+    return sql
+
+
+def day_bounds() -> str:
+    """SQL: the starts of the days of the dashboard's range in `${tz}`, and the day after (the
+    bounds of `GET /utilization/periods?bucket=day`)."""
+    first = "toStartOfDay($__fromTime, '${tz}')"
+    return (
+        f"arrayMap(i -> toUnixTimestamp64Nano(toDateTime64({first} + toIntervalDay(i), 9)), "
+        f"range(toUInt64(dateDiff('day', {first}, $__toTime) + 2)))"
+    )
+
+
+def nodes_sql() -> str:
+    """Per-node utilization over the dashboard's range: `GET /utilization/nodes`."""
+    report = grafana_sql(report_text("nodes", LOGS))
+    return f"""SELECT
+    node,
+    round(100 * busy_ns / available_ns, 2) AS utilization_percent,
+    round(busy_ns / 3600e9, 2) AS busy_hours,
+    round((available_ns - busy_ns) / 3600e9, 2) AS idle_hours,
+    actions,
+    failed
+FROM (
+{report}
+)
+WHERE available_ns > 0
+ORDER BY utilization_percent DESC"""
+
+
+def daily_sql() -> str:
+    """Utilization of all nodes per day (every day, empty ones as zeros): `GET /utilization/periods?bucket=day`."""
+    day = parse_bucket("1d")
+    report = grafana_sql(
+        report_text(
+            "periods",
+            LOGS,
+            bucket_of_start=bucket_sql(day, "fromUnixTimestamp64Nano(piece.2)"),
+            bucket_of_last=bucket_sql(day, "fromUnixTimestamp64Nano(piece.3 - 1)"),
+        ),
+        **{"{bounds:Array(Int64)}": day_bounds()},
+    )
+    start, end, now = (GRAFANA_PARAMETERS[f"{{{n}:Int64}}"] for n in ("start", "end", "now"))
+    return f"""SELECT
+    fromUnixTimestamp64Nano(d.b) AS time,
+    p.nodes * d.span - p.down + p.overlap AS available,
+    round(if(available > 0, 100 * p.busy / available, 0), 2) AS utilization_percent,
+    round(p.busy / 3600e9, 2) AS busy_hours,
+    p.actions AS actions
+FROM (
+    SELECT pair.1 AS b, greatest(0, least(pair.2, {end}, {now}) - greatest(pair.1, {start})) AS span
+    FROM (SELECT arrayJoin(arrayZip(arrayPopBack(bounds), arrayPopFront(bounds))) AS pair
+          FROM (SELECT {day_bounds()} AS bounds))
+    WHERE pair.1 < {end}
+) AS d
+LEFT JOIN (
+    SELECT bucket_start_ns AS b, max(nodes) AS nodes, sum(busy_ns) AS busy, sum(down_ns) AS down,
+        sum(overlap_ns) AS overlap, sum(actions) AS actions
+    FROM (SELECT *, uniqExact(node) OVER () AS nodes FROM (
+{report}
+    ))
+    GROUP BY b
+) AS p ON p.b = d.b
+ORDER BY time"""
+
+
+def durations_sql() -> str:
+    """Action durations per node over the range (the actions of `GET /utilization/nodes`)."""
+    return f"""{grafana_sql(report_text("actions", LOGS))}
+SELECT
+    node,
+    count() AS actions,
+    round(quantileExact(0.5)((e_raw - s_raw) / 1e9), 2) AS p50_seconds,
+    round(quantileExact(0.95)((e_raw - s_raw) / 1e9), 2) AS p95_seconds,
+    countIf(outcome = 2) AS failed
+FROM actions
+WHERE counted AND outcome != 0
+GROUP BY node
+ORDER BY p95_seconds DESC"""
+
+
+# --- dashboard model ------------------------------------------------------------------------------
+
+
+@dataclass
+class Dashboard:
+    """A Grafana dashboard being laid out: panels fill rows of 24 columns from left to right."""
+
+    uid: str
+    title: str
+    description: str
+    tags: list[str]
+    variables: list[dict[str, Any]] = field(default_factory=list)
+    panels: list[dict[str, Any]] = field(default_factory=list)
+    _x: int = 0
+    _y: int = 0
+    _row_h: int = 0
+
+    def add(
+        self,
+        kind: str,
+        title: str,
+        sql: str,
+        w: int,
+        h: int,
+        description: str = "",
+        fmt: str = "table",
+        options: dict[str, Any] | None = None,
+        field_config: dict[str, Any] | None = None,
+        unit: str = "",
+    ) -> None:
+        """A panel of type `kind` with one SQL query, placed after the previous one."""
+        if self._x + w > 24:
+            self._x, self._y, self._row_h = 0, self._y + self._row_h, 0
+        defaults: dict[str, Any] = {"unit": unit} if unit else {}
+        self.panels.append(
+            {
+                "id": len(self.panels) + 1,
+                "type": kind,
+                "title": title,
+                "description": description,
+                "datasource": DATASOURCE,
+                "gridPos": {"x": self._x, "y": self._y, "w": w, "h": h},
+                "targets": [
+                    {
+                        "refId": "A",
+                        "datasource": DATASOURCE,
+                        "editorType": "sql",
+                        "queryType": fmt,
+                        "format": FORMAT[fmt],
+                        "rawSql": sql,
+                    }
+                ],
+                "options": options or {},
+                "fieldConfig": field_config or {"defaults": defaults, "overrides": []},
+            }
+        )
+        self._x += w
+        self._row_h = max(self._row_h, h)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "description": self.description,
+            "tags": ["labtel", *self.tags],
+            "schemaVersion": SCHEMA_VERSION,
+            "version": 1,
+            "editable": True,
+            "graphTooltip": 1,
+            "timezone": "browser",
+            "time": {"from": "now-24h", "to": "now"},
+            "refresh": "1m",
+            "templating": {"list": [database_variable(), *self.variables]},
+            "annotations": {"list": []},
+            "links": [
+                {"type": "dashboards", "tags": ["labtel"], "asDropdown": True, "title": "labtel", "keepTime": True}
+            ],
+            "panels": self.panels,
+        }
+
+
+def database_variable() -> dict[str, Any]:
+    return {
+        "name": "database",
+        "label": "Database",
+        "type": "constant",
+        "query": "otel",
+        "hide": 2,
+        "current": {"text": "otel", "value": "otel"},
+    }
+
+
+def query_variable(name: str, label: str, sql: str, multi: bool = True) -> dict[str, Any]:
+    """A variable whose values a `SELECT DISTINCT ...` gives, with All."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": sql,
+        "definition": sql,
+        "refresh": 2,
+        "multi": multi,
+        "includeAll": True,
+        "allValue": "",
+        "current": {"text": "All", "value": "$__all"},
+        "sort": 1,
+    }
+
+
+def text_variable(name: str, label: str, default: str = "") -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "textbox",
+        "query": default,
+        "current": {"text": default, "value": default},
+    }
+
+
+def tz_variable() -> dict[str, Any]:
+    zones = ["UTC", "Europe/Madrid", "Atlantic/Canary", "America/Chicago", "America/New_York", "Asia/Tokyo"]
+    return {
+        "name": "tz",
+        "label": "Time zone of days",
+        "type": "custom",
+        "query": ",".join(zones),
+        "options": [{"text": z, "value": z, "selected": z == "UTC"} for z in zones],
+        "current": {"text": "UTC", "value": "UTC"},
+    }
+
+
+def distinct(column: str, where: str = "1") -> str:
+    return (
+        f"SELECT DISTINCT {column} FROM {LOGS} WHERE $__timeFilter(Timestamp) AND {column} != '' AND {where} "
+        f"ORDER BY {column} LIMIT 500"
+    )
+
+
+SERVICE = "$__conditionalAll(ServiceName IN (${service:singlequote}), $service)"
+NODE = "$__conditionalAll(NodeId IN (${node:singlequote}), $node)"
+
+
+# --- the dashboards -------------------------------------------------------------------------------
+
+
+def lab_overview() -> Dashboard:
+    board = Dashboard(
+        "labtel-lab-overview", "Lab overview", "The lab at a glance: events, errors, alerts, runs.", ["lab"]
+    )
+    board.variables = [query_variable("service", "Service", distinct("ServiceName"))]
+    where = f"$__timeFilter(Timestamp) AND {SERVICE}"
+    board.add("stat", "Events", f"SELECT count() AS events FROM {LOGS} WHERE {where}", 6, 4, fmt="table")
+    board.add(
+        "stat", "Errors", f"SELECT countIf(SeverityNumber >= 17) AS errors FROM {LOGS} WHERE {where}", 6, 4, fmt="table"
+    )
+    board.add(
+        "stat", "Nodes reporting", f"SELECT uniqExact(NodeId) AS nodes FROM {LOGS} WHERE {where} AND NodeId != ''", 6, 4
+    )
+    board.add(
+        "stat", "Services reporting", f"SELECT uniqExact(ServiceName) AS services FROM {LOGS} WHERE {where}", 6, 4
+    )
+    board.add(
+        "timeseries",
+        "Events per minute by severity",
+        f"SELECT toStartOfInterval(Timestamp, INTERVAL greatest(60, $__interval_s) second) AS time, "
+        f"SeverityText AS severity, count() AS events\nFROM {LOGS}\nWHERE {where}\nGROUP BY time, severity\nORDER BY time",
+        16,
+        8,
+        fmt="timeseries",
+        options={"legend": {"displayMode": "list", "placement": "bottom"}},
+        field_config={"defaults": {"custom": {"drawStyle": "bars", "stacking": {"mode": "normal"}}}, "overrides": []},
+    )
+    board.add(
+        "barchart",
+        "Errors by node",
+        f"SELECT if(NodeId != '', NodeId, ServiceName) AS node, count() AS errors\nFROM {LOGS}\n"
+        f"WHERE {where} AND SeverityNumber >= 17\nGROUP BY node\nORDER BY errors DESC\nLIMIT 20",
+        8,
+        8,
+        options={"orientation": "horizontal"},
+    )
+    board.add(
+        "table",
+        "Latest alerts",
+        "SELECT Timestamp AS time, ServiceName AS service, NodeId AS node, EventType AS event_type, "
+        f"SeverityText AS severity, Body AS message\nFROM {LOGS}\n"
+        f"WHERE {where} AND (SeverityNumber >= 17 OR LogAttributes['lab.alert'] = 'true' OR LogAttributes['alert'] = 'true')\n"
+        "ORDER BY Timestamp DESC\nLIMIT 50",
+        12,
+        9,
+        description="Events at ERROR or worse, and events flagged as alerts.",
+    )
+    board.add(
+        "table",
+        "Active runs",
+        "SELECT RunId AS run, any(ServiceName) AS service, min(Timestamp) AS started, "
+        "dateDiff('minute', min(Timestamp), now()) AS minutes\n"
+        f"FROM {LOGS}\nWHERE Timestamp >= $__fromTime - INTERVAL 7 DAY AND RunId != '' AND {SERVICE}\n"
+        "  AND EventType IN ('run_start', 'run_complete', 'run_fail', 'run_cancel')\n"
+        "GROUP BY RunId\nHAVING countIf(EventType = 'run_start') > 0 AND countIf(EventType != 'run_start') = 0\n"
+        "ORDER BY started DESC\nLIMIT 50",
+        6,
+        9,
+        description="Runs started (up to a week before the range) with no end event yet.",
+    )
+    board.add(
+        "bargauge",
+        "Top event types",
+        f"SELECT EventType AS event_type, count() AS events\nFROM {LOGS}\nWHERE {where} AND EventType != ''\n"
+        "GROUP BY event_type\nORDER BY events DESC\nLIMIT 15",
+        6,
+        9,
+        options={"orientation": "horizontal", "displayMode": "gradient"},
+    )
+    return board
+
+
+def utilization() -> Dashboard:
+    board = Dashboard(
+        "labtel-utilization",
+        "Instrument utilization",
+        "How busy the instruments were: the SQL of GET /utilization (busy = union of a node's actions).",
+        ["utilization"],
+    )
+    board.variables = [tz_variable()]
+    board.add(
+        "bargauge",
+        "Utilization per node",
+        nodes_sql(),
+        12,
+        10,
+        options={"orientation": "horizontal", "displayMode": "gradient", "reduceOptions": {"values": True}},
+        field_config={"defaults": {"unit": "percent", "min": 0, "max": 100}, "overrides": []},
+    )
+    board.add("table", "Busy and idle hours per node", nodes_sql(), 12, 10)
+    board.add(
+        "timeseries",
+        "Daily utilization",
+        daily_sql(),
+        16,
+        8,
+        fmt="timeseries",
+        description="All nodes together, per day in the chosen time zone.",
+        field_config={"defaults": {"unit": "percent", "custom": {"drawStyle": "bars"}}, "overrides": []},
+    )
+    board.add("table", "Action durations (p50 / p95)", durations_sql(), 8, 8, unit="s")
+    return board
+
+
+def explorer() -> Dashboard:
+    board = Dashboard(
+        "labtel-explorer", "Event explorer", "Find events: filters, free text, run id; trace links.", ["events"]
+    )
+    board.variables = [
+        query_variable("service", "Service", distinct("ServiceName")),
+        query_variable("node", "Node", distinct("NodeId")),
+        query_variable("event_type", "Event type", distinct("EventType")),
+        query_variable("severity", "Severity", distinct("SeverityText")),
+        text_variable("search", "Text"),
+        text_variable("run", "Run id"),
+    ]
+    where = (
+        f"$__timeFilter(Timestamp) AND {SERVICE} AND {NODE}\n"
+        "  AND $__conditionalAll(EventType IN (${event_type:singlequote}), $event_type)\n"
+        "  AND $__conditionalAll(SeverityText IN (${severity:singlequote}), $severity)\n"
+        "  AND ('${search}' = '' OR positionCaseInsensitiveUTF8(Body, '${search}') > 0)\n"
+        "  AND ('${run}' = '' OR RunId = '${run}')"
+    )
+    board.add(
+        "timeseries",
+        "Matching events",
+        f"SELECT $__timeInterval(Timestamp) AS time, count() AS events\nFROM {LOGS}\nWHERE {where}\nGROUP BY time\nORDER BY time",
+        24,
+        5,
+        fmt="timeseries",
+    )
+    trace_link = {
+        "title": "Open trace",
+        "url": "",
+        "internal": {
+            "datasourceUid": DATASOURCE_UID,
+            "datasourceName": "labtel ClickHouse",
+            "query": {
+                "queryType": "traces",
+                "editorType": "sql",
+                "format": 3,
+                "rawSql": ("SELECT * FROM ${database}.otel_traces WHERE TraceId = '${__value.raw}'"),
+            },
+        },
+    }
+    board.add(
+        "logs",
+        "Events",
+        "SELECT Timestamp AS timestamp, Body AS body, SeverityText AS level, ServiceName, NodeId, EventType, RunId,\n"
+        f"    TraceId, SpanId, LogAttributes\nFROM {LOGS}\nWHERE {where}\nORDER BY Timestamp DESC\nLIMIT 1000",
+        24,
+        16,
+        fmt="logs",
+        options={"showTime": True, "wrapLogMessage": True, "enableLogDetails": True, "sortOrder": "Descending"},
+        field_config={
+            "defaults": {},
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "TraceId"},
+                    "properties": [{"id": "links", "value": [trace_link]}],
+                }
+            ],
+        },
+    )
+    return board
+
+
+def device_io() -> Dashboard:
+    board = Dashboard(
+        "labtel-device-io", "Device I/O", "Operations, latency and failures of instrument I/O.", ["devices"]
+    )
+    device = "LogAttributes['lab.device']"
+    board.variables = [query_variable("device", "Device", distinct(device, "EventType = 'device_io'"))]
+    where = f"$__timeFilter(Timestamp) AND EventType = 'device_io' AND $__conditionalAll({device} IN (${{device:singlequote}}), $device)"
+    board.add(
+        "timeseries",
+        "Operations per minute by device",
+        f"SELECT toStartOfInterval(Timestamp, INTERVAL greatest(60, $__interval_s) second) AS time, {device} AS device, "
+        f"count() AS operations\nFROM {LOGS}\nWHERE {where}\nGROUP BY time, device\nORDER BY time",
+        12,
+        8,
+        fmt="timeseries",
+    )
+    board.add(
+        "timeseries",
+        "Failures per minute",
+        f"SELECT toStartOfInterval(Timestamp, INTERVAL greatest(60, $__interval_s) second) AS time, {device} AS device, "
+        f"countIf(LogAttributes['success'] = 'false') AS failures\nFROM {LOGS}\nWHERE {where}\nGROUP BY time, device\nORDER BY time",
+        12,
+        8,
+        fmt="timeseries",
+    )
+    board.add(
+        "table",
+        "Latency by device and operation",
+        f"SELECT {device} AS device, LogAttributes['lab.device.operation'] AS operation, count() AS operations,\n"
+        "    round(quantile(0.5)(DurationMs), 2) AS p50_ms, round(quantile(0.95)(DurationMs), 2) AS p95_ms,\n"
+        f"    countIf(LogAttributes['success'] = 'false') AS failures\nFROM {LOGS}\nWHERE {where}\n"
+        "GROUP BY device, operation\nORDER BY p95_ms DESC",
+        12,
+        8,
+    )
+    board.add(
+        "histogram",
+        "Latency distribution",
+        f"SELECT DurationMs AS latency_ms\nFROM {LOGS}\nWHERE {where}\nLIMIT 20000",
+        12,
+        8,
+        unit="ms",
+    )
+    board.add(
+        "table",
+        "Latest failures",
+        f"SELECT Timestamp AS time, {device} AS device, LogAttributes['lab.device.operation'] AS operation,\n"
+        f"    LogAttributes['error'] AS error, DurationMs AS duration_ms\nFROM {LOGS}\n"
+        f"WHERE {where} AND LogAttributes['success'] = 'false'\nORDER BY Timestamp DESC\nLIMIT 50",
+        24,
+        8,
+    )
+    return board
+
+
+SELF = "ServiceName = 'labtel-collector'"
+
+
+def collector_health() -> Dashboard:
+    board = Dashboard(
+        "labtel-collector",
+        "Collector health",
+        "labtel's own metrics (stored by the collector as OTLP metrics) and its tables.",
+        ["collector"],
+    )
+    sums, gauges, histograms = (f"${{database}}.otel_metrics_{kind}" for kind in ("sum", "gauge", "histogram"))
+    interval = "toStartOfInterval(TimeUnix, INTERVAL greatest(60, $__interval_s) second)"
+    board.add(
+        "timeseries",
+        "Records received per second, by outcome",
+        f"SELECT time, outcome, sum(per_instance) / greatest(60, $__interval_s) AS per_second\nFROM (\n"
+        f"    SELECT {interval} AS time, ResourceAttributes['service.instance.id'] AS instance,\n"
+        "        Attributes['outcome'] AS outcome, Attributes['signal'] AS signal, max(Value) - min(Value) AS per_instance\n"
+        f"    FROM {sums}\n    WHERE {SELF} AND MetricName = 'labtel_receiver_records' AND $__timeFilter(TimeUnix)\n"
+        "    GROUP BY time, instance, outcome, signal\n)\nGROUP BY time, outcome\nORDER BY time",
+        12,
+        8,
+        fmt="timeseries",
+    )
+    board.add(
+        "timeseries",
+        "Queue depth (records)",
+        f"SELECT {interval} AS time, Attributes['pipeline'] AS pipeline, max(Value) AS records\nFROM {gauges}\n"
+        f"WHERE {SELF} AND MetricName = 'labtel_queue_records' AND $__timeFilter(TimeUnix)\nGROUP BY time, pipeline\nORDER BY time",
+        12,
+        8,
+        fmt="timeseries",
+    )
+    board.add(
+        "timeseries",
+        "Insert latency (mean)",
+        f"SELECT time, signal, if(calls > 0, seconds / calls, 0) AS mean_seconds\nFROM (\n"
+        f"    SELECT {interval} AS time, Attributes['signal'] AS signal, max(Sum) - min(Sum) AS seconds, max(Count) - min(Count) AS calls\n"
+        f"    FROM {histograms}\n    WHERE {SELF} AND MetricName = 'labtel_exporter_insert_duration_seconds' AND $__timeFilter(TimeUnix)\n"
+        "    GROUP BY time, signal\n)\nORDER BY time",
+        12,
+        8,
+        fmt="timeseries",
+        unit="s",
+    )
+    board.add(
+        "timeseries",
+        "Write-ahead log (bytes not yet stored)",
+        f"SELECT {interval} AS time, Attributes['exporter'] AS exporter, max(Value) AS bytes\nFROM {gauges}\n"
+        f"WHERE {SELF} AND MetricName = 'labtel_wal_bytes' AND $__timeFilter(TimeUnix)\nGROUP BY time, exporter\nORDER BY time",
+        12,
+        8,
+        fmt="timeseries",
+        unit="bytes",
+    )
+    board.add(
+        "timeseries",
+        "Events stored per minute (by arrival)",
+        f"SELECT toStartOfInterval(ObservedTimestamp, INTERVAL greatest(60, $__interval_s) second) AS time, count() AS events\n"
+        f"FROM {LOGS}\nWHERE $__timeFilter(ObservedTimestamp)\nGROUP BY time\nORDER BY time",
+        12,
+        8,
+        fmt="timeseries",
+    )
+    board.add(
+        "table",
+        "Tables",
+        "SELECT table, sum(rows) AS total_rows, formatReadableSize(sum(bytes_on_disk)) AS on_disk, count() AS parts\n"
+        "FROM system.parts\nWHERE database = '${database}' AND active\nGROUP BY table\nORDER BY total_rows DESC",
+        12,
+        8,
+    )
+    return board
+
+
+DASHBOARDS = {
+    "lab-overview": lab_overview,
+    "instrument-utilization": utilization,
+    "event-explorer": explorer,
+    "device-io": device_io,
+    "collector-health": collector_health,
+}
+
+
+def provisioning() -> dict[str, str]:
+    """The provisioning files (YAML) by path below dashboards/."""
+    datasource = f"""# Grafana provisioning: the ClickHouse datasource labtel's dashboards use (uid {DATASOURCE_UID}).
+# Generated by dashboards/generate.py. Install the plugin grafana-clickhouse-datasource (v4).
+apiVersion: 1
+datasources:
+  - name: labtel ClickHouse
+    uid: {DATASOURCE_UID}
+    type: grafana-clickhouse-datasource
+    isDefault: true
+    jsonData:
+      host: ${{LABTEL_CLICKHOUSE_HOST:-clickhouse}}
+      port: ${{LABTEL_CLICKHOUSE_PORT:-8123}}
+      protocol: http
+      username: ${{LABTEL_CLICKHOUSE_USER:-default}}
+      defaultDatabase: otel
+      logs:
+        defaultDatabase: otel
+        defaultTable: otel_logs
+        otelEnabled: true
+        otelVersion: latest
+        timeColumn: Timestamp
+        levelColumn: SeverityText
+        messageColumn: Body
+      traces:
+        defaultDatabase: otel
+        defaultTable: otel_traces
+        otelEnabled: true
+        otelVersion: latest
+        durationUnit: nanoseconds
+        traceTimestampTableSuffix: _trace_id_ts
+    secureJsonData:
+      password: ${{LABTEL_CLICKHOUSE_PASSWORD:-}}
+"""
+    provider = """# Grafana provisioning: labtel's dashboards (generated by dashboards/generate.py).
+apiVersion: 1
+providers:
+  - name: labtel
+    folder: labtel
+    type: file
+    disableDeletion: false
+    allowUiUpdates: true
+    options:
+      path: /var/lib/grafana/dashboards/labtel
+"""
+    return {"provisioning/datasources/labtel.yaml": datasource, "provisioning/dashboards/labtel.yaml": provider}
+
+
+def rendered() -> dict[str, str]:
+    """Every generated file's text by its path below dashboards/."""
+    files = {f"json/{name}.json": json.dumps(make().to_json(), indent=2) + "\n" for name, make in DASHBOARDS.items()}
+    return files | provisioning()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
+    args = parser.parse_args()
+    stale = []
+    for relative, text in rendered().items():
+        path = HERE / relative
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(relative)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if stale:
+        print(f"stale: {', '.join(stale)}; run `make dashboards`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Grafana dashboards: valid JSON, fresh from their generator, and every panel's and variable's SQL,
+expanded as the ClickHouse datasource expands it, runs on a store holding a simulated lab day and
+returns what its panel needs. The utilization panels give the API's numbers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from labtel.collector import telemetry
+from labtel.collector.self_metrics import SelfMetrics
+from labtel.collector.storage.client import Storage
+from labtel.demo.emitter import Emitter
+from labtel.demo.runner import backfill_window, simulate
+from labtel.demo.sim import Log
+from labtel.query_api import utilization as u
+from tests.helpers import log_record, logs_request
+
+DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
+sys.path.insert(0, str(DASHBOARDS))
+import generate  # noqa: E402
+from macros import ALL, expand  # noqa: E402
+
+START_NS = 1_774_872_000 * 10**9  # 2026-03-30T12:00:00Z
+DAY_NS = 86_400 * 10**9
+NUMBER = ("Int", "UInt", "Float", "Decimal")
+
+
+class StorageTransport:
+    """Delivers the SDK's OTLP requests straight into a store (no collector in between)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def send(self, data: bytes) -> None:
+        self.storage.insert_otlp("logs", data, uuid.uuid4().hex)
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def lab_day(chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
+    """A day of the simulated labs (chemistry, observatory, geochronology), a run still going, and
+    the collector's own metrics."""
+    from labtel.collector.storage import migrations
+    from tests.conftest import make_storage
+
+    storage = make_storage(chdb_path)
+    migrations.migrate(storage)
+    items, _ = simulate(backfill_window(DAY_NS / 1e9, START_NS), seed=7)
+    emitter = Emitter("", "grpc", tmp_path_factory.mktemp("spool"), transport=lambda: StorageTransport(storage))
+    emitter.emit_all(item for item in items if isinstance(item, Log))
+    assert emitter.close(60).pending == 0
+    running = log_record(
+        "run 99 started", {"lab.event.type": "run_start", "lab.run.id": "run-99"}, time_ns=START_NS + DAY_NS - 10**9
+    )
+    storage.insert_otlp(
+        "logs", logs_request([running], resource={"service.name": "pychron.argon-line-1"}).SerializeToString(), "run"
+    )
+    telemetry.RECEIVED_RECORDS.labels("logs", "grpc", "accepted").inc(100)
+    telemetry.QUEUE_RECORDS.labels("logs").set(5)
+    telemetry.WAL_BYTES.labels("clickhouse").set(0)
+    telemetry.INSERT_LATENCY.labels("clickhouse", "logs").observe(0.05)
+    SelfMetrics(storage).store_once()
+    telemetry.RECEIVED_RECORDS.labels("logs", "grpc", "accepted").inc(50)
+    telemetry.INSERT_LATENCY.labels("clickhouse", "logs").observe(0.07)
+    SelfMetrics(storage).store_once()
+    yield storage
+    storage.command(f"DROP DATABASE IF EXISTS `{storage.names.database}`")
+
+
+def boards() -> dict[str, dict[str, Any]]:
+    return {name: make().to_json() for name, make in generate.DASHBOARDS.items()}
+
+
+def variables_all(board: dict[str, Any], database: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "constant":
+            values[variable["name"]] = database
+        elif variable["type"] == "query":
+            values[variable["name"]] = ALL
+        else:
+            values[variable["name"]] = variable["current"]["value"]
+    return values
+
+
+def board_range(name: str) -> tuple[int, int]:
+    """The range a dashboard is looked at: the simulated day; the collector's health, around now
+    (its metrics and the events' arrival times are real ones)."""
+    if name == "collector-health":
+        now = time.time_ns()
+        return now - 3600 * 10**9, now + 600 * 10**9
+    return START_NS, START_NS + DAY_NS
+
+
+def run(
+    storage: Storage, sql: str, variables: dict[str, Any], start_ns: int = START_NS, end_ns: int = START_NS + DAY_NS
+) -> dict[str, Any]:
+    expanded = expand(sql, start_ns // 10**6, end_ns // 10**6, 60_000, variables)
+    result: dict[str, Any] = json.loads(
+        storage.raw(expanded, "JSON", settings={"output_format_json_quote_64bit_integers": 0})
+    )
+    return result
+
+
+def test_the_committed_files_are_what_the_generator_makes() -> None:
+    for relative, text in generate.rendered().items():
+        assert (DASHBOARDS / relative).read_text() == text, f"{relative} is stale: run `make dashboards`"
+
+
+def test_dashboards_are_valid_grafana_models() -> None:
+    provisioned = yaml.safe_load((DASHBOARDS / "provisioning/datasources/labtel.yaml").read_text())
+    (datasource,) = provisioned["datasources"]
+    assert datasource["type"] == "grafana-clickhouse-datasource"
+    assert datasource["jsonData"]["logs"]["otelEnabled"] is True
+    assert datasource["jsonData"]["traces"]["traceTimestampTableSuffix"] == "_trace_id_ts"
+    provider = yaml.safe_load((DASHBOARDS / "provisioning/dashboards/labtel.yaml").read_text())
+    assert provider["providers"][0]["type"] == "file"
+    uids = set()
+    for name, board in boards().items():
+        assert board["schemaVersion"] >= 39, name
+        assert board["uid"] not in uids
+        uids.add(board["uid"])
+        assert board["title"]
+        panels = board["panels"]
+        assert len({p["id"] for p in panels}) == len(panels), name
+        names = [v["name"] for v in board["templating"]["list"]]
+        assert len(set(names)) == len(names)
+        cells: set[tuple[int, int]] = set()
+        for panel in panels:
+            grid = panel["gridPos"]
+            assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, (name, panel["title"])  # noqa: PT018
+            covered = set(
+                itertools.product(range(grid["x"], grid["x"] + grid["w"]), range(grid["y"], grid["y"] + grid["h"]))
+            )
+            assert not covered & cells, f"{name}: {panel['title']} overlaps another panel"
+            cells |= covered
+            assert panel["datasource"]["uid"] == datasource["uid"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == datasource["uid"]
+                assert target["rawSql"].strip()
+                assert target["refId"]
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] == datasource["uid"]
+
+
+def _columns(result: dict[str, Any]) -> dict[str, str]:
+    return {column["name"]: column["type"] for column in result["meta"]}
+
+
+def _check_shape(kind: str, title: str, result: dict[str, Any]) -> None:
+    columns = _columns(result)
+    numeric = [n for n, t in columns.items() if t.removeprefix("Nullable(").startswith(NUMBER)]
+    rows = result["data"]
+    assert rows, f"{title}: no rows"
+    if kind == "timeseries":
+        assert columns["time"].startswith("DateTime"), title
+        assert numeric, title
+    elif kind in ("stat", "histogram"):
+        assert numeric, title
+    elif kind in ("bargauge", "barchart"):
+        assert numeric, title
+        assert any("String" in t for t in columns.values()), title
+    elif kind == "logs":
+        assert columns["timestamp"].startswith("DateTime64"), title
+        assert {"body", "level"} <= set(columns), title
+
+
+@pytest.mark.parametrize("board_name", list(generate.DASHBOARDS))
+def test_every_panel_and_variable_query_runs_and_fits_its_panel(lab_day: Storage, board_name: str) -> None:
+    board = boards()[board_name]
+    variables = variables_all(board, lab_day.names.database)
+    span = board_range(board_name)
+    for variable in board["templating"]["list"]:
+        if variable["type"] == "query":
+            values = run(lab_day, variable["query"], variables, *span)
+            assert values["data"], f"{board_name}: variable {variable['name']} has no values"
+            assert all("String" in t for t in _columns(values).values())
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            result = run(lab_day, target["rawSql"], variables, *span)
+            _check_shape(panel["type"], f"{board_name}: {panel['title']}", result)
+
+
+def test_a_variable_narrows_the_panels(lab_day: Storage) -> None:
+    board = boards()["event-explorer"]
+    variables = variables_all(board, lab_day.names.database) | {"node": ["ot2_1"], "search": "started"}
+    logs_panel = next(p for p in board["panels"] if p["type"] == "logs")
+    rows = run(lab_day, logs_panel["targets"][0]["rawSql"], variables)["data"]
+    assert rows
+    assert all(r["NodeId"] == "ot2_1" and "started" in r["body"].lower() for r in rows)
+
+
+def test_utilization_panels_give_the_api_numbers(lab_day: Storage) -> None:
+    board = boards()["instrument-utilization"]
+    variables = variables_all(board, lab_day.names.database)
+    scope = u.Scope(start_ns=START_NS, end_ns=START_NS + DAY_NS, now_ns=START_NS + 10 * DAY_NS)
+    api_nodes = {n["node"]: n for n in u.nodes_report(lab_day, scope)["nodes"] if n["available_s"] > 0}
+    per_node = next(p for p in board["panels"] if p["title"] == "Utilization per node")
+    panel_nodes = {r["node"]: r for r in run(lab_day, per_node["targets"][0]["rawSql"], variables)["data"]}
+    assert set(panel_nodes) == set(api_nodes)
+    assert any(n["busy_s"] > 0 for n in api_nodes.values())
+    for node, expected in api_nodes.items():
+        assert panel_nodes[node]["utilization_percent"] == pytest.approx(expected["utilization_percent"], abs=0.006), (
+            node
+        )
+        assert panel_nodes[node]["busy_hours"] == pytest.approx(expected["busy_s"] / 3600, abs=0.006), node
+        assert panel_nodes[node]["actions"] == expected["actions"]
+    daily = next(p for p in board["panels"] if p["title"] == "Daily utilization")
+    for zone in ("UTC", "Europe/Madrid"):
+        rows = run(lab_day, daily["targets"][0]["rawSql"], variables | {"tz": zone})["data"]
+        api = u.periods_report(lab_day, u.Scope(**{**scope.__dict__, "tz": zone}), u.period_bucket("day"))["periods"]
+        assert [r["utilization_percent"] for r in rows] == pytest.approx(
+            [p["utilization_percent"] for p in api], abs=0.006
+        )
+        assert [r["actions"] for r in rows] == [p["actions"] for p in api]
