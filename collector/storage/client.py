@@ -74,6 +74,10 @@ _INGEST_SETTINGS: dict[str, Any] = {
 }
 
 
+_SCHEMA_FILES = threading.Lock()
+"""Serializes writing the schema files: concurrent first inserts would race for one file."""
+
+
 @cache
 def _schema_settings(signal: str, schema_dir: str | None) -> dict[str, Any]:
     """How ClickHouse finds a signal's ingest schema.
@@ -85,12 +89,13 @@ def _schema_settings(signal: str, schema_dir: str | None) -> dict[str, Any]:
     if schema_dir is None:
         return {"format_schema_source": "string", "format_schema": text, "format_schema_message_name": message}
     folder = Path(schema_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"labtel_{signal}_{schema.ingest_fingerprint(signal)}.proto"
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    with _SCHEMA_FILES:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
     return {"format_schema": f"{path}:{message}"}
 
 
