@@ -2,7 +2,8 @@
 
 Each migration has a version and a list of statements; `labtel_schema_migrations` records which
 versions a database has. Retention (TTL) is configuration, not schema: it is reconciled with the
-exporter's `ttl` / `<signal>_ttl` on every start.
+exporter's `ttl` / `<signal>_ttl` on every start. So is the merge policy of the storage tables
+(`reconcile_merge_policy`, run by `migrate`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def migrate(storage: Storage) -> MigrationReport:
         done.add(migration.version)
     report.current_version = max(done, default=0)
     ensure_ingest(storage)
+    reconcile_merge_policy(storage)
     return report
 
 
@@ -121,6 +123,45 @@ def ingest_ready(storage: Storage) -> list[str]:
         if not found:
             missing.append(table)
     return missing
+
+
+MERGE_SELECTOR_BASE = 20
+"""How many parts of about one size ClickHouse's merge selector gathers into one merge (its default
+is 5). Ingest writes a part per insert, and each merge rewrites its rows (decompress, merge,
+recompress, rebuild the skip indexes and TTL information), which costs about as much CPU per row
+as the insert itself. Gathering more parts per merge rewrites each row fewer times: measured on
+this project's 2-core machine, ~40% less merge CPU per ingested row at 20, for more parts at a time."""
+
+
+def _storage_table_names(names: SchemaNames) -> list[str]:
+    return [names.logs_table, names.traces_table, *names.metrics_tables]
+
+
+def reconcile_merge_policy(storage: Storage) -> list[str]:
+    """Give the storage tables labtel's merge policy (MERGE_SELECTOR_BASE) where the server knows
+    the setting; returns the tables changed."""
+    known = storage.command("SELECT count() FROM system.merge_tree_settings WHERE name = 'merge_selector_base'")
+    if not known:
+        return []
+    changed = []
+    for table in _storage_table_names(storage.names):
+        rows = storage.rows(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {table:String}",
+            parameters={"db": storage.names.database, "table": table},
+        )
+        if not rows:
+            continue
+        match = _MERGE_SELECTOR_BASE.search(str(rows[0]["engine_full"] or ""))
+        if match and int(match.group(1)) == MERGE_SELECTOR_BASE:
+            continue
+        storage.command(
+            f"ALTER TABLE {storage.names.qualified(table)} MODIFY SETTING merge_selector_base = {MERGE_SELECTOR_BASE}"
+        )
+        changed.append(table)
+    return changed
+
+
+_MERGE_SELECTOR_BASE = re.compile(r"\bmerge_selector_base = (\d+)")
 
 
 def latest_version() -> int:
