@@ -277,12 +277,32 @@ def _checked(value: str, conditions: list[str]) -> str:
 def logs_view_select(source: str) -> str:
     """The SELECT that flattens ingested ExportLogsServiceRequests into `otel_logs` rows.
 
-    Resource and scope columns are computed once per resource and scope, in subqueries, and
-    their checks ride along as a flag the record's check includes (a resource or scope without
-    records stores nothing and refuses nothing, as a record-level check would)."""
+    Four levels, each computing what belongs to it once: the request (one row per insert: the
+    checks over the strings and values of all its records at once), each resource, each scope,
+    each record. The checks of the upper levels ride along as a flag the record's check includes;
+    a resource or scope without records stores nothing and refuses nothing, as before."""
     severity_texts = _sql_array(_SEVERITY_TEXTS)
+    records = "resource_logs.scope_logs.log_records"
+    request_checks = " OR ".join(
+        [
+            f"hasAny(CAST(arrayFlatten({records}.body.value), 'Array(Int8)'), [5, 6])",
+            _has_list(f"{records}.attributes", nested=True),
+            _invalid_utf8(
+                [],
+                [
+                    f"arrayFlatten({records}.{field})"
+                    for field in ("body.string_value", "severity_text", "event_name", "attributes.key")
+                ]
+                + [f"arrayFlatten({records}.attributes.value.string_value)"],
+            ),
+        ]
+    )
     resource_checks = " OR ".join(
-        [_has_list("resource.attributes"), _invalid_utf8([], _key_value_strings("resource.attributes"))]
+        [
+            "request_refused",
+            _has_list("resource.attributes"),
+            _invalid_utf8([], _key_value_strings("resource.attributes")),
+        ]
     )
     scope_checks = " OR ".join(
         [
@@ -296,11 +316,6 @@ def logs_view_select(source: str) -> str:
         "length(lr.trace_id) NOT IN (0, 16) OR length(lr.span_id) NOT IN (0, 8)",
         f"lr.time_unix_nano > {_MAX_NANOS} OR lr.observed_time_unix_nano > {_MAX_NANOS}",
         "lr.severity_number < 0 OR lr.severity_number > 24",
-        _is_list("lr.body"),
-        _has_list("lr.attributes"),
-        _invalid_utf8(
-            ["lr.body.string_value", "lr.severity_text", "lr.event_name"], _key_value_strings("lr.attributes")
-        ),
     ]
     return f"""SELECT
     if(lr.observed_time_unix_nano = 0, now64(9), {_nanos("lr.observed_time_unix_nano")}) AS ObservedTimestamp,
@@ -339,7 +354,7 @@ FROM (
             resource_url AS ResourceSchemaUrl,
             {resource_checks} AS resource_refused,
             scopes
-        FROM {source}
+        FROM (SELECT resource_logs, {request_checks} AS request_refused FROM {source})
         ARRAY JOIN resource_logs.resource AS resource, resource_logs.schema_url AS resource_url,
             resource_logs.scope_logs AS scopes
     )
