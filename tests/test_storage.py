@@ -104,16 +104,18 @@ def test_migrations_apply_once(chdb_path: Path) -> None:
     assert store.command(f"SELECT count() FROM {store.names.migrations}") == len(migrations.MIGRATIONS)
 
 
-def test_storage_tables_get_the_merge_policy(storage: Storage) -> None:
+def test_storage_tables_get_the_part_policy(storage: Storage) -> None:
     for table in ("otel_logs", "otel_traces", "otel_metrics_sum"):
         engine = storage.command(
             "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
             parameters={"db": storage.names.database, "t": table},
         )
-        assert f"merge_selector_base = {migrations.MERGE_SELECTOR_BASE}" in engine, table
-    assert migrations.reconcile_merge_policy(storage) == []  # already applied by migrate
+        for name, value in migrations.PART_POLICY.items():
+            assert f"{name} = {value}" in engine, (table, name)
+    assert migrations.reconcile_part_policy(storage) == []  # already applied by migrate
     storage.command(f"ALTER TABLE {storage.names.logs} MODIFY SETTING merge_selector_base = 5")
-    assert migrations.reconcile_merge_policy(storage) == ["otel_logs"]
+    assert migrations.reconcile_part_policy(storage) == ["otel_logs"]
+    assert migrations.reconcile_part_policy(storage) == []
 
 
 def test_ttl_follows_the_configuration(storage: Storage) -> None:

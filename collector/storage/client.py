@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -99,6 +100,18 @@ def _schema_settings(signal: str, schema_dir: str | None) -> dict[str, Any]:
     return {"format_schema": f"{path}:{message}"}
 
 
+EMBEDDED_ALLOCATOR = "dirty_decay_ms:1000"
+"""jemalloc options for the embedded engine (its `JE_MALLOC_CONF`), unless the environment sets
+them. chDB keeps freed memory for 5 s before returning it to the system (`dirty_decay_ms:5000`);
+under sustained ingest that retained ~150 MB more resident memory than returning it after 1 s."""
+
+
+def _configure_embedded_allocator() -> None:
+    """Set the embedded engine's allocator options; they only take effect before chDB is loaded."""
+    if "chdb" not in sys.modules:
+        os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_ALLOCATOR)
+
+
 class Storage:
     """The ClickHouse labtel writes to and reads from."""
 
@@ -149,6 +162,7 @@ class Storage:
     def _new_client(self) -> Client:
         try:
             if self.target.embedded:
+                _configure_embedded_allocator()
                 if self.target.path:
                     Path(self.target.path).mkdir(parents=True, exist_ok=True)
                 return clickhouse_connect.get_client(
