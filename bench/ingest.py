@@ -43,7 +43,7 @@ receivers:
     protocols:
       grpc: {{endpoint: "127.0.0.1:0", max_recv_msg_size_mib: 16}}
 processors:
-  batch: {{timeout: {timeout}, send_batch_size: {batch_size}, send_batch_max_bytes: {batch_bytes}}}
+  batch: {{timeout: {timeout}, send_batch_size: {batch_size}, send_batch_max_size: {batch_max_size}, send_batch_max_bytes: {batch_bytes}}}
 exporters:
   clickhouse:
     endpoint: "chdb://{data}{engine_options}"
@@ -281,8 +281,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1000, help="records per request")
     parser.add_argument("--consumers", type=int, default=2, help="exporter sending_queue.num_consumers")
     parser.add_argument("--batch-size", type=int, default=8192, help="batch send_batch_size (records)")
+    parser.add_argument("--batch-max-size", type=int, default=12288, help="batch send_batch_max_size (records)")
     parser.add_argument("--batch-timeout", default="200ms")
-    parser.add_argument("--queue-size", type=int, default=200_000)
+    parser.add_argument("--queue-size", type=int, default=65_536, help="exporter sending_queue.queue_size")
     parser.add_argument("--exporter-extra", default="", help="extra YAML lines for the exporter")
     parser.add_argument("--wal-ack-after", default="2s", help="sending_queue.wal_ack_after")
     parser.add_argument("--no-wal", action="store_true", help="run without the write-ahead log")
@@ -298,6 +299,7 @@ def main() -> None:
         data=data_dir,
         consumers=args.consumers,
         batch_size=args.batch_size,
+        batch_max_size=args.batch_max_size,
         batch_bytes=64 << 20,
         timeout=args.batch_timeout,
         queue_size=args.queue_size,

@@ -130,7 +130,9 @@ class SendingQueueConfig(StrictModel):
 
     enabled: bool = True
     num_consumers: int = Field(2, ge=1, le=64)
-    queue_size: int = Field(200_000, ge=1)
+    queue_size: int = Field(65_536, ge=1)
+    """Records waiting for or inside an insert before new calls are pushed back: bounds memory
+    and latency under overload (about a second of ingest on a 2-core machine)."""
     storage: str | None = None
     wal_max_bytes: int = Field(1 << 30, ge=1 << 20)
     wal_ack_after: Duration = timedelta(seconds=2)

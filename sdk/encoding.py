@@ -5,8 +5,8 @@ CPU than emitting the record did. Here a request is assembled from byte strings;
 that repeat (node ids, event types, users) come from a cache of their encoded form.
 
 Values nested deeper than one level (a list inside a list, a map inside a map) are sent as their
-JSON text: storage keeps nested values as exactly that text, and the collector's fast path then
-takes the record as it is.
+JSON text: storage keeps nested values as exactly that text. (The collector stores list and map
+values as JSON text too, on its exact path; records holding only scalars take its fast path.)
 """
 
 from __future__ import annotations

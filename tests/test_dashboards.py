@@ -17,6 +17,10 @@ import pytest
 import yaml
 
 from labtel.collector import telemetry
+from labtel.collector.component import Payload
+from labtel.collector.config import ClickHouseExporterConfig
+from labtel.collector.exporters.clickhouse import ClickHouseExporter
+from labtel.collector.otlp.signals import SIGNALS
 from labtel.collector.self_metrics import SelfMetrics
 from labtel.collector.storage.client import Storage
 from labtel.demo.emitter import Emitter
@@ -36,13 +40,14 @@ NUMBER = ("Int", "UInt", "Float", "Decimal")
 
 
 class StorageTransport:
-    """Delivers the SDK's OTLP requests straight into a store (no collector in between)."""
+    """Delivers the SDK's OTLP requests straight to a ClickHouse exporter (no receivers in between)."""
 
     def __init__(self, storage: Storage) -> None:
-        self.storage = storage
+        self.exporter = ClickHouseExporter("seed", ClickHouseExporterConfig(), storage)
 
     def send(self, data: bytes) -> None:
-        self.storage.insert_otlp("logs", data, uuid.uuid4().hex)
+        (verdict,) = self.exporter.store([Payload(SIGNALS["logs"], data, 0)], uuid.uuid4().hex)
+        assert verdict is None, verdict
 
     def close(self) -> None:
         return None

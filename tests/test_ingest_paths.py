@@ -2,7 +2,8 @@
 
 Stored values are text. These tests hold the SQL rendering (labtel.collector.storage.schema) and
 the Python rendering (labtel.collector.otlp.values) to each other on random values, and check that
-a record stores identically whichever path it took.
+a record stores identically whichever path it took. Records holding only scalar values take the
+fast path; a record holding an array or key-value list value sends its batch to the exact path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from labtel.collector import telemetry
 from labtel.collector.component import ExportUnavailable, Payload
 from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.exporters.clickhouse import ClickHouseExporter
@@ -27,6 +29,7 @@ from labtel.collector.otlp.signals import LOGS, TRACES
 from labtel.collector.otlp.values import format_double, json_string, value_text
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import EXACT_PATH_ERROR
 from tests.conftest import make_storage
 from tests.helpers import any_value, log_record, logs_request
 
@@ -50,19 +53,34 @@ def stored_logs(storage: Storage) -> list[dict[str, Any]]:
     )
 
 
+def stored_by(path: str) -> float:
+    """Records the `clickhouse` exporters of this process stored on a path so far (self-metrics)."""
+    labels = {"exporter": "clickhouse", "signal": "logs", "path": path}
+    return telemetry.REGISTRY.get_sample_value("labtel_exporter_stored_records_total", labels) or 0.0
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(st.tuples(one_level, attributes), min_size=1, max_size=8))
 def test_sql_and_python_render_every_value_identically(
     storage: Storage, records: list[tuple[Any, dict[str, Any]]]
 ) -> None:
     marker = uuid.uuid4().hex
-    request = logs_request(
-        [
-            log_record(body, {**attrs, "marker": marker}, time_ns=1_700_000_000_000_000_000 + i)
-            for i, (body, attrs) in enumerate(records)
-        ]
-    )
-    storage.insert_otlp("logs", request.SerializeToString(), uuid.uuid4().hex)
+    built = [
+        log_record(body, {**attrs, "marker": marker}, time_ns=1_700_000_000_000_000_000 + i)
+        for i, (body, attrs) in enumerate(records)
+    ]
+    # Scalar-only records: ClickHouse renders them (the fast path takes them as they are).
+    scalars = [r for r, (body, attrs) in zip(built, records, strict=True) if not _holds_any_list(body, attrs)]
+    if scalars:
+        storage.insert_otlp("logs", logs_request(scalars).SerializeToString(), uuid.uuid4().hex)
+    # Records holding a list: the fast path refuses them, the exact path renders them.
+    lists = [r for r, (body, attrs) in zip(built, records, strict=True) if _holds_any_list(body, attrs)]
+    if lists:
+        data = logs_request(lists).SerializeToString()
+        with pytest.raises(Exception, match=EXACT_PATH_ERROR):
+            storage.insert_otlp("logs", data, uuid.uuid4().hex)
+        exporter = ClickHouseExporter("clickhouse", ClickHouseExporterConfig(), storage)
+        assert exporter.store([Payload(LOGS, data, len(lists))], uuid.uuid4().hex) == [None]
     rows = storage.rows(
         f"SELECT Body, LogAttributes FROM {storage.names.logs} WHERE LogAttributes['marker'] = {{m:String}} "
         "ORDER BY Timestamp",
@@ -74,6 +92,10 @@ def test_sql_and_python_render_every_value_identically(
         expected = {key: value_text(any_value(value)) for key, value in attrs.items()}
         expected["marker"] = marker
         assert row["LogAttributes"] == expected
+
+
+def _holds_any_list(body: Any, attrs: dict[str, Any]) -> bool:
+    return any(isinstance(value, list | dict) for value in (body, *attrs.values()))
 
 
 @pytest.mark.parametrize(
@@ -142,9 +164,10 @@ def fresh_exporter(chdb_path: Any) -> ClickHouseExporter:
 
 def test_fast_and_exact_paths_store_identical_rows(chdb_path: Any) -> None:
     requests = corpus_requests()
-    # One store gets the whole corpus as one batch: a deep value fails the fast path, so every
-    # request takes the exact path. The other gets each request alone: scalar and one-level
-    # values take the fast path, deep ones the exact path.
+    # One store gets the whole corpus as one batch: a list value fails the fast path, so every
+    # request takes the exact path. The other gets each request alone (every request here holds
+    # a list in its resource, so each takes the exact path on its own; the scalar corpus below
+    # holds the fast path to the exact path).
     together, alone = fresh_exporter(chdb_path), fresh_exporter(chdb_path)
     assert together.store(payloads(requests), uuid.uuid4().hex) == [None] * len(requests)
     for payload in payloads(requests):
@@ -165,6 +188,64 @@ def test_fast_and_exact_paths_store_identical_rows(chdb_path: Any) -> None:
     assert rows_alone[6]["LogAttributes"]["nan"] == "nan"
 
 
+SCALAR_CORPUS: list[dict[str, Any]] = [
+    {"body": "plain", "attributes": {"s": "x", "i": 7, "d": 2.5, "b": True, "raw": b"\x00\xff"}},
+    {"body": 42, "attributes": {"min": -(2**63), "max": 2**63 - 1, "zero": 0, "no": False}},
+    {"body": 1e21, "attributes": {"e20": 1e20, "small": 1e-7, "tiny": 5e-324, "negzero": -0.0, "third": 1 / 3}},
+    {"body": float("nan"), "attributes": {"inf": float("inf"), "ninf": float("-inf"), "huge": 1.7976931348623157e308}},
+    {"body": b"\x01\x02\x03", "attributes": {"empty": "", "empty_bytes": b"", "zero_double": 0.0}},
+    {"body": "unicode ✓ 😀 \u2028", "attributes": {"ключ": "значение", "quote": 'a"b\\c/d', "nl": "a\nb"}},
+    {"body": True, "attributes": {"unset": None}},
+    {"body": None, "attributes": {}},
+]
+
+
+def scalar_corpus_requests() -> list[ExportLogsServiceRequest]:
+    return [
+        logs_request(
+            [
+                log_record(
+                    item["body"],
+                    {**item["attributes"], "lab.node.id": f"node-{i}"},
+                    time_ns=1_750_000_000_000_000_000 + i * 1000,
+                    severity=1 + i,
+                    trace_id=bytes([i + 1]) * 16,
+                    span_id=bytes([i + 1]) * 8,
+                )
+            ],
+            resource={"service.name": "corpus", "lab.node.id": "resource-node", "n": i, "ok": True},
+        )
+        for i, item in enumerate(SCALAR_CORPUS)
+    ]
+
+
+def test_scalar_records_store_identically_on_the_fast_and_exact_paths(chdb_path: Any) -> None:
+    requests = scalar_corpus_requests()
+    fast, exact = fresh_exporter(chdb_path), fresh_exporter(chdb_path)
+    before = stored_by("fast")
+    for payload in payloads(requests):
+        assert fast.store([payload], uuid.uuid4().hex) == [None]
+    assert stored_by("fast") - before == len(requests)  # every scalar request took the fast path
+    # One list value in a batch sends the whole batch to the exact path.
+    with_list = logs_request([log_record("holds a list", {"tags": ["a", 1]})], resource={"service.name": "other"})
+    before_fast, before_exact = stored_by("fast"), stored_by("exact")
+    assert exact.store(payloads([*requests, with_list]), uuid.uuid4().hex) == [None] * (len(requests) + 1)
+    assert (stored_by("fast") - before_fast, stored_by("exact") - before_exact) == (0, len(requests) + 1)
+    rows_fast = stored_logs(fast.storage)
+    rows_exact = [row for row in stored_logs(exact.storage) if row["ServiceName"] == "corpus"]
+    assert len(rows_fast) == len(SCALAR_CORPUS)
+    assert rows_fast == rows_exact
+    for row, request in zip(rows_fast, requests, strict=True):
+        resource_logs = request.resource_logs[0]
+        record = resource_logs.scope_logs[0].log_records[0]
+        assert row["Body"] == value_text(record.body)
+        assert row["LogAttributes"] == {kv.key: value_text(kv.value) for kv in record.attributes}
+        assert row["ResourceAttributes"] == {kv.key: value_text(kv.value) for kv in resource_logs.resource.attributes}
+    assert rows_fast[3]["Body"] == "nan"
+    assert rows_fast[2]["LogAttributes"]["negzero"] == "-0"
+    assert rows_fast[4]["Body"] == "AQID"
+
+
 def test_invalid_requests_in_a_batch_are_rejected_and_the_rest_stored(chdb_path: Any) -> None:
     exporter = fresh_exporter(chdb_path)
     good = logs_request([log_record("good one")])
@@ -181,6 +262,71 @@ def test_invalid_requests_in_a_batch_are_rejected_and_the_rest_stored(chdb_path:
     assert verdicts[3] is not None
     assert "ExportLogsServiceRequest" in verdicts[3]
     assert [r["Body"] for r in stored_logs(exporter.storage)] == ["good one", "good one"]
+
+
+def spans_request(name: str, attributes: dict[str, Any], event: dict[str, Any], link: dict[str, Any]) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tests.helpers import kv
+
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend([kv("service.name", "spans"), kv("lab.name", "chem")])
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name, scope_spans.scope.version = "tests", "1.0"
+    scope_spans.scope.attributes.extend([kv("scope.tags", ["not", "stored"])])  # otel_traces has no scope attributes
+    span = scope_spans.spans.add()
+    span.trace_id, span.span_id, span.name, span.kind = b"\x01" * 16, b"\x02" * 8, name, 2
+    span.start_time_unix_nano, span.end_time_unix_nano = 1_750_000_000_000_000_000, 1_750_000_000_500_000_000
+    span.attributes.extend(kv(k, v) for k, v in attributes.items())
+    span_event = span.events.add(time_unix_nano=1_750_000_000_100_000_000, name="step")
+    span_event.attributes.extend(kv(k, v) for k, v in event.items())
+    span_link = span.links.add(trace_id=b"\x03" * 16, span_id=b"\x04" * 8, trace_state="k=v")
+    span_link.attributes.extend(kv(k, v) for k, v in link.items())
+    span.status.code, span.status.message = 2, "failed ✗"
+    return request.SerializeToString()
+
+
+def stored_spans(storage: Storage) -> list[dict[str, Any]]:
+    return storage.rows(
+        "SELECT SpanName, TraceId, SpanId, SpanKind, ServiceName, ScopeName, ScopeVersion, ResourceAttributes, "
+        "SpanAttributes, Duration, StatusCode, StatusMessage, toString(`Events.Timestamp`) AS event_times, "
+        "`Events.Name` AS event_names, `Events.Attributes` AS event_attributes, `Links.TraceId` AS link_traces, "
+        "`Links.SpanId` AS link_spans, `Links.TraceState` AS link_states, `Links.Attributes` AS link_attributes "
+        f"FROM {storage.names.traces} ORDER BY SpanName"
+    )
+
+
+def test_spans_store_identically_on_the_fast_and_exact_paths(chdb_path: Any) -> None:
+    scalar = spans_request("scalar", {"n": 1, "d": 0.5, "ok": True, "raw": b"\xff"}, {"e": "v", "i": -3}, {"l": 2.0})
+    listed = spans_request("listed", {"s": "x"}, {"wells": ["A1", "A2"]}, {"m": {"k": 1}})
+    fast, exact = fresh_exporter(chdb_path), fresh_exporter(chdb_path)
+    with pytest.raises(Exception, match=EXACT_PATH_ERROR):
+        fast.storage.insert_otlp("traces", listed, uuid.uuid4().hex)
+    fast.storage.insert_otlp("traces", scalar, uuid.uuid4().hex)  # the fast path takes scalar spans
+    assert exact.store([Payload(TRACES, scalar, 1), Payload(TRACES, listed, 1)], uuid.uuid4().hex) == [None, None]
+    [fast_row] = stored_spans(fast.storage)
+    listed_row, scalar_row = stored_spans(exact.storage)
+    assert fast_row == scalar_row
+    assert scalar_row["SpanAttributes"] == {"n": "1", "d": "0.5", "ok": "true", "raw": "/w=="}
+    assert scalar_row["event_attributes"] == [{"e": "v", "i": "-3"}]
+    assert scalar_row["link_attributes"] == [{"l": "2"}]
+    assert scalar_row["ResourceAttributes"] == {"service.name": "spans", "lab.name": "chem"}
+    assert (scalar_row["ServiceName"], scalar_row["ScopeName"], scalar_row["ScopeVersion"]) == ("spans", "tests", "1.0")
+    assert (scalar_row["event_names"], scalar_row["link_states"]) == (["step"], ["k=v"])
+    assert (scalar_row["link_traces"], scalar_row["link_spans"]) == (["03" * 16], ["04" * 8])
+    assert (scalar_row["TraceId"], scalar_row["SpanId"], scalar_row["SpanKind"]) == (
+        "01" * 16,
+        "02" * 8,
+        "SPAN_KIND_SERVER",
+    )
+    assert (scalar_row["Duration"], scalar_row["StatusCode"], scalar_row["StatusMessage"]) == (
+        500_000_000,
+        "STATUS_CODE_ERROR",
+        "failed ✗",
+    )
+    assert listed_row["event_attributes"] == [{"wells": '["A1","A2"]'}]
+    assert listed_row["link_attributes"] == [{"m": '{"k":1}'}]
 
 
 def test_traces_with_bad_ids_are_rejected(chdb_path: Any) -> None:

@@ -6,9 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -134,6 +136,20 @@ def test_word_search_moves_to_a_text_index_keeping_stored_events_findable(chdb_p
     store.command(f"DROP DATABASE {schema.quote_identifier(store.names.database)}")
 
 
+def test_storage_tables_get_the_part_policy(storage: Storage) -> None:
+    for table in ("otel_logs", "otel_traces", "otel_metrics_sum"):
+        engine = storage.command(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            parameters={"db": storage.names.database, "t": table},
+        )
+        for name, value in migrations.PART_POLICY.items():
+            assert f"{name} = {value}" in engine, (table, name)
+    assert migrations.reconcile_part_policy(storage) == []  # already applied by migrate
+    storage.command(f"ALTER TABLE {storage.names.logs} MODIFY SETTING merge_selector_base = 5")
+    assert migrations.reconcile_part_policy(storage) == ["otel_logs"]
+    assert migrations.reconcile_part_policy(storage) == []
+
+
 def test_ttl_follows_the_configuration(storage: Storage) -> None:
     # A fresh logs table already has a TTL: events may carry their own expiry.
     assert migrations.current_ttl(storage, "otel_logs") is None
@@ -174,6 +190,30 @@ def test_events_expire_at_their_own_ttl(storage: Storage) -> None:
     storage.command(f"OPTIMIZE TABLE {storage.names.logs} FINAL")
     stored = storage.rows(f"SELECT Body FROM {storage.names.logs} ORDER BY Body")
     assert [r["Body"] for r in stored] == ["forever", "hour-long"]  # and deleted by the TTL
+
+
+def test_concurrent_first_inserts_write_the_schema_file_once(tmp_path: Path) -> None:
+    from labtel.collector.storage import client
+
+    def first_inserts(folder: Path) -> list[dict[str, object]]:
+        client._schema_settings.cache_clear()  # as in a fresh process, whose first inserts run at once
+        barrier = threading.Barrier(4)
+
+        def first_insert(_: int) -> dict[str, object]:
+            barrier.wait()
+            return client._schema_settings("logs", str(folder))
+
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(first_insert, range(4)))
+
+    try:
+        for attempt in range(20):
+            folder = tmp_path / f"format_schemas_{attempt}"
+            results = first_inserts(folder)
+            assert all(result == results[0] for result in results)
+            assert [p.name for p in folder.iterdir()] == [f"labtel_logs_{schema.ingest_fingerprint('logs')}.proto"]
+    finally:
+        client._schema_settings.cache_clear()
 
 
 def test_names_with_dashes_and_dots_are_quoted(chdb_path: Path) -> None:

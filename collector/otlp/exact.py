@@ -1,11 +1,11 @@
 """The exact path: per-request validation and normalization in Python.
 
 The fast path hands concatenated requests to ClickHouse, whose ingest views refuse (with
-`throwIf`) any record they cannot store exactly or that is invalid. Such a batch comes here,
-one request at a time: an invalid request gets a message saying what is wrong and where; a valid
-one is normalized so the fast path can store it: every array or key-value list value is
-replaced by its JSON text, which is exactly what the fast path itself stores for the
-one-level lists it parses.
+`throwIf`) any record that is invalid or holds an array or key-value list value (ClickHouse
+parses scalar values only). Such a batch comes here, one request at a time: an invalid request
+gets a message saying what is wrong and where; a valid one is normalized so the fast path can
+store it: every array or key-value list value is replaced by its JSON text, which is what
+labtel stores for it, and a string value is stored as it is.
 """
 
 from __future__ import annotations

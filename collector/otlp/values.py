@@ -1,8 +1,9 @@
 """OTLP AnyValues as the text labtel stores, rendered in Python.
 
-The ingest views render values in SQL (`labtel.collector.storage.schema.value_text`); this
-module renders the very same text in Python for the exact path and for tests that compare the
-two (the number and string forms live in labtel.sdk.textform, shared with the SDK).
+The ingest views render scalar values in SQL (`labtel.collector.storage.schema.value_text`);
+this module renders the very same text in Python, and arrays and key-value lists as JSON, for the
+exact path and for tests that compare the two (the number and string forms live in
+labtel.sdk.textform, shared with the SDK).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -74,6 +75,10 @@ _INGEST_SETTINGS: dict[str, Any] = {
 }
 
 
+_SCHEMA_FILES = threading.Lock()
+"""Serializes writing the schema files: concurrent first inserts would race for one file."""
+
+
 @cache
 def _schema_settings(signal: str, schema_dir: str | None) -> dict[str, Any]:
     """How ClickHouse finds a signal's ingest schema.
@@ -85,13 +90,26 @@ def _schema_settings(signal: str, schema_dir: str | None) -> dict[str, Any]:
     if schema_dir is None:
         return {"format_schema_source": "string", "format_schema": text, "format_schema_message_name": message}
     folder = Path(schema_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"labtel_{signal}_{schema.ingest_fingerprint(signal)}.proto"
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    with _SCHEMA_FILES:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
     return {"format_schema": f"{path}:{message}"}
+
+
+EMBEDDED_ALLOCATOR = "dirty_decay_ms:1000"
+"""jemalloc options for the embedded engine (its `JE_MALLOC_CONF`), unless the environment sets
+them. chDB keeps freed memory for 5 s before returning it to the system (`dirty_decay_ms:5000`);
+under sustained ingest that retained ~150 MB more resident memory than returning it after 1 s."""
+
+
+def _configure_embedded_allocator() -> None:
+    """Set the embedded engine's allocator options; they only take effect before chDB is loaded."""
+    if "chdb" not in sys.modules:
+        os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_ALLOCATOR)
 
 
 class Storage:
@@ -160,6 +178,7 @@ class Storage:
     def _new_client(self) -> Client:
         try:
             if self.target.embedded:
+                _configure_embedded_allocator()
                 if self.target.path:
                     Path(self.target.path).mkdir(parents=True, exist_ok=True)
                 return clickhouse_connect.get_client(

@@ -28,10 +28,11 @@ from labtel.collector.storage.schema import (
     _SCOPE,
     METRIC_TYPES,
     SchemaNames,
-    _attributes_too_deep,
     _checked,
+    _has_list,
     _hex_id,
     _invalid_utf8,
+    _key_value_strings,
     _nanos,
     attributes_map,
 )
@@ -131,23 +132,15 @@ def metric_view_select(source: str) -> str:
     exemplar_counts = _concat("arrayMap(dp -> length(dp.exemplars), {points})", _EXEMPLAR_TYPES)
     times = _concat("arrayMap(dp -> greatest(dp.start_time_unix_nano, dp.time_unix_nano), {points})", METRIC_TYPES)
     checks = [
-        f"arrayExists(kv -> {_attributes_too_deep('kv')}, attribute_lists)",
+        _has_list("attribute_lists", nested=True),
         f"arrayExists(t -> t > {_MAX_NANOS}, {times})",
         "arrayExists(e -> length(e.trace_id) NOT IN (0, 16) OR length(e.span_id) NOT IN (0, 8) "
         f"OR e.time_unix_nano > {_MAX_NANOS}, exemplars)",
         # OTLP: a histogram has one more bucket than bounds, or no buckets at all.
         "arrayExists(dp -> length(dp.bucket_counts) NOT IN (0, length(dp.explicit_bounds) + 1), histogram_points)",
         _invalid_utf8(
-            [
-                "MetricName",
-                "MetricDescription",
-                "MetricUnit",
-                "ScopeName",
-                "ScopeVersion",
-                "arrayStringConcat(arrayMap(x -> arrayStringConcat(arrayConcat(mapKeys(x), mapValues(x)), '\\n'), "
-                "attribute_maps), '\\n')",
-            ],
-            [],
+            ["MetricName", "MetricDescription", "MetricUnit", "ScopeName", "ScopeVersion"],
+            [f"arrayFlatten({array})" for array in _key_value_strings("attribute_lists")],
         ),
     ]
     unpacked = ", ".join(f"metrics.{kind}.data_points AS {kind}_points" for kind in METRIC_TYPES)

@@ -2,7 +2,8 @@
 
 Each migration has a version and a list of statements; `labtel_schema_migrations` records which
 versions a database has. Retention (TTL) is configuration, not schema: it is reconciled with the
-exporter's `ttl` / `<signal>_ttl` on every start.
+exporter's `ttl` / `<signal>_ttl` on every start. So is the merge policy of the storage tables
+(`reconcile_part_policy`, run by `migrate`).
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def migrate(storage: Storage) -> MigrationReport:
         done.add(migration.version)
     report.current_version = max(done, default=0)
     ensure_ingest(storage)
+    reconcile_part_policy(storage)
     return report
 
 
@@ -158,6 +160,56 @@ def ingest_ready(storage: Storage) -> list[str]:
         if not found:
             missing.append(table)
     return missing
+
+
+PART_POLICY: dict[str, int] = {
+    "merge_selector_base": 20,
+    "min_bytes_for_wide_part": 64 * 1024 * 1024,
+}
+"""How the storage tables write and merge their parts (table settings, reconciled by `migrate`).
+
+Ingest writes a part per insert, and each merge rewrites its rows (decompress, merge, recompress,
+rebuild the skip indexes and TTL information) at about the CPU cost of the insert itself.
+- `merge_selector_base` (ClickHouse's default: 5): how many parts of about one size a merge
+  gathers; more rewrites each row fewer times (measured on this project's 2-core machine: ~40%
+  less merge CPU per ingested row at 20), for a few more parts at a time.
+- `min_bytes_for_wide_part` (default: 10 MB): inserts stay in the compact format (one file for
+  all columns) up to this size. A 16,000-record insert is ~11 MB; written wide (two files per
+  column, each with its own buffers) it needed ~250 MB of memory instead of ~140 MB."""
+
+
+def _storage_table_names(names: SchemaNames) -> list[str]:
+    return [names.logs_table, names.traces_table, *names.metrics_tables]
+
+
+def reconcile_part_policy(storage: Storage) -> list[str]:
+    """Give the storage tables labtel's PART_POLICY (the settings the server knows); returns the
+    tables changed."""
+    rows = storage.rows(
+        "SELECT name FROM system.merge_tree_settings WHERE name IN {names:Array(String)}",
+        parameters={"names": list(PART_POLICY)},
+    )
+    known = {row["name"] for row in rows}
+    wanted = {name: value for name, value in PART_POLICY.items() if name in known}
+    changed = []
+    for table in _storage_table_names(storage.names):
+        found = storage.rows(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {table:String}",
+            parameters={"db": storage.names.database, "table": table},
+        )
+        if not found:
+            continue
+        current = dict(_TABLE_SETTING.findall(str(found[0]["engine_full"] or "")))
+        missing = {name: value for name, value in wanted.items() if current.get(name) != str(value)}
+        if not missing:
+            continue
+        assignments = ", ".join(f"{name} = {value}" for name, value in missing.items())
+        storage.command(f"ALTER TABLE {storage.names.qualified(table)} MODIFY SETTING {assignments}")
+        changed.append(table)
+    return changed
+
+
+_TABLE_SETTING = re.compile(r"\b(\w+) = (\d+)\b")
 
 
 def latest_version() -> int:

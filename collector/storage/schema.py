@@ -9,7 +9,8 @@ built on this module's SQL helpers.
 Ingest does no per-record work in Python: each signal has a `Null` input table shaped like its
 OTLP request, into which serialized requests are inserted with `FORMAT ProtobufSingle`; a
 materialized view flattens them into the storage table. The same view validates every record
-(`throwIf`), so one bad request fails its insert instead of being stored wrongly.
+(`throwIf`), so one bad request fails its insert instead of being stored wrongly; records holding
+an array or key-value list value fail it too, and take the exact path (labtel.collector.otlp.exact).
 
 The storage tables change only through versioned migrations. The ingest table and view are
 code, not data: they are named after a fingerprint of their definition and created at start-up
@@ -19,6 +20,7 @@ when missing, so collectors of different versions write side by side through the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -131,12 +133,15 @@ _ENUM = (
     "value Enum8('none' = 0, 'string_value' = 1, 'bool_value' = 2, 'int_value' = 3, "
     "'double_value' = 4, 'array_value' = 5, 'kvlist_value' = 6, 'bytes_value' = 7)"
 )
-_VALUE_FIELDS = "string_value String, bool_value Bool, int_value Int64, double_value Float64"
-_SCALAR = f"Tuple({_ENUM}, {_VALUE_FIELDS}, array_value String, kvlist_value String, bytes_value String)"
 _ANY = (
-    f"Tuple({_ENUM}, {_VALUE_FIELDS}, array_value Tuple(values Array({_SCALAR})), "
-    f"kvlist_value Tuple(values Array(Tuple(key String, value {_SCALAR}))), bytes_value String)"
+    f"Tuple({_ENUM}, string_value String, bool_value String, int_value String, double_value String, "
+    "array_value String, kvlist_value String, bytes_value String)"
 )
+"""An AnyValue as ClickHouse parses it. Its Protobuf input writes a bool, int64 or double field
+into a String column as the text toString would give ('true', decimal digits, the shortest
+double), so scalars need no conversion; a field the oneof did not set reads as its default's
+text ('false', '0'), and the presence column (`value`) says which one is set. Arrays and
+key-value lists are their serialized bytes: only their presence matters (the exact path)."""
 _KEY_VALUES = f"Array(Tuple(key String, value {_ANY}))"
 _RESOURCE = f"Tuple(attributes {_KEY_VALUES}, dropped_attributes_count UInt32)"
 _SCOPE = f"Tuple(name String, version String, attributes {_KEY_VALUES}, dropped_attributes_count UInt32)"
@@ -169,60 +174,61 @@ _INGEST_COLUMNS = {
 
 # --- OTLP values as stored strings ------------------------------------------------------------
 # Scalars are stored as text (ints in decimal, doubles in ClickHouse's shortest form, bytes in
-# base64); arrays and key-value lists as compact JSON. labtel.collector.otlp.values renders the
-# same text in Python for the exact path; tests hold the two to each other.
-
-
-def _scalar_json(v: str) -> str:
-    # Branch-free: every alternative is cheap, and fewer expression nodes plan faster (ClickHouse
-    # plans the view on every insert, at roughly 0.25 ms per node).
-    return (
-        f"['null', toJSONString({v}.string_value), toString({v}.bool_value), toString({v}.int_value), "
-        f"toJSONString({v}.double_value), 'null', 'null', toJSONString(base64Encode({v}.bytes_value))]"
-        f"[toUInt8({v}.value) + 1]"
-    )
+# base64). Arrays and key-value lists are stored as compact JSON, rendered by the exact path
+# (labtel.collector.otlp.values renders every value in Python); tests hold the two to each other.
+#
+# ClickHouse plans the views again on every insert, and a lambda over the nested request costs
+# milliseconds to plan, so the expressions below avoid lambdas where a subcolumn does
+# (`attributes.key`, `attributes.value.value`) and render each attribute list with one.
 
 
 def value_text(v: str) -> str:
-    """SQL: an ingest AnyValue tuple as the text labtel stores."""
-    array = f"concat('[', arrayStringConcat(arrayMap(e -> {_scalar_json('e')}, {v}.array_value.values), ','), ']')"
-    kvlist = (
-        "concat('{', arrayStringConcat(arrayMap(p -> concat(toJSONString(p.key), ':', "
-        f"{_scalar_json('p.value')}), {v}.kvlist_value.values), ','), '}}')"
-    )
+    """SQL: a scalar ingest AnyValue tuple as the text labtel stores.
+
+    Branch-free (an array of the alternatives, indexed by the presence column): short-circuit
+    `if`/`multiIf` filters its argument columns and costs more than these cheap alternatives.
+    A list value renders as '' here; `_has_list` sends its record to the exact path."""
     return (
-        f"[{v}.string_value, toString({v}.bool_value), toString({v}.int_value), toString({v}.double_value), "
-        f"{array}, {kvlist}, base64Encode({v}.bytes_value)][toUInt8({v}.value)]"
+        f"[{v}.string_value, {v}.bool_value, {v}.int_value, {v}.double_value, '', '', "
+        f"base64Encode({v}.bytes_value)][toUInt8({v}.value)]"
     )
 
 
-def _too_deep(v: str) -> str:
-    """SQL: true when an AnyValue nests deeper than ClickHouse parses (the exact path's job)."""
-    return (
-        f"(toUInt8({v}.value) IN (5, 6) AND (arrayExists(e -> toUInt8(e.value) IN (5, 6), {v}.array_value.values) "
-        f"OR arrayExists(p -> toUInt8(p.value.value) IN (5, 6), {v}.kvlist_value.values)))"
-    )
+def _is_list(v: str) -> str:
+    """SQL: true when an AnyValue is an array or a key-value list (stored by the exact path)."""
+    return f"toUInt8({v}.value) IN (5, 6)"
+
+
+def _has_list(key_values: str, nested: bool = False) -> str:
+    """SQL: true when a KeyValue array (`nested`: an array of them) holds an array or key-value
+    list value. Subcolumns, no lambda: `.value.value` are the presence columns of the values."""
+    kinds = f"{key_values}.value.value"
+    if nested:
+        kinds = f"arrayFlatten({kinds})"
+    return f"hasAny(CAST({kinds}, 'Array(Int8)'), [5, 6])"
 
 
 def attributes_map(key_values: str) -> str:
-    """SQL: an ingest KeyValue array as a key-sorted Map(LowCardinality(String), String)."""
+    """SQL: an ingest KeyValue array as a key-sorted Map(LowCardinality(String), String).
+
+    Sorted as a Map(String, String), then cast: mapSort over LowCardinality keys is slower."""
     return (
-        f"mapSort(CAST((arrayMap(x -> x.key, {key_values}), arrayMap(x -> {value_text('x.value')}, "
-        f"{key_values})), 'Map(LowCardinality(String), String)'))"
+        f"CAST(mapSort(CAST(({key_values}.key, arrayMap(x -> {value_text('x.value')}, {key_values})), "
+        f"'Map(String, String)')), '{_MAP}')"
     )
 
 
-def _attributes_too_deep(key_values: str) -> str:
-    return f"arrayExists(x -> {_too_deep('x.value')}, {key_values})"
-
-
-def _invalid_utf8(strings: list[str], maps: list[str]) -> str:
-    """SQL: true when any of the strings, or any key or value of the maps, is not valid UTF-8.
+def _invalid_utf8(strings: Sequence[str], arrays: Sequence[str] = ()) -> str:
+    """SQL: true when any of the strings, or any element of the string arrays, is not valid UTF-8.
     One check over everything joined by newlines (a newline cannot complete a broken sequence)."""
-    parts = [*strings]
-    for column in maps:
-        parts += [f"arrayStringConcat(mapKeys({column}), '\\n')", f"arrayStringConcat(mapValues({column}), '\\n')"]
+    parts = [*strings, *(f"arrayStringConcat({array}, '\\n')" for array in arrays)]
     return "NOT isValidUTF8(concat(" + ", '\\n', ".join(parts) + "))"
+
+
+def _key_value_strings(key_values: str) -> list[str]:
+    """The string arrays of a KeyValue array whose UTF-8 validity the exact path would check:
+    keys and string values (the other scalars render as ASCII)."""
+    return [f"{key_values}.key", f"{key_values}.value.string_value"]
 
 
 def _hex_id(column: str) -> str:
@@ -269,20 +275,47 @@ def _checked(value: str, conditions: list[str]) -> str:
 
 
 def logs_view_select(source: str) -> str:
-    """The SELECT that flattens ingested ExportLogsServiceRequests into `otel_logs` rows."""
+    """The SELECT that flattens ingested ExportLogsServiceRequests into `otel_logs` rows.
+
+    Four levels, each computing what belongs to it once: the request (one row per insert: the
+    checks over the strings and values of all its records at once), each resource, each scope,
+    each record. The checks of the upper levels ride along as a flag the record's check includes;
+    a resource or scope without records stores nothing and refuses nothing, as before."""
     severity_texts = _sql_array(_SEVERITY_TEXTS)
+    records = "resource_logs.scope_logs.log_records"
+    request_checks = " OR ".join(
+        [
+            f"hasAny(CAST(arrayFlatten({records}.body.value), 'Array(Int8)'), [5, 6])",
+            _has_list(f"{records}.attributes", nested=True),
+            _invalid_utf8(
+                [],
+                [
+                    f"arrayFlatten({records}.{field})"
+                    for field in ("body.string_value", "severity_text", "event_name", "attributes.key")
+                ]
+                + [f"arrayFlatten({records}.attributes.value.string_value)"],
+            ),
+        ]
+    )
+    resource_checks = " OR ".join(
+        [
+            "request_refused",
+            _has_list("resource.attributes"),
+            _invalid_utf8([], _key_value_strings("resource.attributes")),
+        ]
+    )
+    scope_checks = " OR ".join(
+        [
+            "resource_refused",
+            _has_list("scope.attributes"),
+            _invalid_utf8(["scope.name", "scope.version"], _key_value_strings("scope.attributes")),
+        ]
+    )
     checks = [
+        "scope_refused",
         "length(lr.trace_id) NOT IN (0, 16) OR length(lr.span_id) NOT IN (0, 8)",
         f"lr.time_unix_nano > {_MAX_NANOS} OR lr.observed_time_unix_nano > {_MAX_NANOS}",
         "lr.severity_number < 0 OR lr.severity_number > 24",
-        _too_deep("lr.body"),
-        _attributes_too_deep("lr.attributes"),
-        _attributes_too_deep("rl.resource.attributes"),
-        _attributes_too_deep("sl.scope.attributes"),
-        _invalid_utf8(
-            ["Body", "SeverityText", "EventName", "ScopeName", "ScopeVersion"],
-            ["LogAttributes", "ResourceAttributes", "ScopeAttributes"],
-        ),
     ]
     return f"""SELECT
     if(lr.observed_time_unix_nano = 0, now64(9), {_nanos("lr.observed_time_unix_nano")}) AS ObservedTimestamp,
@@ -291,53 +324,72 @@ def logs_view_select(source: str) -> str:
     {_hex_id("lr.span_id")} AS SpanId,
     toUInt8(bitAnd(lr.flags, 255)) AS TraceFlags,
     if(lr.severity_text = '', {severity_texts}[lr.severity_number + 1], lr.severity_text) AS SeverityText,
-    {attributes_map("rl.resource.attributes")} AS ResourceAttributes,
-    ResourceAttributes['{semconv.SERVICE_NAME}'] AS ServiceName,
+    ResourceAttributes,
+    ServiceName,
     {value_text("lr.body")} AS Body,
-    rl.schema_url AS ResourceSchemaUrl,
-    sl.schema_url AS ScopeSchemaUrl,
-    sl.scope.name AS ScopeName,
-    sl.scope.version AS ScopeVersion,
-    {attributes_map("sl.scope.attributes")} AS ScopeAttributes,
+    ResourceSchemaUrl,
+    ScopeSchemaUrl,
+    ScopeName,
+    ScopeVersion,
+    ScopeAttributes,
     {attributes_map("lr.attributes")} AS LogAttributes,
     lr.event_name AS EventName,
     {_BATCH} AS IngestBatch,
     toUInt8({_checked("lr.severity_number", checks)}) AS SeverityNumber
-FROM {source}
-ARRAY JOIN resource_logs AS rl
-ARRAY JOIN rl.scope_logs AS sl
-ARRAY JOIN sl.log_records AS lr"""
+FROM (
+    SELECT
+        ResourceAttributes,
+        ServiceName,
+        ResourceSchemaUrl,
+        scope.name AS ScopeName,
+        scope.version AS ScopeVersion,
+        {attributes_map("scope.attributes")} AS ScopeAttributes,
+        scope_url AS ScopeSchemaUrl,
+        {scope_checks} AS scope_refused,
+        records
+    FROM (
+        SELECT
+            {attributes_map("resource.attributes")} AS ResourceAttributes,
+            ResourceAttributes['{semconv.SERVICE_NAME}'] AS ServiceName,
+            resource_url AS ResourceSchemaUrl,
+            {resource_checks} AS resource_refused,
+            scopes
+        FROM (SELECT resource_logs, {request_checks} AS request_refused FROM {source})
+        ARRAY JOIN resource_logs.resource AS resource, resource_logs.schema_url AS resource_url,
+            resource_logs.scope_logs AS scopes
+    )
+    ARRAY JOIN scopes.scope AS scope, scopes.schema_url AS scope_url, scopes.log_records AS records
+)
+ARRAY JOIN records AS lr"""
 
 
 def traces_view_select(source: str) -> str:
-    """The SELECT that flattens ingested ExportTraceServiceRequests into `otel_traces` rows."""
+    """The SELECT that flattens ingested ExportTraceServiceRequests into `otel_traces` rows.
+
+    Built like the logs view: resource and scope columns once per resource and scope. Scope
+    attributes are not stored in `otel_traces`, so they are neither rendered nor checked."""
+    resource_checks = " OR ".join(
+        [_has_list("resource.attributes"), _invalid_utf8([], _key_value_strings("resource.attributes"))]
+    )
     checks = [
+        "scope_refused",
         "length(s.trace_id) != 16 OR length(s.span_id) != 8 OR length(s.parent_span_id) NOT IN (0, 8)",
         "arrayExists(ln -> length(ln.trace_id) != 16 OR length(ln.span_id) != 8, s.links)",
         f"s.start_time_unix_nano > {_MAX_NANOS} OR s.end_time_unix_nano > {_MAX_NANOS}",
-        f"arrayExists(ev -> ev.time_unix_nano > {_MAX_NANOS}, s.events)",
+        f"arrayExists(t -> t > {_MAX_NANOS}, s.events.time_unix_nano)",
         "s.kind < 0 OR s.kind > 5 OR s.status.code < 0 OR s.status.code > 2",
-        _attributes_too_deep("s.attributes"),
-        _attributes_too_deep("rs.resource.attributes"),
-        _attributes_too_deep("ss.scope.attributes"),
-        f"arrayExists(ev -> {_attributes_too_deep('ev.attributes')}, s.events)",
-        f"arrayExists(ln -> {_attributes_too_deep('ln.attributes')}, s.links)",
+        _has_list("s.attributes"),
+        _has_list("s.events.attributes", nested=True),
+        _has_list("s.links.attributes", nested=True),
         _invalid_utf8(
+            ["s.name", "s.trace_state", "s.status.message"],
             [
-                "SpanName",
-                "TraceState",
-                "StatusMessage",
-                "ScopeName",
-                "ScopeVersion",
-                "arrayStringConcat(`Events.Name`, '\\n')",
-                "arrayStringConcat(`Links.TraceState`, '\\n')",
-                *(
-                    f"arrayStringConcat(arrayMap(m -> arrayStringConcat(arrayConcat(mapKeys(m), mapValues(m)), "
-                    f"'\\n'), {nested}), '\\n')"
-                    for nested in ("`Events.Attributes`", "`Links.Attributes`")
-                ),
+                "s.events.name",
+                "s.links.trace_state",
+                *_key_value_strings("s.attributes"),
+                *(f"arrayFlatten({array})" for array in _key_value_strings("s.events.attributes")),
+                *(f"arrayFlatten({array})" for array in _key_value_strings("s.links.attributes")),
             ],
-            ["SpanAttributes", "ResourceAttributes"],
         ),
     ]
     return f"""SELECT
@@ -348,27 +400,43 @@ def traces_view_select(source: str) -> str:
     s.trace_state AS TraceState,
     s.name AS SpanName,
     {_sql_array(_SPAN_KINDS)}[s.kind + 1] AS SpanKind,
-    {attributes_map("rs.resource.attributes")} AS ResourceAttributes,
-    ResourceAttributes['{semconv.SERVICE_NAME}'] AS ServiceName,
-    ss.scope.name AS ScopeName,
-    ss.scope.version AS ScopeVersion,
+    ResourceAttributes,
+    ServiceName,
+    ScopeName,
+    ScopeVersion,
     {attributes_map("s.attributes")} AS SpanAttributes,
     {_sql_array(_STATUS_CODES)}[s.status.code + 1] AS StatusCode,
     s.status.message AS StatusMessage,
-    arrayMap(ev -> {_nanos("ev.time_unix_nano")}, s.events) AS `Events.Timestamp`,
-    arrayMap(ev -> ev.name, s.events) AS `Events.Name`,
+    arrayMap(t -> {_nanos("t")}, s.events.time_unix_nano) AS `Events.Timestamp`,
+    s.events.name AS `Events.Name`,
     arrayMap(ev -> {attributes_map("ev.attributes")}, s.events) AS `Events.Attributes`,
-    arrayMap(ln -> {_hex_id("ln.trace_id")}, s.links) AS `Links.TraceId`,
-    arrayMap(ln -> {_hex_id("ln.span_id")}, s.links) AS `Links.SpanId`,
-    arrayMap(ln -> ln.trace_state, s.links) AS `Links.TraceState`,
+    arrayMap(id -> {_hex_id("id")}, s.links.trace_id) AS `Links.TraceId`,
+    arrayMap(id -> {_hex_id("id")}, s.links.span_id) AS `Links.SpanId`,
+    s.links.trace_state AS `Links.TraceState`,
     arrayMap(ln -> {attributes_map("ln.attributes")}, s.links) AS `Links.Attributes`,
     {_BATCH} AS IngestBatch,
     {_checked("if(s.end_time_unix_nano >= s.start_time_unix_nano, s.end_time_unix_nano - s.start_time_unix_nano, 0)", checks)}
         AS Duration
-FROM {source}
-ARRAY JOIN resource_spans AS rs
-ARRAY JOIN rs.scope_spans AS ss
-ARRAY JOIN ss.spans AS s"""
+FROM (
+    SELECT
+        ResourceAttributes,
+        ServiceName,
+        scope.name AS ScopeName,
+        scope.version AS ScopeVersion,
+        resource_refused OR {_invalid_utf8(["scope.name", "scope.version"])} AS scope_refused,
+        spans
+    FROM (
+        SELECT
+            {attributes_map("resource.attributes")} AS ResourceAttributes,
+            ResourceAttributes['{semconv.SERVICE_NAME}'] AS ServiceName,
+            {resource_checks} AS resource_refused,
+            scopes
+        FROM {source}
+        ARRAY JOIN resource_spans.resource AS resource, resource_spans.scope_spans AS scopes
+    )
+    ARRAY JOIN scopes.scope AS scope, scopes.spans AS spans
+)
+ARRAY JOIN spans AS s"""
 
 
 # --- table DDL ---------------------------------------------------------------------------------
