@@ -310,3 +310,10 @@ def test_health_settings_and_bad_input(server: LabtelServer) -> None:
     assert bad.status_code == 422
     assert "log_level" in bad.json()["detail"]
     assert httpx.post(f"{server.api}/madsci/event", json={"event_timestamp": "yesterday"}).status_code == 422
+
+
+def test_without_api_keys_master_log_accepts_any_key(server: LabtelServer) -> None:
+    from master_log_client import MasterLogClient
+
+    assert MasterLogClient(api_key="anything", endpoint=server.api, async_mode=False).info("open").ok
+    assert "accept any key" in server.output()  # the start-up warning of a server without keys

@@ -28,11 +28,18 @@ def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Cons
     from labtel.query_api.compat.ingest import EventWriter
     from labtel.query_api.compat.madsci import naive_zone
     from labtel.query_api.compat.madsci_store import MadsciStore
-    from labtel.query_api.routes import madsci
+    from labtel.query_api.routes import madsci, masterlog
 
     writer = EventWriter(storage, ingest)
+    app.state.api_keys = api_keys(config)
+    if not app.state.api_keys:
+        log.warning(
+            "no API keys are configured (extensions.query_api.compat.api_keys, $LABTEL_API_KEYS): "
+            "the Master Log routes (/api/v1/logs) accept any key"
+        )
     app.state.compat_writer = writer
     app.state.madsci = MadsciStore(
         storage, writer, naive_zone(config.compat.madsci.timezone), config.compat.madsci.backup_dir
     )
     app.include_router(madsci.router)
+    app.include_router(masterlog.router)
