@@ -28,7 +28,8 @@ def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Cons
     from labtel.query_api.compat.ingest import EventWriter
     from labtel.query_api.compat.madsci import naive_zone
     from labtel.query_api.compat.madsci_store import MadsciStore
-    from labtel.query_api.routes import madsci, masterlog
+    from labtel.query_api.compat.panoptes import Panoptes
+    from labtel.query_api.routes import madsci, masterlog, panoptes
 
     writer = EventWriter(storage, ingest)
     app.state.api_keys = api_keys(config)
@@ -43,3 +44,6 @@ def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Cons
     )
     app.include_router(madsci.router)
     app.include_router(masterlog.router)
+    site = config.compat.panoptes
+    app.state.panoptes = Panoptes(storage, writer, naive_zone(site.timezone), site.site_dir)
+    app.include_router(panoptes.router)
