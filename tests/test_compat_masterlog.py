@@ -124,6 +124,7 @@ def test_ttl_expires_events(server: LabtelServer) -> None:
     kept = client.info("kept", expires_at="2100-01-01T00:00:00Z", tags=["ttl-test"])
     assert short.ok
     assert kept.ok
+    server.wait_until_stored()
     time.sleep(1.5)
     remaining = events_tagged(server, "ttl-test")
     assert [e["attributes"]["lab.event.id"] for e in remaining] == [kept.event_id]

@@ -235,7 +235,10 @@ class MadsciStore:
         for table, source in (("otel_logs", self.storage.names.logs), (MADSCI_ARCHIVE, self.archive)):
             target = _quote(f"{folder}/{table}.native")
             self.storage.command(f"INSERT INTO FUNCTION file({target}, 'Native') SELECT * FROM {source}")
-        return int(self.storage.command(f"SELECT count() FROM file({_quote(folder + '/otel_logs.native')}, 'Native')"))
+        events = f"{folder}/otel_logs.native"
+        if self.storage.target.embedded and (not Path(events).is_file() or Path(events).stat().st_size == 0):
+            return 0  # nothing to back up: ClickHouse wrote no file
+        return int(self.storage.command(f"SELECT count() FROM file({_quote(events)}, 'Native')"))
 
     def backups(self) -> list[dict[str, Any]]:
         """The backups made, newest first (from their `backup_create` events)."""
