@@ -247,6 +247,61 @@ class ExportConfig(StrictModel):
     chunk_rows: int = Field(50_000, ge=1, le=10_000_000)
 
 
+class MadsciCompatConfig(StrictModel):
+    """The MADSci Event Manager routes (`/madsci/`).
+
+    `timezone`: the zone of naive `event_timestamp`s (MADSci's client stamps its local time
+    without a zone); empty means the API server's local zone. `backup_dir`: where `POST
+    /madsci/backup` writes; empty means `<embedded store>/backups`, or `labtel-backups` under a
+    ClickHouse server's `user_files_path`."""
+
+    timezone: str = ""
+    backup_dir: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+
+class PanoptesCompatConfig(StrictModel):
+    """The PANOPTES telemetry routes (`/panoptes/`).
+
+    `timezone`: the site's zone, for the local-noon day keys of site exports (empty: the API
+    server's local zone, as PANOPTES uses the machine's); `site_dir`: the directory name run
+    directories are reported under (nothing is written there: events live in ClickHouse)."""
+
+    timezone: str = ""
+    site_dir: str = "telemetry"
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+
+def _check_timezone(value: str) -> str:
+    if value:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone, e.g. UTC or Europe/Madrid") from None
+    return value
+
+
+class CompatConfig(StrictModel):
+    """Drop-in routes for existing lab clients: MADSci, Master Log, PANOPTES (README "Coming from ...").
+
+    `api_keys`: bearer keys Master Log clients must send (`$LABTEL_API_KEYS`, comma-separated,
+    adds more); with none, any key is accepted and start-up says so."""
+
+    api_keys: list[SecretStr] = []
+    madsci: MadsciCompatConfig = MadsciCompatConfig()
+    panoptes: PanoptesCompatConfig = PanoptesCompatConfig()
+
+
 class QueryApiConfig(_EndpointModel):
     """The `query_api` extension: labtel's HTTP query API, reading the exporter's storage."""
 
@@ -255,6 +310,7 @@ class QueryApiConfig(_EndpointModel):
     public_url: str = ""
     sql: SqlSandboxConfig = SqlSandboxConfig()
     export: ExportConfig = ExportConfig()
+    compat: CompatConfig = CompatConfig()
 
 
 class FileStorageConfig(StrictModel):

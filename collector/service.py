@@ -75,12 +75,12 @@ class ConsumerFanOut:
 class QueryApiExtension:
     """The `query_api` extension: labtel's query API served beside the receivers."""
 
-    def __init__(self, name: str, config: QueryApiConfig, storage: Storage) -> None:
+    def __init__(self, name: str, config: QueryApiConfig, storage: Storage, ingest: Consumer | None = None) -> None:
         from labtel.query_api.app import create_app  # the API is optional for a bare collector
 
         self.name = name
         self._host = config.host
-        self._server = HttpServer(create_app(storage, config), config.host, config.port)
+        self._server = HttpServer(create_app(storage, config, ingest), config.host, config.port)
 
     async def start(self) -> None:
         await self._server.start()
@@ -112,6 +112,8 @@ class Service:
         self.receivers: list[OTLPGrpcReceiver | OTLPHttpReceiver] = []
         self.extensions: list[QueryApiExtension] = []
         self.self_metrics: SelfMetrics | None = None
+        self.logs_entries: dict[str, tuple[list[str], Consumer]] = {}
+        """Each logs pipeline's entry and exporters: the compatibility routes write through one."""
         self._started: list[Lifecycle] = []
         self._build(extensions, base_dir)
 
@@ -143,6 +145,8 @@ class Service:
                     self.exporters[exporter_id] = ClickHouseExporter(exporter_id, exporter_cfg, storage, wal)
                 exporters.append(self.exporters[exporter_id])
             entry = self._entry(pipeline_id, pipeline.processors, pipeline.exporters, FanOut(exporters))
+            if signal.name == "logs":
+                self.logs_entries[pipeline_id] = (list(pipeline.exporters), entry)
             for receiver_id in pipeline.receivers:
                 entries.setdefault((receiver_id, signal.name), []).append(entry)
         for receiver_id, receiver_cfg in cfg.receivers.items():
@@ -169,7 +173,8 @@ class Service:
                 if ext.storage not in cfg.exporters:
                     raise ConfigError(f"extensions.{extension_id}.storage: no exporter named {ext.storage!r}")
                 storage = self._storage(ext.storage, cfg.exporters[ext.storage], base_dir)
-                self.extensions.append(QueryApiExtension(extension_id, ext, storage))
+                ingest = next((e for exps, e in self.logs_entries.values() if ext.storage in exps), None)
+                self.extensions.append(QueryApiExtension(extension_id, ext, storage, ingest))
 
     def _wal(self, exporter_id: str, config: ClickHouseExporterConfig, storage: Storage) -> WriteAheadLog | None:
         queue = config.sending_queue

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from labtel.collector.component import Consumer
 from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
 from labtel.query_api import errors
+from labtel.query_api.compat import install as install_compat
 from labtel.query_api.routes import events, export, health, metrics, series, sql, stats, stream, traces, utilization
 from labtel.query_api.sandbox import Sandbox, SandboxLimits
 from labtel.sdk import __version__
@@ -16,8 +18,9 @@ stored by the labtel collector as OpenTelemetry log records in ClickHouse, and t
 they send (`/series`)."""
 
 
-def create_app(storage: Storage, config: QueryApiConfig | None = None) -> FastAPI:
-    """A query API reading `storage`, with the limits of the `query_api` extension's `config`."""
+def create_app(storage: Storage, config: QueryApiConfig | None = None, ingest: Consumer | None = None) -> FastAPI:
+    """A query API reading `storage`, with the limits of the `query_api` extension's `config`;
+    the compatibility routes write through `ingest` (the logs pipeline) when given, else into storage."""
     config = config or QueryApiConfig()
     app = FastAPI(title="labtel query API", version=__version__, description=DESCRIPTION)
     app.state.storage = storage
@@ -47,4 +50,5 @@ def create_app(storage: Storage, config: QueryApiConfig | None = None) -> FastAP
         series.router,
     ):
         app.include_router(router)
+    install_compat(app, storage, config, ingest)
     return app

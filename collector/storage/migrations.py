@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from labtel.collector.storage import metrics_schema, schema
+from labtel.collector.storage import compat_schema, metrics_schema, schema
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import SchemaNames, quote_identifier
 from labtel.sdk import __version__
@@ -86,6 +86,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 for column in schema.utilization_columns()
             ),
         ],
+    ),
+    Migration(
+        7,
+        "compat: labtel_madsci_archive (MADSci's soft delete of events)",
+        compat_schema.madsci_tables,
+    ),
+    Migration(
+        8,
+        "compat: labtel_panoptes_current, _runs, _seq (PANOPTES telemetry's current view, runs, sequence numbers)",
+        compat_schema.panoptes_tables,
     ),
 )
 

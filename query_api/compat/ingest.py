@@ -1,0 +1,173 @@
+"""Writing events from the compatibility routes: never lose what was accepted.
+
+Inside `labtel serve` the records go through the logs pipeline (group commit, write-ahead log),
+exactly as an OTLP Export call does, so a success means they are durable. When the API runs
+alone (`labtel api`) they are inserted directly with `Storage.insert_otlp`, which returns only
+once ClickHouse has stored them. A storage failure is an `HTTPException` 503 with Retry-After;
+records the storage refuses as invalid are a 400.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from fastapi import HTTPException
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from starlette.concurrency import run_in_threadpool
+
+from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
+from labtel.collector.otlp.signals import LOGS
+from labtel.collector.storage.client import Storage, StorageError
+from labtel.collector.storage.schema import EXACT_PATH_ERROR
+from labtel.sdk import __version__
+
+Scalar = str | bool | int | float
+MAX_ATTRIBUTES = 256
+"""Flattened keys per event beyond which the rest stays in the whole JSON copy only."""
+MAX_DEPTH = 6
+
+
+@dataclass
+class Record:
+    """One event to store: what becomes one OTLP log record, and its resource."""
+
+    body: str
+    time_ns: int
+    severity_number: int = 9
+    attributes: dict[str, Scalar] = field(default_factory=dict)
+    resource: dict[str, Scalar] = field(default_factory=dict)
+    event_name: str = ""
+    trace_id: bytes = b""
+    span_id: bytes = b""
+    observed_ns: int = 0
+
+
+def compact_json(value: Any) -> str:
+    """JSON text of any decoded JSON value, compact, keys in their order (non-JSON values as text)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def scalar(value: Any) -> Scalar:
+    """A JSON value as an attribute value: scalars as they are, anything else as compact JSON."""
+    if isinstance(value, bool | str | int):
+        return value if not isinstance(value, int) or -(2**63) <= value < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if value is None:
+        return ""
+    return compact_json(value)
+
+
+def flatten(value: Any, prefix: str = "", out: dict[str, Scalar] | None = None, depth: int = 0) -> dict[str, Scalar]:
+    """A JSON object as attributes: nested objects joined with dots (`a.b`), lists and deeper
+    objects as compact JSON; at most MAX_ATTRIBUTES keys."""
+    out = {} if out is None else out
+    if not isinstance(value, Mapping):
+        if prefix:
+            out[prefix] = scalar(value)
+        return out
+    for key, item in value.items():
+        if len(out) >= MAX_ATTRIBUTES:
+            break
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(item, Mapping) and item and depth < MAX_DEPTH:
+            flatten(item, name, out, depth + 1)
+        else:
+            out[name] = scalar(item)
+    return out
+
+
+def _any_value(value: Scalar) -> AnyValue:
+    out = AnyValue()
+    if isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    else:
+        out.string_value = value
+    return out
+
+
+def _key_values(items: Mapping[str, Scalar]) -> Iterable[KeyValue]:
+    return (KeyValue(key=key, value=_any_value(value)) for key, value in items.items())
+
+
+def encode(records: list[Record], scope: str) -> bytes:
+    """The records as one serialized ExportLogsServiceRequest (one resource entry per distinct resource)."""
+    request = ExportLogsServiceRequest()
+    groups: dict[bytes, list[Record]] = {}
+    for record in records:
+        groups.setdefault(orjson.dumps(record.resource, option=orjson.OPT_SORT_KEYS), []).append(record)
+    for members in groups.values():
+        resource_logs = request.resource_logs.add()
+        resource_logs.resource.attributes.extend(_key_values(members[0].resource))
+        scope_logs = resource_logs.scope_logs.add()
+        scope_logs.scope.name = scope
+        scope_logs.scope.version = __version__
+        for record in members:
+            log = LogRecord(
+                time_unix_nano=max(0, record.time_ns),
+                observed_time_unix_nano=record.observed_ns or time.time_ns(),
+                severity_number=record.severity_number,  # type: ignore[arg-type]
+                trace_id=record.trace_id,
+                span_id=record.span_id,
+                event_name=record.event_name,
+            )
+            log.body.string_value = record.body
+            log.attributes.extend(_key_values(record.attributes))
+            scope_logs.log_records.append(log)
+    try:
+        return request.SerializeToString()
+    except (UnicodeError, ValueError) as error:  # a lone surrogate from a JSON \\ud800 escape
+        raise HTTPException(400, f"the event holds text that is not valid Unicode: {error}") from None
+
+
+class EventWriter:
+    """Stores records for the compatibility routes: through the logs pipeline when there is one
+    (inside `labtel serve`), else straight into storage."""
+
+    def __init__(self, storage: Storage, pipeline: Consumer | None = None) -> None:
+        self.storage = storage
+        self.pipeline = pipeline
+
+    async def write(self, records: list[Record], scope: str) -> None:
+        """Store `records`; returns once they are durable. Raises HTTPException 503 (retry) or 400."""
+        if not records:
+            return
+        data = encode(records, scope)
+        if self.pipeline is not None:
+            try:
+                await self.pipeline.consume(Payload(LOGS, data, len(records)))
+            except ExportRejected as error:
+                raise HTTPException(400, f"the events were refused: {error.message}") from None
+            except ExportUnavailable as error:
+                raise unavailable(error.message, error.retry_after_s) from None
+            return
+        try:
+            await run_in_threadpool(self.storage.insert_otlp, "logs", data, f"compat-{uuid.uuid4()}")
+        except ClickHouseError as error:
+            if EXACT_PATH_ERROR in str(error):
+                raise HTTPException(400, "the events hold values the storage refuses") from None
+            raise unavailable(f"storage refused the insert: {str(error).splitlines()[0]}") from None
+        except (StorageError, OSError) as error:
+            raise unavailable(str(error)) from None
+
+
+def unavailable(message: str, retry_after_s: float = 2.0) -> HTTPException:
+    """A 503 that tells the client to try again later."""
+    return HTTPException(
+        503,
+        f"storage is unavailable, try again: {message}",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+    )

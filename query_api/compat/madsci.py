@@ -1,0 +1,345 @@
+"""MADSci Event Manager compatibility: MADSci `Event`s as labtel log records and back.
+
+An event posted by MADSci's `EventClient` becomes an ordinary labtel event:
+
+- `event_id` (a ULID) → `lab.event.id`; a second event with the same id is not stored again.
+- `event_timestamp` → the record's time; a naive timestamp (MADSci's client stamps its local
+  time without a zone) is read in `compat.madsci.timezone`, by default the server's zone. The
+  text as sent is kept in `madsci.event_timestamp` and answered back unchanged.
+- `event_type` → `lab.event.type`; when it is generic (`unknown`, `log`, `log_*`) and
+  `event_data.event_type` names one (MADSci's client puts `event_type=` keywords there), that
+  one. The type as sent is kept in `madsci.event_type` when it differs.
+- `log_level` (stdlib levels) → OTel severity (DEBUG 5, INFO 9, WARNING 13, ERROR 17,
+  CRITICAL 21) and `madsci.log_level`; `alert` → `madsci.alert`.
+- `source` (OwnershipInfo) → `lab.<x>.id` (`lab.node.id`, `lab.workflow.id`, `lab.user.id`, …)
+  so the lab columns fill; kept whole in `madsci.source`.
+- `event_data` → kept whole as JSON in `madsci.event_data`; an object's keys are also attributes
+  of the same name (nested objects joined with dots, lists as JSON), and the ids among them
+  (`node_id`, `workflow_id`, …) fill the `lab.*.id` attributes `source` left empty. The body is
+  `event_data.message`, or the text, or the JSON.
+- `trace_id` / `span_id` → the record's trace context when they are OTel ids.
+
+Read back, any labtel event is a MADSci event: ids other than ULIDs are left out of `source`,
+types outside MADSci's catalog are `unknown` (the labtel type is in `event_data.event_type`).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from labtel.query_api.compat.ingest import Record, compact_json, flatten
+from labtel.query_api.models import Event
+from labtel.query_api.params import ParamError, format_time_ns, parse_time_ns
+from labtel.query_api.selector import stdlib_level_to_severity
+from labtel.sdk import semconv
+from labtel.sdk.event_types import MADSCI_EVENT_TYPES, event_type_value
+
+SERVICE = "madsci"
+SCOPE = "labtel.compat.madsci"
+ATTR_TYPE = "madsci.event_type"
+ATTR_LEVEL = "madsci.log_level"
+ATTR_ALERT = "madsci.alert"
+ATTR_TIMESTAMP = "madsci.event_timestamp"
+ATTR_DATA = "madsci.event_data"
+ATTR_SOURCE = "madsci.source"
+
+LEVELS = {"NOTSET": 0, "DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
+OWNERSHIP = (
+    "user_id",
+    "experiment_id",
+    "campaign_id",
+    "project_id",
+    "node_id",
+    "workcell_id",
+    "lab_id",
+    "step_id",
+    "workflow_id",
+    "manager_id",
+)
+GENERIC_TYPES = {"unknown", "log", "log_debug", "log_info", "log_warning", "log_error", "log_critical"}
+CATALOG = {t.value for t in MADSCI_EVENT_TYPES}
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$", re.IGNORECASE)
+_HEX = re.compile(r"^[0-9a-f]+$")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+MAX_SELECTOR_TEXT = 64 * 1024
+
+
+class MadsciError(ValueError):
+    """The request is not a usable MADSci event or query; the message says why."""
+
+
+def new_ulid() -> str:
+    """A new ULID (48-bit milliseconds, 80 random bits), as MADSci's ids are."""
+    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def ownership_attribute(field: str) -> str:
+    """The attribute an OwnershipInfo field (`node_id`, `lab_id`, …) is stored as."""
+    return semconv.FIELD_ALIASES.get(field, f"lab.{field.removesuffix('_id')}.id")
+
+
+def naive_zone(name: str) -> tzinfo:
+    """The zone naive MADSci timestamps are in: the configured one, else the server's local zone."""
+    if name:
+        return ZoneInfo(name)
+    local = datetime.now().astimezone().tzinfo
+    return local if local is not None else UTC
+
+
+def parse_madsci_time(value: str, zone: tzinfo, name: str) -> int:
+    """An ISO time as Unix nanoseconds; naive means `zone` (MADSci's senders stamp local time)."""
+    text = value.strip()
+    iso = text.replace(" ", "T")
+    aware = iso.endswith(("Z", "z")) or bool(re.search(r"[+-]\d{2}:?\d{2}$", iso[10:]))
+    if aware or not re.match(r"^\d{4}-\d{2}-\d{2}", iso):
+        return parse_time_ns(text, name)
+    match = re.match(r"^(.*T\d{2}:\d{2}(?::\d{2})?)\.(\d+)$", iso)
+    fraction_ns = 0
+    if match:
+        iso, fraction_ns = match.group(1), int((match.group(2) + "000000000")[:9])
+    try:
+        moment = datetime.fromisoformat(iso).replace(tzinfo=zone)
+    except ValueError:
+        raise ParamError(f"{name}: {value!r} is not a time; use ISO 8601 (2026-11-24T08:00:00)") from None
+    return int(moment.timestamp()) * 1_000_000_000 + fraction_ns
+
+
+def parse_level(value: Any) -> int:
+    """A MADSci log level (a stdlib level number or name)."""
+    if isinstance(value, bool):
+        raise MadsciError("log_level: expected a log level such as 20 or 'INFO'")
+    if isinstance(value, int | float) and float(value).is_integer() and int(value) in LEVELS.values():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().upper().removeprefix("EVENTLOGLEVEL.")
+        if text in LEVELS:
+            return LEVELS[text]
+        if text.isdigit() and int(text) in LEVELS.values():
+            return int(text)
+    raise MadsciError(f"log_level: {value!r} is not one of 0, 10, 20, 30, 40, 50 or their names")
+
+
+def severity_of(level: int) -> int:
+    """OTel severity number of a stdlib level (NOTSET → 0, unspecified)."""
+    return 0 if level <= 0 else round(stdlib_level_to_severity(level))
+
+
+def level_of(severity: int) -> int:
+    """The stdlib level of an OTel severity number (TRACE reads as DEBUG)."""
+    if severity <= 0:
+        return 0
+    return {1: 10, 2: 10, 3: 20, 4: 30, 5: 40, 6: 50}[min(6, (severity - 1) // 4 + 1)]
+
+
+def _event_type(value: Any) -> str:
+    text = str(value or "unknown").strip()
+    return event_type_value(text.removeprefix("EventType.").removeprefix("eventtype.")) or "unknown"
+
+
+def _trace(value: Any, length: int) -> bytes:
+    text = str(value or "").strip().lower()
+    if len(text) == length * 2 and _HEX.match(text) and text.strip("0"):
+        return bytes.fromhex(text)
+    return b""
+
+
+def to_record(event: Mapping[str, Any], zone: tzinfo) -> tuple[str, Record]:
+    """A posted MADSci event (its JSON) as a labtel record; returns (event_id, record)."""
+    event_id = str(event.get("_id") or event.get("event_id") or "").strip() or new_ulid()
+    if len(event_id) > 256:
+        raise MadsciError("event_id: longer than 256 characters")
+    sent_type = _event_type(event.get("event_type"))
+    data = event.get("event_data", {})
+    effective = sent_type
+    if sent_type in GENERIC_TYPES and isinstance(data, Mapping) and data.get("event_type"):
+        effective = _event_type(data["event_type"])
+    level = parse_level(event.get("log_level", 20))
+    stamp = event.get("event_timestamp")
+    try:
+        if stamp is None or stamp == "":
+            time_ns = time.time_ns()
+        elif isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            time_ns = int(stamp * 1_000_000_000)
+        elif isinstance(stamp, str):
+            time_ns = parse_madsci_time(stamp, zone, "event_timestamp")
+        else:
+            raise MadsciError("event_timestamp: expected an ISO 8601 time")
+    except ParamError as error:
+        raise MadsciError(str(error)) from None
+    source = event.get("source") or {}
+    if not isinstance(source, Mapping):
+        raise MadsciError("source: expected an object of ownership ids (node_id, workflow_id, ...)")
+    source = {str(k): v for k, v in source.items() if v not in (None, "")}
+
+    attributes: dict[str, Any] = {
+        semconv.LAB_EVENT_ID: event_id,
+        semconv.LAB_EVENT_TYPE: effective,
+        ATTR_LEVEL: level,
+        ATTR_ALERT: bool(event.get("alert", False)),
+        ATTR_DATA: compact_json(data),
+    }
+    if effective != sent_type:
+        attributes[ATTR_TYPE] = sent_type
+    if isinstance(stamp, str) and stamp:
+        attributes[ATTR_TIMESTAMP] = stamp
+    if source:
+        attributes[ATTR_SOURCE] = compact_json(source)
+    for key, value in source.items():
+        attributes[ownership_attribute(key)] = str(value)
+    if isinstance(data, Mapping):
+        for key in OWNERSHIP:
+            if data.get(key) not in (None, "") and not isinstance(data[key], Mapping | list):
+                attributes.setdefault(ownership_attribute(key), str(data[key]))
+        for key, value in flatten(data).items():
+            attributes.setdefault(key, value)
+    if isinstance(data, Mapping) and isinstance(data.get("message"), str):
+        body = data["message"]
+    elif isinstance(data, str):
+        body = data
+    else:
+        body = compact_json(data)
+    trace_id, span_id = _trace(event.get("trace_id"), 16), _trace(event.get("span_id"), 8)
+    if not trace_id:
+        span_id = b""
+    return event_id, Record(
+        body=body,
+        time_ns=time_ns,
+        severity_number=severity_of(level),
+        attributes=attributes,
+        resource={semconv.SERVICE_NAME: SERVICE},
+        event_name=effective,
+        trace_id=trace_id,
+        span_id=span_id,
+    )
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _iso_utc(ns: int) -> str:
+    return format_time_ns(ns)[:26] + "Z"
+
+
+def to_madsci(event: Event, archived_at_ns: int = 0) -> dict[str, Any]:
+    """A stored labtel event as a MADSci Event document (what MADSci's server answers)."""
+    attributes = event.attributes
+    if semconv.LAB_EVENT_ID in attributes and ATTR_DATA in attributes:
+        data = _loads(attributes[ATTR_DATA])
+        source = _loads(attributes.get(ATTR_SOURCE, "{}")) or {}
+        event_type = attributes.get(ATTR_TYPE) or event.event_type
+        level = int(attributes.get(ATTR_LEVEL, level_of(event.severity_number)) or 0)
+        stamp = attributes.get(ATTR_TIMESTAMP) or _iso_utc(event.time_unix_nano)
+    else:  # any other labtel event
+        data = {"message": event.body, "event_type": event.event_type, "service": event.service_name, **attributes}
+        source = {}
+        for key in OWNERSHIP:
+            value = attributes.get(ownership_attribute(key)) or event.resource.get(ownership_attribute(key))
+            if value and _ULID.match(value):
+                source[key] = value
+        event_type = event.event_type
+        level = level_of(event.severity_number)
+        stamp = _iso_utc(event.time_unix_nano)
+    if event_type not in CATALOG:
+        event_type = "unknown"
+    return {
+        "_id": attributes.get(semconv.LAB_EVENT_ID) or event.event_id,
+        "event_type": event_type,
+        "log_level": level if level in LEVELS.values() else level_of(event.severity_number),
+        "alert": attributes.get(ATTR_ALERT) == "true",
+        "event_timestamp": stamp,
+        "source": source if isinstance(source, dict) else {},
+        "event_data": data,
+        "trace_id": event.trace_id or None,
+        "span_id": event.span_id or None,
+        "archived": archived_at_ns > 0,
+        "archived_at": _iso_utc(archived_at_ns) if archived_at_ns > 0 else None,
+    }
+
+
+# --- selectors ---------------------------------------------------------------------------------
+
+
+def selector_from_text(text: str) -> Any:
+    """A selector sent as a query parameter: JSON, or the Python text MADSci's client sends
+    (`str(dict)`: httpx renders a dict parameter with repr). Only literals are read, nothing runs."""
+    if len(text) > MAX_SELECTOR_TEXT:
+        raise MadsciError("selector: longer than 64 KiB")
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise MadsciError("selector: neither JSON nor a Python literal of a selector") from None
+
+
+def madsci_selector(selector: Any, zone: tzinfo, depth: int = 0) -> dict[str, Any]:
+    """A MongoDB selector over MADSci's documents as a labtel selector: sub-documents become
+    dotted fields (`{"source": {"node_id": x}}` → `source.node_id`), `_id` / `event_id` match the
+    MADSci id (`lab.event.id`) or labtel's id, naive `event_timestamp` values are in `zone`."""
+    if not isinstance(selector, Mapping):
+        raise MadsciError("selector: expected a JSON object")
+    if depth > 12:
+        raise MadsciError("selector: nests too deep")
+    out: dict[str, Any] = {}
+    for key, value in selector.items():
+        key = str(key)
+        if key in ("$and", "$or", "$nor") and isinstance(value, list):
+            out[key] = [madsci_selector(v, zone, depth + 1) for v in value]
+        elif key.startswith("$"):
+            out[key] = value
+        elif isinstance(value, Mapping) and value and not any(str(k).startswith("$") for k in value):
+            for sub_key, sub_value in madsci_selector(value, zone, depth + 1).items():
+                out[f"{key}.{sub_key}" if not sub_key.startswith("$") else sub_key] = sub_value
+        elif key in ("_id", "event_id"):
+            out.setdefault("$and", []).append(
+                {"$or": [{f"attributes.{semconv.LAB_EVENT_ID}": value}, {"event_id": _uuid_or_none(value)}]}
+            )
+        elif key == "event_timestamp":
+            out[key] = _times(value, zone)
+        else:
+            out[key] = value
+    return out
+
+
+def _uuid_or_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {op: _uuid_or_none(v) for op, v in value.items()}
+    if isinstance(value, list):
+        return [_uuid_or_none(v) for v in value]
+    text = str(value)
+    return text if re.match(r"^[0-9a-fA-F-]{36}$", text) else "00000000-0000-0000-0000-000000000000"
+
+
+def _times(value: Any, zone: tzinfo) -> Any:
+    if isinstance(value, Mapping):
+        return {op: _times(v, zone) for op, v in value.items()}
+    if isinstance(value, list):
+        return [_times(v, zone) for v in value]
+    if isinstance(value, str):
+        try:
+            return format_time_ns(parse_madsci_time(value, zone, "event_timestamp"))
+        except ParamError as error:
+            raise MadsciError(str(error)) from None
+    return value
+
+
+def server_zone_name() -> str:
+    """The name of the server's local zone, for messages (TZ, else the offset's name)."""
+    return os.environ.get("TZ") or str(datetime.now().astimezone().tzinfo)

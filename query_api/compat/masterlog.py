@@ -1,0 +1,117 @@
+"""Master Log compatibility: the JSON events `master-log-client` sends, as labtel log records.
+
+Fields, as labtel's own `mlog` stores them: `severity` (trace, debug, info, warn, error, fatal)
+→ OTel severity and a MADSci-style type (`log_info`, …); `body` → the body; `title` → `title`;
+`tags` → `tags` (a JSON list, sorted, without duplicates); `metadata` → its keys as attributes
+(nested objects joined with dots) and kept whole in `master_log.metadata`, except the client's
+`python_client` block (or `_python_client`), which describes the sender and becomes resource
+attributes (`host.name`, `host.fqdn`, `process.pid`, `process.command`, `service.name`, …);
+`ttl_seconds` / `expires_at` → `lab.ttl_seconds` / `lab.expires_at` (storage deletes the event
+then); `created_at` → the event's time. Each event gets an id (`lab.event.id`), answered back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from labtel.query_api.compat.ingest import Record, compact_json, flatten
+from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.sdk import semconv
+
+SCOPE = "labtel.compat.master_log"
+SEVERITIES = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21}
+TYPES = {"trace": "log_debug", "debug": "log_debug", "info": "log_info", "warn": "log_warning"}
+TYPES |= {"error": "log_error", "fatal": "log_critical"}
+CLIENT_RESOURCE = {
+    "hostname": semconv.HOST_NAME,
+    "fqdn": "host.fqdn",
+    "pid": "process.pid",
+    "process_name": "process.executable.name",
+    "argv0": "process.command",
+    "cwd": "process.working_directory",
+    "python_version": "process.runtime.version",
+    "library": "master_log.library",
+    "library_version": "master_log.library_version",
+}
+MAX_BATCH = 10_000
+
+
+class MasterLogError(ValueError):
+    """An event the client sent cannot be stored as it is; the message says which field."""
+
+
+def _time(value: Any, name: str) -> int:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value * 1_000_000_000)
+    if not isinstance(value, str):
+        raise MasterLogError(f"{name}: expected an ISO 8601 time such as 2026-11-24T08:00:00Z")
+    try:
+        return parse_time_ns(value, name)
+    except ParamError as error:
+        raise MasterLogError(str(error)) from None
+
+
+def to_record(event: Any, index: int = 0) -> tuple[dict[str, Any], Record]:
+    """One posted Master Log event as (the event as answered, with its id; its labtel record)."""
+    where = f"logs[{index}]." if index >= 0 else ""
+    if not isinstance(event, Mapping):
+        raise MasterLogError(f"{where or 'the body'}: expected a JSON object")
+    severity = str(event.get("severity", "info")).strip().lower()
+    if severity not in SEVERITIES:
+        raise MasterLogError(f"{where}severity: {severity!r} is not one of {', '.join(SEVERITIES)}")
+    body = event.get("body", "")
+    body = body if isinstance(body, str) else compact_json(body)
+    title = event.get("title") or (body.strip().splitlines()[0][:120] if body.strip() else "Python log event")
+    tags = event.get("tags") or []
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    if not isinstance(tags, list):
+        raise MasterLogError(f"{where}tags: expected a list of strings")
+    tags = sorted({str(t).strip() for t in tags if str(t).strip()})
+    metadata = event.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise MasterLogError(f"{where}metadata: expected a JSON object")
+    user = dict(metadata)
+    client = user.pop("python_client", None) if "_python_client" not in user else user.pop("_python_client")
+    event_id = str(uuid.uuid4())
+    attributes: dict[str, Any] = {
+        semconv.LAB_EVENT_ID: event_id,
+        semconv.LAB_EVENT_TYPE: TYPES[severity],
+        "title": str(title),
+        "severity": severity,
+        "tags": compact_json(tags),
+    }
+    if user:
+        attributes["master_log.metadata"] = compact_json(user)
+    ttl = event.get("ttl_seconds")
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
+            raise MasterLogError(f"{where}ttl_seconds: expected a positive number of seconds")
+        attributes[semconv.LAB_TTL_SECONDS] = ttl
+    if event.get("expires_at") is not None:
+        _time(event["expires_at"], f"{where}expires_at")
+        attributes[semconv.LAB_EXPIRES_AT] = str(event["expires_at"])
+    time_ns = _time(event["created_at"], f"{where}created_at") if event.get("created_at") else time.time_ns()
+    for key, value in flatten(user).items():
+        attributes.setdefault(key, value)
+    resource: dict[str, Any] = {}
+    if isinstance(client, Mapping):
+        for key, name in CLIENT_RESOURCE.items():
+            if client.get(key) not in (None, ""):
+                resource[name] = client[key] if isinstance(client[key], int | str) else str(client[key])
+        resource[semconv.SERVICE_NAME] = str(client.get("process_name") or "master-log")
+    else:
+        resource[semconv.SERVICE_NAME] = "master-log"
+    answer = {"id": event_id, "severity": severity, "title": str(title), "tags": tags}
+    return answer, Record(
+        body=body,
+        time_ns=time_ns,
+        severity_number=SEVERITIES[severity],
+        attributes=attributes,
+        resource=resource,
+        event_name=TYPES[severity],
+    )

@@ -1,0 +1,61 @@
+"""`POST /api/v1/logs` and `/api/v1/logs/batch`: Master Log's ingest API, so `master-log-client`
+works unchanged with `MASTER_LOG_ENDPOINT` set to labtel's query API. Keys: `compat.api_keys`
+and `$LABTEL_API_KEYS`; with none configured, any key is accepted (start-up says so)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, HTTPException, Request
+
+from labtel.query_api.compat.ingest import EventWriter
+from labtel.query_api.compat.masterlog import MAX_BATCH, SCOPE, MasterLogError, to_record
+
+router = APIRouter(prefix="/api/v1", tags=["Master Log"])
+
+
+def _authorize(request: Request, authorization: str | None) -> None:
+    keys: frozenset[str] = request.app.state.api_keys
+    if not keys:
+        return
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.strip(), k) for k in keys):
+        raise HTTPException(
+            401, "a valid API key is required: Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+async def _store(request: Request, events: list[Any], batch: bool) -> dict[str, Any]:
+    try:
+        converted = [to_record(e, i if batch else -1) for i, e in enumerate(events)]
+    except MasterLogError as error:
+        raise HTTPException(422, str(error)) from None
+    writer: EventWriter = request.app.state.compat_writer
+    await writer.write([record for _, record in converted], SCOPE)
+    return {"accepted": len(converted), "events": [answer for answer, _ in converted]}
+
+
+@router.post("/logs", summary="Store one Master Log event; answers {accepted, events: [{id, ...}]}")
+async def post_log(
+    request: Request,
+    event: Annotated[dict[str, Any], Body()],
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    _authorize(request, authorization)
+    return await _store(request, [event], batch=False)
+
+
+@router.post("/logs/batch", summary='Store Master Log events ({"logs": [...]}); all or none')
+async def post_batch(
+    request: Request,
+    batch: Annotated[dict[str, Any], Body()],
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    _authorize(request, authorization)
+    logs = batch.get("logs")
+    if not isinstance(logs, list):
+        raise HTTPException(422, 'expected {"logs": [...]}')
+    if len(logs) > MAX_BATCH:
+        raise HTTPException(413, f"a batch holds at most {MAX_BATCH} events")
+    return await _store(request, logs, batch=True)

@@ -1,0 +1,54 @@
+"""The compatibility routes when the API runs alone (`labtel api`): records go straight into
+storage with `insert_otlp`, and a storage failure is a 503 with Retry-After, never a 500."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from labtel.collector.storage.client import Storage
+from labtel.query_api.app import create_app
+from tests.conftest import make_storage
+
+
+def test_direct_inserts_are_stored(storage: Storage) -> None:
+    client = TestClient(create_app(storage))
+    madsci = client.post("/madsci/event", json={"_id": "01JJ4S0WNGEF5FQAZG5KDGJRBV", "event_data": {"message": "hi"}})
+    assert madsci.status_code == 200
+    assert client.post("/madsci/event", json={"_id": "01JJ4S0WNGEF5FQAZG5KDGJRBV"}).status_code == 200
+    logged = client.post("/api/v1/logs", json={"severity": "info", "body": "direct", "tags": ["d"]})
+    assert logged.json()["accepted"] == 1
+    assert client.post("/panoptes/event", json={"type": "weather", "data": {"wind": 3}}).json()["seq"] >= 1
+    rows = storage.rows(f"SELECT ServiceName, Body FROM {storage.names.logs} ORDER BY ServiceName")
+    assert [(r["ServiceName"], r["Body"]) for r in rows] == [
+        ("madsci", "hi"),  # once: the duplicate id was not stored again
+        ("master-log", "direct"),
+        ("panoptes-telemetry", '{"wind":3}'),
+    ]
+    assert client.get("/madsci/event/01JJ4S0WNGEF5FQAZG5KDGJRBV").json()["event_data"] == {"message": "hi"}
+
+
+def test_storage_failure_is_503_with_retry_after(
+    storage: Storage, chdb_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = tmp_path / "storage-away"
+    monkeypatch.setenv("LABTEL_FAULT_INJECTION_FILE", str(fault))
+    failing = make_storage(chdb_path, storage.names.database)
+    try:
+        client = TestClient(create_app(failing))
+        fault.touch()
+        for path, body in (
+            ("/madsci/event", {"event_data": "lost?"}),
+            ("/api/v1/logs", {"severity": "error", "body": "lost?"}),
+            ("/panoptes/event", {"type": "weather", "data": {}, "make_current": False}),
+        ):
+            answer = client.post(path, json=body)
+            assert answer.status_code == 503, (path, answer.text)
+            assert int(answer.headers["Retry-After"]) >= 1
+        fault.unlink()
+        assert client.post("/madsci/event", json={"event_data": "stored now"}).status_code == 200
+        assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 1
+    finally:
+        failing.close()
