@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from labtel.collector.alerts.history import history_tables
 from labtel.collector.storage import metrics_schema, schema
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import SchemaNames, quote_identifier
@@ -84,6 +85,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                 f"ALTER TABLE {n.logs} MATERIALIZE COLUMN {column.split()[0]}"
                 for column in schema.utilization_columns()
             ),
+        ],
+    ),
+    Migration(
+        7,
+        "alerts: history (labtel_alerts) and engine checkpoints (labtel_alert_state); otel_logs index on insert time",
+        lambda n: [
+            *history_tables(n),
+            # The engine scans what was inserted since its checkpoint: EventId is a UUIDv7 made at insert.
+            f"ALTER TABLE {n.logs} ADD INDEX IF NOT EXISTS idx_inserted_at UUIDv7ToDateTime(EventId) "
+            "TYPE minmax GRANULARITY 1",
+            f"ALTER TABLE {n.logs} MATERIALIZE INDEX idx_inserted_at",
         ],
     ),
 )
