@@ -101,3 +101,47 @@ def webhook_receiver(responses: list[int] | None = None) -> Iterator[WebhookRece
     finally:
         server.shutdown()
         server.server_close()
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (bound and released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SmtpReceiver:
+    """A real SMTP server (aiosmtpd) that keeps what it receives."""
+
+    port: int
+    envelopes: list[Any] = field(default_factory=list)
+
+    def wait(self, count: int, timeout: float = 15.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.envelopes) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} emails, got {len(self.envelopes)}")
+            time.sleep(0.02)
+        return self.envelopes
+
+
+@contextmanager
+def smtp_receiver() -> Iterator[SmtpReceiver]:
+    from aiosmtpd.controller import Controller
+
+    receiver = SmtpReceiver(port=free_port())
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            receiver.envelopes.append(envelope)
+            return "250 Message accepted for delivery"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=receiver.port)
+    controller.start()
+    try:
+        yield receiver
+    finally:
+        controller.stop()

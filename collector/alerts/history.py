@@ -29,9 +29,10 @@ HISTORY_TABLE = "labtel_alerts"
 STATE_TABLE = "labtel_alert_state"
 WATERMARK_KEY = "watermark_ms"
 
-STATUSES = ("pending", "delivered", "partial", "failed", "suppressed", "recorded")
-"""`pending`: to be sent; `delivered` / `partial` / `failed`: how sending went; `suppressed`: a
-duplicate within the repeat interval, not sent; `recorded`: kept without notifiers."""
+STATUSES = ("pending", "delivered", "partial", "failed", "rate_limited", "suppressed", "recorded")
+"""`pending`: to be sent; `delivered` / `partial` / `failed`: how sending went; `rate_limited`:
+held back by every notifier's rate limit; `suppressed`: a duplicate within the repeat interval,
+not sent; `recorded`: kept without notifiers."""
 
 
 def history_tables(names: SchemaNames) -> list[str]:
@@ -96,7 +97,9 @@ def overall_status(deliveries: Sequence[Delivery]) -> str:
     delivered = sum(d.status == "delivered" for d in deliveries)
     if delivered == len(deliveries):
         return "delivered"
-    return "failed" if delivered == 0 else "partial"
+    if delivered:
+        return "partial"
+    return "rate_limited" if all(d.status == "rate_limited" for d in deliveries) else "failed"
 
 
 def iso_time(seconds: float) -> str:
