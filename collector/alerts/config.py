@@ -144,6 +144,8 @@ class RuleConfig(_Section):
     def _one_kind(self) -> RuleConfig:
         if self.threshold is not None and self.silence is not None:
             raise ValueError("a rule is either a threshold or a silence rule, not both")
+        if self.silence is not None and self.silence.expect and self.group_by is not None and len(self.group_by) != 1:
+            raise ValueError("silence.expect lists values of one group_by field (node_id by default)")
         return self
 
     @property

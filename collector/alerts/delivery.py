@@ -171,24 +171,23 @@ class Dispatcher:
     async def deliver(self, alert: Alert) -> list[Delivery]:
         """Send an alert through each of its notifiers, record how it went, report failures."""
         names = [n for n in alert.notifiers if n in self.notifiers]
-        deliveries = list(await asyncio.gather(*(self._deliver_one(alert, name) for name in names)))
+        deliveries = list(await asyncio.gather(*(self._deliver_and_report(alert, name) for name in names)))
         await self._blocking(self.history.record, [(alert, overall_status(deliveries))], deliveries)
-        for delivery in deliveries:
-            if delivery.status == "failed":
-                log.warning(
-                    "%s: alert %s not delivered to %s: %s",
-                    self.exporter,
-                    alert.alert_id,
-                    delivery.notifier,
-                    delivery.error,
-                )
-                try:
-                    data = failure_request(self.exporter, alert, delivery)
-                    await self._blocking(self.storage.insert_otlp, "logs", data, uuid.uuid4().hex)
-                except Exception:
-                    log.exception("%s: storing the delivery failure of alert %s failed", self.exporter, alert.alert_id)
         self.delivered = [*self.delivered[-99:], (alert, deliveries)]
         return deliveries
+
+    async def _deliver_and_report(self, alert: Alert, name: str) -> Delivery:
+        """Deliver through one notifier; a final failure is stored as an event at once (not
+        when the alert's slowest notifier is done)."""
+        delivery = await self._deliver_one(alert, name)
+        if delivery.status == "failed":
+            log.warning("%s: alert %s not delivered to %s: %s", self.exporter, alert.alert_id, name, delivery.error)
+            try:
+                data = failure_request(self.exporter, alert, delivery)
+                await self._blocking(self.storage.insert_otlp, "logs", data, uuid.uuid4().hex)
+            except Exception:
+                log.exception("%s: storing the delivery failure of alert %s failed", self.exporter, alert.alert_id)
+        return delivery
 
     async def _deliver_one(self, alert: Alert, name: str, attempts: int | None = None) -> Delivery:
         notifier = self.notifiers[name]

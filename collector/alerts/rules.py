@@ -168,8 +168,6 @@ def _user_rule(config: AlertsExporterConfig, rule: RuleConfig, index: int) -> Co
     kind = rule.kind
     default_group: list[str] = ["node_id"] if kind == "silence" else list(config.group_by)
     group_by = tuple(rule.group_by if rule.group_by is not None else default_group)
-    if kind == "silence" and rule.silence is not None and rule.silence.expect and len(group_by) != 1:
-        raise ValueError(f"rules.{rule.name}.silence.expect: list values of one group_by field, not {len(group_by)}")
     description: dict[str, Any] = {"match": rule.match}
     if rule.min_severity is not None:
         description["min_severity"] = level_name(rule.min_severity)
