@@ -66,7 +66,8 @@ def _load(config_path: Path | None, data_dir: Path | None):  # type: ignore[no-u
     if data_dir is not None:
         endpoint = embedded_endpoint(data_dir)
         exporters = {
-            name: exporter.model_copy(update={"endpoint": endpoint}) for name, exporter in config.exporters.items()
+            name: exporter.model_copy(update={"endpoint": endpoint}) if hasattr(exporter, "endpoint") else exporter
+            for name, exporter in config.exporters.items()
         }
         config = config.model_copy(update={"exporters": exporters})
     return path, config

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from labtel.collector.alerts.config import AlertsExporterConfig
 from labtel.collector.durations import Duration
 
 
@@ -340,10 +341,10 @@ class ServiceConfig(StrictModel):
     telemetry: ServiceTelemetryConfig = ServiceTelemetryConfig()
 
 
-COMPONENT_TYPES: dict[str, dict[str, type[StrictModel]]] = {
+COMPONENT_TYPES: dict[str, dict[str, type[BaseModel]]] = {
     "receivers": {"otlp": OTLPReceiverConfig},
     "processors": {"batch": BatchProcessorConfig},
-    "exporters": {"clickhouse": ClickHouseExporterConfig},
+    "exporters": {"clickhouse": ClickHouseExporterConfig, "alerts": AlertsExporterConfig},
     "extensions": {"query_api": QueryApiConfig, "file_storage": FileStorageConfig},
 }
 SIGNALS = ("logs", "traces", "metrics")
@@ -354,7 +355,7 @@ class CollectorConfig(StrictModel):
 
     receivers: dict[str, OTLPReceiverConfig]
     processors: dict[str, BatchProcessorConfig] = {}
-    exporters: dict[str, ClickHouseExporterConfig]
+    exporters: dict[str, ClickHouseExporterConfig | AlertsExporterConfig]
     extensions: dict[str, QueryApiConfig | FileStorageConfig] = {}
     service: ServiceConfig
 
@@ -373,12 +374,20 @@ class CollectorConfig(StrictModel):
     def storage_exporter(self, name: str | None = None) -> ClickHouseExporterConfig:
         """The ClickHouse exporter that a query API (or `labtel migrate`) reads and writes."""
         if name is not None:
-            return self.exporters[name]
+            found = self.exporters[name]
+            if not isinstance(found, ClickHouseExporterConfig):
+                raise ConfigError(f"exporters.{name}: not a 'clickhouse' exporter")
+            return found
         used = [e for p in self.service.pipelines.values() for e in p.exporters]
         for exporter_id in used + list(self.exporters):
-            if component_type(exporter_id) == "clickhouse":
-                return self.exporters[exporter_id]
+            exporter = self.exporters[exporter_id]
+            if isinstance(exporter, ClickHouseExporterConfig):
+                return exporter
         raise ConfigError("exporters: no 'clickhouse' exporter is configured")
+
+    def alerts_exporters(self) -> dict[str, AlertsExporterConfig]:
+        """The `alerts` exporters, by id."""
+        return {k: v for k, v in self.exporters.items() if isinstance(v, AlertsExporterConfig)}
 
 
 def component_type(component_id: str) -> str:
@@ -442,12 +451,12 @@ def _describe(error: ValidationError, prefix: str) -> str:
     return "; ".join(lines)
 
 
-def _section(raw: dict[str, Any], kind: str) -> dict[str, StrictModel]:
+def _section(raw: dict[str, Any], kind: str) -> dict[str, BaseModel]:
     entries = raw.get(kind) or {}
     if not isinstance(entries, dict):
         raise ConfigError(f"{kind}: expected a mapping of components")
     known = COMPONENT_TYPES[kind]
-    parsed: dict[str, StrictModel] = {}
+    parsed: dict[str, BaseModel] = {}
     for component_id, body in entries.items():
         kind_name = kind[:-1]
         ctype = component_type(str(component_id))
@@ -498,6 +507,9 @@ def parse_config(raw: Any) -> CollectorConfig:
         if name not in sections["extensions"]:
             raise ConfigError(f"service.extensions: {name!r} is not defined under 'extensions'")
     for exporter_id, exporter in sections["exporters"].items():
+        if isinstance(exporter, AlertsExporterConfig):
+            _check_alerts_exporter(exporter_id, exporter, sections["exporters"], service)
+            continue
         assert isinstance(exporter, ClickHouseExporterConfig)
         reference = exporter.sending_queue.storage
         if reference is not None and not isinstance(sections["extensions"].get(reference), FileStorageConfig):
@@ -516,7 +528,23 @@ def parse_config(raw: Any) -> CollectorConfig:
         raise ConfigError(_describe(error, "")) from None
 
 
-def _listeners(sections: dict[str, dict[str, StrictModel]]) -> list[tuple[str, str]]:
+def _check_alerts_exporter(
+    exporter_id: str, exporter: AlertsExporterConfig, exporters: dict[str, BaseModel], service: ServiceConfig
+) -> None:
+    """An alerts exporter reads a clickhouse exporter's storage and sits in logs pipelines that store."""
+    if not isinstance(exporters.get(exporter.storage), ClickHouseExporterConfig):
+        raise ConfigError(f"exporters.{exporter_id}.storage: {exporter.storage!r} is not a clickhouse exporter")
+    for pipeline_id, pipeline in service.pipelines.items():
+        if exporter_id not in pipeline.exporters:
+            continue
+        where = f"service.pipelines.{pipeline_id}.exporters"
+        if component_type(pipeline_id) != "logs":
+            raise ConfigError(f"{where}: {exporter_id!r} alerts on events: list it in a logs pipeline")
+        if not any(isinstance(exporters.get(e), ClickHouseExporterConfig) for e in pipeline.exporters):
+            raise ConfigError(f"{where}: {exporter_id!r} needs a clickhouse exporter in the same pipeline")
+
+
+def _listeners(sections: dict[str, dict[str, BaseModel]]) -> list[tuple[str, str]]:
     found = []
     for name, receiver in sections["receivers"].items():
         assert isinstance(receiver, OTLPReceiverConfig)

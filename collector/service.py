@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from labtel.collector.alerts.config import AlertsExporterConfig
 from labtel.collector.component import (
     BatchConsumer,
     Consumer,
@@ -27,6 +28,7 @@ from labtel.collector.config import (
     QueryApiConfig,
     component_type,
 )
+from labtel.collector.exporters.alerts import AlertsExporter
 from labtel.collector.exporters.clickhouse import ClickHouseExporter
 from labtel.collector.otlp.signals import SIGNALS, Signal
 from labtel.collector.processors.batch import GroupCommit, Passthrough, merge_verdicts
@@ -41,12 +43,20 @@ log = logging.getLogger(__name__)
 
 
 class FanOut:
-    """A BatchConsumer that stores a batch with every exporter of a pipeline."""
+    """A BatchConsumer that stores a batch with every exporter of a pipeline, then tells the
+    observers (alerts exporters, which read what was stored and return at once)."""
 
-    def __init__(self, exporters: Sequence[BatchConsumer]) -> None:
+    def __init__(self, exporters: Sequence[BatchConsumer], observers: Sequence[BatchConsumer] = ()) -> None:
         self._exporters = list(exporters)
+        self._observers = list(observers)
 
     async def consume_batch(self, batch: Sequence[Payload]) -> list[Verdict]:
+        verdicts = await self._store(batch)
+        for observer in self._observers:
+            await observer.consume_batch(batch)
+        return verdicts
+
+    async def _store(self, batch: Sequence[Payload]) -> list[Verdict]:
         if len(self._exporters) == 1:
             return await self._exporters[0].consume_batch(batch)
         results = await asyncio.gather(*(e.consume_batch(batch) for e in self._exporters), return_exceptions=True)
@@ -75,12 +85,19 @@ class ConsumerFanOut:
 class QueryApiExtension:
     """The `query_api` extension: labtel's query API served beside the receivers."""
 
-    def __init__(self, name: str, config: QueryApiConfig, storage: Storage, ingest: Consumer | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: QueryApiConfig,
+        storage: Storage,
+        ingest: Consumer | None = None,
+        alerts: Sequence[AlertsExporter] = (),
+    ) -> None:
         from labtel.query_api.app import create_app  # the API is optional for a bare collector
 
         self.name = name
         self._host = config.host
-        self._server = HttpServer(create_app(storage, config, ingest), config.host, config.port)
+        self._server = HttpServer(create_app(storage, config, ingest, alerts=alerts), config.host, config.port)
 
     async def start(self) -> None:
         await self._server.start()
@@ -108,6 +125,7 @@ class Service:
         self.config = config
         self.storages: dict[str, Storage] = {}
         self.exporters: dict[str, ClickHouseExporter] = {}
+        self.alert_exporters: dict[str, AlertsExporter] = {}
         self.processors: list[Lifecycle] = []
         self.receivers: list[OTLPGrpcReceiver | OTLPHttpReceiver] = []
         self.extensions: list[QueryApiExtension] = []
@@ -137,16 +155,25 @@ class Service:
         for pipeline_id, pipeline in cfg.service.pipelines.items():
             signal = SIGNALS[component_type(pipeline_id)]
             exporters: list[BatchConsumer] = []
+            observers: list[BatchConsumer] = []
             for exporter_id in pipeline.exporters:
+                alerts_cfg = cfg.exporters[exporter_id]
+                if isinstance(alerts_cfg, AlertsExporterConfig):
+                    if exporter_id not in self.alert_exporters:
+                        source = self._storage(alerts_cfg.storage, cfg.storage_exporter(alerts_cfg.storage), base_dir)
+                        self.alert_exporters[exporter_id] = AlertsExporter(exporter_id, alerts_cfg, source)
+                    observers.append(self.alert_exporters[exporter_id])
+                    continue
                 if exporter_id not in self.exporters:
-                    exporter_cfg = cfg.exporters[exporter_id]
+                    exporter_cfg = cfg.storage_exporter(exporter_id)
                     storage = self._storage(exporter_id, exporter_cfg, base_dir)
                     wal = self._wal(exporter_id, exporter_cfg, storage)
                     self.exporters[exporter_id] = ClickHouseExporter(exporter_id, exporter_cfg, storage, wal)
                 exporters.append(self.exporters[exporter_id])
-            entry = self._entry(pipeline_id, pipeline.processors, pipeline.exporters, FanOut(exporters))
+            stored = [e for e in pipeline.exporters if e in self.exporters]
+            entry = self._entry(pipeline_id, pipeline.processors, stored, FanOut(exporters, observers))
             if signal.name == "logs":
-                self.logs_entries[pipeline_id] = (list(pipeline.exporters), entry)
+                self.logs_entries[pipeline_id] = (stored, entry)
             for receiver_id in pipeline.receivers:
                 entries.setdefault((receiver_id, signal.name), []).append(entry)
         for receiver_id, receiver_cfg in cfg.receivers.items():
@@ -172,9 +199,13 @@ class Service:
                 ext = apis[extension_id]
                 if ext.storage not in cfg.exporters:
                     raise ConfigError(f"extensions.{extension_id}.storage: no exporter named {ext.storage!r}")
-                storage = self._storage(ext.storage, cfg.exporters[ext.storage], base_dir)
+                storage = self._storage(ext.storage, cfg.storage_exporter(ext.storage), base_dir)
                 ingest = next((e for exps, e in self.logs_entries.values() if ext.storage in exps), None)
-                self.extensions.append(QueryApiExtension(extension_id, ext, storage, ingest))
+                alerts = [a for a in self.alert_exporters.values() if a.config.storage == ext.storage]
+                extension = QueryApiExtension(extension_id, ext, storage, ingest, alerts)
+                self.extensions.append(extension)
+                for exporter in alerts:
+                    exporter.set_api_url(_api_url(ext, extension))
 
     def _wal(self, exporter_id: str, config: ClickHouseExporterConfig, storage: Storage) -> WriteAheadLog | None:
         queue = config.sending_queue
@@ -197,7 +228,7 @@ class Service:
             entry: Consumer = Passthrough(sink)
         else:
             batch_cfg: BatchProcessorConfig = self.config.processors[batch_ids[0]]
-            queues = [self.config.exporters[e].sending_queue for e in exporter_ids]
+            queues = [self.config.storage_exporter(e).sending_queue for e in exporter_ids]
             entry = GroupCommit(
                 batch_cfg,
                 sink,
@@ -213,14 +244,9 @@ class Service:
     async def start(self) -> None:
         """Start every component; on failure, stop what was started and re-raise."""
         try:
+            components: list[Lifecycle] = [*self.exporters.values(), *self.alert_exporters.values(), *self.extensions]
             background = [self.self_metrics] if self.self_metrics is not None else []
-            for component in [
-                *self.exporters.values(),
-                *self.extensions,
-                *self.processors,
-                *self.receivers,
-                *background,
-            ]:
+            for component in [*components, *self.processors, *self.receivers, *background]:
                 await component.start()
                 self._started.append(component)
         except BaseException:
@@ -248,6 +274,11 @@ class Service:
 
     def storage_description(self) -> str:
         return "; ".join(sorted({s.target.describe() for s in self.storages.values()}))
+
+
+def _api_url(config: QueryApiConfig, extension: QueryApiExtension) -> Callable[[], str]:
+    """The query API's address for links: its `public_url`, else where it listens."""
+    return lambda: config.public_url.rstrip("/") or f"http://{extension.address}"
 
 
 def embedded_endpoint(data_dir: Path) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
 
 from labtel.collector.component import Consumer
@@ -9,22 +12,45 @@ from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
 from labtel.query_api import errors
 from labtel.query_api.compat import install as install_compat
-from labtel.query_api.routes import events, export, health, metrics, series, sql, stats, stream, traces, utilization
+from labtel.query_api.routes import alerts as alerts_routes
+from labtel.query_api.routes import (
+    events,
+    export,
+    health,
+    metrics,
+    series,
+    sql,
+    stats,
+    stream,
+    traces,
+    utilization,
+)
 from labtel.query_api.sandbox import Sandbox, SandboxLimits
 from labtel.sdk import __version__
+
+if TYPE_CHECKING:
+    from labtel.collector.exporters.alerts import AlertsExporter
 
 DESCRIPTION = """Events from lab instruments, schedulers, workflow engines and telescopes,
 stored by the labtel collector as OpenTelemetry log records in ClickHouse, and the metrics
 they send (`/series`)."""
 
 
-def create_app(storage: Storage, config: QueryApiConfig | None = None, ingest: Consumer | None = None) -> FastAPI:
+def create_app(
+    storage: Storage,
+    config: QueryApiConfig | None = None,
+    ingest: Consumer | None = None,
+    alerts: Sequence[AlertsExporter] = (),
+) -> FastAPI:
     """A query API reading `storage`, with the limits of the `query_api` extension's `config`;
-    the compatibility routes write through `ingest` (the logs pipeline) when given, else into storage."""
+    the compatibility routes write through `ingest` (the logs pipeline) when given, else into
+    storage; `alerts` are the running alerts exporters whose rules and notifiers `/alerts/*` show
+    and test."""
     config = config or QueryApiConfig()
     app = FastAPI(title="labtel query API", version=__version__, description=DESCRIPTION)
     app.state.storage = storage
     app.state.config = config
+    app.state.alerts = list(alerts)
     app.state.sandbox = Sandbox(
         storage,
         SandboxLimits(
@@ -48,6 +74,7 @@ def create_app(storage: Storage, config: QueryApiConfig | None = None, ingest: C
         utilization.router,
         traces.router,
         series.router,
+        alerts_routes.router,
     ):
         app.include_router(router)
     install_compat(app, storage, config, ingest)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from labtel.collector.alerts.history import history_tables
 from labtel.collector.storage import compat_schema, metrics_schema, schema
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import SchemaNames, quote_identifier
@@ -96,6 +97,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         8,
         "compat: labtel_panoptes_current, _runs, _seq (PANOPTES telemetry's current view, runs, sequence numbers)",
         compat_schema.panoptes_tables,
+    ),
+    Migration(
+        9,
+        "alerts: history (labtel_alerts) and engine checkpoints (labtel_alert_state); otel_logs index on insert time",
+        lambda n: [
+            *history_tables(n),
+            # The engine scans what was inserted since its checkpoint: EventId is a UUIDv7 made at insert.
+            f"ALTER TABLE {n.logs} ADD INDEX IF NOT EXISTS idx_inserted_at UUIDv7ToDateTime(EventId) "
+            "TYPE minmax GRANULARITY 1",
+            f"ALTER TABLE {n.logs} MATERIALIZE INDEX idx_inserted_at",
+        ],
     ),
 )
 

@@ -1,0 +1,504 @@
+"""The alert engine: rules evaluated in SQL over stored events, grouped, de-duplicated, resolved.
+
+Event rules. Every `interval` (or when the exporter wakes it) the engine reads the events
+inserted since its watermark. `EventId` is a UUIDv7 made by ClickHouse at insert, so its
+embedded time is the insert time: the scan takes `UUIDv7ToDateTime(EventId)` after the watermark
+less `lookback` (an insert that began earlier may commit later), skips events it already
+handled, and tests every rule in one query (an array of per-rule booleans). A matching event
+joins its rule's open group; a group is sent `group_wait` after it opened, as one alert listing
+its events, less the events whose de-duplication key (rule, node, event type) was notified
+within `repeat_interval` (recorded as suppressed).
+
+Aggregate rules, every `aggregate_interval`, over event time: a threshold rule fires per group
+with more than `count` matching events within `within`; a silence rule fires per group (node)
+with no matching event for `for`. Both resolve when the condition clears.
+
+All time is the engine's `clock` (tests drive it); insert times are ClickHouse's. What the
+engine knows survives a restart: the checkpoint never passes events still waiting in a group,
+and handled events, notified keys, firing aggregates and pending deliveries are read back from
+the history.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from labtel.collector.alerts.config import AlertsExporterConfig
+from labtel.collector.alerts.history import History, iso_time, new_alert_id
+from labtel.collector.alerts.model import Alert, EventBrief
+from labtel.collector.alerts.rules import (
+    CompiledRule,
+    brief_from_row,
+    compile_rules,
+    field_sql,
+    format_key,
+    level_name,
+    merged_parameters,
+)
+from labtel.collector.durations import format_duration
+from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import NOT_EXPIRED
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+"""Seconds since the Unix epoch, as time.time gives them (tests pass a clock they move)."""
+
+_INSERTED = "UUIDv7ToDateTime(EventId)"
+MAX_HANDLED = 20_000
+"""Handled events remembered inside the look-back window; beyond it the oldest are forgotten."""
+
+
+@dataclass
+class OpenGroup:
+    """Events of one rule and group key waiting for `group_wait` to pass."""
+
+    rule: CompiledRule
+    key: str
+    opened_at: float
+    events: list[EventBrief] = field(default_factory=list)
+
+
+@dataclass
+class Firing:
+    """An aggregate rule's group whose condition holds: the alert that said so, and when it last did."""
+
+    alert: Alert
+    since: float
+    notified_at: float
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation produced: alerts to deliver, and whether stored events are left to scan."""
+
+    deliver: list[Alert]
+    more: bool = False
+
+
+class AlertEngine:
+    """Evaluates one alerts exporter's rules against its storage."""
+
+    def __init__(self, name: str, config: AlertsExporterConfig, storage: Storage, clock: Clock = time.time) -> None:
+        self.name = name
+        self.config = config
+        self.storage = storage
+        self.clock = clock
+        self.rules = compile_rules(config)
+        self.event_rules = [r for r in self.rules if r.kind == "event"]
+        self.aggregate_rules = [r for r in self.rules if r.kind != "event"]
+        self.history = History(storage, name)
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._watermark_ms = 0
+        self._floor_ms = 0
+        """Never scan below this: what was stored before the first start, or before the checkpoint's look-back."""
+        self._saved_watermark: int | None = None
+        self._handled: dict[str, int] = {}
+        self._groups: dict[tuple[str, str], OpenGroup] = {}
+        self._notified: dict[str, float] = {}
+        self._firing: dict[tuple[str, str], Firing] = {}
+        self._next_aggregates = 0.0
+        self._last_alert: dict[str, float] = {}
+
+    # --- start ----------------------------------------------------------------------------
+
+    def load(self) -> list[Alert]:
+        """Read the engine's memory from the history; returns alerts whose delivery was pending."""
+        with self._lock:
+            lookback_ms = int(self.config.lookback.total_seconds() * 1000)
+            saved = self.history.watermark()
+            if saved is None:  # first start: alert on what arrives from now on
+                self._watermark_ms = int(self.storage.command("SELECT toUnixTimestamp64Milli(now64(3))"))
+                self._floor_ms = self._watermark_ms
+            else:
+                self._watermark_ms = saved
+                self._floor_ms = saved - lookback_ms
+                self._handled = self.history.handled_since(self._floor_ms)
+            self._saved_watermark = saved
+            longest = max((r.repeat_interval for r in self.rules), default=timedelta(0))
+            self._notified = self.history.last_fired(self.clock() - longest.total_seconds())
+            by_name = {r.name: r for r in self.aggregate_rules}
+            for alert in self.history.firing_aggregates():
+                if alert.rule in by_name:
+                    self._firing[(alert.rule, alert.group_key)] = Firing(alert, alert.fired_at, alert.fired_at)
+            self._loaded = True
+            return self.history.pending()
+
+    # --- evaluating -----------------------------------------------------------------------
+
+    def evaluate(self) -> Evaluation:
+        """One round: scan new events, send groups that are due, check aggregates when due.
+
+        Blocking (SQL); alerts are in the history (as pending) before they are returned."""
+        with self._lock:
+            if not self._loaded:
+                self.load()
+            now = self.clock()
+            more = self._scan()
+            made = self._flush_groups(now)
+            if self.aggregate_rules and now >= self._next_aggregates:
+                made += [(alert, "pending" if alert.notifiers else "recorded") for alert in self._aggregates(now)]
+                self._next_aggregates = now + self.config.aggregate_interval.total_seconds()
+            self.history.record(made)
+            self._checkpoint()
+            for alert, status in made:
+                if status != "suppressed":
+                    self._last_alert[alert.rule] = alert.fired_at
+            return Evaluation([alert for alert, status in made if status == "pending"], more)
+
+    def _scan(self) -> bool:
+        """Read events inserted since the watermark and put those matching a rule in their groups."""
+        if not self.event_rules:
+            return False
+        lookback_ms = int(self.config.lookback.total_seconds() * 1000)
+        lo = max(self._watermark_ms - lookback_ms, self._floor_ms)
+        logs = self.storage.names.logs
+        top = self.storage.rows(
+            f"SELECT toUnixTimestamp64Milli(max({_INSERTED})) AS hi, count() AS n FROM {logs} "
+            f"WHERE {_INSERTED} > fromUnixTimestamp64Milli({{lo:Int64}})",
+            parameters={"lo": lo},
+        )
+        if not top or not top[0]["n"]:
+            return False
+        hi = int(top[0]["hi"])
+        from labtel.query_api.events import EVENT_COLUMNS
+
+        flags = ", ".join(f"toUInt8({rule.condition})" for rule in self.event_rules)
+        limit = self.config.max_events_per_scan
+        rows = self.storage.rows(
+            f"SELECT {EVENT_COLUMNS}, toUnixTimestamp64Milli({_INSERTED}) AS inserted_ms, [{flags}] AS matched "
+            f"FROM {logs} WHERE {_INSERTED} > fromUnixTimestamp64Milli({{lo:Int64}}) "
+            f"AND {_INSERTED} <= fromUnixTimestamp64Milli({{hi:Int64}}) AND {NOT_EXPIRED} "
+            "AND NOT has({handled:Array(String)}, toString(EventId)) AND arrayExists(x -> x = 1, matched) "
+            "ORDER BY inserted_ms, event_id LIMIT {limit:UInt32}",
+            parameters={
+                **merged_parameters(self.event_rules),
+                "lo": lo,
+                "hi": hi,
+                "handled": list(self._handled),
+                "limit": limit,
+            },
+        )
+        now = self.clock()
+        for row in rows:
+            event = brief_from_row(row)
+            self._handled[event.event_id] = event.inserted_ms
+            for rule, hit in zip(self.event_rules, row["matched"], strict=True):
+                if hit:
+                    key = rule.group_key(event)
+                    group = self._groups.get((rule.name, key))
+                    if group is None:
+                        group = self._groups[(rule.name, key)] = OpenGroup(rule, key, now)
+                    group.events.append(event)
+        more = len(rows) >= limit
+        self._watermark_ms = max(self._watermark_ms, int(rows[-1]["inserted_ms"]) if more else hi)
+        floor = self._watermark_ms - lookback_ms
+        self._handled = {i: ms for i, ms in self._handled.items() if ms > floor}
+        if len(self._handled) > MAX_HANDLED:
+            newest = sorted(self._handled.items(), key=lambda item: item[1])[-MAX_HANDLED:]
+            self._handled = dict(newest)
+        return more
+
+    def _flush_groups(self, now: float) -> list[tuple[Alert, str]]:
+        """Alerts of the groups whose `group_wait` has passed, with their status: the events
+        whose de-duplication key was notified within `repeat_interval` go in a suppressed one."""
+        alerts: list[tuple[Alert, str]] = []
+        for group_id, group in list(self._groups.items()):
+            if now < group.opened_at + group.rule.group_wait.total_seconds():
+                continue
+            del self._groups[group_id]
+            rule = group.rule
+            fresh: list[EventBrief] = []
+            duplicates: list[EventBrief] = []
+            keys: dict[str, None] = {}
+            window = rule.repeat_interval.total_seconds()
+            for event in group.events:
+                key = rule.dedup_key(event)
+                last = self._notified.get(key)
+                if last is not None and now - last < window:
+                    duplicates.append(event)
+                else:
+                    fresh.append(event)
+                    keys[key] = None
+            if fresh:
+                alert = self._event_alert(rule, group.key, fresh, list(keys), now)
+                alerts.append((alert, "pending" if alert.notifiers else "recorded"))
+                for key in keys:
+                    self._notified[key] = now
+            if duplicates:
+                alert = self._event_alert(rule, group.key, duplicates, [], now)
+                alert.summary = (
+                    f"{len(duplicates)} events of rule {rule.name!r} repeat alerts sent within "
+                    f"{format_duration(rule.repeat_interval)}: suppressed"
+                )
+                alerts.append((alert, "suppressed"))
+        return alerts
+
+    def _event_alert(
+        self, rule: CompiledRule, key: str, events: list[EventBrief], dedup_keys: list[str], now: float
+    ) -> Alert:
+        listed = events[-self.config.max_events_listed :]
+        worst = max(events, key=lambda e: e.severity_number)
+        level = rule.level or worst.severity_text.split(" ")[0].upper() or level_name(worst.severity_number)
+        count = len(events)
+        noun = "event" if count == 1 else "events"
+        where = f" ({key})" if key else ""
+        return Alert(
+            alert_id=new_alert_id(),
+            exporter=self.name,
+            kind="firing",
+            rule=rule.name,
+            rule_type="event",
+            level=level,
+            group_key=key,
+            fired_at=now,
+            summary=f"{count} {noun} matched rule {rule.name!r}{where}",
+            notifiers=list(rule.notifiers),
+            events=listed,
+            event_ids=[e.event_id for e in events],
+            event_count=count,
+            dedup_keys=dedup_keys,
+            max_inserted_ms=max(e.inserted_ms for e in events),
+        )
+
+    def _checkpoint(self) -> None:
+        """Persist the watermark, never past an event still waiting in a group."""
+        watermark = self._watermark_ms
+        for group in self._groups.values():
+            watermark = min(watermark, min(e.inserted_ms for e in group.events) - 1)
+        if watermark != self._saved_watermark:
+            self.history.save_watermark(watermark)
+            self._saved_watermark = watermark
+
+    # --- aggregates -----------------------------------------------------------------------
+
+    def _aggregates(self, now: float) -> list[Alert]:
+        alerts: list[Alert] = []
+        for rule in self.aggregate_rules:
+            try:
+                if rule.kind == "threshold":
+                    alerts += self._threshold(rule, now)
+                else:
+                    alerts += self._silence(rule, now)
+            except Exception:
+                log.exception("%s: evaluating rule %s failed", self.name, rule.name)
+        return alerts
+
+    def _group_select(self, rule: CompiledRule, parameters: dict[str, Any]) -> str:
+        if not rule.group_by:
+            return "CAST([], 'Array(String)')"
+        return "[" + ", ".join(field_sql(name, parameters, f"{rule.name}_g") for name in rule.group_by) + "]"
+
+    def _threshold(self, rule: CompiledRule, now: float) -> list[Alert]:
+        assert rule.config is not None
+        assert rule.config.threshold is not None
+        threshold = rule.config.threshold
+        parameters = dict(rule.parameters)
+        groups = self._group_select(rule, parameters)
+        listed = self.config.max_events_listed
+        rows = self.storage.rows(
+            f"SELECT {groups} AS g, count() AS n, "
+            f"groupArraySorted({listed})((-toUnixTimestamp64Nano(Timestamp), toString(EventId))) AS newest "
+            f"FROM {self.storage.names.logs} WHERE Timestamp > fromUnixTimestamp64Milli({{t_from:Int64}}) "
+            f"AND Timestamp <= fromUnixTimestamp64Milli({{t_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
+            "GROUP BY g HAVING n > {t_count:UInt64}",
+            parameters={
+                **parameters,
+                "t_from": int((now - threshold.within.total_seconds()) * 1000),
+                "t_now": math.ceil(now * 1000),
+                "t_count": threshold.count,
+            },
+        )
+        over = {format_key(rule.group_by, [str(v) for v in row["g"]]): row for row in rows}
+        within = format_duration(threshold.within)
+        alerts: list[Alert] = []
+        for key, row in over.items():
+            count = int(row["n"])
+            summary = f"{count} events matched rule {rule.name!r} within {within}{f' ({key})' if key else ''}"
+            summary += f", more than {threshold.count}"
+            events = self._events([str(item[1]) for item in row["newest"]])
+            alert = self._transition(rule, key, now, summary, float(count), events)
+            if alert is not None:
+                alerts.append(alert)
+        for (name, key), firing in list(self._firing.items()):
+            if name == rule.name and key not in over:
+                summary = f"rule {rule.name!r}{f' ({key})' if key else ''}: at most {threshold.count} events within {within} now"
+                alerts.append(self._resolve(rule, key, firing, now, summary))
+        return alerts
+
+    def _silence(self, rule: CompiledRule, now: float) -> list[Alert]:
+        assert rule.config is not None
+        assert rule.config.silence is not None
+        silence = rule.config.silence
+        parameters = dict(rule.parameters)
+        groups = self._group_select(rule, parameters)
+        rows = self.storage.rows(
+            f"SELECT {groups} AS g, toUnixTimestamp64Milli(max(Timestamp)) AS last_ms, "
+            "argMax(toString(EventId), Timestamp) AS last_id "
+            f"FROM {self.storage.names.logs} WHERE Timestamp > fromUnixTimestamp64Milli({{s_from:Int64}}) "
+            f"AND Timestamp <= fromUnixTimestamp64Milli({{s_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
+            "GROUP BY g",
+            parameters={
+                **parameters,
+                "s_from": int((now - silence.seen_within.total_seconds()) * 1000),
+                "s_now": math.ceil(now * 1000),
+            },
+        )
+        last: dict[str, tuple[float | None, str]] = {
+            format_key(rule.group_by, [str(v) for v in row["g"]]): (int(row["last_ms"]) / 1000, str(row["last_id"]))
+            for row in rows
+        }
+        for value in silence.expect:
+            last.setdefault(format_key(rule.group_by, [value]), (None, ""))
+        quiet_for = silence.for_.total_seconds()
+        window = format_duration(silence.for_)
+        alerts: list[Alert] = []
+        for key, (seen, last_id) in last.items():
+            silent = seen is None or now - seen >= quiet_for
+            firing = self._firing.get((rule.name, key))
+            if silent:
+                since = (
+                    "nothing seen"
+                    if seen is None
+                    else f"last seen {format_duration(timedelta(seconds=int(now - seen)))} ago"
+                )
+                summary = f"no event matching rule {rule.name!r} from {key or 'anyone'} for {window} ({since})"
+                events = self._events([last_id]) if last_id else []
+                alert = self._transition(rule, key, now, summary, None if seen is None else now - seen, events)
+                if alert is not None:
+                    alerts.append(alert)
+            elif firing is not None:
+                summary = f"rule {rule.name!r}: {key or 'events'} reporting again"
+                alerts.append(self._resolve(rule, key, firing, now, summary, self._events([last_id])))
+        for (name, key), firing in list(self._firing.items()):
+            if name == rule.name and key not in last:
+                summary = f"rule {rule.name!r}: {key} not seen within {format_duration(silence.seen_within)}; no longer watched"
+                alert = self._resolve(rule, key, firing, now, summary)
+                alert.notifiers = []
+                alerts.append(alert)
+        return alerts
+
+    def _transition(
+        self, rule: CompiledRule, key: str, now: float, summary: str, value: float | None, events: list[EventBrief]
+    ) -> Alert | None:
+        """A firing alert when a group's condition starts to hold, or again after `repeat_interval`."""
+        firing = self._firing.get((rule.name, key))
+        if firing is not None and now - firing.notified_at < rule.repeat_interval.total_seconds():
+            return None
+        alert = Alert(
+            alert_id=new_alert_id(),
+            exporter=self.name,
+            kind="firing",
+            rule=rule.name,
+            rule_type=rule.kind,
+            level=rule.level,
+            group_key=key,
+            fired_at=now,
+            summary=summary if firing is None else f"still: {summary}",
+            notifiers=list(rule.notifiers),
+            events=events,
+            event_ids=[e.event_id for e in events],
+            event_count=int(value) if rule.kind == "threshold" and value is not None else len(events),
+            dedup_keys=[f"{rule.name}|{key}"],
+            value=value,
+        )
+        self._firing[(rule.name, key)] = Firing(alert, firing.since if firing else now, now)
+        return alert
+
+    def _resolve(
+        self,
+        rule: CompiledRule,
+        key: str,
+        firing: Firing,
+        now: float,
+        summary: str,
+        events: list[EventBrief] | None = None,
+    ) -> Alert:
+        del self._firing[(rule.name, key)]
+        events = events or []
+        lasted = format_duration(timedelta(seconds=int(now - firing.since)))
+        return Alert(
+            alert_id=new_alert_id(),
+            exporter=self.name,
+            kind="resolved",
+            rule=rule.name,
+            rule_type=rule.kind,
+            level=firing.alert.level,
+            group_key=key,
+            fired_at=now,
+            summary=f"{summary} (firing for {lasted})",
+            notifiers=list(firing.alert.notifiers),
+            events=events,
+            event_ids=[e.event_id for e in events],
+            event_count=len(events),
+        )
+
+    def _events(self, ids: list[str]) -> list[EventBrief]:
+        """Stored events by id, oldest first."""
+        ids = [i for i in ids if i]
+        if not ids:
+            return []
+        from labtel.query_api.events import EVENT_COLUMNS
+
+        rows = self.storage.rows(
+            f"SELECT {EVENT_COLUMNS}, toUnixTimestamp64Milli({_INSERTED}) AS inserted_ms FROM {self.storage.names.logs} "
+            "WHERE has({ids:Array(String)}, toString(EventId)) ORDER BY Timestamp, event_id",
+            parameters={"ids": ids},
+        )
+        return [brief_from_row(row) for row in rows]
+
+    # --- state for GET /alerts/rules ------------------------------------------------------
+
+    def rule_states(self) -> list[dict[str, Any]]:
+        """Each rule with its settings and what it is doing now: open groups, firing groups."""
+        with self._lock:
+            states = []
+            for rule in self.rules:
+                firing = [
+                    {
+                        "key": key,
+                        "since": iso_time(f.since),
+                        "value": f.alert.value,
+                        "alert_id": f.alert.alert_id,
+                        "summary": f.alert.summary,
+                    }
+                    for (name, key), f in self._firing.items()
+                    if name == rule.name
+                ]
+                waiting = [
+                    {
+                        "key": g.key,
+                        "events": len(g.events),
+                        "send_at": iso_time(g.opened_at + rule.group_wait.total_seconds()),
+                    }
+                    for (name, _), g in self._groups.items()
+                    if name == rule.name
+                ]
+                last = self._last_alert.get(rule.name)
+                states.append(
+                    {
+                        "exporter": self.name,
+                        "name": rule.name,
+                        "type": rule.kind,
+                        **rule.description,
+                        "group_by": list(rule.group_by),
+                        "dedup_by": list(rule.dedup_by),
+                        "notify": list(rule.notifiers),
+                        "level": rule.level or None,
+                        "group_wait": format_duration(rule.group_wait),
+                        "repeat_interval": format_duration(rule.repeat_interval),
+                        "state": "firing" if firing else ("grouping" if waiting else "ok"),
+                        "firing": firing,
+                        "grouping": waiting,
+                        "last_alert_at": iso_time(last) if last is not None else None,
+                    }
+                )
+            return states

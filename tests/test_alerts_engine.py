@@ -1,0 +1,317 @@
+"""The alert engine against a real embedded store, driven by a clock the test moves: rules in SQL,
+grouping, de-duplication, thresholds, silence detection, resolve, and restarts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labtel.collector.alerts.engine import AlertEngine
+from labtel.collector.alerts.history import list_alerts
+from labtel.collector.storage import migrations
+from labtel.collector.storage.client import Storage
+from tests.alerting import FakeClock, alerts_config, store_events
+from tests.conftest import make_storage
+
+MINUTE = 60.0
+NS = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def shared_store(chdb_path: Path) -> Iterator[Storage]:
+    """One migrated database for the module (migrating takes seconds); tests keep apart by
+    exporter name, service and first-start watermark."""
+    store = make_storage(chdb_path)
+    migrations.migrate(store)
+    yield store
+    store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+    store.close()
+
+
+@pytest.fixture
+def storage(shared_store: Storage) -> Storage:
+    return shared_store
+
+
+@pytest.fixture
+def fresh_storage(chdb_path: Path) -> Iterator[Storage]:
+    """A database of its own: a restarted engine looks back past its checkpoint, where another
+    test's flagged events (which always fire) could be."""
+    store = make_storage(chdb_path)
+    migrations.migrate(store)
+    yield store
+    store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+    store.close()
+
+
+@pytest.fixture
+def svc() -> str:
+    """This test's own service name: its rules match only its own events."""
+    return f"svc-{uuid.uuid4().hex[:8]}"
+
+
+def engine_for(storage: Storage, clock: FakeClock, name: str = "alerts", **config: object) -> AlertEngine:
+    values: dict[str, object] = {"notifiers": {"webhook/ops": {"url": "http://127.0.0.1:9/hook"}}, "group_wait": "30s"}
+    values.update(config)
+    engine = AlertEngine(name, alerts_config(**values), storage, clock)
+    engine.load()
+    return engine
+
+
+def test_default_rule_groups_errors_and_flagged_events_into_one_alert(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    engine = engine_for(storage, clock, svc)
+    store_events(
+        storage,
+        [
+            {
+                "body": "tip rack empty",
+                "severity": 17,
+                "attributes": {"lab.node.id": "ot2_1", "lab.event.type": "node_error"},
+            },
+            {
+                "body": "lid stuck",
+                "severity": 17,
+                "attributes": {"lab.node.id": "ot2_1", "lab.event.type": "node_error"},
+            },
+            {"body": "operator says look", "severity": 9, "attributes": {"lab.alert": True}},
+            {"body": "MADSci alert", "severity": 9, "attributes": {"alert": "True"}},
+            {"body": "routine", "severity": 13, "attributes": {"lab.node.id": "ot2_1"}},
+        ],
+        service=svc,
+    )
+    assert engine.evaluate().deliver == []  # grouped: nothing before group_wait
+    states = {s["name"]: s for s in engine.rule_states()}
+    assert states["default"]["state"] == "grouping"
+    assert states["default"]["grouping"][0]["events"] == 4
+    clock.advance(31)
+    [alert] = engine.evaluate().deliver
+    assert alert.rule == "default"
+    assert alert.event_count == 4
+    assert sorted(e.body for e in alert.events) == ["MADSci alert", "lid stuck", "operator says look", "tip rack empty"]
+    assert alert.level == "ERROR"
+    assert alert.notifiers == ["webhook/ops"]
+    # Handled once: nothing more, however often it runs.
+    clock.advance(31)
+    assert engine.evaluate().deliver == []
+    [row] = list_alerts(storage, exporter=svc)
+    assert row["status"] == "pending"
+    assert row["event_count"] == 4
+    assert len(row["event_ids"]) == 4
+
+
+def test_selector_rules_with_attributes_regex_and_min_severity(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    engine = engine_for(
+        storage,
+        clock,
+        svc,
+        alert_level="off",
+        group_wait="0s",
+        rules=[
+            {"name": "hot", "match": {"source.node_id": "incubator_1", "attributes.temperature": {"$gt": 40}}},
+            {
+                "name": "seal",
+                "match": {"body": {"$regex": "seal(ing)? failed", "$options": "i"}},
+                "min_severity": "WARN",
+            },
+        ],
+    )
+    store_events(
+        storage,
+        [
+            {"body": "t", "attributes": {"lab.node.id": "incubator_1", "temperature": 41.5}},
+            {"body": "t", "attributes": {"lab.node.id": "incubator_1", "temperature": 39}},
+            {"body": "t", "attributes": {"lab.node.id": "incubator_2", "temperature": 45}},
+            {"body": "Sealing FAILED on plate 3", "severity": 13},
+            {"body": "sealing failed (info only)", "severity": 9},
+        ],
+        service=svc,
+    )
+    alerts = {a.rule: a for a in engine.evaluate().deliver}
+    assert set(alerts) == {"hot", "seal"}
+    assert [e.attributes["temperature"] for e in alerts["hot"].events] == ["41.5"]
+    assert [e.body for e in alerts["seal"].events] == ["Sealing FAILED on plate 3"]
+
+
+def test_de_duplication_within_the_repeat_interval(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    engine = engine_for(storage, clock, svc, group_wait="0s", repeat_interval="1h", dedup_by=["node_id", "event_type"])
+    error = {"severity": 17, "attributes": {"lab.node.id": "ot2_1", "lab.event.type": "node_error"}}
+    store_events(storage, [{**error, "body": "first"}], service=svc)
+    [first] = engine.evaluate().deliver
+    assert first.dedup_keys == ["default|node_id=ot2_1,event_type=node_error"]
+
+    clock.advance(10 * MINUTE)
+    other_node = {"severity": 17, "attributes": {"lab.node.id": "ot2_2", "lab.event.type": "node_error"}}
+    store_events(storage, [{**error, "body": "again"}, {**other_node, "body": "elsewhere"}], service=svc)
+    [second] = engine.evaluate().deliver
+    assert [e.body for e in second.events] == ["elsewhere"]  # the repeat of ot2_1 is suppressed
+    suppressed = list_alerts(storage, exporter=svc, status="suppressed")
+    assert [s["event_count"] for s in suppressed] == [1]
+    assert suppressed[0]["events"][0]["body"] == "again"
+
+    clock.advance(51 * MINUTE)  # the repeat interval has passed
+    store_events(storage, [{**error, "body": "an hour later"}], service=svc)
+    [third] = engine.evaluate().deliver
+    assert [e.body for e in third.events] == ["an hour later"]
+
+
+def test_group_by_node_makes_one_alert_per_node_per_window(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    engine = engine_for(storage, clock, svc, group_by=["node_id"], dedup_by=["node_id"])
+    store_events(
+        storage,
+        [{"body": f"e{i}", "severity": 17, "attributes": {"lab.node.id": f"n{i % 2}"}} for i in range(6)],
+        service=svc,
+    )
+    engine.evaluate()
+    clock.advance(31)
+    alerts = engine.evaluate().deliver
+    assert sorted((a.group_key, a.event_count) for a in alerts) == [("node_id=n0", 3), ("node_id=n1", 3)]
+
+
+def test_threshold_rule_fires_per_node_and_resolves(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    engine = engine_for(
+        storage,
+        clock,
+        svc,
+        alert_level="off",
+        aggregate_interval="1s",
+        rules=[
+            {
+                "name": "error_burst",
+                "match": {"service": svc, "log_level": {"$gte": 40}},
+                "threshold": {"count": 3, "within": "5m"},
+                "group_by": ["node_id"],
+            }
+        ],
+    )
+    now_ns = int(clock() * NS)
+    store_events(
+        storage,
+        [
+            *(
+                {"severity": 17, "time_ns": now_ns - (i + 1) * NS, "attributes": {"lab.node.id": "ot2_1"}}
+                for i in range(4)
+            ),
+            *(
+                {"severity": 17, "time_ns": now_ns - (i + 1) * NS, "attributes": {"lab.node.id": "ot2_2"}}
+                for i in range(3)
+            ),
+        ],
+        service=svc,
+    )
+    [fired] = engine.evaluate().deliver
+    assert (fired.kind, fired.group_key, fired.value) == ("firing", "node_id=ot2_1", 4.0)
+    assert len(fired.events) == 4
+    clock.advance(2)
+    assert engine.evaluate().deliver == []  # still over: no repeat within the repeat interval
+    [state] = [s for s in engine.rule_states() if s["name"] == "error_burst"]
+    assert state["state"] == "firing"
+    assert state["firing"][0]["key"] == "node_id=ot2_1"
+
+    clock.advance(5 * MINUTE)  # the errors leave the window
+    [resolved] = engine.evaluate().deliver
+    assert (resolved.kind, resolved.group_key) == ("resolved", "node_id=ot2_1")
+    assert "at most 3 events" in resolved.summary
+
+
+def test_silence_detection_fires_for_quiet_and_expected_nodes_and_resolves(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    engine = engine_for(
+        storage,
+        clock,
+        svc,
+        alert_level="off",
+        aggregate_interval="1s",
+        rules=[
+            {
+                "name": "heartbeat_lost",
+                "match": {"service": svc, "event_type": "heartbeat"},
+                "silence": {"for": "10m", "expect": ["never_seen"]},
+            }
+        ],
+    )
+    now_ns = int(clock() * NS)
+    beat = {"lab.event.type": "heartbeat"}
+    store_events(
+        storage,
+        [
+            {"time_ns": now_ns - 60 * NS, "attributes": {**beat, "lab.node.id": "ot2_1"}},
+            {"time_ns": now_ns - 30 * 60 * NS, "attributes": {**beat, "lab.node.id": "robot_arm"}},
+        ],
+        service=svc,
+    )
+    fired = {a.group_key: a for a in engine.evaluate().deliver}
+    assert set(fired) == {"node_id=robot_arm", "node_id=never_seen"}
+    assert "last seen 30m ago" in fired["node_id=robot_arm"].summary
+    assert fired["node_id=robot_arm"].events[0].node_id == "robot_arm"
+    assert "nothing seen" in fired["node_id=never_seen"].summary
+
+    clock.advance(10 * MINUTE)  # ot2_1 is now quiet too
+    [quiet] = engine.evaluate().deliver
+    assert quiet.group_key == "node_id=ot2_1"
+
+    store_events(
+        storage, [{"time_ns": int(clock() * NS), "attributes": {**beat, "lab.node.id": "robot_arm"}}], service=svc
+    )
+    clock.advance(1)
+    [back] = engine.evaluate().deliver
+    assert (back.kind, back.group_key) == ("resolved", "node_id=robot_arm")
+    assert back.notifiers == ["webhook/ops"]
+
+
+def test_a_restart_neither_loses_nor_repeats_alerts(fresh_storage: Storage, svc: str) -> None:
+    storage = fresh_storage
+    clock = FakeClock()
+    own_errors = {
+        "alert_level": "off",
+        "rules": [{"name": "errors", "match": {"service": svc}, "min_severity": "ERROR", "dedup_by": ["body"]}],
+    }
+    first = engine_for(storage, clock, svc, group_wait="30s", lookback="10s", **own_errors)
+    store_events(storage, [{"body": "before", "severity": 17}], service=svc)
+    first.evaluate()
+    clock.advance(31)
+    [sent] = first.evaluate().deliver
+    assert [e.body for e in sent.events] == ["before"]
+    store_events(storage, [{"body": "waiting in a group", "severity": 17}], service=svc)
+    assert first.evaluate().deliver == []  # in an open group when the collector stops
+
+    restarted = engine_for(storage, clock, svc, group_wait="30s", lookback="10s", **own_errors)
+    assert restarted.evaluate().deliver == []
+    clock.advance(31)
+    [again] = restarted.evaluate().deliver
+    assert [e.body for e in again.events] == ["waiting in a group"]  # not lost; "before" not repeated
+    pending = restarted.history.pending()
+    assert {a.alert_id for a in pending} == {sent.alert_id, again.alert_id}  # deliveries resume after a restart
+
+
+def test_an_aggregate_still_firing_after_a_restart_resolves_once(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    rules = [
+        {
+            "name": "quiet",
+            "match": {"service": svc, "event_type": "heartbeat"},
+            "silence": {"for": "5m", "expect": ["n1"]},
+        }
+    ]
+    first = engine_for(storage, clock, svc, alert_level="off", rules=rules)
+    [fired] = first.evaluate().deliver
+    assert fired.group_key == "node_id=n1"
+
+    restarted = engine_for(storage, clock, svc, alert_level="off", rules=rules, aggregate_interval="1s")
+    clock.advance(2)
+    assert restarted.evaluate().deliver == []  # already known to be firing
+    store_events(
+        storage,
+        [{"time_ns": int(clock() * NS), "attributes": {"lab.event.type": "heartbeat", "lab.node.id": "n1"}}],
+        service=svc,
+    )
+    clock.advance(2)
+    [resolved] = restarted.evaluate().deliver
+    assert (resolved.kind, resolved.group_key) == ("resolved", "node_id=n1")
