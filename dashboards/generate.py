@@ -319,6 +319,16 @@ def lab_overview() -> Dashboard:
     board.add(
         "table",
         "Latest alerts",
+        "SELECT FiredAt AS time, Rule AS rule, Kind AS kind, Level AS level, Summary AS summary,\n"
+        "    EventCount AS events, Status AS delivery\nFROM ${database}.labtel_alerts FINAL\n"
+        "WHERE $__timeFilter(FiredAt)\nORDER BY FiredAt DESC\nLIMIT 50",
+        12,
+        9,
+        description="What the alerts exporter fired (its history, GET /alerts), and how delivery went.",
+    )
+    board.add(
+        "table",
+        "Latest errors and flagged events",
         "SELECT Timestamp AS time, ServiceName AS service, NodeId AS node, EventType AS event_type, "
         f"SeverityText AS severity, Body AS message\nFROM {LOGS}\n"
         f"WHERE {where} AND (SeverityNumber >= 17 OR LogAttributes['lab.alert'] = 'true' OR LogAttributes['alert'] = 'true')\n"
@@ -336,7 +346,7 @@ def lab_overview() -> Dashboard:
         "  AND EventType IN ('run_start', 'run_complete', 'run_fail', 'run_cancel')\n"
         "GROUP BY RunId\nHAVING countIf(EventType = 'run_start') > 0 AND countIf(EventType != 'run_start') = 0\n"
         "ORDER BY started DESC\nLIMIT 50",
-        6,
+        12,
         9,
         description="Runs started (up to a week before the range) with no end event yet.",
     )
@@ -345,7 +355,7 @@ def lab_overview() -> Dashboard:
         "Top event types",
         f"SELECT EventType AS event_type, count() AS events\nFROM {LOGS}\nWHERE {where} AND EventType != ''\n"
         "GROUP BY event_type\nORDER BY events DESC\nLIMIT 15",
-        6,
+        12,
         9,
         options={"orientation": "horizontal", "displayMode": "gradient"},
     )

@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from labtel.collector import telemetry
+from labtel.collector.alerts.history import History, new_alert_id
+from labtel.collector.alerts.model import Alert
 from labtel.collector.component import Payload
 from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.exporters.clickhouse import ClickHouseExporter
@@ -72,6 +74,20 @@ def lab_day(chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     storage.insert_otlp(
         "logs", logs_request([running], resource={"service.name": "pychron.argon-line-1"}).SerializeToString(), "run"
     )
+    alert = Alert(
+        alert_id=new_alert_id(),
+        exporter="alerts",
+        kind="event",
+        rule="default",
+        rule_type="event",
+        level="ERROR",
+        group_key="ot2_1",
+        fired_at=(START_NS + DAY_NS // 2) / 1e9,
+        summary="ot2_1: action failed",
+        notifiers=["lab-email"],
+        event_count=1,
+    )
+    History(storage, "alerts").record([(alert, "delivered")])
     telemetry.RECEIVED_RECORDS.labels("logs", "grpc", "accepted").inc(100)
     telemetry.QUEUE_RECORDS.labels("logs").set(5)
     telemetry.WAL_BYTES.labels("clickhouse").set(0)
