@@ -158,6 +158,12 @@ def actions_sql(table: str, actions: int, offset: int, total: int, end_ns: int) 
     )
 
 
+def split(rows: int) -> tuple[int, int]:
+    """How many actions (two events each) and how many other events make `rows` events."""
+    actions = max(NODES, int(rows * ACTION_SHARE / 2))
+    return actions, rows - 2 * actions
+
+
 def generate(data_dir: Path, rows: int, end_ns: int) -> None:
     """Fill a fresh embedded store (runs in its own process: chDB opens one store per process)."""
     from labtel.collector.storage import migrations
@@ -166,8 +172,7 @@ def generate(data_dir: Path, rows: int, end_ns: int) -> None:
 
     storage = Storage(parse_endpoint(f"chdb://{data_dir}"), SchemaNames("otel"))
     migrations.migrate(storage)
-    actions = max(NODES, int(rows * ACTION_SHARE / 2))
-    others = rows - 2 * actions
+    actions, others = split(rows)
     step = 1_000_000
     for offset in range(0, others, step):
         storage.command(generate_sql(storage.names.logs, min(step, others - offset), offset, others, end_ns))
@@ -256,7 +261,8 @@ def measure(api: str, pid: int, rows: int, repeat: int, end_ns: int) -> dict[str
             figures[f"{name}_p50_ms"] = round(result["p50_ms"], 1)
             figures[f"{name}_p95_ms"] = round(result["p95_ms"], 1)
             figures[f"{name}_results"] = found
-        figures["rare_token_expected"] = max(0, (rows - 18) // 1000003 + 1)  # n % 1000003 == 17
+        others = split(rows)[1]  # the rare token is in these
+        figures["rare_token_expected"] = max(0, (others - 18) // 1000003 + 1)  # n % 1000003 == 17
 
         # Export: the newest tenth of the range (~1M rows of 10M) as Parquet.
         export_start = end_ns - 3 * DAY_NS

@@ -61,3 +61,20 @@ def test_sdk_benchmark_runs() -> None:
         "cpu_ratio",
     ):
         assert figures[key] > 0, key
+
+
+def test_query_benchmark_runs_and_finds_what_it_generated() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "query.py"), "--rows", "30000", "--repeat", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["export_rows"] == figures["export_rows_expected"] > 0
+    assert figures["rare_token_search_30d_results"] == figures["rare_token_expected"]
+    assert figures["utilization_nodes_30d_results"] == 50
+    assert figures["utilization_daily_periods_30d_results"] >= 30
+    for key in ("latest_warnings_node_24h_p50_ms", "selector_and_of_three_p50_ms", "export_rows_per_s"):
+        assert figures[key] > 0, key
