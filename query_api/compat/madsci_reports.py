@@ -488,6 +488,14 @@ def _csv(rows: Iterable[list[Any]]) -> str:
     return buffer.getvalue()
 
 
+def _labelled(title: str, values: dict[str, Any], fields: Iterable[tuple[str, str]]) -> Iterable[list[Any]]:
+    """A CSV section of label, value rows (MADSci's metadata and summary blocks), and a blank row."""
+    yield [title]
+    for label, name in fields:
+        yield [label, values.get(name, "")]
+    yield []
+
+
 def periods_csv(report: dict[str, Any]) -> str:
     """The periods report as MADSci's sectioned CSV (metadata, key metrics, time series, nodes, ...)."""
     meta, key = report["summary_metadata"], report["key_metrics"]
@@ -495,30 +503,32 @@ def periods_csv(report: dict[str, Any]) -> str:
     def rows() -> Iterable[list[Any]]:
         yield ["=== UTILIZATION PERIODS REPORT ==="]
         yield []
-        yield ["Metadata"]
-        for label, name in (
-            ("Analysis Type", "analysis_type"),
-            ("Generated At", "generated_at"),
-            ("Period Start", "period_start"),
-            ("Period End", "period_end"),
-            ("User Timezone", "user_timezone"),
-            ("Total Periods", "total_periods"),
-        ):
-            yield [label, meta.get(name, "")]
-        yield []
-        yield ["Key Metrics"]
-        for label, name in (
-            ("Average Utilization (%)", "average_utilization"),
-            ("Peak Utilization (%)", "peak_utilization"),
-            ("Peak Period", "peak_period"),
-            ("Total Experiments", "total_experiments"),
-            ("Total Runtime (hours)", "total_runtime_hours"),
-            ("Total Active Time (hours)", "total_active_time_hours"),
-            ("Active Periods", "active_periods"),
-            ("Total Periods", "total_periods"),
-        ):
-            yield [label, key.get(name, "")]
-        yield []
+        yield from _labelled(
+            "Metadata",
+            meta,
+            (
+                ("Analysis Type", "analysis_type"),
+                ("Generated At", "generated_at"),
+                ("Period Start", "period_start"),
+                ("Period End", "period_end"),
+                ("User Timezone", "user_timezone"),
+                ("Total Periods", "total_periods"),
+            ),
+        )
+        yield from _labelled(
+            "Key Metrics",
+            key,
+            (
+                ("Average Utilization (%)", "average_utilization"),
+                ("Peak Utilization (%)", "peak_utilization"),
+                ("Peak Period", "peak_period"),
+                ("Total Experiments", "total_experiments"),
+                ("Total Runtime (hours)", "total_runtime_hours"),
+                ("Total Active Time (hours)", "total_active_time_hours"),
+                ("Active Periods", "active_periods"),
+                ("Total Periods", "total_periods"),
+            ),
+        )
         yield ["=== TIME SERIES DATA ==="]
         yield [
             "Period Number",
@@ -650,27 +660,29 @@ def sessions_csv(report: dict[str, Any]) -> str:
     def rows() -> Iterable[list[Any]]:
         yield ["=== UTILIZATION REPORT ==="]
         yield []
-        yield ["Report Metadata"]
-        for label, name in (
-            ("Generated At", "generated_at"),
-            ("Analysis Start", "analysis_start"),
-            ("Analysis End", "analysis_end"),
-            ("Total Sessions", "total_sessions"),
-            ("Analysis Duration (hours)", "analysis_duration_hours"),
-        ):
-            yield [label, meta.get(name, "")]
-        yield []
-        yield ["Overall Summary"]
-        for label, name in (
-            ("Total Sessions", "total_sessions"),
-            ("Total System Runtime (hours)", "total_system_runtime_hours"),
-            ("Total Active Time (hours)", "total_active_time_hours"),
-            ("Average System Utilization (%)", "average_system_utilization_percent"),
-            ("Total Experiments", "total_experiments"),
-            ("Nodes Tracked", "nodes_tracked"),
-        ):
-            yield [label, overall.get(name, "")]
-        yield []
+        yield from _labelled(
+            "Report Metadata",
+            meta,
+            (
+                ("Generated At", "generated_at"),
+                ("Analysis Start", "analysis_start"),
+                ("Analysis End", "analysis_end"),
+                ("Total Sessions", "total_sessions"),
+                ("Analysis Duration (hours)", "analysis_duration_hours"),
+            ),
+        )
+        yield from _labelled(
+            "Overall Summary",
+            overall,
+            (
+                ("Total Sessions", "total_sessions"),
+                ("Total System Runtime (hours)", "total_system_runtime_hours"),
+                ("Total Active Time (hours)", "total_active_time_hours"),
+                ("Average System Utilization (%)", "average_system_utilization_percent"),
+                ("Total Experiments", "total_experiments"),
+                ("Nodes Tracked", "nodes_tracked"),
+            ),
+        )
         if report["session_details"]:
             yield ["=== SESSION DETAILS ==="]
             yield [
@@ -711,26 +723,28 @@ def users_csv(report: dict[str, Any]) -> str:
     def rows() -> Iterable[list[Any]]:
         yield ["=== DETAILED USER UTILIZATION REPORT ==="]
         yield []
-        yield ["Report Metadata"]
-        for label, name in (
-            ("Generated At", "generated_at"),
-            ("Analysis Start", "analysis_start"),
-            ("Analysis End", "analysis_end"),
-            ("Total Users", "total_users"),
-            ("Total Workflows", "total_workflows"),
-        ):
-            yield [label, meta.get(name, "")]
-        yield []
-        yield ["System Summary"]
-        for label, name in (
-            ("Total Workflows", "total_workflows"),
-            ("Total Runtime (hours)", "total_runtime_hours"),
-            ("Average Workflow Duration (hours)", "average_workflow_duration_hours"),
-            ("Completion Rate (%)", "completion_rate_percent"),
-            ("Author Attribution Rate (%)", "author_attribution_rate_percent"),
-        ):
-            yield [label, system.get(name, "")]
-        yield []
+        yield from _labelled(
+            "Report Metadata",
+            meta,
+            (
+                ("Generated At", "generated_at"),
+                ("Analysis Start", "analysis_start"),
+                ("Analysis End", "analysis_end"),
+                ("Total Users", "total_users"),
+                ("Total Workflows", "total_workflows"),
+            ),
+        )
+        yield from _labelled(
+            "System Summary",
+            system,
+            (
+                ("Total Workflows", "total_workflows"),
+                ("Total Runtime (hours)", "total_runtime_hours"),
+                ("Average Workflow Duration (hours)", "average_workflow_duration_hours"),
+                ("Completion Rate (%)", "completion_rate_percent"),
+                ("Author Attribution Rate (%)", "author_attribution_rate_percent"),
+            ),
+        )
         yield ["=== USER DETAILS ==="]
         yield [
             "Author",
