@@ -165,10 +165,11 @@ def test_mlog_and_severity_helpers(sdk_server: tuple[LabtelServer, str], tmp_pat
 
 def test_ttl_events_expire(sdk_server: tuple[LabtelServer, str]) -> None:
     server, service = sdk_server
-    lab.mlog("short-lived", ttl_seconds=1)
+    sent = time.monotonic()
+    lab.mlog("short-lived", ttl_seconds=4)  # long enough to be seen delivered first, even on a busy machine
     lab.mlog("kept")
     assert len(delivered(server, service, 2)) == 2
-    time.sleep(1.3)
+    time.sleep(max(0.0, sent + 4.3 - time.monotonic()))
     assert [e["body"] for e in server.all_events(service=service)] == ["kept"]
 
 

@@ -174,7 +174,7 @@ def test_events_expire_at_their_own_ttl(storage: Storage) -> None:
     migrations.reconcile_ttl(storage, {"logs": timedelta(0), "traces": timedelta(0)})
     now = time.time_ns()
     records = [
-        log_record("short-lived", {"lab.ttl_seconds": 1}, time_ns=now),
+        log_record("short-lived", {"lab.ttl_seconds": 3}, time_ns=now),  # long enough to be seen first
         log_record("already expired", {"lab.expires_at": "2020-01-01T00:00:00Z"}, time_ns=now),
         log_record("hour-long", {"lab.ttl_seconds": 3600}, time_ns=now),
         log_record("forever", time_ns=now),
@@ -185,7 +185,7 @@ def test_events_expire_at_their_own_ttl(storage: Storage) -> None:
         return sorted(e.body for e in list_events(storage, EventFilter(), 10, None)[0])
 
     assert visible() == ["forever", "hour-long", "short-lived"]
-    time.sleep(1.2)
+    time.sleep(max(0.0, (now + 3_200_000_000 - time.time_ns()) / 1e9))
     assert visible() == ["forever", "hour-long"]  # hidden as soon as it expires
     storage.command(f"OPTIMIZE TABLE {storage.names.logs} FINAL")
     stored = storage.rows(f"SELECT Body FROM {storage.names.logs} ORDER BY Body")
