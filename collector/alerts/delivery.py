@@ -22,15 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-
 from labtel.collector.alerts.engine import Clock
 from labtel.collector.alerts.history import Delivery, History, new_alert_id, overall_status
 from labtel.collector.alerts.model import Alert
 from labtel.collector.alerts.notifiers import DeliveryError, Notifier
 from labtel.collector.alerts.rules import DELIVERY_FAILED
+from labtel.collector.otlp.records import Record, logs_request
 from labtel.collector.storage.client import Storage
 from labtel.sdk import __version__, semconv
 
@@ -63,39 +60,30 @@ class RateLimiter:
         return True
 
 
-def _kv(key: str, value: str) -> KeyValue:
-    return KeyValue(key=key, value=AnyValue(string_value=value))
-
-
 def failure_request(exporter: str, alert: Alert, delivery: Delivery) -> bytes:
     """The OTLP request carrying the `alert_delivery_failed` event of one failed delivery."""
-    request = ExportLogsServiceRequest()
-    resource_logs = request.resource_logs.add()
-    resource_logs.resource.attributes.extend(
-        [_kv(semconv.SERVICE_NAME, FAILURE_SERVICE), _kv("service.version", __version__)]
+    record = Record(
+        body=(
+            f"alert {alert.alert_id} of rule {alert.rule!r} could not be delivered to {delivery.notifier} "
+            f"after {delivery.attempts} attempts: {delivery.error}"
+        ),
+        time_ns=time.time_ns(),
+        severity_number=17,
+        severity_text="ERROR",
+        event_name=DELIVERY_FAILED,
+        attributes={
+            semconv.LAB_EVENT_TYPE: DELIVERY_FAILED,
+            "lab.alert.id": alert.alert_id,
+            "lab.alert.rule": alert.rule,
+            "lab.alert.key": alert.group_key,
+            "lab.alert.exporter": exporter,
+            "lab.alert.notifier": delivery.notifier,
+            "lab.alert.attempts": str(delivery.attempts),
+            semconv.EXCEPTION_MESSAGE: delivery.error,
+        },
+        resource={semconv.SERVICE_NAME: FAILURE_SERVICE, "service.version": __version__},
     )
-    scope_logs = resource_logs.scope_logs.add()
-    scope_logs.scope.name = "labtel.collector.alerts"
-    record = LogRecord(time_unix_nano=time.time_ns(), severity_number=17, severity_text="ERROR")  # type: ignore[arg-type]
-    record.event_name = DELIVERY_FAILED
-    record.body.string_value = (
-        f"alert {alert.alert_id} of rule {alert.rule!r} could not be delivered to {delivery.notifier} "
-        f"after {delivery.attempts} attempts: {delivery.error}"
-    )
-    record.attributes.extend(
-        [
-            _kv(semconv.LAB_EVENT_TYPE, DELIVERY_FAILED),
-            _kv("lab.alert.id", alert.alert_id),
-            _kv("lab.alert.rule", alert.rule),
-            _kv("lab.alert.key", alert.group_key),
-            _kv("lab.alert.exporter", exporter),
-            _kv("lab.alert.notifier", delivery.notifier),
-            _kv("lab.alert.attempts", str(delivery.attempts)),
-            _kv(semconv.EXCEPTION_MESSAGE, delivery.error),
-        ]
-    )
-    scope_logs.log_records.append(record)
-    return request.SerializeToString()
+    return logs_request([record], "labtel.collector.alerts")
 
 
 class Dispatcher:

@@ -10,45 +10,25 @@ records the storage refuses as invalid are a 400.
 from __future__ import annotations
 
 import math
-import time
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import HTTPException
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from starlette.concurrency import run_in_threadpool
 
 from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
+from labtel.collector.otlp.records import Record, Scalar, logs_request
 from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage.client import Storage, StorageError
 from labtel.collector.storage.schema import EXACT_PATH_ERROR
 from labtel.sdk import __version__
 
-Scalar = str | bool | int | float
 MAX_ATTRIBUTES = 256
 """Flattened keys per event beyond which the rest stays in the whole JSON copy only."""
 MAX_DEPTH = 6
-
-
-@dataclass
-class Record:
-    """One event to store: what becomes one OTLP log record, and its resource."""
-
-    body: str
-    time_ns: int
-    severity_number: int = 9
-    attributes: dict[str, Scalar] = field(default_factory=dict)
-    resource: dict[str, Scalar] = field(default_factory=dict)
-    event_name: str = ""
-    trace_id: bytes = b""
-    span_id: bytes = b""
-    observed_ns: int = 0
 
 
 def compact_json(value: Any) -> str:
@@ -86,50 +66,11 @@ def flatten(value: Any, prefix: str = "", out: dict[str, Scalar] | None = None, 
     return out
 
 
-def _any_value(value: Scalar) -> AnyValue:
-    out = AnyValue()
-    if isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int):
-        out.int_value = value
-    elif isinstance(value, float):
-        out.double_value = value
-    else:
-        out.string_value = value
-    return out
-
-
-def _key_values(items: Mapping[str, Scalar]) -> Iterable[KeyValue]:
-    return (KeyValue(key=key, value=_any_value(value)) for key, value in items.items())
-
-
 def encode(records: list[Record], scope: str) -> bytes:
-    """The records as one serialized ExportLogsServiceRequest (one resource entry per distinct resource)."""
-    request = ExportLogsServiceRequest()
-    groups: dict[bytes, list[Record]] = {}
-    for record in records:
-        groups.setdefault(orjson.dumps(record.resource, option=orjson.OPT_SORT_KEYS), []).append(record)
-    for members in groups.values():
-        resource_logs = request.resource_logs.add()
-        resource_logs.resource.attributes.extend(_key_values(members[0].resource))
-        scope_logs = resource_logs.scope_logs.add()
-        scope_logs.scope.name = scope
-        scope_logs.scope.version = __version__
-        for record in members:
-            log = LogRecord(
-                time_unix_nano=max(0, record.time_ns),
-                observed_time_unix_nano=record.observed_ns or time.time_ns(),
-                severity_number=record.severity_number,  # type: ignore[arg-type]
-                trace_id=record.trace_id,
-                span_id=record.span_id,
-                event_name=record.event_name,
-            )
-            log.body.string_value = record.body
-            log.attributes.extend(_key_values(record.attributes))
-            scope_logs.log_records.append(log)
+    """The records as one serialized ExportLogsServiceRequest; invalid text is a 400."""
     try:
-        return request.SerializeToString()
-    except (UnicodeError, ValueError) as error:  # a lone surrogate from a JSON \\ud800 escape
+        return logs_request(records, scope, __version__)
+    except ValueError as error:  # a lone surrogate from a JSON \\ud800 escape
         raise HTTPException(400, f"the event holds text that is not valid Unicode: {error}") from None
 
 

@@ -37,7 +37,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from labtel.query_api.compat.ingest import Record, compact_json, flatten
+from labtel.collector.otlp.records import Record
+from labtel.query_api.compat.ingest import compact_json, flatten
 from labtel.query_api.models import Event
 from labtel.query_api.params import ParamError, format_time_ns, parse_time_ns
 from labtel.query_api.selector import stdlib_level_to_severity

@@ -30,10 +30,11 @@ from uuid import UUID
 
 from starlette.concurrency import run_in_threadpool
 
+from labtel.collector.otlp.records import Record
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import MADSCI_ARCHIVE
 from labtel.collector.storage.schema import NOT_EXPIRED
-from labtel.query_api.compat.ingest import EventWriter, Record
+from labtel.query_api.compat.ingest import EventWriter
 from labtel.query_api.compat.madsci import SCOPE, SERVICE, to_madsci, to_record
 from labtel.query_api.events import EVENT_COLUMNS, EventFilter, get_event, list_events, row_to_event
 from labtel.query_api.models import Event

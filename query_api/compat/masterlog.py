@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from labtel.query_api.compat.ingest import Record, compact_json, flatten
+from labtel.collector.otlp.records import Record
+from labtel.query_api.compat.ingest import compact_json, flatten
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import semconv
 

@@ -34,10 +34,11 @@ import orjson
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from labtel.collector.otlp.records import Record
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import PANOPTES_CURRENT, PANOPTES_RUNS, PANOPTES_SEQ
 from labtel.collector.storage.schema import NOT_EXPIRED
-from labtel.query_api.compat.ingest import EventWriter, Record, compact_json, flatten
+from labtel.query_api.compat.ingest import EventWriter, compact_json, flatten
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import __version__, semconv
 
