@@ -209,3 +209,16 @@ def test_exporter_options_make_the_topology_with_the_contrib_exporters_names() -
 def test_bad_cluster_options_are_refused_with_the_reason(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         _exporter(**options)
+
+
+@pytest.mark.parametrize("topology", [REPLICATED, SHARDED], ids=["replicated", "sharded"])
+def test_clickhouse_parses_every_cluster_statement_as_written(storage: Storage, topology: Topology) -> None:
+    """ClickHouse's own parser (formatQuery) reads each statement, ON CLUSTER and engines included."""
+    statements = migrations.schema_statements(names(topology))
+    statements.append(schema.delete_rows(names(topology), names(topology).logs_store, "IngestBatch = 'b'"))
+    for statement in statements:
+        formatted = str(storage.command("SELECT formatQuerySingleLine({q:String})", parameters={"q": statement}))
+        if DDL.match(statement):
+            assert "ON CLUSTER `lab-cluster`" in formatted, formatted[:200]
+        if "ENGINE = Replicated" in statement:
+            assert "ENGINE = Replicated" in formatted

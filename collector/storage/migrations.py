@@ -132,8 +132,9 @@ class MigrationReport:
     current_version: int = 0
 
 
-def applied_versions(storage: Storage) -> set[int]:
-    """Versions recorded in the database (empty when it has never been migrated)."""
+def applied_versions(storage: Storage, *, sync: bool = False) -> set[int]:
+    """Versions recorded in the database (empty when it has never been migrated); `sync`: on a
+    replicated cluster, first fetch the versions other nodes recorded (as `migrate` does)."""
     names = storage.names
     exists = storage.command(
         "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'labtel_schema_migrations'",
@@ -141,7 +142,7 @@ def applied_versions(storage: Storage) -> set[int]:
     )
     if not exists:
         return set()
-    if names.topology.replicated and names.topology.cluster:
+    if sync and names.topology.replicated and names.topology.cluster:
         # Versions recorded through another node: fetch them before reading.
         storage.command(f"SYSTEM SYNC REPLICA {names.migrations}")
     return {int(row["version"]) for row in storage.rows(f"SELECT version FROM {names.migrations}")}
@@ -159,7 +160,7 @@ def migrate(
     storage.command(schema.migrations_table(names))
     report = MigrationReport()
     with migration_lock.held(storage, lease=lease, wait=wait):
-        done = applied_versions(storage)
+        done = applied_versions(storage, sync=True)
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
