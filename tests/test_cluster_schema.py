@@ -3,7 +3,10 @@ run with the cluster parts stripped, the tables equal the single-server schema's
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -222,3 +225,19 @@ def test_clickhouse_parses_every_cluster_statement_as_written(storage: Storage, 
             assert "ON CLUSTER `lab-cluster`" in formatted, formatted[:200]
         if "ENGINE = Replicated" in statement:
             assert "ENGINE = Replicated" in formatted
+
+
+def test_migrate_print_sql_gives_the_operator_the_cluster_schema_without_connecting(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parent.parent / "deploy" / "labtel-cluster.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "labtel.cli", "migrate", "--config", str(config), "--print-sql"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LABTEL_CLICKHOUSE_ENDPOINT": "http://127.0.0.1:9"},  # nothing listens there
+    )
+    assert done.returncode == 0, done.stderr
+    statements = [s.strip() for s in done.stdout.split(";\n") if s.strip()]
+    topology = Topology("labtel", "ReplicatedMergeTree", REPLICA_PARAMS, distributed=True, sharding_key="TraceId")
+    assert statements == migrations.schema_statements(SchemaNames("otel", topology=topology))
+    assert all("ON CLUSTER `labtel`" in s for s in statements if DDL.match(s))
