@@ -193,6 +193,14 @@ def api(
 def migrate(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
+    print_sql: Annotated[
+        bool,
+        typer.Option(
+            "--print-sql",
+            help="Print the statements that create this version's schema (for an operator who owns it, "
+            "with create_schema: false) instead of running them",
+        ),
+    ] = False,
 ) -> None:
     """Create or upgrade the storage schema to this labtel's version, and apply the TTLs."""
     from labtel.collector.config import SIGNALS
@@ -202,6 +210,10 @@ def migrate(
     _, cfg = _load(config, data_dir)
     exporter = cfg.storage_exporter()
     storage = Storage.from_config(exporter)
+    if print_sql:
+        for statement in migrations.schema_statements(storage.names):
+            print(f"{statement};\n")
+        return
     try:
         report = migrations.migrate(storage)
         changed = migrations.reconcile_ttl(storage, {s: exporter.signal_ttl(s) for s in SIGNALS})

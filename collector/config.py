@@ -28,6 +28,7 @@ from pydantic import (
 
 from labtel.collector.alerts.config import AlertsExporterConfig
 from labtel.collector.durations import Duration
+from labtel.collector.storage.topology import Topology, check_engine_name
 
 
 class ConfigError(ValueError):
@@ -190,10 +191,45 @@ class MetricsTablesConfig(StrictModel):
         return self
 
 
+class TableEngineConfig(StrictModel):
+    """`table_engine`: the MergeTree-family engine of the tables (contrib exporter names), for
+    example `{name: ReplicatedMergeTree, params: "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"}`."""
+
+    name: str = "MergeTree"
+    params: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _check_engine(cls, value: str) -> str:
+        return check_engine_name(value)
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: str) -> str:
+        if ";" in value or "\n" in value:
+            raise ValueError(f"table_engine.params {value!r} must be the engine's arguments on one line, without ';'")
+        return value.strip()
+
+
 class ClickHouseExporterConfig(StrictModel):
     """The `clickhouse` exporter. Option names follow the contrib ClickHouse exporter."""
 
     endpoint: str = "chdb://./labtel-data"
+    endpoints: list[str] = []
+    """More ClickHouse servers, tried in order after `endpoint` when it cannot be reached (failover)."""
+    secure: bool | None = None
+    """HTTPS to the server (None: as the endpoint's scheme says)."""
+    verify: bool = True
+    """Check the server's TLS certificate."""
+    ca_cert: str | None = None
+    """A CA certificate file for the server's TLS certificate."""
+    connect_timeout: Duration = timedelta(seconds=10)
+    cluster_name: str = ""
+    """A ClickHouse cluster (remote_servers): every DDL statement runs ON CLUSTER."""
+    table_engine: TableEngineConfig = TableEngineConfig()
+    distributed: bool = False
+    """Each signal's table as a Distributed table over `<name>_local` on every shard (needs cluster_name)."""
+    sharding_key: Literal["rand", "TraceId", "ServiceName"] = "rand"
     username: str = "default"
     password: SecretStr = SecretStr("")
     database: str = "otel"
@@ -224,6 +260,43 @@ class ClickHouseExporterConfig(StrictModel):
                 f"endpoint {value!r} must be chdb://<path> (embedded) or http(s)://host:8123 (a ClickHouse server)"
             )
         return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_failover_endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            cls._check_storage_endpoint(endpoint)
+        return value
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _check_cluster(cls, value: str) -> str:
+        if value and not _IDENTIFIER.match(value):
+            raise ValueError(f"cluster_name {value!r} is not a usable ClickHouse cluster name")
+        return value
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> ClickHouseExporterConfig:
+        if self.distributed and not self.cluster_name:
+            raise ValueError("distributed: true needs cluster_name (the Distributed tables span that cluster)")
+        if self.table_engine.name.startswith("Replicated") and self.endpoint.startswith("chdb:"):
+            raise ValueError(
+                f"table_engine {self.table_engine.name} needs a ClickHouse server with Keeper, not the embedded store"
+            )
+        if self.table_engine.name.startswith("Replicated") and not (self.cluster_name or self.table_engine.params):
+            raise ValueError(
+                "table_engine.params is needed for a Replicated engine without cluster_name "
+                "(ClickHouse's default replica path works only ON CLUSTER)"
+            )
+        if self.cluster_name and self.endpoint.startswith("chdb:"):
+            raise ValueError("cluster_name needs a ClickHouse server (http://host:8123), not the embedded store")
+        return self
+
+    def topology(self) -> Topology:
+        """How the tables are laid out: cluster, engine, Distributed tables."""
+        return Topology(
+            self.cluster_name, self.table_engine.name, self.table_engine.params, self.distributed, self.sharding_key
+        )
 
     def signal_ttl(self, signal: str) -> timedelta:
         """The retention of one signal: its own `<signal>_ttl`, else the shared `ttl`."""

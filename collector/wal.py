@@ -9,6 +9,7 @@ never silently dropped.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -27,6 +28,37 @@ _MAGIC = b"LABTELWAL1\n"
 
 class WALFull(Exception):
     """The log holds `max_bytes` already; the caller must push back."""
+
+
+class WALInUse(OSError):
+    """Another process (another collector) has this write-ahead log open."""
+
+
+_HELD: dict[Path, int] = {}
+"""The log directories this process holds the lock of (by resolved path: the lock file's fd)."""
+_HELD_LOCK = threading.Lock()
+
+
+def _hold(directory: Path) -> None:
+    """Take the directory's lock for the life of this process, or fail when another process has it:
+    each collector needs a log of its own (collectors side by side: one file_storage.directory each)."""
+    key = directory.resolve()
+    with _HELD_LOCK:
+        if key in _HELD:
+            return
+        fd = os.open(key / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WALInUse(
+                f"write-ahead log {key} is in use by {holder}: give each collector its own "
+                "file_storage.directory (LABTEL_WAL_DIR)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        _HELD[key] = fd
 
 
 @dataclass(frozen=True)
@@ -73,6 +105,7 @@ class WriteAheadLog:
         self._seq = 0
         self._full = False
         directory.mkdir(parents=True, exist_ok=True)
+        _hold(directory)
         self._load()
 
     # --- state ---------------------------------------------------------------------------

@@ -78,3 +78,17 @@ def test_query_benchmark_runs_and_finds_what_it_generated() -> None:
     assert figures["utilization_daily_periods_30d_results"] >= 30
     for key in ("latest_warnings_node_24h_p50_ms", "selector_and_of_three_p50_ms", "export_rows_per_s"):
         assert figures[key] > 0, key
+
+
+def test_storage_bytes_benchmark_counts_every_generated_event() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "storage_bytes.py"), "--rows", "20000", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["rows"] == 20000
+    assert 0 < figures["compressed_bytes_per_event"] <= figures["bytes_on_disk_per_event"]
+    assert figures["uncompressed_bytes_per_event"] > figures["compressed_bytes_per_event"]

@@ -288,7 +288,7 @@ def server_url() -> Iterator[str]:
         )
     from testcontainers.clickhouse import ClickHouseContainer
 
-    with ClickHouseContainer("clickhouse/clickhouse-server:25.8") as container:
+    with ClickHouseContainer("clickhouse/clickhouse-server:26.9") as container:
         host, port = container.get_container_host_ip(), container.get_exposed_port(8123)
         yield f"http://{container.username}:{container.password}@{host}:{port}"
 

@@ -38,7 +38,7 @@ not sent; `recorded`: kept without notifiers."""
 def history_tables(names: SchemaNames) -> list[str]:
     """The tables of the alert history (one migration)."""
     return [
-        f"""CREATE TABLE IF NOT EXISTS {names.qualified(HISTORY_TABLE)} (
+        f"""CREATE TABLE IF NOT EXISTS {names.qualified(HISTORY_TABLE)}{names.on_cluster} (
     AlertId UUID,
     Version UInt64,
     Exporter LowCardinality(String),
@@ -57,15 +57,15 @@ def history_tables(names: SchemaNames) -> list[str]:
     Status LowCardinality(String),
     Deliveries String,
     Details String
-) ENGINE = ReplacingMergeTree(Version)
+) ENGINE = {names.topology.engine("ReplacingMergeTree", "Version", state=True)}
 PARTITION BY toYYYYMM(FiredAt)
 ORDER BY (Exporter, FiredAt, AlertId)""",
-        f"""CREATE TABLE IF NOT EXISTS {names.qualified(STATE_TABLE)} (
+        f"""CREATE TABLE IF NOT EXISTS {names.qualified(STATE_TABLE)}{names.on_cluster} (
     Exporter LowCardinality(String),
     Key String,
     Value String,
     Version UInt64
-) ENGINE = ReplacingMergeTree(Version)
+) ENGINE = {names.topology.engine("ReplacingMergeTree", "Version", state=True)}
 ORDER BY (Exporter, Key)""",
     ]
 

@@ -7,12 +7,13 @@ inserts and queries each take their own).
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -22,11 +23,13 @@ from urllib.parse import parse_qsl, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.storage import schema
 from labtel.collector.storage.schema import SchemaNames
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
@@ -112,12 +115,34 @@ def _configure_embedded_allocator() -> None:
         os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_ALLOCATOR)
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to reach a ClickHouse server (clickhouse-connect's options); the URL's own query
+    parameters (`?secure=true&...`) still apply."""
+
+    secure: bool | None = None
+    verify: bool = True
+    ca_cert: str | None = None
+    connect_timeout_s: float = 10.0
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"verify": self.verify}
+        if self.secure is not None:
+            kwargs["secure"] = self.secure
+        if self.ca_cert:
+            kwargs["ca_cert"] = self.ca_cert
+        return kwargs
+
+
 class Storage:
-    """The ClickHouse labtel writes to and reads from."""
+    """The ClickHouse labtel writes to and reads from.
+
+    Several targets are failover endpoints: clients are made for the first that answers, and a
+    connection error moves every later client to the next one (back to the first after the last)."""
 
     def __init__(
         self,
-        target: StorageTarget,
+        target: StorageTarget | Sequence[StorageTarget],
         names: SchemaNames,
         username: str = "default",
         password: str = "",
@@ -125,8 +150,15 @@ class Storage:
         compress: str = "lz4",
         pool_size: int = 8,
         current_database: str | None = None,
+        server_options: ServerOptions | None = None,
     ) -> None:
-        self.target = target
+        self.targets: tuple[StorageTarget, ...] = (target,) if isinstance(target, StorageTarget) else tuple(target)
+        if not self.targets:
+            raise ValueError("Storage needs at least one target")
+        self._active = 0
+        self._client_target: dict[int, int] = {}
+        """Which target each pooled client was made for (by id of the client)."""
+        self._server_options = server_options or ServerOptions()
         self._current_database = current_database
         self.names = names
         self._username = username
@@ -140,6 +172,11 @@ class Storage:
         self._closed = False
         self._fault_file = os.environ.get("LABTEL_FAULT_INJECTION_FILE") or None
 
+    @property
+    def target(self) -> StorageTarget:
+        """The endpoint new clients are made for."""
+        return self.targets[self._active]
+
     @classmethod
     def from_config(cls, config: ClickHouseExporterConfig, base_dir: Path | None = None) -> Storage:
         tables = config.metrics_tables.by_type()
@@ -148,22 +185,26 @@ class Storage:
             config.logs_table_name,
             config.traces_table_name,
             tuple(tables[kind] for kind in schema.METRIC_TYPES),
+            config.topology(),
         )
         return cls(
-            parse_endpoint(config.endpoint, base_dir),
+            [parse_endpoint(endpoint, base_dir) for endpoint in (config.endpoint, *config.endpoints)],
             names,
             username=config.username,
             password=config.password.get_secret_value(),
             timeout_s=max(config.timeout.total_seconds(), 30.0),
             compress=config.compress or "none",
             pool_size=max(8, config.sending_queue.num_consumers + 4),
+            server_options=ServerOptions(
+                config.secure, config.verify, config.ca_cert, config.connect_timeout.total_seconds()
+            ),
         )
 
     def in_database(self, pool_size: int = 4) -> Storage:
         """Another Storage on the same ClickHouse whose statements resolve unqualified table
         names in labtel's database (the SQL sandbox's)."""
-        return Storage(
-            self.target,
+        other = Storage(
+            self.targets,
             self.names,
             username=self._username,
             password=self._password,
@@ -171,36 +212,69 @@ class Storage:
             compress=self._compress,
             pool_size=pool_size,
             current_database=self.names.database,
+            server_options=self._server_options,
         )
+        other._active = self._active
+        return other
 
     # --- clients -------------------------------------------------------------------------
 
-    def _new_client(self) -> Client:
-        try:
-            if self.target.embedded:
-                _configure_embedded_allocator()
-                if self.target.path:
-                    Path(self.target.path).mkdir(parents=True, exist_ok=True)
-                return clickhouse_connect.get_client(
-                    interface="chdb",
-                    path=self.target.path,
-                    database=self._current_database,
-                    chdb_options=dict(self.target.options) or None,
-                )
+    def _client_for(self, target: StorageTarget) -> Client:
+        if target.embedded:
+            _configure_embedded_allocator()
+            if target.path:
+                Path(target.path).mkdir(parents=True, exist_ok=True)
             return clickhouse_connect.get_client(
-                dsn=self.target.url,
+                interface="chdb",
+                path=target.path,
                 database=self._current_database,
-                username=self._username,
-                password=self._password,
-                connect_timeout=min(self._timeout_s, 10.0),
-                send_receive_timeout=self._timeout_s,
-                compress=self._compress if self._compress != "none" else False,
-                autogenerate_session_id=False,
+                chdb_options=dict(target.options) or None,
             )
-        except ClickHouseError as error:
-            raise StorageError(f"cannot open {self.target.describe()}: {error}") from error
-        except OSError as error:
-            raise StorageError(f"cannot reach {self.target.describe()}: {error}") from error
+        return clickhouse_connect.get_client(
+            dsn=target.url,
+            database=self._current_database,
+            username=self._username,
+            password=self._password,
+            connect_timeout=min(self._timeout_s, self._server_options.connect_timeout_s),
+            send_receive_timeout=self._timeout_s,
+            compress=self._compress if self._compress != "none" else False,
+            autogenerate_session_id=False,
+            **self._server_options.client_kwargs(),
+        )
+
+    def _new_client(self) -> Client:
+        """A client for the active target, or the next that answers (failover, in order)."""
+        start = self._active
+        errors = []
+        for step in range(len(self.targets)):
+            index = (start + step) % len(self.targets)
+            target = self.targets[index]
+            try:
+                client = self._client_for(target)
+            except (OperationalError, OSError) as error:  # cannot connect: try the next endpoint
+                errors.append(f"cannot reach {target.describe()}: {error}")
+                continue
+            except ClickHouseError as error:
+                raise StorageError(f"cannot open {target.describe()}: {error}") from error
+            if index != self._active:
+                log.warning("ClickHouse failover: %s answers, using it", target.describe())
+                self._active = index
+            self._client_target[id(client)] = index
+            return client
+        raise StorageError("; ".join(errors))
+
+    def _failed_over(self, client: Client, error: BaseException) -> bool:
+        """After a connection error of a server client, make new clients for the next endpoint;
+        True when the client is to be dropped."""
+        if not isinstance(error, OperationalError):
+            return False
+        index = self._client_target.pop(id(client), self._active)
+        if len(self.targets) > 1 and index == self._active:
+            self._active = (index + 1) % len(self.targets)
+            log.warning(
+                "ClickHouse at %s failed (%s); next: %s", self.targets[index].describe(), error, self.target.describe()
+            )
+        return True
 
     def _acquire(self) -> Client:
         while True:
@@ -232,14 +306,17 @@ class Storage:
         client = self._acquire()
         try:
             yield client
-        except BaseException:
-            if not self.target.embedded:
+        except BaseException as error:
+            embedded = self.targets[self._client_target.get(id(client), self._active)].embedded
+            if not embedded and not self._failed_over(client, error):
                 self._pool.put(client)
                 raise
             # A chDB handle whose statement failed can hand part of that statement's output to
-            # its next statement (seen with text formats): never reuse it.
+            # its next statement (seen with text formats): never reuse it. Nor a server client
+            # whose connection failed (the next one is made for the next endpoint).
             with self._lock:
                 self._created -= 1
+            self._client_target.pop(id(client), None)
             client.close()
             raise
         self._pool.put(client)
@@ -305,6 +382,7 @@ class Storage:
         self._check_fault()
         settings = {
             **_INGEST_SETTINGS,
+            **self.names.topology.insert_settings,
             **_schema_settings(signal, self._schema_dir()),
             "insert_deduplication_token": batch_id,
         }
@@ -325,8 +403,8 @@ class Storage:
     def delete_batch(self, signal: str, batch_id: str) -> None:
         """Remove the rows of a partially stored batch before it is inserted again."""
         self._check_fault()
-        for table in self.names.storage_tables(signal).values():
-            self.command(f"DELETE FROM {table} WHERE IngestBatch = {{b:String}}", parameters={"b": batch_id})
+        for table in self.names.store_tables(signal).values():
+            self.command(schema.delete_rows(self.names, table, "IngestBatch = {b:String}"), parameters={"b": batch_id})
 
     def _check_fault(self) -> None:
         """Fault injection for tests and soak runs: while the file named by

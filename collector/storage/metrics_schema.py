@@ -35,6 +35,7 @@ from labtel.collector.storage.schema import (
     _key_value_strings,
     _nanos,
     attributes_map,
+    distributed_table,
 )
 from labtel.sdk import semconv
 
@@ -275,14 +276,14 @@ def ingest_objects(names: SchemaNames) -> list[str]:
     and its view come last, so nothing inserted can fall through a half-built path."""
     source, metrics = names.ingest_table("metrics"), names.metrics_ingest_stage()
     return [
-        f"CREATE TABLE IF NOT EXISTS {metrics} ({METRIC_COLUMNS}) ENGINE = Null",
+        f"CREATE TABLE IF NOT EXISTS {metrics}{names.on_cluster} ({METRIC_COLUMNS}) ENGINE = Null",
         *(
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view('metrics', kind)} "
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view('metrics', kind)}{names.on_cluster} "
             f"TO {names.metrics_table(kind)} AS\n{select(metrics)}"
             for kind, select in VIEW_SELECTS.items()
         ),
-        f"CREATE TABLE IF NOT EXISTS {source} ({INGEST_COLUMNS}) ENGINE = Null",
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view('metrics')} TO {metrics} AS\n"
+        f"CREATE TABLE IF NOT EXISTS {source}{names.on_cluster} ({INGEST_COLUMNS}) ENGINE = Null",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view('metrics')}{names.on_cluster} TO {metrics} AS\n"
         + metric_view_select(source),
     ]
 
@@ -360,7 +361,7 @@ def metrics_table(names: SchemaNames, kind: str) -> str:
         TraceId String
     ) CODEC(ZSTD(1)),"""
     time_index = "\n    INDEX idx_time_minmax TimeUnix TYPE minmax GRANULARITY 1," if time_type == "DateTime" else ""
-    return f"""CREATE TABLE IF NOT EXISTS {names.metrics_table(kind)} (
+    return f"""CREATE TABLE IF NOT EXISTS {names.store(names.metrics_table_name(kind))}{names.on_cluster} (
     ResourceAttributes {_MAP} CODEC(ZSTD(1)),
     ResourceSchemaUrl String CODEC(ZSTD(1)),
     ScopeName String CODEC(ZSTD(1)),
@@ -384,12 +385,16 @@ def metrics_table(names: SchemaNames, kind: str) -> str:
     INDEX idx_attr_key mapKeys(Attributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_attr_value mapValues(Attributes) TYPE bloom_filter(0.01) GRANULARITY 1,{time_index}
     INDEX idx_ingest_batch IngestBatch TYPE bloom_filter(0.001) GRANULARITY 4
-) ENGINE = MergeTree
+) ENGINE = {names.topology.engine()}
 PARTITION BY toDate(TimeUnix)
 {order_by}
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1"""
 
 
 def metrics_tables(names: SchemaNames) -> list[str]:
-    """The five metrics tables."""
-    return [metrics_table(names, kind) for kind in METRIC_TYPES]
+    """The five metrics tables (with `distributed`: each local table and its Distributed table)."""
+    statements = []
+    for kind in METRIC_TYPES:
+        statements.append(metrics_table(names, kind))
+        statements.extend(distributed_table(names, names.metrics_table_name(kind), has_trace_id=False))
+    return statements

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from labtel.collector.alerts.history import history_tables
-from labtel.collector.storage import compat_schema, metrics_schema, schema
+from labtel.collector.storage import compat_schema, metrics_schema, migration_lock, schema
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import SchemaNames, quote_identifier
+from labtel.collector.storage.topology import quote_string
 from labtel.sdk import __version__
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,29 @@ class Migration:
     statements: Callable[[SchemaNames], list[str]]
 
 
+def _logs(n: SchemaNames, *clauses: str, columns: bool = False) -> list[str]:
+    """ALTERs of the logs table (where its rows are stored; `columns`: on its Distributed table too)."""
+    return [statement for clause in clauses for statement in schema.alter(n, n.logs_table, clause, columns=columns)]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "otel_logs and otel_traces (contrib exporter columns, lab columns), trace-id lookup",
-        lambda n: [schema.logs_table(n), schema.traces_table(n), *schema.trace_id_ts_table(n)],
+        lambda n: [
+            schema.logs_table(n),
+            *schema.distributed_table(n, n.logs_table, has_trace_id=True),
+            schema.traces_table(n),
+            *schema.distributed_table(n, n.traces_table, has_trace_id=True),
+            *schema.trace_id_ts_table(n),
+        ],
     ),
     Migration(
         2,
         "per-event expiry: otel_logs.ExpiresAt from lab.ttl_seconds / lab.expires_at, row-level TTL",
         lambda n: [
-            f"ALTER TABLE {n.logs} ADD COLUMN IF NOT EXISTS {schema.expires_at_column()}",
-            f"ALTER TABLE {n.logs} MODIFY SETTING ttl_only_drop_parts = 0",
+            *_logs(n, f"ADD COLUMN IF NOT EXISTS {schema.expires_at_column()}", columns=True),
+            *_logs(n, "MODIFY SETTING ttl_only_drop_parts = 0"),
         ],
     ),
     Migration(
@@ -54,38 +66,36 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4,
         "otel_logs: a text (inverted) index on lower(Body) for word search, in place of the tokenbf index",
-        lambda n: [
-            f"ALTER TABLE {n.logs} DROP INDEX IF EXISTS idx_lower_body",
-            f"ALTER TABLE {n.logs} ADD INDEX IF NOT EXISTS idx_body_text lower(Body) "
-            "TYPE text(tokenizer = 'splitByNonAlpha')",
+        lambda n: _logs(
+            n,
+            "DROP INDEX IF EXISTS idx_lower_body",
+            "ADD INDEX IF NOT EXISTS idx_body_text lower(Body) TYPE text(tokenizer = 'splitByNonAlpha')",
             # Parts stored before this migration get the index in a background mutation; until
             # then they are scanned, with the same results.
-            f"ALTER TABLE {n.logs} MATERIALIZE INDEX idx_body_text",
-        ],
+            "MATERIALIZE INDEX idx_body_text",
+        ),
     ),
     Migration(
         5,
         "otel_logs: hourly event counts (a projection) for /stats and dashboards; an index on ExpiresAt",
-        lambda n: [
-            f"ALTER TABLE {n.logs} ADD INDEX IF NOT EXISTS idx_expires_at ExpiresAt TYPE minmax GRANULARITY 1",
+        lambda n: _logs(
+            n,
+            "ADD INDEX IF NOT EXISTS idx_expires_at ExpiresAt TYPE minmax GRANULARITY 1",
             # A replay removes a partly stored batch with DELETE: the projection is rebuilt for it.
-            f"ALTER TABLE {n.logs} MODIFY SETTING lightweight_mutation_projection_mode = 'rebuild'",
-            f"ALTER TABLE {n.logs} ADD {schema.hourly_counts_projection().replace('PROJECTION', 'PROJECTION IF NOT EXISTS', 1)}",
+            "MODIFY SETTING lightweight_mutation_projection_mode = 'rebuild'",
+            f"ADD {schema.hourly_counts_projection().replace('PROJECTION', 'PROJECTION IF NOT EXISTS', 1)}",
             # Parts stored before get both in background mutations; until then they are read as rows.
-            f"ALTER TABLE {n.logs} MATERIALIZE INDEX idx_expires_at",
-            f"ALTER TABLE {n.logs} MATERIALIZE PROJECTION {schema.HOURLY_COUNTS}",
-        ],
+            "MATERIALIZE INDEX idx_expires_at",
+            f"MATERIALIZE PROJECTION {schema.HOURLY_COUNTS}",
+        ),
     ),
     Migration(
         6,
         "otel_logs: lab columns for utilization (WorkcellId, UserId, LabName, ActionId, ActionStatus, DurationMs)",
         lambda n: [
-            *(f"ALTER TABLE {n.logs} ADD COLUMN IF NOT EXISTS {column}" for column in schema.utilization_columns()),
+            *_logs(n, *(f"ADD COLUMN IF NOT EXISTS {column}" for column in schema.utilization_columns()), columns=True),
             # Stored parts compute them from the attributes until a background mutation writes them.
-            *(
-                f"ALTER TABLE {n.logs} MATERIALIZE COLUMN {column.split()[0]}"
-                for column in schema.utilization_columns()
-            ),
+            *_logs(n, *(f"MATERIALIZE COLUMN {column.split()[0]}" for column in schema.utilization_columns())),
         ],
     ),
     Migration(
@@ -104,9 +114,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         lambda n: [
             *history_tables(n),
             # The engine scans what was inserted since its checkpoint: EventId is a UUIDv7 made at insert.
-            f"ALTER TABLE {n.logs} ADD INDEX IF NOT EXISTS idx_inserted_at UUIDv7ToDateTime(EventId) "
-            "TYPE minmax GRANULARITY 1",
-            f"ALTER TABLE {n.logs} MATERIALIZE INDEX idx_inserted_at",
+            *_logs(
+                n,
+                "ADD INDEX IF NOT EXISTS idx_inserted_at UUIDv7ToDateTime(EventId) TYPE minmax GRANULARITY 1",
+                "MATERIALIZE INDEX idx_inserted_at",
+            ),
         ],
     ),
 )
@@ -120,8 +132,9 @@ class MigrationReport:
     current_version: int = 0
 
 
-def applied_versions(storage: Storage) -> set[int]:
-    """Versions recorded in the database (empty when it has never been migrated)."""
+def applied_versions(storage: Storage, *, sync: bool = False) -> set[int]:
+    """Versions recorded in the database (empty when it has never been migrated); `sync`: on a
+    replicated cluster, first fetch the versions other nodes recorded (as `migrate` does)."""
     names = storage.names
     exists = storage.command(
         "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'labtel_schema_migrations'",
@@ -129,33 +142,60 @@ def applied_versions(storage: Storage) -> set[int]:
     )
     if not exists:
         return set()
+    if sync and names.topology.replicated and names.topology.cluster:
+        # Versions recorded through another node: fetch them before reading.
+        storage.command(f"SYSTEM SYNC REPLICA {names.migrations}")
     return {int(row["version"]) for row in storage.rows(f"SELECT version FROM {names.migrations}")}
 
 
-def migrate(storage: Storage) -> MigrationReport:
-    """Bring the database to the newest schema; applying twice is a no-op."""
+def migrate(
+    storage: Storage, *, lease: timedelta = migration_lock.DEFAULT_LEASE, wait: timedelta = migration_lock.DEFAULT_WAIT
+) -> MigrationReport:
+    """Bring the database to the newest schema; applying twice is a no-op.
+
+    Collectors starting together take turns (labtel.collector.storage.migration_lock): one applies
+    the migrations, the others wait for it, then find them applied."""
     names = storage.names
-    storage.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(names.database)}")
+    storage.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(names.database)}{names.on_cluster}")
     storage.command(schema.migrations_table(names))
-    done = applied_versions(storage)
     report = MigrationReport()
-    for migration in MIGRATIONS:
-        if migration.version in done:
-            continue
-        log.info("applying migration %d: %s", migration.version, migration.name)
-        for statement in migration.statements(names):
-            storage.command(statement)
-        storage.command(
-            f"INSERT INTO {names.migrations} (version, name, labtel_version) VALUES "
-            "({version:UInt32}, {name:String}, {labtel_version:String})",
-            parameters={"version": migration.version, "name": migration.name, "labtel_version": __version__},
-        )
-        report.applied.append(migration)
-        done.add(migration.version)
-    report.current_version = max(done, default=0)
-    ensure_ingest(storage)
-    reconcile_part_policy(storage)
+    with migration_lock.held(storage, lease=lease, wait=wait):
+        done = applied_versions(storage, sync=True)
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            log.info("applying migration %d: %s", migration.version, migration.name)
+            for statement in migration.statements(names):
+                storage.command(statement)
+            storage.command(
+                f"INSERT INTO {names.migrations} (version, name, labtel_version) VALUES "
+                "({version:UInt32}, {name:String}, {labtel_version:String})",
+                parameters={"version": migration.version, "name": migration.name, "labtel_version": __version__},
+            )
+            report.applied.append(migration)
+            done.add(migration.version)
+        report.current_version = max(done, default=0)
+        ensure_ingest(storage)
+        reconcile_part_policy(storage)
     return report
+
+
+def schema_statements(names: SchemaNames) -> list[str]:
+    """Every statement `migrate` runs on an empty database, in order (for an operator who owns the
+    schema: `labtel migrate --print-sql`); part-policy settings and TTLs are reconciled after."""
+    statements = [
+        f"CREATE DATABASE IF NOT EXISTS {quote_identifier(names.database)}{names.on_cluster}",
+        schema.migrations_table(names),
+    ]
+    for migration in MIGRATIONS:
+        statements.extend(migration.statements(names))
+        statements.append(
+            f"INSERT INTO {names.migrations} (version, name, labtel_version) VALUES "
+            f"({migration.version}, {quote_string(migration.name)}, {quote_string(__version__)})"
+        )
+    for signal in INGEST_SIGNALS:
+        statements.extend(schema.ingest_objects(names, signal))
+    return statements
 
 
 INGEST_SIGNALS = ("logs", "traces", "metrics")
@@ -201,7 +241,8 @@ rebuild the skip indexes and TTL information) at about the CPU cost of the inser
 
 
 def _storage_table_names(names: SchemaNames) -> list[str]:
-    return [names.logs_table, names.traces_table, *names.metrics_tables]
+    """The tables the part policy applies to, as stored (local tables under Distributed ones)."""
+    return [names.topology.local_name(t) for t in (names.logs_table, names.traces_table, *names.metrics_tables)]
 
 
 def reconcile_part_policy(storage: Storage) -> list[str]:
@@ -226,7 +267,9 @@ def reconcile_part_policy(storage: Storage) -> list[str]:
         if not missing:
             continue
         assignments = ", ".join(f"{name} = {value}" for name, value in missing.items())
-        storage.command(f"ALTER TABLE {storage.names.qualified(table)} MODIFY SETTING {assignments}")
+        storage.command(
+            f"ALTER TABLE {storage.names.qualified(table)}{storage.names.on_cluster} MODIFY SETTING {assignments}"
+        )
         changed.append(table)
     return changed
 
@@ -256,10 +299,11 @@ def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta]) -> list[str]:
     """Make each signal's table keep data for its configured TTL (0 = forever); returns the
     tables changed. `ttl_only_drop_parts` lets whole expired parts go without rewriting."""
     names = storage.names
+    local = names.topology.local_name
     tables = {
-        "logs": [(names.logs_table, "")],
-        "traces": [(names.traces_table, "Timestamp"), (f"{names.traces_table}_trace_id_ts", "End")],
-        "metrics": [(table, "TimeUnix") for table in names.metrics_tables],
+        "logs": [(local(names.logs_table), "")],
+        "traces": [(local(names.traces_table), "Timestamp"), (local(f"{names.traces_table}_trace_id_ts"), "End")],
+        "metrics": [(local(table), "TimeUnix") for table in names.metrics_tables],
     }
     changed = []
     for signal, ttl in ttls.items():
@@ -271,7 +315,7 @@ def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta]) -> list[str]:
                 wanted = schema.ttl_clause(column, seconds) if seconds > 0 else None
             if current_ttl(storage, table) == wanted:
                 continue
-            qualified = names.qualified(table)
+            qualified = names.qualified(table) + names.on_cluster
             if wanted is None:
                 storage.command(f"ALTER TABLE {qualified} REMOVE TTL")
             else:

@@ -25,15 +25,13 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from labtel.collector.storage.topology import LOCAL, Topology, quote_identifier
 from labtel.sdk import semconv
+
+__all__ = ["SchemaNames", "Topology", "quote_identifier"]
 
 EXACT_PATH_ERROR = "labtel: record needs validation or the exact path"
 """The `throwIf` message of the ingest views; it sends a batch to per-request triage."""
-
-
-def quote_identifier(name: str) -> str:
-    """Quote a database, table or column name for ClickHouse, whatever characters it holds."""
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
 METRIC_TYPES: tuple[str, ...] = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
@@ -49,9 +47,43 @@ class SchemaNames:
     traces_table: str = "otel_traces"
     metrics_tables: tuple[str, ...] = tuple(f"otel_metrics_{kind}" for kind in METRIC_TYPES)
     """The table of each metric type, in METRIC_TYPES order."""
+    topology: Topology = LOCAL
+    """One server, or a cluster (ON CLUSTER, Replicated engines, Distributed tables)."""
 
     def qualified(self, table: str) -> str:
         return f"{quote_identifier(self.database)}.{quote_identifier(table)}"
+
+    @property
+    def on_cluster(self) -> str:
+        """` ON CLUSTER ...` for DDL statements, or ''."""
+        return self.topology.on_cluster
+
+    def store(self, table: str) -> str:
+        """Where a data table's rows are stored (with `distributed`: the local table on each shard);
+        its plain name is what inserts and queries use."""
+        return self.qualified(self.topology.local_name(table))
+
+    @property
+    def logs_store(self) -> str:
+        return self.store(self.logs_table)
+
+    @property
+    def traces_store(self) -> str:
+        return self.store(self.traces_table)
+
+    @property
+    def trace_id_ts_store(self) -> str:
+        return self.store(f"{self.traces_table}_trace_id_ts")
+
+    def data_tables(self) -> list[str]:
+        """The unqualified names of the data tables (sharded when `distributed`)."""
+        return [self.logs_table, self.traces_table, f"{self.traces_table}_trace_id_ts", *self.metrics_tables]
+
+    def store_tables(self, signal: str) -> dict[str, str]:
+        """Like `storage_tables`, where the rows are stored (DELETE and ALTER go there)."""
+        if signal == "metrics":
+            return {kind: self.store(self.metrics_table_name(kind)) for kind in METRIC_TYPES}
+        return {signal: self.store({"logs": self.logs_table, "traces": self.traces_table}[signal])}
 
     @property
     def logs(self) -> str:
@@ -474,7 +506,7 @@ def utilization_columns() -> list[str]:
 
 def logs_table(names: SchemaNames) -> str:
     """`otel_logs`: the contrib exporter's columns, plus labtel's event id and lab columns."""
-    return f"""CREATE TABLE IF NOT EXISTS {names.logs} (
+    return f"""CREATE TABLE IF NOT EXISTS {names.logs_store}{names.on_cluster} (
     Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
     TimestampTime DateTime ALIAS toDateTime(Timestamp),
     TraceId String CODEC(ZSTD(1)),
@@ -506,7 +538,7 @@ def logs_table(names: SchemaNames) -> str:
     INDEX idx_log_attr_value mapValues(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_lower_body lower(Body) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8,
     INDEX idx_ingest_batch IngestBatch TYPE bloom_filter(0.001) GRANULARITY 4
-) ENGINE = MergeTree
+) ENGINE = {names.topology.engine()}
 PARTITION BY toDate(Timestamp)
 ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1"""
@@ -514,7 +546,7 @@ SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1"""
 
 def traces_table(names: SchemaNames) -> str:
     """`otel_traces`, as the contrib exporter creates it."""
-    return f"""CREATE TABLE IF NOT EXISTS {names.traces} (
+    return f"""CREATE TABLE IF NOT EXISTS {names.traces_store}{names.on_cluster} (
     Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
     TraceId String CODEC(ZSTD(1)),
     SpanId String CODEC(ZSTD(1)),
@@ -549,7 +581,7 @@ def traces_table(names: SchemaNames) -> str:
     INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_duration Duration TYPE minmax GRANULARITY 1,
     INDEX idx_ingest_batch IngestBatch TYPE bloom_filter(0.001) GRANULARITY 4
-) ENGINE = MergeTree
+) ENGINE = {names.topology.engine()}
 PARTITION BY toDate(Timestamp)
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp))
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1"""
@@ -559,20 +591,49 @@ def trace_id_ts_table(names: SchemaNames) -> list[str]:
     """The trace-id → time-range lookup Grafana uses to bound trace-by-id queries."""
     view = names.qualified(f"{names.traces_table}_trace_id_ts_mv")
     return [
-        f"""CREATE TABLE IF NOT EXISTS {names.trace_id_ts} (
+        f"""CREATE TABLE IF NOT EXISTS {names.trace_id_ts_store}{names.on_cluster} (
     TraceId String CODEC(ZSTD(1)),
     Start SimpleAggregateFunction(min, DateTime),
     End SimpleAggregateFunction(max, DateTime),
     INDEX idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1
-) ENGINE = AggregatingMergeTree
+) ENGINE = {names.topology.engine("AggregatingMergeTree")}
 PARTITION BY toDate(Start)
 ORDER BY (TraceId)""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {names.trace_id_ts} AS
+        *distributed_table(names, f"{names.traces_table}_trace_id_ts", has_trace_id=True),
+        # On each shard, from the stored spans to the shard's lookup (with `distributed`: both local).
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {view}{names.on_cluster} TO {names.trace_id_ts_store} AS
 SELECT TraceId, min(toDateTime(Timestamp)) AS Start, max(toDateTime(Timestamp)) AS End
-FROM {names.traces}
+FROM {names.traces_store}
 WHERE TraceId != ''
 GROUP BY TraceId""",
     ]
+
+
+def distributed_table(names: SchemaNames, table: str, *, has_trace_id: bool) -> list[str]:
+    """With `distributed`: the Distributed table `table` over `<table>_local` on every shard, with
+    the same columns (and none of the local table's indexes); otherwise nothing."""
+    if not names.topology.distributed:
+        return []
+    local = names.topology.local_name(table)
+    engine = names.topology.distributed_engine(names.database, local, has_trace_id)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {names.qualified(table)}{names.on_cluster} AS {names.qualified(local)} "
+        f"ENGINE = {engine}"
+    ]
+
+
+def alter(names: SchemaNames, table: str, clause: str, *, columns: bool = False) -> list[str]:
+    """`ALTER TABLE ... clause` for a data table where its rows are stored; `columns`: a change of
+    its columns, made on its Distributed table too (indexes, projections, settings stay local)."""
+    statements = [f"ALTER TABLE {names.store(table)}{names.on_cluster} {clause}"]
+    if columns and names.topology.distributed:
+        statements.append(f"ALTER TABLE {names.qualified(table)}{names.on_cluster} {clause}")
+    return statements
+
+
+def delete_rows(names: SchemaNames, store_table: str, where: str) -> str:
+    """A lightweight DELETE of a data table's rows where they are stored (on every shard)."""
+    return f"DELETE FROM {store_table}{names.on_cluster} WHERE {where}"
 
 
 _VIEW_SELECTS = {"logs": logs_view_select, "traces": traces_view_select}
@@ -597,19 +658,20 @@ def ingest_objects(names: SchemaNames, signal: str) -> list[str]:
 
         return metrics_schema.ingest_objects(names)
     return [
-        f"CREATE TABLE IF NOT EXISTS {names.ingest_table(signal)} ({_INGEST_COLUMNS[signal]}) ENGINE = Null",
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view(signal)} TO {names.target(signal)} AS\n"
-        + _VIEW_SELECTS[signal](names.ingest_table(signal)),
+        f"CREATE TABLE IF NOT EXISTS {names.ingest_table(signal)}{names.on_cluster} "
+        f"({_INGEST_COLUMNS[signal]}) ENGINE = Null",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view(signal)}{names.on_cluster} "
+        f"TO {names.target(signal)} AS\n" + _VIEW_SELECTS[signal](names.ingest_table(signal)),
     ]
 
 
 def migrations_table(names: SchemaNames) -> str:
-    return f"""CREATE TABLE IF NOT EXISTS {names.migrations} (
+    return f"""CREATE TABLE IF NOT EXISTS {names.migrations}{names.on_cluster} (
     version UInt32,
     name String,
     applied_at DateTime64(3, 'UTC') DEFAULT now64(3),
     labtel_version String
-) ENGINE = MergeTree ORDER BY version"""
+) ENGINE = {names.topology.engine(state=True)} ORDER BY version"""
 
 
 def ttl_clause(column: str, seconds: int) -> str:

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from labtel.collector.otlp.records import Record
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import MADSCI_ARCHIVE
-from labtel.collector.storage.schema import NOT_EXPIRED
+from labtel.collector.storage.schema import NOT_EXPIRED, delete_rows
 from labtel.query_api.compat.ingest import EventWriter
 from labtel.query_api.compat.madsci import SCOPE, SERVICE, to_madsci, to_record
 from labtel.query_api.events import EVENT_COLUMNS, EventFilter, get_event, list_events, row_to_event
@@ -201,7 +201,8 @@ class MadsciStore:
         params = {"cutoff": time.time_ns() - older_than_days * DAY_NS}
         count = int(self.storage.command(f"SELECT count() FROM ({old})", parameters=params))
         if count:
-            self.storage.command(f"DELETE FROM {self.storage.names.logs} WHERE EventId IN ({old})", parameters=params)
+            names = self.storage.names
+            self.storage.command(delete_rows(names, names.logs_store, f"EventId IN ({old})"), parameters=params)
             self.storage.command(f"DELETE FROM {self.archive} WHERE EventId IN ({old})", parameters=params)
         return count
 

@@ -1,0 +1,121 @@
+"""Collectors starting at once: one applies each migration, the others wait and find it applied.
+
+The embedded store belongs to one process, so the racing collectors are two storage clients in one
+process, each with its own pool of chDB handles, on one store and one database."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labtel.collector.storage import migration_lock, migrations
+from labtel.collector.storage.client import Storage, StorageError, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+
+
+class RecordingStorage(Storage):
+    """A Storage that keeps every statement it ran, to tell which client applied what."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.statements: list[str] = []
+
+    def command(
+        self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> Any:
+        self.statements.append(sql)
+        return super().command(sql, parameters, settings)
+
+
+def _store(chdb_path: Path, database: str) -> RecordingStorage:
+    return RecordingStorage(parse_endpoint(f"chdb://{chdb_path}"), SchemaNames(database))
+
+
+def test_two_collectors_racing_apply_each_migration_exactly_once(chdb_path: Path) -> None:
+    database = f"race_{uuid.uuid4().hex[:10]}"
+    first, second = _store(chdb_path, database), _store(chdb_path, database)
+    start = threading.Barrier(2)
+    reports: dict[str, migrations.MigrationReport] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, store: Storage) -> None:
+        try:
+            start.wait()
+            reports[name] = migrations.migrate(store)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("first", first), ("second", second))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        applied = {name: [m.version for m in report.applied] for name, report in reports.items()}
+        every = [m.version for m in migrations.MIGRATIONS]
+        assert sorted(applied["first"] + applied["second"]) == every  # each once, by one of them
+        assert [] in applied.values()  # the other waited, then found them applied
+        assert {r.current_version for r in reports.values()} == {migrations.latest_version()}
+        rows = first.rows(f"SELECT count() AS n, uniqExact(version) AS versions FROM {first.names.migrations}")
+        assert rows == [{"n": len(every), "versions": len(every)}]
+        # the DDL of a migration ran on one client only
+        for marker in (
+            "ADD INDEX IF NOT EXISTS idx_body_text",
+            "CREATE TABLE IF NOT EXISTS `" + database + "`.`otel_logs`",
+        ):
+            ran = [store for store in (first, second) if any(marker in s for s in store.statements)]
+            assert len(ran) == 1, marker
+        assert (
+            first.command(
+                "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                parameters={"db": database, "t": migration_lock.LOCK_TABLE},
+            )
+            == 0
+        )  # released
+    finally:
+        first.command(f"DROP DATABASE IF EXISTS `{database}`")
+        first.close()
+        second.close()
+
+
+def test_a_lock_left_by_a_dead_collector_is_broken_after_its_lease(
+    chdb_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store(chdb_path, f"stale_{uuid.uuid4().hex[:10]}")
+    try:
+        store.command(f"CREATE DATABASE `{store.names.database}`")
+        assert migration_lock.try_acquire(store, "dead-host:4242:abc")
+        holder = migration_lock.holder_of(store)
+        assert holder is not None
+        assert holder[0] == "dead-host:4242:abc"
+        with caplog.at_level(logging.WARNING, logger="labtel.collector.storage.migration_lock"):
+            report = migrations.migrate(store, lease=timedelta(0))
+        assert report.current_version == migrations.latest_version()
+        assert "breaking the migration lock of dead-host:4242:abc" in caplog.text
+        assert migration_lock.holder_of(store) is None
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+        store.close()
+
+
+def test_a_collector_that_cannot_get_the_lock_in_time_says_who_holds_it(chdb_path: Path) -> None:
+    store = _store(chdb_path, f"held_{uuid.uuid4().hex[:10]}")
+    try:
+        store.command(f"CREATE DATABASE `{store.names.database}`")
+        assert migration_lock.try_acquire(store, "busy-host:1:xyz")
+        assert not migration_lock.try_acquire(store, "someone-else")
+        with pytest.raises(StorageError, match=r"migration lock held by busy-host:1:xyz"):
+            migrations.migrate(store, lease=timedelta(hours=1), wait=timedelta(seconds=0.3))
+        assert migrations.applied_versions(store) == set()
+        migration_lock.release(store)
+        assert migrations.migrate(store).current_version == migrations.latest_version()
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+        store.close()
