@@ -15,7 +15,7 @@ from uuid import UUID
 import orjson
 
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.schema import NOT_EXPIRED
+from labtel.collector.storage.schema import LOGS_TIME_BUCKET, NOT_EXPIRED
 from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns
 from labtel.query_api.selector import translate
@@ -154,8 +154,14 @@ def row_to_event(row: dict[str, Any]) -> Event:
 
 
 FIRST_WINDOW_NS = 3600 * 1_000_000_000
-"""The span of time a page is first looked for in; each further look spans WINDOW_GROWTH times more."""
+"""The span of time a page is first looked for in; the next look spans WINDOW_GROWTH times more."""
 WINDOW_GROWTH = 8
+WINDOWED_LOOKS = 2
+"""Looks in windows of time before the rest of the range is read at once, in the table's key order."""
+PAGE_SETTINGS = {"use_top_k_dynamic_filtering": 0}
+"""ClickHouse's dynamic top-K filter (26.x) puts the `ORDER BY … LIMIT` threshold in PREWHERE ahead
+of the page's own conditions, so their columns are read for every row of the range: a selector on
+an attribute over 30 days took 8× as long with it (bench/query.py)."""
 
 
 def time_extent(storage: Storage) -> tuple[int, int] | None:
@@ -198,24 +204,35 @@ def list_events(
         return [], None
     lo = extent[0] if lo is None else max(lo, extent[0])
     hi = extent[1] + 1 if hi is None else min(hi, extent[1] + 1)
-    sql = (
+    select = (
         f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} "
         "AND Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64}) "
-        "AND Timestamp < fromUnixTimestamp64Nano({window_hi:Int64}) "
-        f"ORDER BY Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
+        "AND Timestamp < fromUnixTimestamp64Nano({window_hi:Int64}) ORDER BY "
     )
+    by_time = f"Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
+    in_key_order = f"{LOGS_TIME_BUCKET} {direction}, {by_time}"
+    settings = storage.supported(PAGE_SETTINGS)
     rows: list[dict[str, Any]] = []
     # Words and trace ids are looked up in indexes that skip what cannot match: one look is enough.
-    width = hi - lo if (flt.tokens or flt.trace_id) else FIRST_WINDOW_NS
+    indexed = bool(flt.tokens or flt.trace_id)
+    width, looks = FIRST_WINDOW_NS, 0
     while lo < hi and len(rows) <= limit:
-        window = (lo, min(hi, lo + width)) if ascending else (max(lo, hi - width), hi)
+        # Recent pages are found in the first windows; after them, the rest of the range is read
+        # in the key's order, which stops as soon as the page is full (sparse matches).
+        if indexed or looks >= WINDOWED_LOOKS:
+            window, order = (lo, hi), by_time if indexed else in_key_order
+        elif ascending:
+            window, order = (lo, min(hi, lo + width)), by_time
+        else:
+            window, order = (max(lo, hi - width), hi), by_time
         params.update(window_lo=window[0], window_hi=window[1], limit=limit + 1 - len(rows))
-        rows += storage.rows(sql, parameters=params)
+        rows += storage.rows(select + order, parameters=params, settings=settings)
         if ascending:
             lo = window[1]
         else:
             hi = window[0]
         width *= WINDOW_GROWTH
+        looks += 1
     events = [row_to_event(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit and events:

@@ -4,7 +4,8 @@ The range is cut into time windows of at most `chunk_rows` events, planned from 
 per five minutes (the table's own key, so the count is cheap) and refined where a window holds
 more. Each window is one query, read while the previous one is being sent, so at most two
 windows are in memory whatever the size of the export. Rows come oldest first, ordered by
-(Timestamp, EventId) like the pages of `/events`.
+(Timestamp, EventId) like the pages of `/events`; ClickHouse reads each window in the table's key
+order and sorts only within five minutes (a full sort doubled the cost of a window).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import LOGS_TIME_BUCKET
 from labtel.query_api.events import EventFilter
 
 EXPORT_COLUMNS: list[tuple[str, str, str]] = [
@@ -147,7 +149,7 @@ def _window_sql(storage: Storage, where: str, fmt: str, limit: int | None) -> st
         f"SELECT {column_list(fmt)} FROM {storage.names.logs} WHERE {where}"
         " AND Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64})"
         " AND Timestamp < fromUnixTimestamp64Nano({window_hi:Int64})"
-        f" ORDER BY Timestamp, EventId{' LIMIT {window_limit:UInt64}' if limit is not None else ''} {_SETTINGS}"
+        f" ORDER BY {LOGS_TIME_BUCKET}, Timestamp, EventId{' LIMIT {window_limit:UInt64}' if limit is not None else ''} {_SETTINGS}"
     )
 
 

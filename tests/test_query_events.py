@@ -223,6 +223,37 @@ def test_pages_are_found_across_growing_windows_of_time(storage: Storage) -> Non
         assert [e["body"] for e in window.json()["events"]] == [f"age {a}" for a in ages_s[1:8]]
 
 
+def test_pages_read_in_key_order_keep_the_order_of_time_and_event_id(storage: Storage) -> None:
+    # Past the first windows a page is read in the table's key order (five minutes, service,
+    # time): events of several services at the same instants, ten days ago, must still page in
+    # (Timestamp, EventId) order, both ways, without repeats or gaps.
+    ten_days_ago = time.time_ns() - 240 * HOUR
+    for service in ("keyorder-b", "keyorder-a", "keyorder-c"):
+        records = [
+            log_record(f"{service} {i}", {"test.case": "keyorder"}, time_ns=ten_days_ago + (i % 4) * 1_000_000_000)
+            for i in range(12)
+        ]
+        insert(storage, records, service=service)
+    stored = storage.rows(
+        f"SELECT toString(EventId) AS id FROM {storage.names.logs} "
+        "WHERE LogAttributes['test.case'] = 'keyorder' ORDER BY Timestamp, EventId"
+    )
+    oldest_first = [row["id"] for row in stored]
+    assert len(oldest_first) == 36
+    with TestClient(create_app(storage)) as client:
+        for order, expected in (("asc", oldest_first), ("desc", oldest_first[::-1])):
+            seen: list[str] = []
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"attr.test.case": "keyorder", "limit": 7, "order": order}
+                page = client.get("/events", params=params | ({"cursor": cursor} if cursor else {})).json()
+                seen += [e["event_id"] for e in page["events"]]
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+            assert seen == expected, order
+
+
 def test_hourly_counts_come_from_the_projection_and_equal_counting_rows(storage: Storage) -> None:
     from zoneinfo import ZoneInfo
 

@@ -170,6 +170,7 @@ class Storage:
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self._closed = False
+        self._known_settings: frozenset[str] | None = None
         self._fault_file = os.environ.get("LABTEL_FAULT_INJECTION_FILE") or None
 
     @property
@@ -365,6 +366,14 @@ class Storage:
         with self.client() as client:
             data: bytes = client.raw_query(sql, parameters=parameters, settings=settings, fmt=fmt)
             return data
+
+    def supported(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The query settings of `settings` this ClickHouse knows: tuning settings of newer
+        versions are left out on older servers instead of failing the query."""
+        if self._known_settings is None:
+            rows = self.rows("SELECT name FROM system.settings")
+            self._known_settings = frozenset(row["name"] for row in rows)
+        return {name: value for name, value in settings.items() if name in self._known_settings}
 
     def ping(self) -> bool:
         """True when ClickHouse answers a trivial query."""
