@@ -263,3 +263,27 @@ def test_cli_query_commands_take_a_token(server: LabtelServer, monkeypatch: pyte
     assert "403" in wrong_scope.output
     from_env = runner.invoke(app, ["events", "--api", server.api, "--json"], env={"LABTEL_API_KEY": READ.token})
     assert from_env.exit_code == 0, from_env.output
+
+
+def test_madsci_event_client_with_a_key_on_its_session(server: LabtelServer, tmp_path: Path) -> None:
+    """madsci-client 0.8.1 has no API-key setting; its httpx session takes the header."""
+    from madsci.client.event_client import EventClient
+    from madsci.common.types.event_types import Event, EventType
+
+    client = EventClient(
+        name="labtel-auth-test", event_server_url=f"{server.api}/madsci/", log_dir=str(tmp_path), fail_on_error=True
+    )
+    try:
+        client.session.headers["Authorization"] = f"Bearer {SLOW.token}"  # ingest + read
+        event = Event(event_type=EventType.NODE_STATUS_UPDATE, event_data={"state": "keyed"})
+        client.log(event)
+        wait_for(lambda: server.all_events(**{"attr.lab.event.id": event.event_id}), what="the MADSci event")
+        back = client.get_event(event.event_id)
+        assert back is not None
+        assert back.event_data == {"state": "keyed"}
+        client.session.headers.pop("Authorization")
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            client.get_event(event.event_id)
+        assert refused.value.response.status_code == 401
+    finally:
+        client.close()
