@@ -9,6 +9,7 @@ the same time whatever matches.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -110,13 +111,16 @@ class AuthError(Exception):
 
 class Authenticator:
     """Checks bearer tokens against the configured keys. Successful and failed checks of
-    KDF-hashed keys are remembered (by the token's SHA-256) so a slow KDF runs once per token."""
+    KDF-hashed keys are remembered (by the token's SHA-256) so a slow KDF runs once per token;
+    the servers run uncached KDF checks one at a time off the event loop (`authorize_async`),
+    so a flood of made-up tokens cannot stall requests with known ones."""
 
     def __init__(self, name: str, keys: list[ApiKey]) -> None:
         self.name = name
         self.keys = list(keys)
         self._slow = any(not key.hash.startswith("sha256:") for key in keys)
         self._cache: OrderedDict[str, ApiKey | None] = OrderedDict()
+        self._kdf_turn = asyncio.Semaphore(1)
 
     def identify(self, token: str) -> ApiKey | None:
         """The key whose token this is, or None."""
@@ -136,15 +140,31 @@ class Authenticator:
 
     def authorize(self, authorization: str | None, scope: Scope) -> ApiKey:
         """The key of an `Authorization: Bearer <token>` value if it grants `scope`; else AuthError."""
-        token = bearer_token(authorization)
-        if token is None:
-            raise AuthError(401, "an API key is required: send 'Authorization: Bearer <token>'")
-        key = self.identify(token)
-        if key is None:
-            raise AuthError(401, "the API key is not valid: no configured key has this token")
-        if not key.allows(scope):
-            raise AuthError(403, f"the API key {key.name!r} lacks the {scope!r} scope")
-        return key
+        return _granted(self.identify(_required_token(authorization)), scope)
+
+    async def authorize_async(self, authorization: str | None, scope: Scope) -> ApiKey:
+        """`authorize` for servers: a KDF check not cached yet runs in a thread, one at a time."""
+        token = _required_token(authorization)
+        if not self._slow or sha256_hex(token) in self._cache:
+            return _granted(self.identify(token), scope)
+        async with self._kdf_turn:
+            key = await asyncio.to_thread(self.identify, token)
+        return _granted(key, scope)
+
+
+def _required_token(authorization: str | None) -> str:
+    token = bearer_token(authorization)
+    if token is None:
+        raise AuthError(401, "an API key is required: send 'Authorization: Bearer <token>'")
+    return token
+
+
+def _granted(key: ApiKey | None, scope: Scope) -> ApiKey:
+    if key is None:
+        raise AuthError(401, "the API key is not valid: no configured key has this token")
+    if not key.allows(scope):
+        raise AuthError(403, f"the API key {key.name!r} lacks the {scope!r} scope")
+    return key
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -22,6 +22,7 @@ from labtel.collector.component import (
     Verdict,
 )
 from labtel.collector.config import (
+    AuthSettings,
     BatchProcessorConfig,
     ClickHouseExporterConfig,
     CollectorConfig,
@@ -145,7 +146,19 @@ class Service:
         self.logs_entries: dict[str, tuple[list[str], Consumer]] = {}
         """Each logs pipeline's entry and exporters: the compatibility routes write through one."""
         self._started: list[Lifecycle] = []
+        self._authenticators: dict[str, Authenticator] = {}
         self._build(extensions, base_dir)
+
+    def _authenticator(self, settings: AuthSettings | None) -> Authenticator | None:
+        """The one checker (and cache) of the authenticator a listener names; None: open."""
+        if settings is None:
+            return None
+        name = settings.authenticator
+        if name not in self._authenticators:
+            found = self.config.authenticator(settings)
+            assert found is not None
+            self._authenticators[name] = found
+        return self._authenticators[name]
 
     # --- building ------------------------------------------------------------------------
 
@@ -198,10 +211,10 @@ class Service:
                 continue  # defined but in no pipeline, as the Collector does
             grpc_cfg, http_cfg = receiver_cfg.protocols.grpc, receiver_cfg.protocols.http
             if grpc_cfg is not None:
-                auth = cfg.authenticator(grpc_cfg.auth)
+                auth = self._authenticator(grpc_cfg.auth)
                 self.receivers.append(OTLPGrpcReceiver(receiver_id, grpc_cfg, consumers, auth))
             if http_cfg is not None:
-                auth = cfg.authenticator(http_cfg.auth)
+                auth = self._authenticator(http_cfg.auth)
                 self.receivers.append(OTLPHttpReceiver(receiver_id, http_cfg, consumers, auth))
         if self.exporters:  # the collector's own metrics go to the storage of its first pipeline
             first = next(iter(self.exporters.values()))
@@ -217,7 +230,7 @@ class Service:
                 storage = self._storage(ext.storage, cfg.storage_exporter(ext.storage), base_dir)
                 ingest = next((e for exps, e in self.logs_entries.values() if ext.storage in exps), None)
                 alerts = [a for a in self.alert_exporters.values() if a.config.storage == ext.storage]
-                auth = cfg.authenticator(ext.auth)
+                auth = self._authenticator(ext.auth)
                 extension = QueryApiExtension(extension_id, ext, storage, ingest, alerts, auth)
                 self.extensions.append(extension)
                 for exporter in alerts:

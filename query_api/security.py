@@ -78,7 +78,7 @@ async def authorize(
     if scope is None:
         return
     try:
-        key = authenticator.authorize(request.headers.get("authorization"), scope)
+        key = await authenticator.authorize_async(request.headers.get("authorization"), scope)
     except AuthError as error:
         headers = {"WWW-Authenticate": 'Bearer realm="labtel"'} if error.status == 401 else None
         raise HTTPException(error.status, error.message, headers=headers) from None

@@ -105,7 +105,7 @@ class HttpTransport:
                 timeout=self._timeout_s,
                 verify=self._verify,
             )
-        except requests.RequestException as error:
+        except (requests.RequestException, OSError) as error:  # OSError: e.g. an unreadable CA bundle
             raise SendError(str(error), retryable=True) from None
         if response.status_code != 200:
             raise SendError(

@@ -3,6 +3,7 @@ the scope of every query API route, loopback detection, `labtel keys`, the SDK's
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,29 @@ def test_the_sdk_sends_its_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert request_headers(resolve(SdkSettings(api_key="labtel_k"))) == {"authorization": "Bearer labtel_std"}
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/labtel/ca.pem")
     assert resolve(SdkSettings()).certificate_file == Path("/etc/labtel/ca.pem")
+
+
+async def test_kdf_checks_run_off_the_event_loop() -> None:
+    token = new_token()
+    auth = Authenticator("labtel_auth", [ApiKey("slow", hash_token(token, "pbkdf2", 200_000), frozenset({"read"}))])
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    running = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    before = ticks
+    results = await asyncio.gather(
+        auth.authorize_async(f"Bearer {token}", "read"),
+        *(auth.authorize_async(f"Bearer {new_token()}", "read") for _ in range(3)),
+        return_exceptions=True,
+    )
+    running.cancel()
+    assert isinstance(results[0], ApiKey)
+    assert all(isinstance(r, AuthError) and r.status == 401 for r in results[1:])
+    assert ticks - before > 5  # the loop kept running while four KDF checks ran
+    assert (await auth.authorize_async(f"Bearer {token}", "read")).name == "slow"  # cached now

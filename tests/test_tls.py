@@ -19,8 +19,10 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
+from labtel.sdk.settings import SdkSettings, resolve
+from labtel.sdk.transport import SendError, make_transport
 from tests.auth_helpers import Certificates, edit_config, make_certificates
-from tests.helpers import LabtelServer, wait_for, write_config
+from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config
 
 EVENTS = 25
 
@@ -109,3 +111,26 @@ def test_client_certificates_when_a_client_ca_is_set(
         httpx.get(url, verify=context, timeout=10)
     context.load_cert_chain(str(certificates.client_cert))
     assert httpx.get(url, verify=context, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_labtel_sdk_trusts_a_private_ca(
+    server: LabtelServer, certificates: Certificates, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")  # the SDK's own CA wins over it
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(certificates.ca))
+    address = server.grpc if protocol == "grpc" else server.listeners["OTLP/HTTP"]
+    settings = resolve(SdkSettings(endpoint=f"https://{address}", protocol=protocol))  # type: ignore[arg-type]
+    assert settings.certificate_file == certificates.ca
+    service = f"sdk-tls-{protocol}-{time.time_ns()}"
+    body = logs_request([log_record("sdk over TLS")], {"service.name": service}).SerializeToString()
+    transport = make_transport(protocol, settings.endpoint or "", {}, 10, settings.certificate_file)
+    transport.send(body)
+    transport.close()
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    untrusting = make_transport(protocol, f"https://{address}", {}, 5, None)  # the system's CAs
+    with pytest.raises(SendError):
+        untrusting.send(body)
+    untrusting.close()
+    assert wait_for(lambda: stored(server, certificates, service) == 1, what="the SDK's event")

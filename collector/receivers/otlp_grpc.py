@@ -92,7 +92,7 @@ class OTLPGrpcReceiver:
         assert self.authenticator is not None
         values = [str(v) for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
         try:
-            self.authenticator.authorize(values[0] if values else None, "ingest")
+            await self.authenticator.authorize_async(values[0] if values else None, "ingest")
         except AuthError as error:
             telemetry.record_export(signal.name, "grpc", 0, "unauthorized", started)
             code = grpc.StatusCode.UNAUTHENTICATED if error.status == 401 else grpc.StatusCode.PERMISSION_DENIED

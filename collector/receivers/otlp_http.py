@@ -105,11 +105,11 @@ class OTLPHttpReceiver:
         routes.append(Route("/metrics", self._metrics, methods=["GET"]))
         return Starlette(routes=routes)
 
-    def _authorize(self, request: Request, scope: Scope) -> None:
+    async def _authorize(self, request: Request, scope: Scope) -> None:
         if self.authenticator is None:
             return
         try:
-            self.authenticator.authorize(request.headers.get("authorization"), scope)
+            await self.authenticator.authorize_async(request.headers.get("authorization"), scope)
         except AuthError as error:
             if error.status == 401:
                 raise _HttpError(
@@ -119,7 +119,7 @@ class OTLPHttpReceiver:
 
     async def _metrics(self, request: Request) -> Response:
         try:
-            self._authorize(request, "read")
+            await self._authorize(request, "read")
         except _HttpError as error:
             return Response(error.message + "\n", error.status, error.headers, media_type="text/plain")
         return await metrics_endpoint(request)
@@ -131,7 +131,7 @@ class OTLPHttpReceiver:
             answer_type = JSON if media_type == JSON else PROTOBUF
             records = 0
             try:
-                self._authorize(request, "ingest")
+                await self._authorize(request, "ingest")
                 entry = self._consumers.get(signal.name)
                 if entry is None:
                     raise _HttpError(404, code_pb2.UNIMPLEMENTED, f"this collector has no {signal.name} pipeline")
