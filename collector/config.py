@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -92,17 +93,40 @@ class TLSServerSetting(StrictModel):
     client_ca_file: str = ""
 
     @model_validator(mode="after")
-    def _readable(self) -> TLSServerSetting:
+    def _loadable(self) -> TLSServerSetting:
         for key in ("cert_file", "key_file", "client_ca_file"):
             value = getattr(self, key)
             if value and not Path(value).expanduser().is_file():
                 raise ValueError(f"{key}: {value!r} is not a readable file")
+        cert, key_file, ca = self.paths()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cert, key_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(
+                f"cannot use cert_file {self.cert_file!r} with key_file {self.key_file!r}: {error} "
+                "(expected a PEM certificate chain and its PEM private key)"
+            ) from None
+        if ca:
+            try:
+                context.load_verify_locations(cafile=ca)
+            except (ssl.SSLError, OSError) as error:
+                raise ValueError(
+                    f"client_ca_file {self.client_ca_file!r} is not a PEM CA certificate: {error}"
+                ) from None
         return self
+
+    def paths(self) -> tuple[str, str, str]:
+        """The certificate, key and client CA file paths, `~` expanded ("" for no client CA)."""
+        cert, key, ca = (
+            str(Path(p).expanduser()) if p else "" for p in (self.cert_file, self.key_file, self.client_ca_file)
+        )
+        return cert, key, ca
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:
         """The certificate chain, the key and the client CA (None without one), as PEM bytes."""
-        ca = Path(self.client_ca_file).expanduser().read_bytes() if self.client_ca_file else None
-        return Path(self.cert_file).expanduser().read_bytes(), Path(self.key_file).expanduser().read_bytes(), ca
+        cert, key, ca = self.paths()
+        return Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes() if ca else None
 
 
 class GrpcServerConfig(_EndpointModel):

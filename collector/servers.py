@@ -76,9 +76,10 @@ class HttpServer:
         self.port = sockets[0].getsockname()[1]
         tls: dict[str, Any] = {}
         if self._tls is not None:
-            tls = {"ssl_certfile": self._tls.cert_file, "ssl_keyfile": self._tls.key_file}
-            if self._tls.client_ca_file:
-                tls |= {"ssl_ca_certs": self._tls.client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+            cert, key, client_ca = self._tls.paths()
+            tls = {"ssl_certfile": cert, "ssl_keyfile": key}
+            if client_ca:
+                tls |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
             self._app,
             lifespan="off",

@@ -28,6 +28,7 @@ from labtel.collector.config import ConfigError, parse_config
 from labtel.query_api.app import create_app
 from labtel.query_api.security import OPEN_ROUTES, ROUTE_SCOPES, required_scope
 from labtel.sdk.settings import SdkSettings, request_headers, resolve
+from tests.auth_helpers import make_certificates
 
 
 def test_tokens_and_hashes() -> None:
@@ -140,15 +141,30 @@ def test_bad_auth_configs_name_the_key(config: dict[str, Any], message: str) -> 
         parse_config(config)
 
 
-def test_tls_files_must_exist(tmp_path: Path) -> None:
-    cert = tmp_path / "cert.pem"
-    cert.write_text("x")
-    config = config_with([GOOD_KEY])
-    config["receivers"]["otlp"]["protocols"]["grpc"]["tls"] = {"cert_file": str(cert), "key_file": str(tmp_path / "no")}
-    with pytest.raises(
-        ConfigError, match=r"receivers\.otlp\.protocols\.grpc\.tls: .*key_file: .* is not a readable file"
-    ):
-        parse_config(config)
+def test_tls_files_must_exist_and_hold_a_certificate_and_its_key(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    cases = [
+        (
+            {"cert_file": str(certificates.cert), "key_file": str(tmp_path / "no")},
+            r"key_file: .* is not a readable file",
+        ),
+        ({"cert_file": str(garbage), "key_file": str(certificates.key)}, r"cannot use cert_file .*garbage\.pem"),
+        ({"cert_file": str(certificates.cert), "key_file": str(certificates.cert)}, r"cannot use cert_file"),
+        (
+            {"cert_file": str(certificates.cert), "key_file": str(certificates.key), "client_ca_file": str(garbage)},
+            r"client_ca_file .* is not a PEM CA certificate",
+        ),
+    ]
+    for tls, message in cases:
+        config = config_with([GOOD_KEY])
+        config["receivers"]["otlp"]["protocols"]["grpc"]["tls"] = tls
+        with pytest.raises(ConfigError, match=r"receivers\.otlp\.protocols\.grpc\.tls: " + message):
+            parse_config(config)
+    good = config_with([GOOD_KEY])
+    good["extensions"]["query_api"]["tls"] = {"cert_file": str(certificates.cert), "key_file": str(certificates.key)}
+    assert parse_config(good).extensions["query_api"].tls is not None  # type: ignore[union-attr]
 
 
 def test_every_route_has_a_scope(storage: Any) -> None:
