@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from labtel.cli import query
+from labtel.cli import keys, query
 from labtel.sdk import __version__
 
 app = typer.Typer(
@@ -84,7 +84,7 @@ async def _run_until_signalled(service, ready_file: Path | None, what: str) -> N
     )
     listening = {}
     for listener in service.listeners():
-        console.print(f"  {listener.kind:<10} listening on {listener.address}")
+        console.print(f"  {listener.kind:<10} listening on {listener.describe()}")
         listening[listener.kind] = listener.address
     console.print("  Press Ctrl-C to stop.")
     if ready_file is not None:
@@ -172,11 +172,12 @@ def api(
     if endpoint:
         ext = ext.model_copy(update={"endpoint": QueryApiConfig(endpoint=endpoint).endpoint})
     exporters = {name: e for name, e in cfg.exporters.items() if name == ext.storage} or cfg.exporters
+    auth = {ext.auth.authenticator: cfg.extensions[ext.auth.authenticator]} if ext.auth else {}
     api_only = cfg.model_copy(
         update={
-            "extensions": {"query_api": ext},
+            "extensions": {"query_api": ext, **auth},
             "exporters": exporters,
-            "service": cfg.service.model_copy(update={"extensions": ["query_api"], "pipelines": {}}),
+            "service": cfg.service.model_copy(update={"extensions": ["query_api", *auth], "pipelines": {}}),
         }
     )
     from labtel.collector.service import Service
@@ -294,6 +295,7 @@ def version() -> None:
 
 
 query.register(app)
+keys.register(app)
 
 
 def main() -> None:

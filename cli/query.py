@@ -29,6 +29,27 @@ ApiOption = Annotated[
     typer.Option("--api", envvar="LABTEL_API_URL", help="The query API (default: $LABTEL_API_URL or localhost:8000)"),
 ]
 DEFAULT_API = "http://localhost:8000"
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="LABTEL_API_KEY",
+        help="API key sent as 'Authorization: Bearer' (default: $LABTEL_API_KEY); needed when the API has auth",
+        show_default=False,
+    ),
+]
+session = requests.Session()
+"""The connection every command uses; `use_token` adds the API key to its headers. A private CA
+for HTTPS is taken from $REQUESTS_CA_BUNDLE, as requests does."""
+
+
+def use_token(token: str | None) -> None:
+    """Send `token` as `Authorization: Bearer <token>` with every request of this command."""
+    if token:
+        session.headers["Authorization"] = f"Bearer {token.strip()}"
+    else:
+        session.headers.pop("Authorization", None)
+
 
 # The filters of `/events`, `/events/stream` and `/export`, as options of every command that takes them.
 SinceOption = Annotated[str | None, typer.Option(help="Relative start: 15m, 24h, 7d")]
@@ -74,7 +95,7 @@ def _check(response: requests.Response) -> requests.Response:
 
 def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
     try:
-        return _check(requests.request(method, url, timeout=kwargs.pop("timeout", 60), **kwargs))
+        return _check(session.request(method, url, timeout=kwargs.pop("timeout", 60), **kwargs))
     except requests.ConnectionError:
         raise ApiError(
             f"cannot reach the query API at {url.split('/', 3)[:3][-1]}: is `labtel serve` running?"
@@ -158,7 +179,7 @@ def events_table(events: list[dict[str, Any]]) -> Table:
 
 def _sse(url: str, params: list[tuple[str, str]], last_id: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
     headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
-    with requests.get(url, params=params, headers=headers, stream=True, timeout=(10, 60)) as response:
+    with session.get(url, params=params, headers=headers, stream=True, timeout=(10, 60)) as response:
         _check(response)
         frame: dict[str, str] = {}
         for raw in response.iter_lines(decode_unicode=True):
@@ -193,6 +214,7 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
 
 def events(
     api: ApiOption = DEFAULT_API,
+    token: TokenOption = None,
     since: SinceOption = None,
     start: StartOption = None,
     end: EndOption = None,
@@ -208,6 +230,7 @@ def events(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
 ) -> None:
     """Show the latest events (a table, oldest at the top); --follow tails them live."""
+    use_token(token)
     base = _base(api)
     params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
     try:
@@ -241,6 +264,7 @@ def sql(
         str, typer.Argument(help="One SELECT over labtel's tables (otel_logs, otel_traces, ...); - reads stdin")
     ],
     api: ApiOption = DEFAULT_API,
+    token: TokenOption = None,
     fmt: Annotated[str, typer.Option("--format", "-F", help="table, json, csv, tsv, ndjson, parquet, arrow")] = "table",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result to this file")] = None,
     param: Annotated[
@@ -248,6 +272,7 @@ def sql(
     ] = None,
 ) -> None:
     """Run read-only SQL through the query API's sandbox (POST /sql)."""
+    use_token(token)
     text = sys.stdin.read() if query == "-" else query
     parameters = {}
     for item in param or []:
@@ -293,6 +318,7 @@ def _write(data: bytes, output: Path | None) -> None:
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (- for stdout)")],
     api: ApiOption = DEFAULT_API,
+    token: TokenOption = None,
     fmt: Annotated[str, typer.Option("--format", "-F", help="parquet, csv or ndjson")] = "parquet",
     since: SinceOption = None,
     start: StartOption = None,
@@ -307,13 +333,14 @@ def export(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many events (the oldest)")] = None,
 ) -> None:
     """Download events (GET /export) to a file, streamed: Parquet by default."""
+    use_token(token)
     params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
     params.append(("format", fmt))
     if limit:
         params.append(("limit", str(limit)))
     base = _base(api)
     try:
-        with requests.get(f"{base}/export", params=params, stream=True, timeout=(10, 600)) as response:
+        with session.get(f"{base}/export", params=params, stream=True, timeout=(10, 600)) as response:
             _check(response)
             if str(output) == "-":
                 _copy(response, sys.stdout.buffer, None)
@@ -369,6 +396,7 @@ def _hours(seconds: float) -> str:
 
 def utilization(
     api: ApiOption = DEFAULT_API,
+    token: TokenOption = None,
     range_: Annotated[str, typer.Option("--range", help="How far back from now: 24h, 7d, 30d")] = "7d",
     start: Annotated[str | None, typer.Option(help="Start (instead of --range)")] = None,
     end: Annotated[str | None, typer.Option(help="End (default: now)")] = None,
@@ -385,6 +413,7 @@ def utilization(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON answer")] = False,
 ) -> None:
     """How busy the instruments were (GET /utilization/...): per node, per period, sessions or users."""
+    use_token(token)
     chosen = report or ("periods" if bucket else "nodes")
     if chosen not in ("nodes", "periods", "sessions", "users"):
         raise typer.BadParameter(f"{chosen!r}: nodes, periods, sessions or users", param_hint="--report")

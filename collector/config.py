@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from labtel.collector.alerts.config import AlertsExporterConfig
+from labtel.collector.auth import ApiKey, Authenticator, HashFormatError, Scope, check_hash
 from labtel.collector.durations import Duration
 from labtel.collector.storage.topology import Topology, check_engine_name
 
@@ -76,11 +78,65 @@ class _EndpointModel(StrictModel):
         return parse_endpoint(self.endpoint)[1]
 
 
+class AuthSettings(StrictModel):
+    """`auth:` of a listener, as the Collector's configauth: the authenticator extension's id."""
+
+    authenticator: str
+
+
+class TLSServerSetting(StrictModel):
+    """`tls:` of a listener, with the Collector's configtls names: the server's certificate
+    chain and key (PEM), and optionally the CA that client certificates must be signed by
+    (then clients must present one: mutual TLS)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+
+    @model_validator(mode="after")
+    def _loadable(self) -> TLSServerSetting:
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            value = getattr(self, key)
+            if value and not Path(value).expanduser().is_file():
+                raise ValueError(f"{key}: {value!r} is not a readable file")
+        cert, key_file, ca = self.paths()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cert, key_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(
+                f"cannot use cert_file {self.cert_file!r} with key_file {self.key_file!r}: {error} "
+                "(expected a PEM certificate chain and its PEM private key)"
+            ) from None
+        if ca:
+            try:
+                context.load_verify_locations(cafile=ca)
+            except (ssl.SSLError, OSError) as error:
+                raise ValueError(
+                    f"client_ca_file {self.client_ca_file!r} is not a PEM CA certificate: {error}"
+                ) from None
+        return self
+
+    def paths(self) -> tuple[str, str, str]:
+        """The certificate, key and client CA file paths, `~` expanded ("" for no client CA)."""
+        cert, key, ca = (
+            str(Path(p).expanduser()) if p else "" for p in (self.cert_file, self.key_file, self.client_ca_file)
+        )
+        return cert, key, ca
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        """The certificate chain, the key and the client CA (None without one), as PEM bytes."""
+        cert, key, ca = self.paths()
+        return Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes() if ca else None
+
+
 class GrpcServerConfig(_EndpointModel):
     """OTLP/gRPC listener."""
 
     endpoint: str = "localhost:4317"
     max_recv_msg_size_mib: float = Field(4.0, gt=0)
+    auth: AuthSettings | None = None
+    tls: TLSServerSetting | None = None
 
 
 class HttpServerConfig(_EndpointModel):
@@ -88,6 +144,8 @@ class HttpServerConfig(_EndpointModel):
 
     endpoint: str = "localhost:4318"
     max_request_body_size: int = Field(20 * 1024 * 1024, gt=0)
+    auth: AuthSettings | None = None
+    tls: TLSServerSetting | None = None
 
 
 class OTLPProtocols(StrictModel):
@@ -385,6 +443,46 @@ class QueryApiConfig(_EndpointModel):
     sql: SqlSandboxConfig = SqlSandboxConfig()
     export: ExportConfig = ExportConfig()
     compat: CompatConfig = CompatConfig()
+    auth: AuthSettings | None = None
+    tls: TLSServerSetting | None = None
+
+
+class ApiKeyConfig(StrictModel):
+    """One key of the `labtel_auth` extension: a name, the token's hash (never the token) and
+    its scopes. `labtel keys create` makes one."""
+
+    name: str = Field(min_length=1)
+    hash: str
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("hash")
+    @classmethod
+    def _check_hash(cls, value: str) -> str:
+        try:
+            return check_hash(value.strip())
+        except HashFormatError as error:
+            raise ValueError(str(error)) from None
+
+
+class AuthExtensionConfig(StrictModel):
+    """The `labtel_auth` extension: bearer-token API keys with scopes (ingest, read, sql, admin),
+    referenced by listeners as `auth: {authenticator: labtel_auth}`."""
+
+    keys: list[ApiKeyConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AuthExtensionConfig:
+        names = [key.name for key in self.keys]
+        hashes = [key.hash for key in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("every key needs a name of its own")
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two keys have the same hash")
+        return self
+
+    def authenticator(self, name: str) -> Authenticator:
+        """The runtime checker of these keys."""
+        return Authenticator(name, [ApiKey(k.name, k.hash, frozenset(k.scopes)) for k in self.keys])
 
 
 class FileStorageConfig(StrictModel):
@@ -418,7 +516,7 @@ COMPONENT_TYPES: dict[str, dict[str, type[BaseModel]]] = {
     "receivers": {"otlp": OTLPReceiverConfig},
     "processors": {"batch": BatchProcessorConfig},
     "exporters": {"clickhouse": ClickHouseExporterConfig, "alerts": AlertsExporterConfig},
-    "extensions": {"query_api": QueryApiConfig, "file_storage": FileStorageConfig},
+    "extensions": {"query_api": QueryApiConfig, "file_storage": FileStorageConfig, "labtel_auth": AuthExtensionConfig},
 }
 SIGNALS = ("logs", "traces", "metrics")
 
@@ -429,8 +527,16 @@ class CollectorConfig(StrictModel):
     receivers: dict[str, OTLPReceiverConfig]
     processors: dict[str, BatchProcessorConfig] = {}
     exporters: dict[str, ClickHouseExporterConfig | AlertsExporterConfig]
-    extensions: dict[str, QueryApiConfig | FileStorageConfig] = {}
+    extensions: dict[str, QueryApiConfig | FileStorageConfig | AuthExtensionConfig] = {}
     service: ServiceConfig
+
+    def authenticator(self, settings: AuthSettings | None) -> Authenticator | None:
+        """The checker a listener's `auth:` names (None: the listener is open)."""
+        if settings is None:
+            return None
+        found = self.extensions[settings.authenticator]
+        assert isinstance(found, AuthExtensionConfig)
+        return found.authenticator(settings.authenticator)
 
     def query_apis(self) -> dict[str, QueryApiConfig]:
         return {k: v for k, v in self.extensions.items() if isinstance(v, QueryApiConfig)}
@@ -590,7 +696,15 @@ def parse_config(raw: Any) -> CollectorConfig:
                 f"exporters.{exporter_id}.sending_queue.storage: {reference!r} is not a file_storage extension"
             )
     endpoints: dict[tuple[str, int], str] = {}
-    for path, endpoint in _listeners(sections):
+    for path, endpoint, auth in _listeners(sections):
+        if auth is not None:
+            extension = sections["extensions"].get(auth.authenticator)
+            if not isinstance(extension, AuthExtensionConfig):
+                raise ConfigError(
+                    f"{path}.auth.authenticator: {auth.authenticator!r} is not a labtel_auth extension under 'extensions'"
+                )
+            if auth.authenticator not in service.extensions:
+                raise ConfigError(f"{path}.auth.authenticator: list {auth.authenticator!r} in service.extensions")
         host, port = parse_endpoint(endpoint)
         if port and (host, port) in endpoints:
             raise ConfigError(f"{path}.endpoint: port {port} is already used by {endpoints[(host, port)]}")
@@ -617,17 +731,17 @@ def _check_alerts_exporter(
             raise ConfigError(f"{where}: {exporter_id!r} needs a clickhouse exporter in the same pipeline")
 
 
-def _listeners(sections: dict[str, dict[str, BaseModel]]) -> list[tuple[str, str]]:
+def _listeners(sections: dict[str, dict[str, BaseModel]]) -> list[tuple[str, str, AuthSettings | None]]:
     found = []
     for name, receiver in sections["receivers"].items():
         assert isinstance(receiver, OTLPReceiverConfig)
         for proto in ("grpc", "http"):
             server = getattr(receiver.protocols, proto)
             if server is not None:
-                found.append((f"receivers.{name}.protocols.{proto}", server.endpoint))
+                found.append((f"receivers.{name}.protocols.{proto}", server.endpoint, server.auth))
     for name, extension in sections["extensions"].items():
         if isinstance(extension, QueryApiConfig):
-            found.append((f"extensions.{name}", extension.endpoint))
+            found.append((f"extensions.{name}", extension.endpoint, extension.auth))
     return found
 
 

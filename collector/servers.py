@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+
+from labtel.collector.config import TLSServerSetting
 
 
 class _Server(uvicorn.Server):
@@ -56,10 +59,12 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
 
 
 class HttpServer:
-    """An ASGI app served by uvicorn on pre-bound sockets."""
+    """An ASGI app served by uvicorn on pre-bound sockets; HTTPS when `tls` is given (with
+    `client_ca_file`, clients must present a certificate that CA signed)."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, tls: TLSServerSetting | None = None) -> None:
         self._app = app
+        self._tls = tls
         self._host = host
         self._requested_port = port
         self._server: _Server | None = None
@@ -69,6 +74,12 @@ class HttpServer:
     async def start(self) -> None:
         sockets = bind_sockets(self._host, self._requested_port)
         self.port = sockets[0].getsockname()[1]
+        tls: dict[str, Any] = {}
+        if self._tls is not None:
+            cert, key, client_ca = self._tls.paths()
+            tls = {"ssl_certfile": cert, "ssl_keyfile": key}
+            if client_ca:
+                tls |= {"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
         config = uvicorn.Config(
             self._app,
             lifespan="off",
@@ -77,6 +88,7 @@ class HttpServer:
             timeout_graceful_shutdown=5,
             limit_concurrency=None,
             backlog=2048,
+            **tls,
         )
         self._server = _Server(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=sockets))

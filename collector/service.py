@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labtel.collector.alerts.config import AlertsExporterConfig
+from labtel.collector.auth import Authenticator, is_loopback
 from labtel.collector.component import (
     BatchConsumer,
     Consumer,
@@ -21,6 +22,7 @@ from labtel.collector.component import (
     Verdict,
 )
 from labtel.collector.config import (
+    AuthSettings,
     BatchProcessorConfig,
     ClickHouseExporterConfig,
     CollectorConfig,
@@ -92,12 +94,16 @@ class QueryApiExtension:
         storage: Storage,
         ingest: Consumer | None = None,
         alerts: Sequence[AlertsExporter] = (),
+        authenticator: Authenticator | None = None,
     ) -> None:
         from labtel.query_api.app import create_app  # the API is optional for a bare collector
 
         self.name = name
+        self.config = config
+        self.authenticator = authenticator
         self._host = config.host
-        self._server = HttpServer(create_app(storage, config, ingest, alerts=alerts), config.host, config.port)
+        app = create_app(storage, config, ingest, alerts=alerts, authenticator=authenticator)
+        self._server = HttpServer(app, config.host, config.port, config.tls)
 
     async def start(self) -> None:
         await self._server.start()
@@ -116,6 +122,13 @@ class Listener:
 
     kind: str
     address: str
+    tls: bool = False
+    authenticator: str | None = None
+
+    def describe(self) -> str:
+        """`address (TLS, auth: name)` for the start-up banner."""
+        notes = (["TLS"] if self.tls else []) + [f"auth: {self.authenticator}" if self.authenticator else "no auth"]
+        return f"{self.address} ({', '.join(notes)})"
 
 
 class Service:
@@ -133,7 +146,19 @@ class Service:
         self.logs_entries: dict[str, tuple[list[str], Consumer]] = {}
         """Each logs pipeline's entry and exporters: the compatibility routes write through one."""
         self._started: list[Lifecycle] = []
+        self._authenticators: dict[str, Authenticator] = {}
         self._build(extensions, base_dir)
+
+    def _authenticator(self, settings: AuthSettings | None) -> Authenticator | None:
+        """The one checker (and cache) of the authenticator a listener names; None: open."""
+        if settings is None:
+            return None
+        name = settings.authenticator
+        if name not in self._authenticators:
+            found = self.config.authenticator(settings)
+            assert found is not None
+            self._authenticators[name] = found
+        return self._authenticators[name]
 
     # --- building ------------------------------------------------------------------------
 
@@ -184,10 +209,13 @@ class Service:
             }
             if not consumers:
                 continue  # defined but in no pipeline, as the Collector does
-            if receiver_cfg.protocols.grpc is not None:
-                self.receivers.append(OTLPGrpcReceiver(receiver_id, receiver_cfg.protocols.grpc, consumers))
-            if receiver_cfg.protocols.http is not None:
-                self.receivers.append(OTLPHttpReceiver(receiver_id, receiver_cfg.protocols.http, consumers))
+            grpc_cfg, http_cfg = receiver_cfg.protocols.grpc, receiver_cfg.protocols.http
+            if grpc_cfg is not None:
+                auth = self._authenticator(grpc_cfg.auth)
+                self.receivers.append(OTLPGrpcReceiver(receiver_id, grpc_cfg, consumers, auth))
+            if http_cfg is not None:
+                auth = self._authenticator(http_cfg.auth)
+                self.receivers.append(OTLPHttpReceiver(receiver_id, http_cfg, consumers, auth))
         if self.exporters:  # the collector's own metrics go to the storage of its first pipeline
             first = next(iter(self.exporters.values()))
             self.self_metrics = SelfMetrics.from_settings(first.storage, cfg.service.telemetry.metrics)
@@ -202,7 +230,8 @@ class Service:
                 storage = self._storage(ext.storage, cfg.storage_exporter(ext.storage), base_dir)
                 ingest = next((e for exps, e in self.logs_entries.values() if ext.storage in exps), None)
                 alerts = [a for a in self.alert_exporters.values() if a.config.storage == ext.storage]
-                extension = QueryApiExtension(extension_id, ext, storage, ingest, alerts)
+                auth = self._authenticator(ext.auth)
+                extension = QueryApiExtension(extension_id, ext, storage, ingest, alerts, auth)
                 self.extensions.append(extension)
                 for exporter in alerts:
                     exporter.set_api_url(_api_url(ext, extension))
@@ -252,6 +281,22 @@ class Service:
         except BaseException:
             await self.shutdown()
             raise
+        for warning in self.open_listener_warnings():
+            log.warning(warning)
+
+    def open_listener_warnings(self) -> list[str]:
+        """A warning for each listener reachable from other machines without an authenticator."""
+        found = []
+        listeners = [(r.name, r.config.host, r.config.endpoint, r.authenticator) for r in self.receivers]
+        listeners += [(e.name, e.config.host, e.config.endpoint, e.authenticator) for e in self.extensions]
+        for name, host, endpoint, authenticator in listeners:
+            if authenticator is None and not is_loopback(host):
+                found.append(
+                    f"SECURITY: {name} listens on {endpoint}, a non-loopback address, WITHOUT AUTHENTICATION: "
+                    "anyone who can reach it can send or read data. Configure a labtel_auth extension and "
+                    '`auth: {authenticator: labtel_auth}` on the listener (README "Security"), or listen on localhost.'
+                )
+        return found
 
     async def shutdown(self) -> None:
         """Stop accepting, store what was accepted, release storage."""
@@ -268,8 +313,11 @@ class Service:
         found = []
         for receiver in self.receivers:
             kind = "OTLP/gRPC" if isinstance(receiver, OTLPGrpcReceiver) else "OTLP/HTTP"
-            found.append(Listener(kind, receiver.address))
-        found.extend(Listener("query API", e.address) for e in self.extensions)
+            auth = receiver.authenticator.name if receiver.authenticator else None
+            found.append(Listener(kind, receiver.address, receiver.config.tls is not None, auth))
+        for e in self.extensions:
+            auth = e.authenticator.name if e.authenticator else None
+            found.append(Listener("query API", e.address, e.config.tls is not None, auth))
         return found
 
     def storage_description(self) -> str:
@@ -278,7 +326,8 @@ class Service:
 
 def _api_url(config: QueryApiConfig, extension: QueryApiExtension) -> Callable[[], str]:
     """The query API's address for links: its `public_url`, else where it listens."""
-    return lambda: config.public_url.rstrip("/") or f"http://{extension.address}"
+    scheme = "https" if config.tls is not None else "http"
+    return lambda: config.public_url.rstrip("/") or f"{scheme}://{extension.address}"
 
 
 def embedded_endpoint(data_dir: Path) -> str:

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from labtel.collector.auth import Authenticator
 from labtel.collector.component import Consumer
 from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
-from labtel.query_api import errors
+from labtel.query_api import errors, security
 from labtel.query_api.compat import install as install_compat
 from labtel.query_api.routes import alerts as alerts_routes
 from labtel.query_api.routes import (
@@ -41,11 +42,13 @@ def create_app(
     config: QueryApiConfig | None = None,
     ingest: Consumer | None = None,
     alerts: Sequence[AlertsExporter] = (),
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
     """A query API reading `storage`, with the limits of the `query_api` extension's `config`;
     the compatibility routes write through `ingest` (the logs pipeline) when given, else into
     storage; `alerts` are the running alerts exporters whose rules and notifiers `/alerts/*` show
-    and test."""
+    and test; with `authenticator`, every route but health needs an API key with its scope
+    (`query_api/security.py`)."""
     config = config or QueryApiConfig()
     app = FastAPI(title="labtel query API", version=__version__, description=DESCRIPTION)
     app.state.storage = storage
@@ -62,6 +65,7 @@ def create_app(
         ),
     )
     errors.install(app)
+    security.install(app, authenticator)
     # stream before events: /events/stream must not be read as /events/{event_id}
     for router in (
         health.router,

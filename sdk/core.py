@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from labtel.sdk import resource as resource_detection
 from labtel.sdk._version import __version__
 from labtel.sdk.pipeline import FlushResult, Pipeline
-from labtel.sdk.settings import SdkSettings, parse_headers, resolve
+from labtel.sdk.settings import SdkSettings, request_headers, resolve
 from labtel.sdk.transport import make_transport
 
 log = logging.getLogger("labtel.sdk")
@@ -88,8 +88,8 @@ def configure(
 
     Arguments override `LABTEL_*` environment variables, which override the standard `OTEL_*`
     ones (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
-    OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS). Other options: level, console,
-    headers, timeout_s, batch_max_records, batch_interval_s, queue_max_records, spool_dir,
+    OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_CERTIFICATE). Other
+    options: level, console, headers, api_key (LABTEL_API_KEY), certificate_file, timeout_s, batch_max_records, batch_interval_s, queue_max_records, spool_dir,
     spool_max_bytes, metrics_interval_s, traces, metrics. Calling it again replaces the setup
     (what the previous one had queued is delivered first).
     """
@@ -109,12 +109,12 @@ def _build(settings: SdkSettings, extra_resource: dict[str, Any]) -> Sdk:
     assert settings.endpoint is not None
     assert settings.protocol is not None
     attributes = resource_detection.detect(settings.service_name, settings.lab_name, extra_resource)
-    headers = parse_headers(settings.headers)
-    protocol, endpoint = settings.protocol, settings.endpoint
+    headers = request_headers(settings)
+    protocol, endpoint, certificate = settings.protocol, settings.endpoint, settings.certificate_file
     spool = settings.spool_dir or _default_spool_dir(settings.service_name)
     pipeline = Pipeline(
         attributes,
-        lambda: make_transport(protocol, endpoint, headers, settings.timeout_s),
+        lambda: make_transport(protocol, endpoint, headers, settings.timeout_s, certificate),
         spool,
         settings.spool_max_bytes,
         batch_max_records=settings.batch_max_records,
@@ -125,9 +125,11 @@ def _build(settings: SdkSettings, extra_resource: dict[str, Any]) -> Sdk:
     sdk = Sdk(settings, attributes, pipeline, SEVERITY_OF_LEVEL.get(level, 5))
     otel_resource = Resource.create({k: v for k, v in attributes.items() if isinstance(v, (str, int, float, bool))})
     if settings.traces:
-        sdk.tracer_provider = _tracer_provider(otel_resource, protocol, endpoint, headers)
+        sdk.tracer_provider = _tracer_provider(otel_resource, protocol, endpoint, headers, certificate)
     if settings.metrics:
-        sdk.meter_provider = _meter_provider(otel_resource, protocol, endpoint, headers, settings.metrics_interval_s)
+        sdk.meter_provider = _meter_provider(
+            otel_resource, protocol, endpoint, headers, settings.metrics_interval_s, certificate
+        )
     return sdk
 
 
@@ -137,15 +139,35 @@ def _default_spool_dir(service_name: str) -> Path:
     return cache / "labtel" / "spool" / safe
 
 
-def _tracer_provider(resource: Resource, protocol: str, endpoint: str, headers: dict[str, str]) -> TracerProvider:
+def _grpc_credentials(endpoint: str, certificate: Path | None) -> Any:
+    """TLS credentials trusting `certificate` for an https:// endpoint; None otherwise."""
+    if certificate is None or not endpoint.startswith("https"):
+        return None
+    import grpc
+
+    return grpc.ssl_channel_credentials(root_certificates=certificate.read_bytes())
+
+
+def _tracer_provider(
+    resource: Resource, protocol: str, endpoint: str, headers: dict[str, str], certificate: Path | None = None
+) -> TracerProvider:
     if protocol == "http":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-        exporter: Any = HttpSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces", headers=headers)
+        exporter: Any = HttpSpanExporter(
+            endpoint=endpoint.rstrip("/") + "/v1/traces",
+            headers=headers,
+            certificate_file=str(certificate) if certificate else None,
+        )
     else:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
-        exporter = GrpcSpanExporter(endpoint=endpoint, insecure=not endpoint.startswith("https"), headers=headers)
+        exporter = GrpcSpanExporter(
+            endpoint=endpoint,
+            insecure=not endpoint.startswith("https"),
+            headers=headers,
+            credentials=_grpc_credentials(endpoint, certificate),
+        )
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
@@ -154,16 +176,30 @@ def _tracer_provider(resource: Resource, protocol: str, endpoint: str, headers: 
 
 
 def _meter_provider(
-    resource: Resource, protocol: str, endpoint: str, headers: dict[str, str], interval_s: float
+    resource: Resource,
+    protocol: str,
+    endpoint: str,
+    headers: dict[str, str],
+    interval_s: float,
+    certificate: Path | None = None,
 ) -> MeterProvider:
     if protocol == "http":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
-        exporter: Any = HttpMetricExporter(endpoint=endpoint.rstrip("/") + "/v1/metrics", headers=headers)
+        exporter: Any = HttpMetricExporter(
+            endpoint=endpoint.rstrip("/") + "/v1/metrics",
+            headers=headers,
+            certificate_file=str(certificate) if certificate else None,
+        )
     else:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
-        exporter = GrpcMetricExporter(endpoint=endpoint, insecure=not endpoint.startswith("https"), headers=headers)
+        exporter = GrpcMetricExporter(
+            endpoint=endpoint,
+            insecure=not endpoint.startswith("https"),
+            headers=headers,
+            credentials=_grpc_credentials(endpoint, certificate),
+        )
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=int(interval_s * 1000))
     provider = MeterProvider(resource=resource, metric_readers=[reader])
     if not isinstance(metrics.get_meter_provider(), MeterProvider):

@@ -26,6 +26,12 @@ class SdkSettings(BaseSettings):
     level: str = Field("debug", description="Lowest level sent: debug, info, warning, error, critical")
     console: bool = Field(False, description="Also print events to stderr")
     headers: str | None = Field(None, description="Extra request headers: k=v,k=v (e.g. authorization)")
+    api_key: str | None = Field(
+        None, description="API key of the collector's labtel_auth extension, sent as 'authorization: Bearer <key>'"
+    )
+    certificate_file: Path | None = Field(
+        None, description="CA certificate (PEM) to trust for an https:// endpoint (default: the system's)"
+    )
     timeout_s: float = Field(10.0, gt=0, description="Per-request send timeout")
     batch_max_records: int = Field(512, ge=1)
     batch_interval_s: float = Field(1.0, gt=0, description="Longest time a record waits before it is sent")
@@ -72,14 +78,27 @@ def resolve(settings: SdkSettings) -> SdkSettings:
     if not endpoint:
         endpoint = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
     headers = settings.headers or _env("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+    certificate = settings.certificate_file or _env(
+        "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"
+    )
     return settings.model_copy(
         update={
             "service_name": service,
             "protocol": protocol,
             "endpoint": endpoint,
             "headers": headers,
+            "certificate_file": Path(certificate) if certificate else None,
         }
     )
+
+
+def request_headers(settings: SdkSettings) -> dict[str, str]:
+    """The headers every request carries: `headers`, and the API key as `authorization: Bearer`
+    unless `headers` already holds an authorization."""
+    headers = parse_headers(settings.headers)
+    if settings.api_key and "authorization" not in headers:
+        headers["authorization"] = f"Bearer {settings.api_key.strip()}"
+    return headers
 
 
 def parse_headers(text: str | None) -> dict[str, str]:

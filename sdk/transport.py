@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlparse
 
@@ -40,9 +41,12 @@ class Transport(TypingProtocol):
 
 
 class GrpcTransport:
-    """OTLP/gRPC: LogsService/Export with the encoded request as the message."""
+    """OTLP/gRPC: LogsService/Export with the encoded request as the message; TLS for an
+    https:// endpoint, trusting `certificate_file` (PEM) when given, else the system's CAs."""
 
-    def __init__(self, endpoint: str, headers: dict[str, str], timeout_s: float) -> None:
+    def __init__(
+        self, endpoint: str, headers: dict[str, str], timeout_s: float, certificate_file: Path | None = None
+    ) -> None:
         parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
         target = f"{parsed.hostname}:{parsed.port or 4317}"
         # Short reconnect back-off: the pipeline paces retries itself, and a collector that is
@@ -54,7 +58,9 @@ class GrpcTransport:
             ("grpc.max_send_message_length", 64 << 20),
         ]
         if parsed.scheme == "https":
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            root = certificate_file.read_bytes() if certificate_file else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=root)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         self._call = self._channel.unary_unary(LOGS_METHOD, request_serializer=None, response_deserializer=None)
@@ -76,21 +82,30 @@ class GrpcTransport:
 
 
 class HttpTransport:
-    """OTLP/HTTP: POST /v1/logs with a (gzipped) protobuf body."""
+    """OTLP/HTTP: POST /v1/logs with a (gzipped) protobuf body; HTTPS trusts `certificate_file`
+    (PEM) when given."""
 
-    def __init__(self, endpoint: str, headers: dict[str, str], timeout_s: float) -> None:
+    def __init__(
+        self, endpoint: str, headers: dict[str, str], timeout_s: float, certificate_file: Path | None = None
+    ) -> None:
         base = endpoint.rstrip("/")
         self._url = base if base.endswith("/v1/logs") else f"{base}/v1/logs"
         self._session = requests.Session()
+        # per request: a Session's own `verify` loses to $REQUESTS_CA_BUNDLE (requests#3829)
+        self._verify: str | bool = str(certificate_file) if certificate_file is not None else True
         self._headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip", **headers}
         self._timeout_s = timeout_s
 
     def send(self, data: bytes) -> None:
         try:
             response = self._session.post(
-                self._url, data=gzip.compress(data, 1), headers=self._headers, timeout=self._timeout_s
+                self._url,
+                data=gzip.compress(data, 1),
+                headers=self._headers,
+                timeout=self._timeout_s,
+                verify=self._verify,
             )
-        except requests.RequestException as error:
+        except (requests.RequestException, OSError) as error:  # OSError: e.g. an unreadable CA bundle
             raise SendError(str(error), retryable=True) from None
         if response.status_code != 200:
             raise SendError(
@@ -101,8 +116,10 @@ class HttpTransport:
         self._session.close()
 
 
-def make_transport(protocol: str, endpoint: str, headers: dict[str, str], timeout_s: float) -> Transport:
+def make_transport(
+    protocol: str, endpoint: str, headers: dict[str, str], timeout_s: float, certificate_file: Path | None = None
+) -> Transport:
     """The transport for `protocol` ("grpc" or "http")."""
     if protocol == "http":
-        return HttpTransport(endpoint, headers, timeout_s)
-    return GrpcTransport(endpoint, headers, timeout_s)
+        return HttpTransport(endpoint, headers, timeout_s, certificate_file)
+    return GrpcTransport(endpoint, headers, timeout_s, certificate_file)

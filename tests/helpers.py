@@ -102,6 +102,8 @@ class LabtelServer:
     command: str = "serve"
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    token: str = ""
+    """An API key `get` sends (for servers whose query API has an authenticator)."""
     process: subprocess.Popen[bytes] | None = None
     listeners: dict[str, str] = field(default_factory=dict)
 
@@ -160,7 +162,8 @@ class LabtelServer:
         return f"http://{self.listeners['query API']}"
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.api + path, params=params, timeout=30)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.get(self.api + path, params=params, headers=headers, timeout=30)
 
     def metric(self, name: str) -> float:
         """The sum of a self-metric's samples whose line starts with `name` (labels may follow)."""

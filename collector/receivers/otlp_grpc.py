@@ -4,6 +4,9 @@ Requests arrive as raw bytes (no Python decoding): the framing is checked and th
 counted, then the payload goes down the signal's pipeline. Errors follow the OTLP
 specification: INVALID_ARGUMENT for bad data, UNAVAILABLE with a RetryInfo delay for
 backpressure, RESOURCE_EXHAUSTED (without RetryInfo) for messages over the size limit.
+With an authenticator, the `authorization: Bearer <token>` metadata must name a key with the
+`ingest` scope (UNAUTHENTICATED without a valid one, PERMISSION_DENIED without the scope);
+with `tls`, the port serves TLS only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from labtel.collector import telemetry
+from labtel.collector.auth import Authenticator, AuthError
 from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
 from labtel.collector.config import GrpcServerConfig
 from labtel.collector.otlp.framing import FramingError, count_records
@@ -41,16 +45,25 @@ def retry_status(message: str, retry_after_s: float) -> bytes:
 class OTLPGrpcReceiver:
     """Serves OTLP/gRPC for the signals that have a pipeline."""
 
-    def __init__(self, name: str, config: GrpcServerConfig, consumers: Mapping[str, tuple[Signal, Consumer]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: GrpcServerConfig,
+        consumers: Mapping[str, tuple[Signal, Consumer]],
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self._consumers = consumers
+        self.authenticator = authenticator
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
     def _handler(self, signal: Signal, consumer: Consumer) -> Handler:
         async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = time.perf_counter()
+            if self.authenticator is not None:
+                await self._authorize(context, signal, started)
             try:
                 records = count_records(signal, request)
             except FramingError as error:
@@ -75,6 +88,16 @@ class OTLPGrpcReceiver:
 
         return export
 
+    async def _authorize(self, context: grpc.aio.ServicerContext, signal: Signal, started: float) -> None:
+        assert self.authenticator is not None
+        values = [str(v) for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
+        try:
+            await self.authenticator.authorize_async(values[0] if values else None, "ingest")
+        except AuthError as error:
+            telemetry.record_export(signal.name, "grpc", 0, "unauthorized", started)
+            code = grpc.StatusCode.UNAUTHENTICATED if error.status == 401 else grpc.StatusCode.PERMISSION_DENIED
+            await context.abort(code, error.message)
+
     async def start(self) -> None:
         limit = int(self.config.max_recv_msg_size_mib * 1024 * 1024)
         server = grpc.aio.server(
@@ -91,8 +114,16 @@ class OTLPGrpcReceiver:
                 (grpc.method_handlers_generic_handler(signal.grpc_service, {"Export": handler}),)
             )
         host, port = self.config.host, self.config.port
+        address = f"{_grpc_host(host)}:{port}"
         try:
-            self.port = server.add_insecure_port(f"{_grpc_host(host)}:{port}")
+            if self.config.tls is not None:
+                cert, key, client_ca = self.config.tls.read()
+                credentials = grpc.ssl_server_credentials(
+                    [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+                )
+                self.port = server.add_secure_port(address, credentials)
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError as error:
             raise OSError(f"cannot listen for OTLP/gRPC on {self.config.endpoint}: {error}") from error
         if not self.port:

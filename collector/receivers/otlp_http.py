@@ -3,6 +3,9 @@
 Responses use the request's content type. Per the OTLP specification: 400 for bad data, 413
 for bodies over `max_request_body_size` (counted after decompression), 415 for unknown content
 types or encodings, 503 with `Retry-After` for backpressure; error bodies are google.rpc.Status.
+With an authenticator, `Authorization: Bearer <token>` must name a key with the `ingest` scope
+(401 with `WWW-Authenticate: Bearer` without a valid one, 403 without the scope; `/metrics`
+needs `read`); with `tls`, the port serves HTTPS only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from labtel.collector import telemetry
+from labtel.collector.auth import Authenticator, AuthError, Scope
 from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
 from labtel.collector.config import HttpServerConfig
 from labtel.collector.otlp.framing import FramingError, count_records
@@ -83,16 +87,42 @@ def _status_response(error: _HttpError, media_type: str) -> Response:
 class OTLPHttpReceiver:
     """Serves OTLP/HTTP for the signals that have a pipeline."""
 
-    def __init__(self, name: str, config: HttpServerConfig, consumers: Mapping[str, tuple[Signal, Consumer]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: HttpServerConfig,
+        consumers: Mapping[str, tuple[Signal, Consumer]],
+        authenticator: Authenticator | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self._consumers = consumers
-        self._server = HttpServer(self.app(), config.host, config.port)
+        self.authenticator = authenticator
+        self._server = HttpServer(self.app(), config.host, config.port, config.tls)
 
     def app(self) -> Starlette:
         routes = [Route(signal.http_path, self._endpoint(signal), methods=["POST"]) for signal in SIGNALS.values()]
-        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+        routes.append(Route("/metrics", self._metrics, methods=["GET"]))
         return Starlette(routes=routes)
+
+    async def _authorize(self, request: Request, scope: Scope) -> None:
+        if self.authenticator is None:
+            return
+        try:
+            await self.authenticator.authorize_async(request.headers.get("authorization"), scope)
+        except AuthError as error:
+            if error.status == 401:
+                raise _HttpError(
+                    401, code_pb2.UNAUTHENTICATED, error.message, {"WWW-Authenticate": 'Bearer realm="labtel"'}
+                ) from None
+            raise _HttpError(403, code_pb2.PERMISSION_DENIED, error.message) from None
+
+    async def _metrics(self, request: Request) -> Response:
+        try:
+            await self._authorize(request, "read")
+        except _HttpError as error:
+            return Response(error.message + "\n", error.status, error.headers, media_type="text/plain")
+        return await metrics_endpoint(request)
 
     def _endpoint(self, signal: Signal):  # type: ignore[no-untyped-def]
         async def endpoint(request: Request) -> Response:
@@ -101,6 +131,7 @@ class OTLPHttpReceiver:
             answer_type = JSON if media_type == JSON else PROTOBUF
             records = 0
             try:
+                await self._authorize(request, "ingest")
                 entry = self._consumers.get(signal.name)
                 if entry is None:
                     raise _HttpError(404, code_pb2.UNIMPLEMENTED, f"this collector has no {signal.name} pipeline")
@@ -131,7 +162,7 @@ class OTLPHttpReceiver:
                             503, code_pb2.UNAVAILABLE, error.message, {"Retry-After": retry_after}
                         ) from None
             except _HttpError as error:
-                outcome = "refused" if error.status == 503 else "rejected"
+                outcome = {503: "refused", 401: "unauthorized", 403: "unauthorized"}.get(error.status, "rejected")
                 telemetry.record_export(signal.name, "http", records, outcome, started)
                 return _status_response(error, answer_type)
             telemetry.record_export(signal.name, "http", records, "accepted", started)

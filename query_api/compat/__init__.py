@@ -33,7 +33,13 @@ def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Cons
 
     writer = EventWriter(storage, ingest)
     app.state.api_keys = api_keys(config)
-    if not app.state.api_keys:
+    if app.state.authenticator is not None:
+        if app.state.api_keys:
+            log.warning(
+                "extensions.query_api.compat.api_keys / $LABTEL_API_KEYS are not used: the query API has an "
+                "authenticator, so Master Log clients send one of its keys (scope 'ingest')"
+            )
+    elif not app.state.api_keys:
         log.warning(
             "no API keys are configured (extensions.query_api.compat.api_keys, $LABTEL_API_KEYS): "
             "the Master Log routes (/api/v1/logs) accept any key"

@@ -1,6 +1,8 @@
 """`POST /api/v1/logs` and `/api/v1/logs/batch`: Master Log's ingest API, so `master-log-client`
-works unchanged with `MASTER_LOG_ENDPOINT` set to labtel's query API. Keys: `compat.api_keys`
-and `$LABTEL_API_KEYS`; with none configured, any key is accepted (start-up says so)."""
+works unchanged with `MASTER_LOG_ENDPOINT` set to labtel's query API. With a `labtel_auth`
+authenticator on the query API, its keys (scope `ingest`) are the ones checked; otherwise the
+keys are `compat.api_keys` and `$LABTEL_API_KEYS`, and with none any key is accepted (start-up
+says so)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ router = APIRouter(prefix="/api/v1", tags=["Master Log"])
 
 def _authorize(request: Request, authorization: str | None) -> None:
     keys: frozenset[str] = request.app.state.api_keys
-    if not keys:
+    if not keys or request.app.state.authenticator is not None:
         return
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.strip(), k) for k in keys):
