@@ -12,11 +12,12 @@ on it, and times over HTTP, as a client sees them:
 - counts per event type per hour over 7 days (`GET /stats`);
 - an export of about 1M rows as Parquet (`GET /export`): rows/s and the server's peak RSS;
 - the node-utilization report and the daily-periods report over the 30 days (`GET /utilization/...`);
-  with `--only utilization`, also the sessions, users and hourly timeseries reports.
+  with `--only reports`, the sessions, users and hourly timeseries reports.
 
 `--data DIR` keeps the generated store in DIR and reuses it on the next run with the same `--rows`
-(generating 10M events takes minutes); `--only` measures some groups of figures: events, stats,
-export, utilization (comma-separated).
+(generating 10M events takes minutes); `--only` measures some groups of figures (comma-separated):
+events, stats, export, utilization (nodes and daily periods), reports (sessions, users, timeseries:
+not measured by default).
 """
 
 from __future__ import annotations
@@ -200,8 +201,9 @@ def timed(client: httpx.Client, repeat: int, method: str, path: str, **kwargs: A
     return {"p50_ms": statistics.median(times), "p95_ms": percentile(times, 0.95), "answer": response.json()}
 
 
-GROUPS = ("events", "stats", "export", "utilization")
-"""The groups of figures `--only` chooses from."""
+GROUPS = ("events", "stats", "export", "utilization", "reports")
+"""The groups of figures `--only` chooses from; the default is all but `reports` (the other utilization reports)."""
+DEFAULT_GROUPS = GROUPS[:-1]
 
 
 def prepare(data: Path, rows: int) -> tuple[int, dict[str, Any]]:
@@ -223,7 +225,7 @@ def prepare(data: Path, rows: int) -> tuple[int, dict[str, Any]]:
     return end_ns, {"rows": rows, "generate_s": generated_s, "generate_rows_per_s": round(rows / generated_s)}
 
 
-def run(rows: int, repeat: int, data: Path | None = None, only: tuple[str, ...] = GROUPS) -> dict[str, Any]:
+def run(rows: int, repeat: int, data: Path | None = None, only: tuple[str, ...] = DEFAULT_GROUPS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="labtel-bench-query-") as tmp:
         workdir = Path(tmp)
         data = data or workdir / "data"
@@ -237,7 +239,7 @@ def run(rows: int, repeat: int, data: Path | None = None, only: tuple[str, ...] 
 
 
 def measure(
-    api: str, pid: int, rows: int, repeat: int, end_ns: int, only: tuple[str, ...] = GROUPS
+    api: str, pid: int, rows: int, repeat: int, end_ns: int, only: tuple[str, ...] = DEFAULT_GROUPS
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with httpx.Client(base_url=api, timeout=600) as client:
@@ -249,7 +251,9 @@ def measure(
             )
             figures |= summary("counts_per_type_per_hour_7d", hourly, len(hourly["answer"]["buckets"]))
         if "utilization" in only:
-            figures |= measure_utilization(client, repeat, end_ns, more=only != GROUPS)
+            figures |= measure_utilization(client, repeat, end_ns)
+        if "reports" in only:
+            figures |= measure_reports(client, repeat, end_ns)
         if "export" in only:
             figures |= measure_export(client, pid, end_ns)
     return figures
@@ -264,21 +268,24 @@ def summary(name: str, result: dict[str, Any], found: int) -> dict[str, Any]:
     }
 
 
-def measure_utilization(client: httpx.Client, repeat: int, end_ns: int, more: bool) -> dict[str, Any]:
-    """The nodes and daily-periods reports over the 30 days; with `more`, sessions, users and timeseries too."""
+def measure_utilization(client: httpx.Client, repeat: int, end_ns: int) -> dict[str, Any]:
+    """The nodes and daily-periods reports over the 30 days."""
     report = {"start": str((end_ns - 30 * DAY_NS) / 1e9), "end": str(end_ns / 1e9)}
     nodes = timed(client, repeat, "GET", "/utilization/nodes", params=report)
     daily = timed(client, repeat, "GET", "/utilization/periods", params=report | {"bucket": "day", "tz": "UTC"})
     figures = summary("utilization_nodes_30d", nodes, len(nodes["answer"]["nodes"]))
-    figures |= summary("utilization_daily_periods_30d", daily, len(daily["answer"]["periods"]))
-    if more:
-        sessions = timed(client, repeat, "GET", "/utilization/sessions", params=report)
-        users = timed(client, repeat, "GET", "/utilization/users", params=report)
-        series = timed(client, repeat, "GET", "/utilization/timeseries", params=report | {"bucket": "1h"})
-        figures |= summary("utilization_sessions_30d", sessions, len(sessions["answer"]["sessions"]))
-        figures |= summary("utilization_users_30d", users, len(users["answer"]["users"]))
-        figures |= summary("utilization_timeseries_hourly_30d", series, len(series["answer"]["series"]))
-    return figures
+    return figures | summary("utilization_daily_periods_30d", daily, len(daily["answer"]["periods"]))
+
+
+def measure_reports(client: httpx.Client, repeat: int, end_ns: int) -> dict[str, Any]:
+    """The other utilization reports over the 30 days: sessions, users, events per hour."""
+    report = {"start": str((end_ns - 30 * DAY_NS) / 1e9), "end": str(end_ns / 1e9)}
+    sessions = timed(client, repeat, "GET", "/utilization/sessions", params=report)
+    users = timed(client, repeat, "GET", "/utilization/users", params=report)
+    series = timed(client, repeat, "GET", "/utilization/timeseries", params=report | {"bucket": "1h"})
+    figures = summary("utilization_sessions_30d", sessions, len(sessions["answer"]["sessions"]))
+    figures |= summary("utilization_users_30d", users, len(users["answer"]["users"]))
+    return figures | summary("utilization_timeseries_hourly_30d", series, len(series["answer"]["series"]))
 
 
 def measure_events(client: httpx.Client, rows: int, repeat: int) -> dict[str, Any]:
@@ -293,9 +300,7 @@ def measure_events(client: httpx.Client, rows: int, repeat: int) -> dict[str, An
     )
     search = timed(client, repeat, "GET", "/events", params={"q": RARE_TOKEN, "since": "30d", "limit": 100})
     # MADSci's kind of selector: ownership, type and level.
-    selector = {
-        "$and": [{"source.node_id": "node-12"}, {"event_type": "action_failed"}, {"log_level": {"$gte": 30}}]
-    }
+    selector = {"$and": [{"source.node_id": "node-12"}, {"event_type": "action_failed"}, {"log_level": {"$gte": 30}}]}
     chosen = timed(client, repeat, "POST", "/events/query", json={"selector": selector, "limit": 100})
     # The same with an attribute condition in place of the level: a Map column is read.
     on_attribute = {
@@ -402,7 +407,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line of figures")
     parser.add_argument("--data", type=Path, help="keep the generated store here and reuse it on later runs")
     parser.add_argument(
-        "--only", default=",".join(GROUPS), help=f"comma-separated groups of figures: {', '.join(GROUPS)}"
+        "--only",
+        default=",".join(DEFAULT_GROUPS),
+        help=f"comma-separated groups of figures: {', '.join(GROUPS)} (default: all but reports)",
     )
     parser.add_argument("--generate-into", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--end-ns", type=int, help=argparse.SUPPRESS)
