@@ -1,6 +1,6 @@
 """Query benchmark: the query API over 10 million realistic lab events.
 
-    python bench/query.py --rows 10000000 --repeat 20 [--json]
+    python bench/query.py --rows 10000000 --repeat 20 [--json] [--data DIR] [--only utilization]
 
 Generates the events inside ClickHouse (30 days, 50 nodes, 20 event types, ten attributes each,
 a rare token in about one event in a million; 15 % of them actions, as start and end events with
@@ -11,7 +11,13 @@ on it, and times over HTTP, as a client sees them:
 - a selector with `$and` of three conditions (`POST /events/query`);
 - counts per event type per hour over 7 days (`GET /stats`);
 - an export of about 1M rows as Parquet (`GET /export`): rows/s and the server's peak RSS;
-- the node-utilization report and the daily-periods report over the 30 days (`GET /utilization/...`).
+- the node-utilization report and the daily-periods report over the 30 days (`GET /utilization/...`);
+  with `--only reports`, the sessions, users and hourly timeseries reports.
+
+`--data DIR` keeps the generated store in DIR and reuses it on the next run with the same `--rows`
+(generating 10M events takes minutes); `--only` measures some groups of figures (comma-separated):
+events, stats, export, utilization (nodes and daily periods), reports (sessions, users, timeseries:
+not measured by default).
 """
 
 from __future__ import annotations
@@ -195,115 +201,165 @@ def timed(client: httpx.Client, repeat: int, method: str, path: str, **kwargs: A
     return {"p50_ms": statistics.median(times), "p95_ms": percentile(times, 0.95), "answer": response.json()}
 
 
-def run(rows: int, repeat: int) -> dict[str, Any]:
+GROUPS = ("events", "stats", "export", "utilization", "reports")
+"""The groups of figures `--only` chooses from; the default is all but `reports` (the other utilization reports)."""
+DEFAULT_GROUPS = GROUPS[:-1]
+
+
+def prepare(data: Path, rows: int) -> tuple[int, dict[str, Any]]:
+    """The store's end time, generating it (in its own process) unless `data` holds one of `rows` events."""
+    marker = data / "bench-query.json"
+    if marker.exists():
+        kept = json.loads(marker.read_text())
+        if kept["rows"] == rows:
+            return int(kept["end_ns"]), {"rows": rows, "generate_s": kept["generate_s"], "reused_data": True}
+        raise SystemExit(f"{data} holds {kept['rows']} events, not {rows}: use another --data directory")
     end_ns = time.time_ns()
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, __file__, "--generate-into", str(data), "--rows", str(rows), "--end-ns", str(end_ns)],
+        check=True,
+    )
+    generated_s = round(time.perf_counter() - started, 1)
+    marker.write_text(json.dumps({"rows": rows, "end_ns": end_ns, "generate_s": generated_s}))
+    return end_ns, {"rows": rows, "generate_s": generated_s, "generate_rows_per_s": round(rows / generated_s)}
+
+
+def run(rows: int, repeat: int, data: Path | None = None, only: tuple[str, ...] = DEFAULT_GROUPS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="labtel-bench-query-") as tmp:
         workdir = Path(tmp)
-        data = workdir / "data"
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, __file__, "--generate-into", str(data), "--rows", str(rows), "--end-ns", str(end_ns)],
-            check=True,
-        )
-        generated_s = time.perf_counter() - started
-        process, listeners = start_server(workdir, CONFIG.replace("DATA", str(data)))
+        data = data or workdir / "data"
+        end_ns, generated = prepare(data, rows)
+        process, listeners = start_server(workdir, CONFIG.replace("DATA", str(data.resolve())))
         try:
-            return measure(f"http://{listeners['query API']}", process.pid, rows, repeat, end_ns) | {
-                "rows": rows,
-                "generate_s": round(generated_s, 1),
-                "generate_rows_per_s": round(rows / generated_s),
-            }
+            return measure(f"http://{listeners['query API']}", process.pid, rows, repeat, end_ns, only) | generated
         finally:
             process.terminate()
             process.wait(60)
 
 
-def measure(api: str, pid: int, rows: int, repeat: int, end_ns: int) -> dict[str, Any]:
+def measure(
+    api: str, pid: int, rows: int, repeat: int, end_ns: int, only: tuple[str, ...] = DEFAULT_GROUPS
+) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with httpx.Client(base_url=api, timeout=600) as client:
-        warnings = timed(
-            client,
-            repeat,
-            "GET",
-            "/events",
-            params={"node": "node-07", "severity_min": "WARN", "since": "24h", "limit": 100},
-        )
-        search = timed(client, repeat, "GET", "/events", params={"q": RARE_TOKEN, "since": "30d", "limit": 100})
-        # MADSci's kind of selector: ownership, type and level.
-        selector = {
-            "$and": [{"source.node_id": "node-12"}, {"event_type": "action_failed"}, {"log_level": {"$gte": 30}}]
-        }
-        chosen = timed(client, repeat, "POST", "/events/query", json={"selector": selector, "limit": 100})
-        # The same with an attribute condition in place of the level: a Map column is read.
-        on_attribute = {
-            "$and": [
-                {"source.node_id": "node-12"},
-                {"event_type": "action_complete"},
-                {"attributes.duration_ms": {"$gt": 4000}},
-            ]
-        }
-        attributed = timed(client, repeat, "POST", "/events/query", json={"selector": on_attribute, "limit": 100})
-        hourly = timed(
-            client, repeat, "GET", "/stats", params={"group_by": "event_type", "bucket": "1h", "since": "7d"}
-        )
-        report = {"start": str((end_ns - 30 * DAY_NS) / 1e9), "end": str(end_ns / 1e9)}
-        nodes = timed(client, repeat, "GET", "/utilization/nodes", params=report)
-        daily = timed(client, repeat, "GET", "/utilization/periods", params=report | {"bucket": "day", "tz": "UTC"})
-        for name, result, found in (
-            ("utilization_nodes_30d", nodes, len(nodes["answer"]["nodes"])),
-            ("utilization_daily_periods_30d", daily, len(daily["answer"]["periods"])),
-            ("latest_warnings_node_24h", warnings, len(warnings["answer"]["events"])),
-            ("rare_token_search_30d", search, len(search["answer"]["events"])),
-            ("selector_and_of_three", chosen, len(chosen["answer"]["events"])),
-            ("counts_per_type_per_hour_7d", hourly, len(hourly["answer"]["buckets"])),
-            ("selector_with_attribute_condition", attributed, len(attributed["answer"]["events"])),
-        ):
-            figures[f"{name}_p50_ms"] = round(result["p50_ms"], 1)
-            figures[f"{name}_p95_ms"] = round(result["p95_ms"], 1)
-            figures[f"{name}_results"] = found
-        others = split(rows)[1]  # the rare token is in these
-        figures["rare_token_expected"] = max(0, (others - 18) // 1000003 + 1)  # n % 1000003 == 17
-
-        # Export: the newest tenth of the range (~1M rows of 10M) as Parquet.
-        export_start = end_ns - 3 * DAY_NS
-        expected = client.post(
-            "/sql",
-            json={
-                "sql": "SELECT count() AS n FROM otel_logs WHERE Timestamp >= fromUnixTimestamp64Nano({s:Int64})",
-                "parameters": {"s": export_start},
-            },
-        ).json()["data"][0]["n"]
-        rss = MemorySampler(pid)
-        before = memory_mb(pid)
-        rss.start()
-        with tempfile.NamedTemporaryFile(suffix=".parquet") as target:
-            started = time.perf_counter()
-            with client.stream(
-                "GET",
-                "/export",
-                params={"format": "parquet", "start": str(export_start / 1e9), "end": str(end_ns / 1e9 + 1)},
-            ) as response:
-                response.raise_for_status()
-                for chunk in response.iter_bytes(1 << 20):
-                    target.write(chunk)
-            elapsed = time.perf_counter() - started
-            target.flush()
-            exported = pq.ParquetFile(target.name).metadata.num_rows
-            size = target.tell()
-        rss.stop.set()
-        rss.join()
-        figures |= {
-            "export_rows": exported,
-            "export_rows_expected": expected,
-            "export_rows_per_s": round(exported / elapsed),
-            "export_s": round(elapsed, 2),
-            "export_mb": round(size / 1e6, 1),
-            "server_rss_before_export_mb": before["VmRSS"],
-            "server_peak_rss_export_mb": rss.peak["VmRSS"],
-            "server_anon_rss_before_export_mb": before["RssAnon"],
-            "server_peak_anon_rss_export_mb": rss.peak["RssAnon"],
-        }
+        if "events" in only:
+            figures |= measure_events(client, rows, repeat)
+        if "stats" in only:
+            hourly = timed(
+                client, repeat, "GET", "/stats", params={"group_by": "event_type", "bucket": "1h", "since": "7d"}
+            )
+            figures |= summary("counts_per_type_per_hour_7d", hourly, len(hourly["answer"]["buckets"]))
+        if "utilization" in only:
+            figures |= measure_utilization(client, repeat, end_ns)
+        if "reports" in only:
+            figures |= measure_reports(client, repeat, end_ns)
+        if "export" in only:
+            figures |= measure_export(client, pid, end_ns)
     return figures
+
+
+def summary(name: str, result: dict[str, Any], found: int) -> dict[str, Any]:
+    """The figures of one timed request: p50, p95 and how many results it gave."""
+    return {
+        f"{name}_p50_ms": round(result["p50_ms"], 1),
+        f"{name}_p95_ms": round(result["p95_ms"], 1),
+        f"{name}_results": found,
+    }
+
+
+def measure_utilization(client: httpx.Client, repeat: int, end_ns: int) -> dict[str, Any]:
+    """The nodes and daily-periods reports over the 30 days."""
+    report = {"start": str((end_ns - 30 * DAY_NS) / 1e9), "end": str(end_ns / 1e9)}
+    nodes = timed(client, repeat, "GET", "/utilization/nodes", params=report)
+    daily = timed(client, repeat, "GET", "/utilization/periods", params=report | {"bucket": "day", "tz": "UTC"})
+    figures = summary("utilization_nodes_30d", nodes, len(nodes["answer"]["nodes"]))
+    return figures | summary("utilization_daily_periods_30d", daily, len(daily["answer"]["periods"]))
+
+
+def measure_reports(client: httpx.Client, repeat: int, end_ns: int) -> dict[str, Any]:
+    """The other utilization reports over the 30 days: sessions, users, events per hour."""
+    report = {"start": str((end_ns - 30 * DAY_NS) / 1e9), "end": str(end_ns / 1e9)}
+    sessions = timed(client, repeat, "GET", "/utilization/sessions", params=report)
+    users = timed(client, repeat, "GET", "/utilization/users", params=report)
+    series = timed(client, repeat, "GET", "/utilization/timeseries", params=report | {"bucket": "1h"})
+    figures = summary("utilization_sessions_30d", sessions, len(sessions["answer"]["sessions"]))
+    figures |= summary("utilization_users_30d", users, len(users["answer"]["users"]))
+    return figures | summary("utilization_timeseries_hourly_30d", series, len(series["answer"]["series"]))
+
+
+def measure_events(client: httpx.Client, rows: int, repeat: int) -> dict[str, Any]:
+    """Filters, text search and selectors of `/events`."""
+    figures: dict[str, Any] = {}
+    warnings = timed(
+        client,
+        repeat,
+        "GET",
+        "/events",
+        params={"node": "node-07", "severity_min": "WARN", "since": "24h", "limit": 100},
+    )
+    search = timed(client, repeat, "GET", "/events", params={"q": RARE_TOKEN, "since": "30d", "limit": 100})
+    # MADSci's kind of selector: ownership, type and level.
+    selector = {"$and": [{"source.node_id": "node-12"}, {"event_type": "action_failed"}, {"log_level": {"$gte": 30}}]}
+    chosen = timed(client, repeat, "POST", "/events/query", json={"selector": selector, "limit": 100})
+    # The same with an attribute condition in place of the level: a Map column is read.
+    on_attribute = {
+        "$and": [
+            {"source.node_id": "node-12"},
+            {"event_type": "action_complete"},
+            {"attributes.duration_ms": {"$gt": 4000}},
+        ]
+    }
+    attributed = timed(client, repeat, "POST", "/events/query", json={"selector": on_attribute, "limit": 100})
+    figures |= summary("latest_warnings_node_24h", warnings, len(warnings["answer"]["events"]))
+    figures |= summary("rare_token_search_30d", search, len(search["answer"]["events"]))
+    figures |= summary("selector_and_of_three", chosen, len(chosen["answer"]["events"]))
+    figures |= summary("selector_with_attribute_condition", attributed, len(attributed["answer"]["events"]))
+    others = split(rows)[1]  # the rare token is in these
+    figures["rare_token_expected"] = max(0, (others - 18) // 1000003 + 1)  # n % 1000003 == 17
+    return figures
+
+
+def measure_export(client: httpx.Client, pid: int, end_ns: int) -> dict[str, Any]:
+    """An export of the newest tenth of the range (~1M rows of 10M) as Parquet: rows/s and the server's peak RSS."""
+    export_start = end_ns - 3 * DAY_NS
+    expected = client.post(
+        "/sql",
+        json={
+            "sql": "SELECT count() AS n FROM otel_logs WHERE Timestamp >= fromUnixTimestamp64Nano({s:Int64})",
+            "parameters": {"s": export_start},
+        },
+    ).json()["data"][0]["n"]
+    rss = MemorySampler(pid)
+    before = memory_mb(pid)
+    rss.start()
+    with tempfile.NamedTemporaryFile(suffix=".parquet") as target:
+        started = time.perf_counter()
+        with client.stream(
+            "GET",
+            "/export",
+            params={"format": "parquet", "start": str(export_start / 1e9), "end": str(end_ns / 1e9 + 1)},
+        ) as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes(1 << 20):
+                target.write(chunk)
+        elapsed = time.perf_counter() - started
+        target.flush()
+        exported = pq.ParquetFile(target.name).metadata.num_rows
+        size = target.tell()
+    rss.stop.set()
+    rss.join()
+    return {
+        "export_rows": exported,
+        "export_rows_expected": expected,
+        "export_rows_per_s": round(exported / elapsed),
+        "export_s": round(elapsed, 2),
+        "export_mb": round(size / 1e6, 1),
+        "server_rss_before_export_mb": before["VmRSS"],
+        "server_peak_rss_export_mb": rss.peak["VmRSS"],
+        "server_anon_rss_before_export_mb": before["RssAnon"],
+        "server_peak_anon_rss_export_mb": rss.peak["RssAnon"],
+    }
 
 
 def memory_mb(pid: int) -> dict[str, int]:
@@ -349,18 +405,32 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print one JSON line of figures")
+    parser.add_argument("--data", type=Path, help="keep the generated store here and reuse it on later runs")
+    parser.add_argument(
+        "--only",
+        default=",".join(DEFAULT_GROUPS),
+        help=f"comma-separated groups of figures: {', '.join(GROUPS)} (default: all but reports)",
+    )
     parser.add_argument("--generate-into", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--end-ns", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate_into:
         generate(args.generate_into, args.rows, args.end_ns)
         return
-    figures = run(args.rows, args.repeat)
+    only = tuple(group.strip() for group in args.only.split(",") if group.strip())
+    unknown = sorted(set(only) - set(GROUPS))
+    if unknown or not only:
+        parser.error(f"--only: {', '.join(unknown) or 'nothing'} is not among {', '.join(GROUPS)}")
+    figures = run(args.rows, args.repeat, args.data, only)
     if args.json:
         print(json.dumps(figures))
         return
     print(f"{figures['rows']:,} events generated in {figures['generate_s']} s")
-    for key in [*TARGETS, "selector_with_attribute_condition_p50_ms"]:
+    timed_keys = [*TARGETS, "selector_with_attribute_condition_p50_ms"]
+    timed_keys += [k for k in figures if k.startswith("utilization_") and k.endswith("_p50_ms") and k not in TARGETS]
+    for key in timed_keys:
+        if key not in figures:
+            continue
         name = key.removesuffix("_p50_ms")
         target = TARGETS.get(key)
         verdict = "" if target is None else "ok" if figures[key] <= target else f"over the {target} ms target"
@@ -368,6 +438,8 @@ def main() -> None:
             f"{name:<32} p50 {figures[key]:>7.1f} ms  p95 {figures[name + '_p95_ms']:>7.1f} ms  "
             f"({figures[name + '_results']} results)  {verdict}"
         )
+    if "export_rows" not in figures:
+        return
     print(
         f"export parquet: {figures['export_rows']:,} rows in {figures['export_s']} s = "
         f"{figures['export_rows_per_s']:,} rows/s ({figures['export_mb']} MB); server RSS "

@@ -92,3 +92,27 @@ def test_storage_bytes_benchmark_counts_every_generated_event() -> None:
     assert figures["rows"] == 20000
     assert 0 < figures["compressed_bytes_per_event"] <= figures["bytes_on_disk_per_event"]
     assert figures["uncompressed_bytes_per_event"] > figures["compressed_bytes_per_event"]
+
+
+def test_query_benchmark_reuses_its_store_and_measures_the_other_reports(tmp_path: Path) -> None:
+    command = [sys.executable, str(REPO / "bench" / "query.py"), "--rows", "20000", "--repeat", "1", "--json"]
+    command += ["--data", str(tmp_path / "store")]
+    first = subprocess.run([*command, "--only", "utilization"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    made = json.loads(first.stdout.strip().splitlines()[-1])
+    assert "reused_data" not in made
+    assert made["utilization_nodes_30d_results"] == 50
+    assert "export_rows" not in made
+    assert "rare_token_search_30d_results" not in made
+    again = subprocess.run([*command, "--only", "reports"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reused = json.loads(again.stdout.strip().splitlines()[-1])
+    assert reused["reused_data"] is True
+    assert reused["generate_s"] == made["generate_s"]
+    assert reused["utilization_sessions_30d_results"] > 0
+    assert reused["utilization_users_30d_results"] == 12
+    assert reused["utilization_timeseries_hourly_30d_results"] == 20  # one series per event type
+    assert "utilization_nodes_30d_results" not in reused
+    wrong = subprocess.run([*command, "--only", "nothing"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2
+    assert "--only: nothing" in wrong.stderr

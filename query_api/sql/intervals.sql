@@ -42,17 +42,19 @@ WITH
           AND (empty({nodes:Array(String)}) OR has({nodes:Array(String)}, NodeId))
           AND edge != 0
     ),
-    -- Which action each edge belongs to: its id (hashed, top bit set), or without one, the node's
-    -- current action (a start after an end begins a new one: without ids a node does one action at
-    -- a time). Edges with ids need no ordering, so only those without are sorted.
+    -- Which action each edge belongs to: a hash of its node and id (top bit set), or without an id,
+    -- of its node and the node's current action (top bit clear; a start after an end begins a new
+    -- one: without ids a node does one action at a time). One UInt64 key groups fastest. Edges with
+    -- ids need no ordering, so only those without are sorted.
     keyed AS (
         SELECT node, ts, edge, outcome, reported_ms, user, experiment, workflow, workcell, lab,
-            bitOr(cityHash64(action_id), toUInt64(9223372036854775808)) AS action_key
+            bitOr(cityHash64(node, action_id), toUInt64(9223372036854775808)) AS action_key
         FROM edges
         WHERE action_id != ''
         UNION ALL
         SELECT node, ts, edge, outcome, reported_ms, user, experiment, workflow, workcell, lab,
-            sum(toUInt64(edge = 1 AND previous != 1)) OVER (PARTITION BY node ORDER BY ts, edge ROWS UNBOUNDED PRECEDING)
+            bitAnd(cityHash64(node, sum(toUInt64(edge = 1 AND previous != 1))
+                OVER (PARTITION BY node ORDER BY ts, edge ROWS UNBOUNDED PRECEDING)), toUInt64(9223372036854775807))
                 AS action_key
         FROM (
             SELECT *, lagInFrame(edge, 1, 0) OVER (PARTITION BY node ORDER BY ts, edge
@@ -75,8 +77,8 @@ WITH
             greatest(least(e_raw, {end:Int64}, {now:Int64}), s) AS e
         FROM (
             SELECT
-                node,
                 action_key,
+                any(node) AS node,
                 countIf(edge = 1) AS starts,
                 countIf(edge = 2) AS ends,
                 minIf(ts, edge = 1) AS first_start,
@@ -89,6 +91,6 @@ WITH
                 anyIf(workcell, workcell != '') AS workcell,
                 anyIf(lab, lab != '') AS lab
             FROM keyed
-            GROUP BY node, action_key
+            GROUP BY action_key
         )
     )

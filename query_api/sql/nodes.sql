@@ -12,7 +12,10 @@
         countIf(counted AND outcome = 2) AS failed,
         countIf(counted AND outcome = 3) AS cancelled,
         countIf(counted AND outcome = 0) AS running,
-        groupArrayIf((e_raw - s_raw) / 1e9, counted AND outcome != 0) AS durations
+        -- the durations of the actions that ended in the range
+        countIf(counted AND outcome != 0) AS ended,
+        avgIf((e_raw - s_raw) / 1e9, counted AND outcome != 0) AS mean_s,
+        quantileExactIf(0.95)((e_raw - s_raw) / 1e9, counted AND outcome != 0) AS p95_s
     FROM actions
     GROUP BY node
     HAVING length(pieces) > 0 OR actions > 0
@@ -23,7 +26,7 @@ reported AS (
         if(u.workcell != '', u.workcell, b.workcell) AS workcell,
         if(u.lab != '', u.lab, b.lab) AS lab,
         b.pieces AS pieces, b.actions AS actions, b.completed AS completed, b.failed AS failed,
-        b.cancelled AS cancelled, b.running AS running, b.durations AS durations,
+        b.cancelled AS cancelled, b.running AS running, b.ended AS ended, b.mean_s AS mean_s, b.p95_s AS p95_s,
         d.downs AS downs, d.down_ns AS down_ns
     FROM seen AS u
     FULL OUTER JOIN busy_nodes AS b ON u.node = b.node
@@ -33,15 +36,18 @@ SELECT
     node,
     workcell,
     lab,
-    $sweep AS sweep,
-    greatest(0, least({end:Int64}, {now:Int64}) - {start:Int64}) - down_ns + $overlap AS available_ns,
-    $busy AS busy_ns,
+    greatest(0, least({end:Int64}, {now:Int64}) - {start:Int64}) - down_ns + overlap_ns AS available_ns,
+    busy_ns,
     actions,
     completed,
     failed,
     cancelled,
     running,
-    if(empty(durations), 0, arrayAvg(durations)) AS mean_action_s,
-    if(empty(durations), 0, arrayReduce('quantileExact(0.95)', durations)) AS p95_action_s
-FROM reported
+    if(ended = 0, 0, mean_s) AS mean_action_s,
+    if(ended = 0, 0, p95_s) AS p95_action_s
+FROM (
+    -- the sweep stays in here: only its sums leave the query
+    SELECT *, $busy AS busy_ns, $overlap AS overlap_ns
+    FROM (SELECT *, $sweep AS sweep FROM reported)
+)
 ORDER BY node

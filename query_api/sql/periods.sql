@@ -3,15 +3,16 @@
 -- caller fills in zeros). {bounds:Array(Int64)} holds the bucket starts and the last end; the
 -- template fields bucket_of_start and bucket_of_last are the starts of the buckets holding a
 -- piece's first and last instant (the same buckets, in SQL). Continues intervals, downtime and seen.
+-- Pieces are (kind, start, end, outcome); kinds: 1 busy, 2 an action's end, 3 down, 4 the node was seen.
 , tagged AS (
     SELECT node, workcell, lab, piece
     FROM actions
-    ARRAY JOIN arrayFilter(p -> p.1 != '', [if(e > s, ('busy', s, e, outcome), ('', 0, 0, 0)),
-                                             if(counted, ('end', e_raw, e_raw + 1, outcome), ('', 0, 0, 0))]) AS piece
+    ARRAY JOIN arrayFilter(p -> p.1 != 0, [if(e > s, (1, s, e, outcome), (0, 0, 0, 0)),
+                                            if(counted, (2, e_raw, e_raw + 1, outcome), (0, 0, 0, 0))]) AS piece
     UNION ALL
-    SELECT node, '' AS workcell, '' AS lab, ('down', d.1, d.2, 0) AS piece FROM downtime ARRAY JOIN downs AS d
+    SELECT node, '' AS workcell, '' AS lab, (3, d.1, d.2, 0) AS piece FROM downtime ARRAY JOIN downs AS d
     UNION ALL
-    SELECT node, workcell, lab, ('node', {start:Int64}, {start:Int64} + 1, 0) AS piece FROM seen
+    SELECT node, workcell, lab, (4, {start:Int64}, {start:Int64} + 1, 0) AS piece FROM seen
 ),
 shared AS (
     SELECT
@@ -37,11 +38,11 @@ cells AS (
         bucket_start_ns,
         anyIf(workcell, workcell != '') AS workcell,
         anyIf(lab, lab != '') AS lab,
-        arraySort(groupArrayIf((s, e), kind = 'busy')) AS pieces,
-        groupArrayIf((s, e), kind = 'down') AS downs,
-        countIf(kind = 'end') AS actions,
-        countIf(kind = 'end' AND outcome = 1) AS completed,
-        countIf(kind = 'end' AND outcome = 2) AS failed
+        arraySort(groupArrayIf((s, e), kind = 1)) AS pieces,
+        groupArrayIf((s, e), kind = 3) AS downs,
+        countIf(kind = 2) AS actions,
+        countIf(kind = 2 AND outcome = 1) AS completed,
+        countIf(kind = 2 AND outcome = 2) AS failed
     FROM shared
     GROUP BY node, bucket_start_ns
 )
@@ -50,11 +51,11 @@ SELECT
     workcell,
     lab,
     bucket_start_ns,
-    $sweep AS sweep,
     $busy AS busy_ns,
     arraySum(arrayMap(d -> d.2 - d.1, downs)) AS down_ns,
     $overlap AS overlap_ns,
     actions,
     completed,
     failed
-FROM cells
+-- the sweep stays in here: only its sums leave the query
+FROM (SELECT *, $sweep AS sweep FROM cells)
