@@ -148,6 +148,7 @@ class Storage:
             config.logs_table_name,
             config.traces_table_name,
             tuple(tables[kind] for kind in schema.METRIC_TYPES),
+            config.limits.record_limits(),
         )
         return cls(
             parse_endpoint(config.endpoint, base_dir),
