@@ -261,6 +261,8 @@ class ExportConfig(StrictModel):
     so an export of any size streams in bounded memory."""
 
     chunk_rows: int = Field(50_000, ge=1, le=10_000_000)
+    max_rows: int = Field(10_000_000, ge=0)
+    """An export selecting more events (without a `limit` below this) is refused with 413; 0: no limit."""
 
 
 class MadsciCompatConfig(StrictModel):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from labtel.collector.otlp.values import value_json
+
 
 @dataclass(frozen=True)
 class RecordLimits:
@@ -23,11 +25,11 @@ class RecordLimits:
     max_attributes_per_record: int = 128
     """Attributes of one record (OpenTelemetry's SDKs default to 128 too)."""
     max_attribute_value_length: int = 64 * 1024
-    """Bytes of one string or bytes attribute value, also inside arrays and key-value lists."""
+    """Bytes of one attribute value as stored: a string's UTF-8, a bytes value's bytes, a list's JSON."""
     max_body_length: int = 1024 * 1024
-    """Bytes of a record's body (a string or bytes body; inside a list body, of each element)."""
+    """Bytes of a record's body, measured like an attribute value."""
     max_nesting_depth: int = 8
-    """Levels of arrays and key-value lists inside one value (a scalar is 0, `[1]` is 1)."""
+    """Levels of arrays and key-value lists in one value (a scalar is 0, `[1]` is 1, `{"a": [1]}` 2)."""
 
 
 DEFAULT_LIMITS = RecordLimits()
@@ -39,24 +41,33 @@ def _utf8_length(text: str, limit: int) -> int:
     return len(text) if len(text) * 4 <= limit else len(text.encode("utf-8", "surrogatepass"))
 
 
-def _value_problem(value: AnyValue, max_length: int, length_key: str, limits: RecordLimits, depth: int) -> str | None:
+def _depth(value: AnyValue) -> int:
+    """Levels of arrays and key-value lists in a value (a scalar is 0)."""
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return 1 + max((_depth(item) for item in value.array_value.values), default=0)
+    if kind == "kvlist_value":
+        return 1 + max((_depth(kv.value) for kv in value.kvlist_value.values), default=0)
+    return 0
+
+
+def _value_problem(value: AnyValue, max_length: int, length_key: str, limits: RecordLimits) -> str | None:
+    """Why a value breaks a limit: its length is that of the text labtel stores for it (a
+    string's UTF-8, a bytes value's raw bytes, a list's JSON), so what the exact path accepts,
+    normalized, passes the ingest view's checks."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
         size = _utf8_length(value.string_value, max_length)
-        return f"{size} bytes exceed {length_key} ({max_length})" if size > max_length else None
-    if kind == "bytes_value":
+    elif kind == "bytes_value":
         size = len(value.bytes_value)
-        return f"{size} bytes exceed {length_key} ({max_length})" if size > max_length else None
-    if kind not in ("array_value", "kvlist_value"):
+    elif kind in ("array_value", "kvlist_value"):
+        depth = _depth(value)
+        if depth > limits.max_nesting_depth:
+            return f"{depth} levels of nesting exceed max_nesting_depth ({limits.max_nesting_depth})"
+        size = _utf8_length(value_json(value), max_length)
+    else:
         return None
-    if depth + 1 > limits.max_nesting_depth:
-        return f"nesting deeper than max_nesting_depth ({limits.max_nesting_depth})"
-    items = value.array_value.values if kind == "array_value" else (kv.value for kv in value.kvlist_value.values)
-    for item in items:
-        problem = _value_problem(item, max_length, length_key, limits, depth + 1)
-        if problem:
-            return problem
-    return None
+    return f"{size} bytes exceed {length_key} ({max_length})" if size > max_length else None
 
 
 def attributes_problem(attributes: Sequence[KeyValue], limits: RecordLimits) -> str | None:
@@ -65,7 +76,7 @@ def attributes_problem(attributes: Sequence[KeyValue], limits: RecordLimits) -> 
     if count > limits.max_attributes_per_record:
         return f"{count} attributes exceed max_attributes_per_record ({limits.max_attributes_per_record})"
     for kv in attributes:
-        problem = _value_problem(kv.value, limits.max_attribute_value_length, "max_attribute_value_length", limits, 0)
+        problem = _value_problem(kv.value, limits.max_attribute_value_length, "max_attribute_value_length", limits)
         if problem:
             return f"attribute {kv.key!r}: {problem}"
     return None
@@ -73,22 +84,33 @@ def attributes_problem(attributes: Sequence[KeyValue], limits: RecordLimits) -> 
 
 def log_record_problem(record: LogRecord, limits: RecordLimits) -> str | None:
     """Why one log record breaks a limit (naming the limit), or None when it is within all."""
-    problem = _value_problem(record.body, limits.max_body_length, "max_body_length", limits, 0)
+    problem = _value_problem(record.body, limits.max_body_length, "max_body_length", limits)
     if problem:
         return f"body: {problem}"
     return attributes_problem(record.attributes, limits)
 
 
-def view_checks(record: str, limits: RecordLimits) -> list[str]:
-    """SQL conditions (over a log record tuple of the ingest view) that hold when a record may be
-    over a limit; such a batch takes the exact path, which decides and names the limit.
+CHECKED = "labtel: checked by the exact path"
+"""The `log_comment` of an insert whose requests the exact path checked (normalized, within the
+limits): the view's approximate length check (see `view_checks`) does not apply to them."""
 
-    Scalar strings and bytes only: list values take the exact path regardless."""
-    length = limits.max_attribute_value_length
+
+def view_checks(record: str, limits: RecordLimits) -> list[str]:
+    """SQL conditions over one log record tuple of the ingest view that hold when it may be over
+    a limit; such a batch takes the exact path, which decides and names the limit.
+
+    No lambda (ClickHouse plans the view on every insert, and a lambda costs milliseconds to
+    plan), so the value length is checked on a record's string and bytes values together: a
+    record whose values are longer together than one may be takes the exact path, which stores
+    it (inserted as CHECKED) when no single value is over. List values take the exact path
+    regardless, where their nesting and JSON length are checked."""
     body = limits.max_body_length
+    values = f"{record}.attributes.value"
+    together = f"length(arrayStringConcat({values}.string_value)) + length(arrayStringConcat({values}.bytes_value))"
+    # One condition of sums and products, not OR / AND: those evaluate their arguments lazily,
+    # and filtering the columns for that costs more than computing these cheap checks outright.
     return [
-        f"length({record}.attributes) > {limits.max_attributes_per_record}",
-        f"length({record}.body.string_value) > {body} OR length({record}.body.bytes_value) > {body}",
-        f"arrayExists(v -> length(v.string_value) > {length} OR length(v.bytes_value) > {length},"
-        f" {record}.attributes.value)",
+        f"(length({record}.attributes) > {limits.max_attributes_per_record})"
+        f" + (length({record}.body.string_value) > {body}) + (length({record}.body.bytes_value) > {body})"
+        f" + ({together} > {limits.max_attribute_value_length}) * (getSetting('log_comment') != '{CHECKED}') > 0"
     ]
