@@ -25,8 +25,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from labtel.collector.config import ClickHouseExporterConfig
-from labtel.collector.storage import schema
 from labtel.collector.otlp.limits import CHECKED
+from labtel.collector.storage import schema
 from labtel.collector.storage.schema import SchemaNames
 
 
