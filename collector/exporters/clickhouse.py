@@ -208,10 +208,10 @@ class ClickHouseExporter:
         telemetry.STORED_RECORDS.labels(self.name, signal.name, "fast").inc(sum(p.records for p in batch))
         return [None] * len(batch)
 
-    def _timed_insert(self, signal: Signal, data: bytes, batch_id: str, checked: bool = False) -> None:
+    def _timed_insert(self, signal: Signal, data: bytes, batch_id: str) -> None:
         started = time.perf_counter()
         try:
-            self.storage.insert_otlp(signal.name, data, batch_id, checked)
+            self.storage.insert_otlp(signal.name, data, batch_id)
         except Exception:
             telemetry.INSERTS.labels(self.name, signal.name, "failed").inc()
             raise
@@ -234,7 +234,7 @@ class ClickHouseExporter:
         # Same batch id: a first insert that failed stored nothing under it, and a replay that
         # finds rows under it knows they are these.
         try:
-            self._timed_insert(signal, b"".join(checked.requests), batch_id, checked=True)
+            self._timed_insert(signal, b"".join(checked.requests), batch_id)
         except Exception as error:
             if not self.storage.ping():
                 raise self._storage_down(error) from error
@@ -312,7 +312,7 @@ class ClickHouseExporter:
                 )
                 self.storage.delete_batch(entry.signal, entry.batch_id)
             try:
-                self._timed_insert(SIGNALS[entry.signal], data, entry.batch_id, checked=True)  # logged: triaged
+                self._timed_insert(SIGNALS[entry.signal], data, entry.batch_id)
             except Exception as error:
                 if not self.storage.ping():
                     telemetry.STORAGE_UP.labels(self.name).set(0)

@@ -90,27 +90,29 @@ def log_record_problem(record: LogRecord, limits: RecordLimits) -> str | None:
     return attributes_problem(record.attributes, limits)
 
 
-CHECKED = "labtel: checked by the exact path"
-"""The `log_comment` of an insert whose requests the exact path checked (normalized, within the
-limits): the view's approximate length check (see `view_checks`) does not apply to them."""
-
-
 def view_checks(record: str, limits: RecordLimits) -> list[str]:
-    """SQL conditions over one log record tuple of the ingest view that hold when it may be over
-    a limit; such a batch takes the exact path, which decides and names the limit.
+    """SQL conditions over one log record tuple of the ingest view that hold when it is over the
+    count or body limit; such a batch takes the exact path, which names the limit.
 
-    No lambda (ClickHouse plans the view on every insert, and a lambda costs milliseconds to
-    plan), so the value length is checked on a record's string and bytes values together: a
-    record whose values are longer together than one may be takes the exact path, which stores
-    it (inserted as CHECKED) when no single value is over. List values take the exact path
-    regardless, where their nesting and JSON length are checked."""
+    One condition of sums: OR and AND evaluate their arguments lazily, and filtering the columns
+    for that costs more per record than computing these cheap checks outright."""
     body = limits.max_body_length
-    values = f"{record}.attributes.value"
-    together = f"length(arrayStringConcat({values}.string_value)) + length(arrayStringConcat({values}.bytes_value))"
-    # One condition of sums and products, not OR / AND: those evaluate their arguments lazily,
-    # and filtering the columns for that costs more than computing these cheap checks outright.
     return [
         f"(length({record}.attributes) > {limits.max_attributes_per_record})"
-        f" + (length({record}.body.string_value) > {body}) + (length({record}.body.bytes_value) > {body})"
-        f" + ({together} > {limits.max_attribute_value_length}) * (getSetting('log_comment') != '{CHECKED}') > 0"
+        f" + (length({record}.body.string_value) > {body}) + (length({record}.body.bytes_value) > {body}) > 0"
+    ]
+
+
+def request_view_checks(records: str, limits: RecordLimits) -> list[str]:
+    """SQL conditions over all log records of an ingested request (`records`: their nested column)
+    that hold when a scalar attribute value is over the length limit.
+
+    At the request level (one row per insert), over the flattened values the UTF-8 check reads
+    too: one pass over their lengths, and one lambda to plan per insert. List values take the
+    exact path regardless, where their nesting and JSON length are checked."""
+    length = limits.max_attribute_value_length
+    values = f"{records}.attributes.value"
+    return [
+        f"arrayExists(s -> length(s) > {length}, arrayFlatten({values}.string_value))"
+        f" OR arrayExists(s -> length(s) > {length}, arrayFlatten({values}.bytes_value))"
     ]

@@ -25,7 +25,6 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from labtel.collector.config import ClickHouseExporterConfig
-from labtel.collector.otlp.limits import CHECKED
 from labtel.collector.storage import schema
 from labtel.collector.storage.schema import SchemaNames
 
@@ -299,20 +298,17 @@ class Storage:
         except Exception:
             return False
 
-    def insert_otlp(self, signal: str, data: bytes, batch_id: str, checked: bool = False) -> None:
+    def insert_otlp(self, signal: str, data: bytes, batch_id: str) -> None:
         """Insert serialized Export requests of one signal (concatenated requests form one).
 
         Every stored row keeps `batch_id` (column IngestBatch), so `batch_rows` can tell whether
-        an insert whose outcome is unknown (a crash, a timeout) landed. `checked`: the exact path
-        normalized the requests and checked them against the record limits."""
+        an insert whose outcome is unknown (a crash, a timeout) landed."""
         self._check_fault()
         settings = {
             **_INGEST_SETTINGS,
             **_schema_settings(signal, self._schema_dir()),
             "insert_deduplication_token": batch_id,
         }
-        if checked:
-            settings["log_comment"] = CHECKED
         with self.client() as client:
             client.raw_insert(
                 self.names.ingest_table(signal), insert_block=data, settings=settings, fmt="ProtobufSingle"

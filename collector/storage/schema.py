@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, view_checks
+from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, request_view_checks, view_checks
 from labtel.sdk import semconv
 
 EXACT_PATH_ERROR = "labtel: record needs validation or the exact path"
@@ -290,6 +290,7 @@ def logs_view_select(source: str, limits: RecordLimits = DEFAULT_LIMITS) -> str:
         [
             f"hasAny(CAST(arrayFlatten({records}.body.value), 'Array(Int8)'), [5, 6])",
             _has_list(f"{records}.attributes", nested=True),
+            *request_view_checks(records, limits),
             _invalid_utf8(
                 [],
                 [
