@@ -41,14 +41,26 @@ class ExportUnavailable(Exception):
         self.retry_after_s = retry_after_s
 
 
-Verdict = str | None
-"""Per payload: None when stored, else the reason the payload was rejected."""
+@dataclass(frozen=True, slots=True)
+class PartialSuccess:
+    """Some records of a payload were rejected (over a limit); the others are stored.
+
+    Receivers answer with OTLP's `partial_success` (`rejected_log_records`, `error_message`)."""
+
+    rejected: int
+    message: str
+
+
+Verdict = str | PartialSuccess | None
+"""Per payload: None when stored, PartialSuccess when stored but for some records, else the
+reason the whole payload was rejected."""
 
 
 class Consumer(Protocol):
-    """Takes one payload and returns when it is stored (receivers call this)."""
+    """Takes one payload and returns when it is stored (receivers call this); returns what was
+    rejected of it, if anything was."""
 
-    async def consume(self, payload: Payload) -> None: ...
+    async def consume(self, payload: Payload) -> PartialSuccess | None: ...
 
 
 class BatchConsumer(Protocol):

@@ -30,6 +30,7 @@ from pydantic import (
 from labtel.collector.alerts.config import AlertsExporterConfig
 from labtel.collector.auth import ApiKey, Authenticator, HashFormatError, Scope, check_hash
 from labtel.collector.durations import Duration
+from labtel.collector.otlp.limits import RecordLimits
 from labtel.collector.storage.topology import Topology, check_engine_name
 
 
@@ -269,6 +270,19 @@ class TableEngineConfig(StrictModel):
         return value.strip()
 
 
+class RecordLimitsConfig(StrictModel):
+    """What one log record may hold to be stored (labtel.collector.otlp.limits). A record over a
+    limit is rejected (the rest of its request is stored: an OTLP partial success), never truncated."""
+
+    max_attributes_per_record: int = Field(128, ge=1, le=100_000)
+    max_attribute_value_length: int = Field(64 * 1024, ge=1)
+    max_body_length: int = Field(1024 * 1024, ge=1)
+    max_nesting_depth: int = Field(8, ge=1, le=100)
+
+    def record_limits(self) -> RecordLimits:
+        return RecordLimits(**self.model_dump())
+
+
 class ClickHouseExporterConfig(StrictModel):
     """The `clickhouse` exporter. Option names follow the contrib ClickHouse exporter."""
 
@@ -304,6 +318,7 @@ class ClickHouseExporterConfig(StrictModel):
     async_insert: bool = True
     sending_queue: SendingQueueConfig = SendingQueueConfig()
     retry_on_failure: RetryConfig = RetryConfig()
+    limits: RecordLimitsConfig = RecordLimitsConfig()
 
     @field_validator("database", "logs_table_name", "traces_table_name")
     @classmethod
@@ -377,6 +392,8 @@ class ExportConfig(StrictModel):
     so an export of any size streams in bounded memory."""
 
     chunk_rows: int = Field(50_000, ge=1, le=10_000_000)
+    max_rows: int = Field(10_000_000, ge=0)
+    """An export selecting more events (without a `limit` below this) is refused with 413; 0: no limit."""
 
 
 class MadsciCompatConfig(StrictModel):

@@ -18,6 +18,7 @@ from labtel.collector.component import (
     BatchConsumer,
     Consumer,
     Lifecycle,
+    PartialSuccess,
     Payload,
     Verdict,
 )
@@ -74,14 +75,14 @@ class ConsumerFanOut:
     def __init__(self, consumers: Sequence[Consumer]) -> None:
         self._consumers = list(consumers)
 
-    async def consume(self, payload: Payload) -> None:
+    async def consume(self, payload: Payload) -> PartialSuccess | None:
         if len(self._consumers) == 1:
-            await self._consumers[0].consume(payload)
-            return
+            return await self._consumers[0].consume(payload)
         results = await asyncio.gather(*(c.consume(payload) for c in self._consumers), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        return next((r for r in results if isinstance(r, PartialSuccess)), None)
 
 
 class QueryApiExtension:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -82,4 +82,23 @@ def create_app(
     ):
         app.include_router(router)
     install_compat(app, storage, config, ingest)
+    _document_error_shapes(app)
     return app
+
+
+def _document_error_shapes(app: FastAPI) -> None:
+    """Say in the OpenAPI schema what a 422 really holds: FastAPI's list of validation errors, or
+    (the compatibility routes, as the servers they stand in for answer) a message."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+            if error is not None:
+                listed = error["properties"]["detail"]
+                error["properties"]["detail"] = {"anyOf": [listed, {"type": "string"}], "title": "Detail"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

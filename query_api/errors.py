@@ -13,10 +13,10 @@ from labtel.collector.storage.client import StorageError
 # ClickHouse error codes caused by what the client asked (a pattern, a type, a name, a value).
 _CLIENT_CODES = {
     *(6, 25, 26, 27, 32, 36, 38, 41, 42, 43, 44, 46, 47, 53, 60, 62, 69, 70, 72, 81, 130, 184, 190),
-    *(215, 386, 427, 456, 457),
+    *(215, 386, 395, 427, 456, 457),  # 395: throwIf, the query's own error
 }
-_REFUSED_CODES = {164, 497}  # READONLY, ACCESS_DENIED
-_LIMIT_CODES = {158, 241, 307, 396}
+_REFUSED_CODES = {164, 446, 497}  # READONLY, FUNCTION_NOT_ALLOWED, ACCESS_DENIED
+_LIMIT_CODES = {158, 241, 306, 307, 396}  # 306: recursion too deep (WITH RECURSIVE)
 _TIMEOUT_CODES = {159, 160}
 _CODE = re.compile(r"Code: (\d+)")
 _TRAILER = re.compile(r"\s*\((?:version [^)]*|[A-Z_]+)\)\.?\s*$")

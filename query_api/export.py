@@ -191,13 +191,30 @@ def _parquet_writer(sink: _Sink, schema: pa.Schema) -> pq.ParquetWriter:
     )
 
 
+class ExportTooLarge(ValueError):
+    """The export would hold more events than `max_rows` allows (HTTP 413)."""
+
+
 def export_chunks(
-    storage: Storage, flt: EventFilter, fmt_name: str, chunk_rows: int, limit: int | None = None
+    storage: Storage,
+    flt: EventFilter,
+    fmt_name: str,
+    chunk_rows: int,
+    limit: int | None = None,
+    max_rows: int = 0,
 ) -> Iterator[bytes]:
-    """The bytes of an export in `fmt_name` (csv, ndjson, parquet), window by window."""
+    """The bytes of an export in `fmt_name` (csv, ndjson, parquet), window by window. Raises
+    ExportTooLarge (before anything is read) when more than `max_rows` (0: any number) events
+    match and `limit` does not bound them."""
     fmt = {"csv": "CSV", "ndjson": "JSONEachRow", "parquet": "ArrowStream"}[fmt_name]
     where, params = flt.where()
     windows = plan_windows(storage, flt, chunk_rows)
+    matching = sum(window.rows for window in windows)
+    if max_rows and min(matching, limit or matching) > max_rows:
+        raise ExportTooLarge(
+            f"the export selects {matching} events, more than export.max_rows ({max_rows}); "
+            "narrow the time range or the filters, or pass limit"
+        )
     remaining = limit
 
     def fetch(window: Window, window_limit: int | None) -> bytes:

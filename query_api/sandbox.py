@@ -53,9 +53,30 @@ DENIED_FUNCTIONS = frozenset(
         "enabledRoles",
         "defaultRoles",
         "getClientHTTPHeader",
+        # who and where the server is
+        "currentUser",
+        "user",
+        "authenticatedUser",
+        "hostName",
+        "fqdn",
+        "fullHostName",
+        "displayName",
+        "serverUUID",
+        "tcpPort",
+        "getOSKernelVersion",
+        "shardNum",
+        "shardCount",
+        "zookeeperSessionUptime",
+        # introspection (disabled by the settings too; refused here with a clear message)
+        "addressToLine",
+        "addressToLineWithInlines",
+        "addressToSymbol",
+        "demangle",
+        "logTrace",
     }
 )
-"""Scalar functions that read files, dictionaries, other tables by name, or server configuration."""
+"""Scalar functions that read files, dictionaries, other tables by name, server configuration, or
+say who and where the server is."""
 
 _ALLOWED_TABLE_FUNCTIONS = frozenset(name.lower() for name in ALLOWED_TABLE_FUNCTIONS)
 _DENIED_FUNCTIONS = frozenset(name.lower() for name in DENIED_FUNCTIONS)

@@ -13,6 +13,7 @@ names it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,8 +23,12 @@ from typing import Any
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import semconv
 
+MAX_BYTES = 64 * 1024
+"""The largest selector, as compact JSON (the limit `max_selector_bytes`)."""
 MAX_DEPTH = 12
+"""The deepest nesting of $and/$or/$nor (the limit `max_selector_depth`)."""
 MAX_CONDITIONS = 300
+"""The most field conditions in one selector (the limit `max_selector_conditions`)."""
 
 COMPARISONS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 FIELD_OPERATORS = {*COMPARISONS, "$in", "$nin", "$regex", "$options", "$exists", "$not"}
@@ -94,20 +99,26 @@ class Translation:
     def count(self) -> None:
         self.conditions += 1
         if self.conditions > MAX_CONDITIONS:
-            raise SelectorError(f"the selector has more than {MAX_CONDITIONS} conditions")
+            raise SelectorError(f"the selector has more than {MAX_CONDITIONS} conditions (max_selector_conditions)")
 
 
 def translate(selector: Any, prefix: str = "s") -> tuple[str, dict[str, Any]]:
     """SQL for a selector (a WHERE clause without the keyword) and its parameters."""
     if not isinstance(selector, Mapping):
         raise SelectorError("a selector must be a JSON object")
+    try:
+        size = len(json.dumps(selector, separators=(",", ":"), default=str))
+    except (ValueError, RecursionError):
+        raise SelectorError(f"the selector nests deeper than {MAX_DEPTH} levels (max_selector_depth)") from None
+    if size > MAX_BYTES:
+        raise SelectorError(f"the selector is {size} bytes as JSON, more than {MAX_BYTES} (max_selector_bytes)")
     state = Translation(prefix=f"{prefix}_")
     return _document(selector, state, 0), state.parameters
 
 
 def _document(selector: Mapping[str, Any], state: Translation, depth: int) -> str:
     if depth > MAX_DEPTH:
-        raise SelectorError(f"the selector nests deeper than {MAX_DEPTH} levels")
+        raise SelectorError(f"the selector nests deeper than {MAX_DEPTH} levels (max_selector_depth)")
     parts = []
     for key, value in selector.items():
         if not isinstance(key, str):

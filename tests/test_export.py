@@ -137,6 +137,18 @@ def test_limits_empty_results_and_bad_formats(client: TestClient) -> None:
     assert client.get("/export", params={"since": "soon"}).status_code == 400
 
 
+def test_exports_over_max_rows_are_refused_naming_the_limit(store: Storage) -> None:
+    with TestClient(create_app(store, QueryApiConfig(export=ExportConfig(chunk_rows=7, max_rows=20)))) as capped:
+        refused = capped.get("/export", params={"service": "small", "format": "ndjson"})
+        assert refused.status_code == 413
+        assert "selects 30 events, more than export.max_rows (20)" in refused.json()["detail"]
+        assert capped.get("/export", params={"service": "small", "format": "ndjson", "limit": 25}).status_code == 413
+        within = capped.get("/export", params={"service": "small", "format": "ndjson", "limit": 20})
+        assert len(within.text.splitlines()) == 20
+        narrowed = capped.get("/export", params={"service": "small", "format": "ndjson", "node": "n0"})
+        assert len(narrowed.text.splitlines()) == 15
+
+
 def test_windows_cover_every_event_and_split_dense_stretches(store: Storage) -> None:
     # 5,000 events within 5 ms: one five-minute bucket holds them all, so planning refines it.
     generate(store, 5_000, BASE + 10**12, 1_000, "dense")

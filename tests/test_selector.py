@@ -200,3 +200,15 @@ def test_get_filters_equal_the_same_selector(
     assert by_filter.status_code == 200, by_filter.text
     assert [e["body"] for e in by_filter.json()["events"]] == bodies(client, selector)
     assert bodies(client, selector)  # not vacuous
+
+
+def test_limits_are_named() -> None:
+    with pytest.raises(SelectorError, match=r"more than 65536 \(max_selector_bytes\)"):
+        translate({"$or": [{"body": "x" * 1000} for _ in range(70)]})
+    deep: dict[str, Any] = {"a": 1}
+    for _ in range(13):
+        deep = {"$nor": [deep]}
+    with pytest.raises(SelectorError, match=r"deeper than 12 levels \(max_selector_depth\)"):
+        translate(deep)
+    with pytest.raises(SelectorError, match=r"\(max_selector_conditions\)"):
+        translate({"a": {"$in": [1]}, "$and": [{"b": i} for i in range(300)]})

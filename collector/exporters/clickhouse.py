@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from labtel.collector import telemetry
-from labtel.collector.component import ExportUnavailable, Payload, Verdict
+from labtel.collector.component import ExportUnavailable, PartialSuccess, Payload, Verdict
 from labtel.collector.config import SIGNALS as PIPELINE_SIGNALS
 from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.otlp.exact import triage
+from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.signals import SIGNALS, Signal
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage, StorageError
@@ -50,13 +51,18 @@ class Triaged:
     records: int
 
 
-def triage_batch(signal: Signal, batch: Sequence[Payload]) -> Triaged:
+def triage_batch(signal: Signal, batch: Sequence[Payload], limits: RecordLimits = DEFAULT_LIMITS) -> Triaged:
+    """Check each payload of a batch in Python: its verdict, and what of it is to be stored."""
     verdicts: list[Verdict] = []
     requests: list[bytes] = []
     records = 0
     for payload in batch:
-        result = triage(signal, payload.data)
-        verdicts.append(result.error)
+        result = triage(signal, payload.data, limits)
+        if result.error is None and result.rejected:
+            assert result.rejection is not None
+            verdicts.append(PartialSuccess(result.rejected, result.rejection))
+        else:
+            verdicts.append(result.error)
         if result.error is None and result.data:
             requests.append(result.data)
             records += result.records
@@ -162,7 +168,7 @@ class ClickHouseExporter:
         """Acknowledge from the write-ahead log: validate, fsync, answer."""
         assert self.wal is not None
         signal = batch[0].signal
-        checked = await self._chore(triage_batch, signal, batch)
+        checked = await self._chore(triage_batch, signal, batch, self.storage.names.limits)
         if not checked.requests:
             self._in_flight.discard(batch_id)
             return checked.verdicts
@@ -222,7 +228,7 @@ class ClickHouseExporter:
         if not self.storage.ping():
             raise self._storage_down(first_error)
         self._discard_partial(signal, batch_id)
-        checked = triage_batch(signal, batch)
+        checked = triage_batch(signal, batch, self.storage.names.limits)
         if not checked.requests:
             return checked.verdicts
         # Same batch id: a first insert that failed stored nothing under it, and a replay that

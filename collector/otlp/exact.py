@@ -5,7 +5,9 @@ The fast path hands concatenated requests to ClickHouse, whose ingest views refu
 parses scalar values only). Such a batch comes here, one request at a time: an invalid request
 gets a message saying what is wrong and where; a valid one is normalized so the fast path can
 store it: every array or key-value list value is replaced by its JSON text, which is what
-labtel stores for it, and a string value is stored as it is.
+labtel stores for it, and a string value is stored as it is. Log records over a limit
+(labtel.collector.otlp.limits) are dropped from their request and counted: the rest is stored,
+and the caller is told (an OTLP partial success); a request with nothing left is rejected.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, log_record_problem
 from labtel.collector.otlp.signals import LOGS, METRICS, TRACES, Signal
 from labtel.collector.otlp.values import value_json
 
@@ -32,10 +35,28 @@ class Triage:
     error: str | None
     records: int
     """Records of the request: the rows it becomes (for metrics, data points, not Metric messages)."""
+    rejected: int = 0
+    """Records dropped for breaking a limit (`data` holds the others)."""
+    rejection: str | None = None
+    """Why the first of them was dropped."""
 
 
 class _Invalid(ValueError):
     pass
+
+
+@dataclass
+class _Rejections:
+    """Records dropped from one request for breaking a limit."""
+
+    limits: RecordLimits
+    count: int = 0
+    first: str | None = None
+
+    def add(self, where: str, problem: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = f"{where}: {problem}"
 
 
 def _flatten_value(value: AnyValue) -> None:
@@ -59,12 +80,13 @@ def _check_time(value: int, where: str) -> None:
         raise _Invalid(f"{where}: {value} ns is beyond the latest storable time (year 2262)")
 
 
-def _logs(request: Message) -> int:
+def _logs(request: Message, rejections: _Rejections) -> int:
     count = 0
     for i, resource_logs in enumerate(request.resource_logs):  # type: ignore[attr-defined]
         _flatten(resource_logs.resource.attributes)
         for j, scope_logs in enumerate(resource_logs.scope_logs):
             _flatten(scope_logs.scope.attributes)
+            dropped: list[int] = []
             for k, record in enumerate(scope_logs.log_records):
                 where = f"resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
                 _check_id(record.trace_id, (0, 16), f"{where}.trace_id")
@@ -73,13 +95,23 @@ def _logs(request: Message) -> int:
                     raise _Invalid(f"{where}.severity_number: {record.severity_number} is outside 0..24")
                 _check_time(record.time_unix_nano, f"{where}.time_unix_nano")
                 _check_time(record.observed_time_unix_nano, f"{where}.observed_time_unix_nano")
+                problem = log_record_problem(record, rejections.limits)
+                if problem is not None:
+                    rejections.add(where, problem)
+                    dropped.append(k)
+                    continue
                 _flatten_value(record.body)
                 _flatten(record.attributes)
                 count += 1
+            if dropped:
+                gone = set(dropped)
+                kept = [r for k, r in enumerate(scope_logs.log_records) if k not in gone]
+                del scope_logs.log_records[:]
+                scope_logs.log_records.extend(kept)
     return count
 
 
-def _traces(request: Message) -> int:
+def _traces(request: Message, rejections: _Rejections) -> int:
     count = 0
     for i, resource_spans in enumerate(request.resource_spans):  # type: ignore[attr-defined]
         _flatten(resource_spans.resource.attributes)
@@ -117,7 +149,7 @@ def _exemplars(exemplars: Iterable[Any], where: str) -> None:
         _flatten(exemplar.filtered_attributes)
 
 
-def _metrics(request: Message) -> int:
+def _metrics(request: Message, rejections: _Rejections) -> int:
     """Counts data points (the rows they become), not Metric messages."""
     count = 0
     for i, resource_metrics in enumerate(request.resource_metrics):  # type: ignore[attr-defined]
@@ -148,16 +180,21 @@ def _metrics(request: Message) -> int:
 _WALKERS = {LOGS.name: _logs, TRACES.name: _traces, METRICS.name: _metrics}
 
 
-def triage(signal: Signal, data: bytes) -> Triage:
-    """Validate one serialized request; return it normalized for storage, or why it is invalid."""
+def triage(signal: Signal, data: bytes, limits: RecordLimits = DEFAULT_LIMITS) -> Triage:
+    """Validate one serialized request; return it normalized for storage (without the log
+    records over a limit), or why it is invalid."""
     request = signal.request_type()
     try:
         request.ParseFromString(data)
     except DecodeError as error:
         detail = str(error).removeprefix("Error parsing message")
         return Triage(None, f"not a valid {signal.request_type.DESCRIPTOR.name}{detail}", 0)
+    rejections = _Rejections(limits)
     try:
-        records = _WALKERS[signal.name](request)
+        records = _WALKERS[signal.name](request, rejections)
     except _Invalid as error:
         return Triage(None, str(error), 0)
-    return Triage(request.SerializeToString(), None, records)
+    if rejections.count and not records:
+        more = f" (and {rejections.count - 1} more records)" if rejections.count > 1 else ""
+        return Triage(None, f"{rejections.first}{more}", 0, rejections.count, rejections.first)
+    return Triage(request.SerializeToString(), None, records, rejections.count, rejections.first)

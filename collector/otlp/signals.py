@@ -21,10 +21,21 @@ class Signal:
     http_path: str
     resource_field: str
     scope_field: str
+    rejected_field: str
+    """The count field of the response's `partial_success`."""
 
     @property
     def grpc_method(self) -> str:
         return f"/{self.grpc_service}/Export"
+
+    def response(self, rejected: int = 0, message: str = "") -> Message:
+        """An Export response: empty when all was accepted, else an OTLP partial success."""
+        response = self.response_type()
+        if rejected:
+            partial = response.partial_success  # type: ignore[attr-defined]
+            setattr(partial, self.rejected_field, rejected)
+            partial.error_message = message
+        return response
 
 
 LOGS = Signal(
@@ -35,6 +46,7 @@ LOGS = Signal(
     http_path="/v1/logs",
     resource_field="resource_logs",
     scope_field="scope_logs",
+    rejected_field="rejected_log_records",
 )
 TRACES = Signal(
     name="traces",
@@ -44,6 +56,7 @@ TRACES = Signal(
     http_path="/v1/traces",
     resource_field="resource_spans",
     scope_field="scope_spans",
+    rejected_field="rejected_spans",
 )
 METRICS = Signal(
     name="metrics",
@@ -53,6 +66,7 @@ METRICS = Signal(
     http_path="/v1/metrics",
     resource_field="resource_metrics",
     scope_field="scope_metrics",
+    rejected_field="rejected_data_points",
 )
 
 SIGNALS: dict[str, Signal] = {s.name: s for s in (LOGS, TRACES, METRICS)}

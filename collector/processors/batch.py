@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from labtel.collector import telemetry
-from labtel.collector.component import BatchConsumer, ExportRejected, ExportUnavailable, Payload, Verdict
+from labtel.collector.component import (
+    BatchConsumer,
+    ExportRejected,
+    ExportUnavailable,
+    PartialSuccess,
+    Payload,
+    Verdict,
+)
 from labtel.collector.config import BatchProcessorConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +71,7 @@ class GroupCommit:
         """Records waiting for, or inside, an insert."""
         return self._waiting_records + self._in_flight_records
 
-    async def consume(self, payload: Payload) -> None:
+    async def consume(self, payload: Payload) -> PartialSuccess | None:
         if self._closing:
             raise ExportUnavailable("the collector is shutting down", retry_after_s=1.0)
         if self.queued_records and self.queued_records + payload.records > self._queue_size:
@@ -78,9 +85,7 @@ class GroupCommit:
         self._waiting_bytes += len(payload.data)
         self._gauge.set(self.queued_records)
         self._schedule()
-        verdict = await future
-        if verdict is not None:
-            raise ExportRejected(verdict)
+        return answer(await future)
 
     def _due(self) -> bool:
         if not self._waiting:
@@ -170,10 +175,9 @@ class Passthrough:
     def __init__(self, next_consumer: BatchConsumer) -> None:
         self._next = next_consumer
 
-    async def consume(self, payload: Payload) -> None:
+    async def consume(self, payload: Payload) -> PartialSuccess | None:
         (verdict,) = await self._next.consume_batch([payload])
-        if verdict is not None:
-            raise ExportRejected(verdict)
+        return answer(verdict)
 
     async def start(self) -> None:
         return None
@@ -182,11 +186,22 @@ class Passthrough:
         return None
 
 
+def answer(verdict: Verdict) -> PartialSuccess | None:
+    """A consumer's answer from a payload's verdict: raises ExportRejected for a rejected payload."""
+    if isinstance(verdict, str):
+        raise ExportRejected(verdict)
+    return verdict
+
+
 def merge_verdicts(per_exporter: Sequence[Sequence[Verdict]]) -> list[Verdict]:
-    """A payload is stored when every exporter stored it; the first rejection wins."""
+    """A payload is stored when every exporter stored it; the first rejection wins (a whole
+    rejection over a partial one)."""
     merged: list[Verdict] = [None] * len(per_exporter[0])
     for verdicts in per_exporter:
         for index, verdict in enumerate(verdicts):
-            if merged[index] is None and verdict is not None:
+            current = merged[index]
+            if (isinstance(verdict, str) and not isinstance(current, str)) or (
+                isinstance(verdict, PartialSuccess) and current is None
+            ):
                 merged[index] = verdict
     return merged

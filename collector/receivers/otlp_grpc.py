@@ -72,7 +72,7 @@ class OTLPGrpcReceiver:
             if records == 0:
                 return b""
             try:
-                await consumer.consume(Payload(signal, request, records))
+                partial = await consumer.consume(Payload(signal, request, records))
             except ExportRejected as error:
                 telemetry.record_export(signal.name, "grpc", records, "rejected", started)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
@@ -84,6 +84,8 @@ class OTLPGrpcReceiver:
                     trailing_metadata=(("grpc-status-details-bin", retry_status(error.message, error.retry_after_s)),),
                 )
             telemetry.record_export(signal.name, "grpc", records, "accepted", started)
+            if partial is not None:  # some records broke a limit: OTLP partial success
+                return bytes(signal.response(partial.rejected, partial.message).SerializeToString())
             return b""  # an empty Export*ServiceResponse: everything was accepted
 
         return export

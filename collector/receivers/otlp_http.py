@@ -130,6 +130,7 @@ class OTLPHttpReceiver:
             media_type = _media_type(request)
             answer_type = JSON if media_type == JSON else PROTOBUF
             records = 0
+            partial = None
             try:
                 await self._authorize(request, "ingest")
                 entry = self._consumers.get(signal.name)
@@ -153,7 +154,7 @@ class OTLPHttpReceiver:
                     raise _HttpError(400, code_pb2.INVALID_ARGUMENT, str(error)) from None
                 if records:
                     try:
-                        await entry[1].consume(Payload(signal, body, records))
+                        partial = await entry[1].consume(Payload(signal, body, records))
                     except ExportRejected as error:
                         raise _HttpError(400, code_pb2.INVALID_ARGUMENT, error.message) from None
                     except ExportUnavailable as error:
@@ -166,7 +167,7 @@ class OTLPHttpReceiver:
                 telemetry.record_export(signal.name, "http", records, outcome, started)
                 return _status_response(error, answer_type)
             telemetry.record_export(signal.name, "http", records, "accepted", started)
-            response = signal.response_type()
+            response = signal.response() if partial is None else signal.response(partial.rejected, partial.message)
             if answer_type == JSON:
                 return Response(protobuf_to_json(response), 200, media_type=JSON)
             return Response(response.SerializeToString(), 200, media_type=PROTOBUF)

@@ -187,6 +187,7 @@ class Storage:
             config.traces_table_name,
             tuple(tables[kind] for kind in schema.METRIC_TYPES),
             config.topology(),
+            config.limits.record_limits(),
         )
         return cls(
             [parse_endpoint(endpoint, base_dir) for endpoint in (config.endpoint, *config.endpoints)],

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, request_view_checks, view_checks
 from labtel.collector.storage.topology import LOCAL, Topology, quote_identifier
 from labtel.sdk import semconv
 
@@ -49,6 +50,8 @@ class SchemaNames:
     """The table of each metric type, in METRIC_TYPES order."""
     topology: Topology = LOCAL
     """One server, or a cluster (ON CLUSTER, Replicated engines, Distributed tables)."""
+    limits: RecordLimits = DEFAULT_LIMITS
+    """What a log record may hold: the logs ingest view checks it, so its name covers them."""
 
     def qualified(self, table: str) -> str:
         return f"{quote_identifier(self.database)}.{quote_identifier(table)}"
@@ -125,7 +128,7 @@ class SchemaNames:
             targets = "\n".join((ingest_fingerprint(signal), *self.metrics_tables))
             return f"labtel_metrics_ingest_{hashlib.sha256(targets.encode()).hexdigest()[:10]}"
         table = {"logs": self.logs_table, "traces": self.traces_table}[signal]
-        return f"{table}_ingest_{ingest_fingerprint(signal)}"
+        return f"{table}_ingest_{ingest_fingerprint(signal, self.limits if signal == 'logs' else DEFAULT_LIMITS)}"
 
     def ingest_table(self, signal: str) -> str:
         """The Null table that serialized Export requests of a signal are inserted into."""
@@ -306,7 +309,7 @@ def _checked(value: str, conditions: list[str]) -> str:
     return f"{value} + throwIf(\n        {joined},\n        '{EXACT_PATH_ERROR}')"
 
 
-def logs_view_select(source: str) -> str:
+def logs_view_select(source: str, limits: RecordLimits = DEFAULT_LIMITS) -> str:
     """The SELECT that flattens ingested ExportLogsServiceRequests into `otel_logs` rows.
 
     Four levels, each computing what belongs to it once: the request (one row per insert: the
@@ -319,6 +322,7 @@ def logs_view_select(source: str) -> str:
         [
             f"hasAny(CAST(arrayFlatten({records}.body.value), 'Array(Int8)'), [5, 6])",
             _has_list(f"{records}.attributes", nested=True),
+            *request_view_checks(records, limits),
             _invalid_utf8(
                 [],
                 [
@@ -348,6 +352,7 @@ def logs_view_select(source: str) -> str:
         "length(lr.trace_id) NOT IN (0, 16) OR length(lr.span_id) NOT IN (0, 8)",
         f"lr.time_unix_nano > {_MAX_NANOS} OR lr.observed_time_unix_nano > {_MAX_NANOS}",
         "lr.severity_number < 0 OR lr.severity_number > 24",
+        *view_checks("lr", limits),
     ]
     return f"""SELECT
     if(lr.observed_time_unix_nano = 0, now64(9), {_nanos("lr.observed_time_unix_nano")}) AS ObservedTimestamp,
@@ -642,18 +647,22 @@ def delete_rows(names: SchemaNames, store_table: str, where: str) -> str:
     return f"DELETE FROM {store_table}{names.on_cluster} WHERE {where}"
 
 
-_VIEW_SELECTS = {"logs": logs_view_select, "traces": traces_view_select}
+def _view_select(signal: str, source: str, limits: RecordLimits) -> str:
+    return logs_view_select(source, limits) if signal == "logs" else traces_view_select(source)
 
 
 @cache
-def ingest_fingerprint(signal: str) -> str:
-    """A short hash of everything that defines a signal's ingest path (schema, columns, views)."""
+def ingest_fingerprint(signal: str, limits: RecordLimits = DEFAULT_LIMITS) -> str:
+    """A short hash of everything that defines a signal's ingest path (schema, columns, views;
+    for logs, the record limits its view checks)."""
     if signal == "metrics":
         from labtel.collector.storage import metrics_schema  # built on this module's SQL helpers
 
         definition = "\n".join((ingest_proto(signal), metrics_schema.ingest_definition()))
     else:
-        definition = "\n".join((ingest_proto(signal), _INGEST_COLUMNS[signal], _VIEW_SELECTS[signal]("{source}")))
+        definition = "\n".join(
+            (ingest_proto(signal), _INGEST_COLUMNS[signal], _view_select(signal, "{source}", limits))
+        )
     return hashlib.sha256(definition.encode()).hexdigest()[:10]
 
 
@@ -667,7 +676,7 @@ def ingest_objects(names: SchemaNames, signal: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {names.ingest_table(signal)}{names.on_cluster} "
         f"({_INGEST_COLUMNS[signal]}) ENGINE = Null",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {names.ingest_view(signal)}{names.on_cluster} "
-        f"TO {names.target(signal)} AS\n" + _VIEW_SELECTS[signal](names.ingest_table(signal)),
+        f"TO {names.target(signal)} AS\n" + _view_select(signal, names.ingest_table(signal), names.limits),
     ]
 
 

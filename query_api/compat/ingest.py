@@ -89,11 +89,17 @@ class EventWriter:
         data = encode(records, scope)
         if self.pipeline is not None:
             try:
-                await self.pipeline.consume(Payload(LOGS, data, len(records)))
+                partial = await self.pipeline.consume(Payload(LOGS, data, len(records)))
             except ExportRejected as error:
                 raise HTTPException(400, f"the events were refused: {error.message}") from None
             except ExportUnavailable as error:
                 raise unavailable(error.message, error.retry_after_s) from None
+            if partial is not None:
+                raise HTTPException(
+                    422,
+                    f"{partial.rejected} of {len(records)} events were refused ({partial.message}); "
+                    "the others are stored, do not send them again",
+                )
             return
         try:
             await run_in_threadpool(self.storage.insert_otlp, "logs", data, f"compat-{uuid.uuid4()}")

@@ -13,7 +13,7 @@ from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.events import EventFilter
-from labtel.query_api.export import EXPORT_COLUMNS, export_chunks
+from labtel.query_api.export import EXPORT_COLUMNS, ExportTooLarge, export_chunks
 from labtel.query_api.formats import EXPORT_FORMATS, choose_format
 from labtel.query_api.routes.events import ATTRIBUTE_FILTERS, event_filter
 
@@ -46,8 +46,11 @@ def export(
     if flt.end_ns is None:
         flt.end_ns = time.time_ns()
     config: QueryApiConfig = request.app.state.config
-    chunks = export_chunks(storage, flt, name, config.export.chunk_rows, limit)
-    first = next(chunks, b"")  # planning runs now, so its errors are a proper 4xx/503
+    chunks = export_chunks(storage, flt, name, config.export.chunk_rows, limit, config.export.max_rows)
+    try:
+        first = next(chunks, b"")  # planning runs now, so its errors are a proper 4xx/503
+    except ExportTooLarge as error:
+        raise HTTPException(413, str(error)) from None
     filename = f"labtel-events-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{_EXTENSIONS[name]}"
 
     def body() -> Iterator[bytes]:

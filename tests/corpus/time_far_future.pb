@@ -1,0 +1,8 @@
+
+?
+ 
+
+service.name
+corpus-entry	ÿÿÿÿÿÿÿÿ	*
+
+far future

@@ -1,0 +1,7 @@
+
+5
+ 
+
+service.name
+corpus-entry	*
+	time zero
