@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,22 @@ def metrics(text: str) -> dict[str, float]:
     return sums
 
 
-def process_figures(pid: int) -> dict[str, float]:
-    """RSS (all, anonymous) in MB and open file descriptors of a process."""
+def process_figures(pid: int, data_dir: Path) -> dict[str, Any]:
+    """RSS (all, anonymous) in MB and open file descriptors of a process, the fds also by kind."""
     memory = memory_mb(pid)
-    return {"rss_mb": memory["VmRSS"], "anon_mb": memory["RssAnon"], "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(data_dir / "wal")):
+            kinds["wal"] += 1
+        elif target.startswith(str(data_dir)):
+            kinds["store"] += 1
+        else:
+            kinds[target.split(":", 1)[0] if ":[" in target or target.startswith("anon_inode:") else "other"] += 1
+    return {"rss_mb": memory["VmRSS"], "anon_mb": memory["RssAnon"], "fds": kinds.total(), "fd_kinds": dict(kinds)}
 
 
 async def sampler(
@@ -138,7 +151,7 @@ async def sampler(
         now = time.monotonic()
         sample: dict[str, Any] = {"t": round(now - started, 1), "incarnation": len(collector.pids) - 1}
         try:
-            sample |= process_figures(collector.pids[-1])
+            sample |= process_figures(collector.pids[-1], collector.data_dir)
         except OSError:
             sample["down"] = True
         try:
@@ -260,7 +273,7 @@ def flatness(
     out = []
     for incarnation, pid in enumerate(pids):
         alive = [s for s in samples if s["incarnation"] == incarnation and "rss_mb" in s and s["t"] <= load_s]
-        if len(alive) < 2:
+        if not alive:
             continue
         begin, end = alive[0]["t"], alive[-1]["t"]
         width = min(window_s, (end - begin) / 2)
@@ -276,6 +289,7 @@ def flatness(
                 "window_s": round(width, 1),
                 "first": first,
                 "last": last,
+                "fd_kinds_at_end": alive[-1]["fd_kinds"],
                 "flat": flat,
             }
         )
@@ -353,7 +367,8 @@ def print_table(result: dict[str, Any]) -> None:
                     f"RSS first {first['rss_mean_mb']}/{first['rss_max_mb']} MB, last {last['rss_mean_mb']}/"
                     f"{last['rss_max_mb']} MB (mean/max over {inc['window_s']} s); fds first {first['fds_mean']}/"
                     f"{first['fds_max']}, last {last['fds_mean']}/{last['fds_max']}; "
-                    + ("flat" if inc["flat"] else "[red]NOT flat[/red]"),
+                    + ("flat" if inc["flat"] else "[red]NOT flat[/red]")
+                    + f"; fds at the end {json.dumps(inc['fd_kinds_at_end'])}",
                 )
         else:
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))

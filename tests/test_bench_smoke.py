@@ -78,3 +78,44 @@ def test_query_benchmark_runs_and_finds_what_it_generated() -> None:
     assert figures["utilization_daily_periods_30d_results"] >= 30
     for key in ("latest_warnings_node_24h_p50_ms", "selector_and_of_three_p50_ms", "export_rows_per_s"):
         assert figures[key] > 0, key
+
+
+def test_soak_benchmark_loses_nothing_through_a_kill_and_a_storage_fault() -> None:
+    # A short soak: storage fails from 3 s to 8 s, the collector is killed -9 at 11 s and restarted.
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "soak.py"),
+            *("--duration", "24", "--rate", "2000", "--clients", "4"),
+            *("--fault-at", "3", "--fault-for", "5", "--kill-at", "11"),
+            *("--export-every", "5", "--query-pause", "0.5", "--sample-every", "1", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["acked_records"] > 0
+    assert figures["lost"] == 0
+    assert figures["stored_of_acked"] == figures["acked_records"]
+    assert figures["duplicated_not_retried"] == 0  # only a request sent again may be stored twice
+    assert figures["drain_s"] is not None
+    assert figures["wal_peak_mb"] > 0  # the fault window was acknowledged from the write-ahead log
+    (restart,) = figures["restarts"]
+    assert 11 <= restart["at_s"] < 13
+    assert restart["downtime_s"] > 0
+    assert figures["retries"].get("UNAVAILABLE", 0) > 0  # refused while the collector was down
+    assert {"ingest", "beacon", "events", "events_search", "events_query", "stats", "sql"} <= set(figures["latencies"])
+    assert any(kind.startswith("export_") for kind in figures["latencies"])
+    for tail in figures["sse"]:
+        assert tail["connects"] >= 2  # reconnected after the restart
+        assert tail["beacons_received"] > 0
+        assert tail["beacons_missed"] == 0  # late (WAL-stored) events reach the tail too
+    assert len(figures["incarnations"]) == 2
+    for incarnation in figures["incarnations"]:
+        for window in ("first", "last"):
+            assert incarnation[window]["rss_mean_mb"] > 0
+            assert incarnation[window]["fds_max"] > 0
+        assert isinstance(incarnation["flat"], bool)
+    assert figures["server_exit_code"] == 0
