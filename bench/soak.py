@@ -119,21 +119,34 @@ def metrics(text: str) -> dict[str, float]:
 
 
 def process_figures(pid: int, data_dir: Path) -> dict[str, Any]:
-    """RSS (all, anonymous) in MB and open file descriptors of a process, the fds also by kind."""
+    """RSS (all, anonymous) in MB, threads and open file descriptors of a process, the fds also by
+    kind. chDB keeps three /proc files open per thread of its pools (`thread_stats`), so those
+    follow the thread count; `files` are all the others (store, WAL, sockets, pipes, ...)."""
     memory = memory_mb(pid)
+    status = Path(f"/proc/{pid}/status").read_text()
+    threads = int(status.split("Threads:", 1)[1].split()[0])
     kinds: Counter[str] = Counter()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(str(data_dir / "wal")):
+        if target.startswith("/proc/") and "/task/" in target:
+            kinds["thread_stats"] += 1
+        elif target.startswith(str(data_dir / "wal")):
             kinds["wal"] += 1
         elif target.startswith(str(data_dir)):
             kinds["store"] += 1
         else:
             kinds[target.split(":", 1)[0] if ":[" in target or target.startswith("anon_inode:") else "other"] += 1
-    return {"rss_mb": memory["VmRSS"], "anon_mb": memory["RssAnon"], "fds": kinds.total(), "fd_kinds": dict(kinds)}
+    return {
+        "rss_mb": memory["VmRSS"],
+        "anon_mb": memory["RssAnon"],
+        "threads": threads,
+        "fds": kinds.total(),
+        "files": kinds.total() - kinds["thread_stats"],
+        "fd_kinds": dict(kinds),
+    }
 
 
 async def sampler(
@@ -254,15 +267,14 @@ async def soak(args: argparse.Namespace, collector: Collector, grpc_address: str
 
 
 def window_figures(samples: list[dict[str, Any]]) -> dict[str, float]:
-    rss = [s["rss_mb"] for s in samples]
-    fds = [s["fds"] for s in samples]
-    return {
-        "rss_mean_mb": round(statistics.fmean(rss), 1),
-        "rss_max_mb": max(rss),
-        "fds_mean": round(statistics.fmean(fds), 1),
-        "fds_max": max(fds),
-        "samples": len(samples),
-    }
+    """Mean and max of RSS, open fds, fds other than chDB's per-thread /proc files, and threads."""
+    out: dict[str, float] = {}
+    for key, name in (("rss_mb", "rss"), ("fds", "fds"), ("files", "files"), ("threads", "threads")):
+        values = [s[key] for s in samples]
+        out[f"{name}_mean"] = round(statistics.fmean(values), 1)
+        out[f"{name}_max"] = max(values)
+    out["samples"] = len(samples)
+    return out
 
 
 def flatness(
@@ -280,7 +292,7 @@ def flatness(
         first = window_figures([s for s in alive if s["t"] <= begin + width])
         last = window_figures([s for s in alive if s["t"] >= end - width])
         flat = (
-            last["rss_mean_mb"] <= first["rss_mean_mb"] * (1 + rss_tol) and last["fds_max"] <= first["fds_max"] + fd_tol
+            last["rss_mean"] <= first["rss_mean"] * (1 + rss_tol) and last["files_max"] <= first["files_max"] + fd_tol
         )
         out.append(
             {
@@ -364,9 +376,13 @@ def print_table(result: dict[str, Any]) -> None:
                 first, last = inc["first"], inc["last"]
                 table.add_row(
                     f"server pid {inc['pid']} ({inc['lived_s']} s)",
-                    f"RSS first {first['rss_mean_mb']}/{first['rss_max_mb']} MB, last {last['rss_mean_mb']}/"
-                    f"{last['rss_max_mb']} MB (mean/max over {inc['window_s']} s); fds first {first['fds_mean']}/"
-                    f"{first['fds_max']}, last {last['fds_mean']}/{last['fds_max']}; "
+                    "mean/max of the first and last "
+                    + f"{inc['window_s']} s: "
+                    + "; ".join(
+                        f"{name} {first[key + '_mean']}/{first[key + '_max']} -> {last[key + '_mean']}/{last[key + '_max']}"
+                        for name, key in (("RSS MB", "rss"), ("files", "files"), ("threads", "threads"), ("fds", "fds"))
+                    )
+                    + "; "
                     + ("flat" if inc["flat"] else "[red]NOT flat[/red]")
                     + f"; fds at the end {json.dumps(inc['fd_kinds_at_end'])}",
                 )
@@ -395,7 +411,12 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=60.0, help="seconds a refused request is retried after the load")
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for the WAL to drain")
     parser.add_argument("--rss-tolerance", type=float, default=0.25, help="flat: last-minute RSS within this share")
-    parser.add_argument("--fd-tolerance", type=int, default=16, help="flat: last-minute fds within this many")
+    parser.add_argument(
+        "--fd-tolerance",
+        type=int,
+        default=16,
+        help="flat: last-minute open files (fds but chDB's per-thread /proc files) within this many",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--samples", type=Path, help="write every sample as JSON lines to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

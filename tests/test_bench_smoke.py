@@ -115,7 +115,7 @@ def test_soak_benchmark_loses_nothing_through_a_kill_and_a_storage_fault() -> No
     assert len(figures["incarnations"]) == 2
     for incarnation in figures["incarnations"]:
         for window in ("first", "last"):
-            assert incarnation[window]["rss_mean_mb"] > 0
-            assert incarnation[window]["fds_max"] > 0
+            for figure in ("rss_mean", "rss_max", "files_max", "threads_max", "fds_max"):
+                assert incarnation[window][figure] > 0, figure
         assert isinstance(incarnation["flat"], bool)
     assert figures["server_exit_code"] == 0
