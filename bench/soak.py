@@ -280,13 +280,15 @@ def window_figures(samples: list[dict[str, Any]]) -> dict[str, float]:
 def flatness(
     samples: list[dict[str, Any]], pids: list[int], load_s: float, window_s: float, rss_tol: float, fd_tol: int
 ) -> list[dict[str, Any]]:
-    """Per server process: RSS and fds of its first and last `window_s` under load (less when it
-    lived shorter than two windows), and whether they stayed flat within the tolerances."""
+    """Per server process: RSS, files, threads and fds of its first and last `window_s` under load
+    (less when it lived shorter than two windows), and whether they stayed flat within the tolerances."""
     out = []
     for incarnation, pid in enumerate(pids):
-        alive = [s for s in samples if s["incarnation"] == incarnation and "rss_mb" in s and s["t"] <= load_s]
+        alive = [s for s in samples if s["incarnation"] == incarnation and "rss_mb" in s]
         if not alive:
             continue
+        # Under load; a process that only came up after the load (a slow restart) is shown after it.
+        alive = [s for s in alive if s["t"] <= load_s] or alive
         begin, end = alive[0]["t"], alive[-1]["t"]
         width = min(window_s, (end - begin) / 2)
         first = window_figures([s for s in alive if s["t"] <= begin + width])
