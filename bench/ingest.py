@@ -286,6 +286,16 @@ def naive_python_path(storage: Any, requests: list[bytes]) -> float:
     return total / (time.perf_counter() - started)
 
 
+def finish(workdir: Path, keep: bool, failed: bool) -> None:
+    """The end of a benchmark run: keep or remove its temporary directory, exit 1 if it failed."""
+    if keep:
+        print(f"kept {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if failed:
+        raise SystemExit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
@@ -369,12 +379,7 @@ def main() -> None:
         width = max(len(k) for k in result)
         for key, value in result.items():
             print(f"{key:<{width}}  {value}")
-    if args.keep:
-        print(f"kept {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if result["lost"] or code != 0:
-        raise SystemExit(1)
+    finish(workdir, args.keep, failed=bool(result["lost"]) or code != 0)
 
 
 if __name__ == "__main__":

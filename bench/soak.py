@@ -26,7 +26,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -43,7 +42,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import drive, start_server, stored_per_request
+from ingest import drive, finish, start_server, stored_per_request
 from query import memory_mb
 from soak_load import (
     BEACON_NUMBERS,
@@ -451,12 +450,7 @@ def main() -> None:
         print(json.dumps(result))
     else:
         print_table(result)
-    if args.keep:
-        print(f"kept {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if result["lost"] or code != 0:
-        raise SystemExit(1)
+    finish(workdir, args.keep, failed=bool(result["lost"]) or code != 0)
 
 
 if __name__ == "__main__":
