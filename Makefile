@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run demo test lint typecheck format pytest bench bench-ingest bench-query dashboards clean
+.PHONY: install run demo test lint typecheck format pytest bench bench-ingest bench-query bench-soak dashboards clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-ingest: $(STAMP) ## ingest throughput, latency and loss check (bench/inges
 
 bench-query: $(STAMP) ## the query API over 10M events: filters, search, selector, stats, export, utilization (bench/query.py)
 	$(BIN)/python bench/query.py --rows 10000000 --repeat 20
+
+bench-soak: $(STAMP) ## 10 minutes of mixed load, two kill -9 restarts and a 30 s storage fault; loss, RSS and fds (bench/soak.py; not in `make bench`)
+	$(BIN)/python bench/soak.py --duration 600
 
 dashboards: $(STAMP) ## regenerate the Grafana dashboards and provisioning (dashboards/generate.py)
 	$(BIN)/python dashboards/generate.py

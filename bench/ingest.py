@@ -144,11 +144,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_server(workdir: Path, config: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+def start_server(
+    workdir: Path, config: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """`labtel serve` on `config` in a subprocess (log appended to workdir/server.log), once it is ready."""
     path = workdir / "otel-config.yaml"
     path.write_text(config)
     ready = workdir / "ready.json"
-    log = (workdir / "server.log").open("wb")
+    ready.unlink(missing_ok=True)  # a restart on the same directory waits for its own ready file
+    log = (workdir / "server.log").open("ab")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -163,9 +167,11 @@ def start_server(workdir: Path, config: str) -> tuple[subprocess.Popen[bytes], d
             "warning",
         ],
         cwd=workdir,
+        env=None if env is None else {**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    log.close()
     deadline = time.monotonic() + 120
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -175,14 +181,21 @@ def start_server(workdir: Path, config: str) -> tuple[subprocess.Popen[bytes], d
     return process, json.loads(ready.read_text())["listeners"]
 
 
+def stored_per_request(storage: Any) -> dict[int, int]:
+    """Stored records per request number (`bench.request`, see workload.RequestStamper)."""
+    rows = storage.rows(
+        "SELECT ResourceAttributes['bench.request'] AS r, count() AS c FROM otel.otel_logs WHERE r != '' GROUP BY r"
+    )
+    return {int(r["r"]): int(r["c"]) for r in rows}
+
+
 def measure_storage(data_dir: Path, acked: set[int], records: int, naive_requests: list[bytes]) -> dict[str, Any]:
     """Count stored records per request; then the engine ceiling and the naive Python path."""
     from labtel.collector.storage.client import Storage, parse_endpoint
     from labtel.collector.storage.schema import SchemaNames
 
     storage = Storage(parse_endpoint(f"chdb://{data_dir}"), SchemaNames("otel"))
-    rows = storage.rows("SELECT ResourceAttributes['bench.request'] AS r, count() AS c FROM otel.otel_logs GROUP BY r")
-    stored_by_request = {int(r["r"]): int(r["c"]) for r in rows}
+    stored_by_request = stored_per_request(storage)
     stored_of_acked = sum(min(stored_by_request.get(n, 0), records) for n in acked)
     duplicates = sum(max(0, c - records) for c in stored_by_request.values())
     total_rows = sum(stored_by_request.values())
@@ -273,6 +286,16 @@ def naive_python_path(storage: Any, requests: list[bytes]) -> float:
     return total / (time.perf_counter() - started)
 
 
+def finish(workdir: Path, keep: bool, failed: bool) -> None:
+    """The end of a benchmark run: keep or remove its temporary directory, exit 1 if it failed."""
+    if keep:
+        print(f"kept {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if failed:
+        raise SystemExit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
@@ -356,12 +379,7 @@ def main() -> None:
         width = max(len(k) for k in result)
         for key, value in result.items():
             print(f"{key:<{width}}  {value}")
-    if args.keep:
-        print(f"kept {workdir}", file=sys.stderr)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if result["lost"] or code != 0:
-        raise SystemExit(1)
+    finish(workdir, args.keep, failed=bool(result["lost"]) or code != 0)
 
 
 if __name__ == "__main__":

@@ -116,3 +116,44 @@ def test_query_benchmark_reuses_its_store_and_measures_the_other_reports(tmp_pat
     wrong = subprocess.run([*command, "--only", "nothing"], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2
     assert "--only: nothing" in wrong.stderr
+
+
+def test_soak_benchmark_loses_nothing_through_a_kill_and_a_storage_fault() -> None:
+    # A short soak: storage fails from 2 s to 7 s, the collector is killed -9 at 9 s and restarted.
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "soak.py"),
+            *("--duration", "24", "--rate", "2000", "--clients", "4"),
+            *("--fault-at", "2", "--fault-for", "5", "--kill-at", "9"),
+            *("--export-every", "5", "--query-pause", "0.5", "--sample-every", "1", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["acked_records"] > 0
+    assert figures["lost"] == 0
+    assert figures["stored_of_acked"] == figures["acked_records"]
+    assert figures["duplicated_not_retried"] == 0  # only a request sent again may be stored twice
+    assert figures["drain_s"] is not None
+    assert figures["wal_peak_mb"] > 0  # the fault window was acknowledged from the write-ahead log
+    (restart,) = figures["restarts"]
+    assert 9 <= restart["at_s"] < 11
+    assert restart["downtime_s"] > 0
+    assert figures["retries"].get("UNAVAILABLE", 0) > 0  # refused while the collector was down
+    assert {"ingest", "beacon", "events", "events_search", "events_query", "stats", "sql"} <= set(figures["latencies"])
+    assert any(kind.startswith("export_") for kind in figures["latencies"])
+    for tail in figures["sse"]:
+        assert tail["connects"] >= 2  # reconnected after the restart
+        assert tail["beacons_received"] > 0
+        assert tail["beacons_missed"] == 0  # late (WAL-stored) events reach the tail too
+    assert len(figures["incarnations"]) == 2
+    for incarnation in figures["incarnations"]:
+        for window in ("first", "last"):
+            for figure in ("rss_mean", "rss_max", "files_max", "threads_max", "fds_max"):
+                assert incarnation[window][figure] > 0, figure
+        assert isinstance(incarnation["flat"], bool)
+    assert figures["server_exit_code"] == 0
