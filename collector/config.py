@@ -457,6 +457,8 @@ class QueryApiConfig(_EndpointModel):
     endpoint: str = "localhost:8000"
     storage: str = "clickhouse"
     public_url: str = ""
+    max_request_body_size: int = Field(20 * 1024 * 1024, ge=1024)
+    """Request bodies (selectors, SQL, compatibility posts) over this many bytes are refused (413)."""
     sql: SqlSandboxConfig = SqlSandboxConfig()
     export: ExportConfig = ExportConfig()
     compat: CompatConfig = CompatConfig()

@@ -12,6 +12,7 @@ from labtel.collector.component import Consumer
 from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
 from labtel.query_api import errors, security
+from labtel.query_api.body_limit import BodyLimit
 from labtel.query_api.compat import install as install_compat
 from labtel.query_api.routes import alerts as alerts_routes
 from labtel.query_api.routes import (
@@ -66,6 +67,7 @@ def create_app(
     )
     errors.install(app)
     security.install(app, authenticator)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_body_size)
     # stream before events: /events/stream must not be read as /events/{event_id}
     for router in (
         health.router,

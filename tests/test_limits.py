@@ -4,12 +4,14 @@ path) and named by the exact path; records over a limit are rejected, the rest s
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from labtel.collector.component import PartialSuccess, Payload
-from labtel.collector.config import ClickHouseExporterConfig, RecordLimitsConfig, load_config
+from labtel.collector.config import ClickHouseExporterConfig, QueryApiConfig, RecordLimitsConfig, load_config
 from labtel.collector.exporters.clickhouse import ClickHouseExporter
 from labtel.collector.otlp.exact import triage
 from labtel.collector.otlp.framing import count_records
@@ -18,7 +20,7 @@ from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import SchemaNames, ingest_fingerprint
-from tests.helpers import log_record, logs_request
+from tests.helpers import LabtelServer, log_record, logs_request
 from tests.test_ingest_paths import stored_by
 
 SMALL = RecordLimits(
@@ -140,3 +142,39 @@ def test_batches_over_a_limit_store_the_rest(chdb_path: Path) -> None:
     finally:
         store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
         store.close()
+
+
+def test_query_api_bodies_over_the_limit_are_refused_before_they_are_read(server: LabtelServer) -> None:
+    # A real uvicorn server: a body announced too large, and a chunked one that grows too large,
+    # are both 413 naming the limit; the API keeps answering and a normal selector still works.
+    import httpx
+
+    limit = QueryApiConfig().max_request_body_size
+    padding = orjson.dumps({"selector": {"body": "x" * (limit + 10)}})
+    with httpx.Client(base_url=server.api, timeout=60) as client:
+        announced = client.post("/events/query", content=padding, headers={"content-type": "application/json"})
+        assert announced.status_code == 413
+        assert "query_api.max_request_body_size" in announced.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(padding), 1 << 20):
+                yield padding[start : start + (1 << 20)]
+
+        streamed = client.post("/events/query", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert f"more than {limit} bytes" in streamed.json()["detail"]
+        small = client.post("/events/query", json={"selector": {"service": "nobody"}, "limit": 5})
+        assert small.status_code == 200, small.text
+        assert small.json()["events"] == []
+
+
+def test_the_body_limit_is_configurable(storage: Storage) -> None:
+    from fastapi.testclient import TestClient
+
+    from labtel.query_api.app import create_app
+
+    with TestClient(create_app(storage, QueryApiConfig(max_request_body_size=4096))) as client:
+        refused = client.post("/sql", json={"sql": "SELECT 1 -- " + "y" * 5000})
+        assert refused.status_code == 413
+        assert "limit of 4096 bytes" in refused.json()["detail"]
+        assert client.post("/sql", json={"sql": "SELECT 1 AS one"}).json()["data"] == [{"one": 1}]
