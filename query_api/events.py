@@ -211,10 +211,11 @@ def list_events(
     )
     by_time = f"Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
     in_key_order = f"{LOGS_TIME_BUCKET} {direction}, {by_time}"
-    settings = storage.supported(PAGE_SETTINGS)
     rows: list[dict[str, Any]] = []
-    # Words and trace ids are looked up in indexes that skip what cannot match: one look is enough.
+    # Words and trace ids are looked up in indexes that skip what cannot match: one look is enough
+    # (and there the top-K filter helps: the few granules left are read whole anyway).
     indexed = bool(flt.tokens or flt.trace_id)
+    settings = None if indexed else storage.supported(PAGE_SETTINGS)
     width, looks = FIRST_WINDOW_NS, 0
     while lo < hi and len(rows) <= limit:
         # Recent pages are found in the first windows; after them, the rest of the range is read
