@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,3 +63,29 @@ def server(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> Labte
 
 def clickhouse_server_url() -> str | None:
     return os.environ.get("LABTEL_TEST_CLICKHOUSE_URL") or None
+
+
+CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:26.9"
+"""A server new enough for every migration (the text index needs 26.2 or newer)."""
+NO_DOCKER = "needs a ClickHouse server: no Docker engine for testcontainers and LABTEL_TEST_CLICKHOUSE_URL is unset"
+
+
+def docker_engine() -> bool:
+    """Whether a Docker engine answers here (testcontainers needs one)."""
+    return bool(shutil.which("docker")) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    """A ClickHouse server: $LABTEL_TEST_CLICKHOUSE_URL, or a container (skipped without Docker)."""
+    url = clickhouse_server_url()
+    if url:
+        yield url
+        return
+    if not docker_engine():
+        pytest.skip(NO_DOCKER)
+    from testcontainers.clickhouse import ClickHouseContainer
+
+    with ClickHouseContainer(CLICKHOUSE_IMAGE) as container:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(8123)
+        yield f"http://{container.username}:{container.password}@{host}:{port}"

@@ -32,15 +32,8 @@ from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import EXACT_PATH_ERROR
 from tests.conftest import make_storage
 from tests.helpers import any_value, log_record, logs_request
+from tests.strategies import scalars, text
 
-text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
-scalars = st.one_of(
-    text,
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-    st.binary(max_size=12),
-)
 one_level = st.one_of(scalars, st.lists(scalars, max_size=4), st.dictionaries(text, scalars, max_size=4))
 attributes = st.dictionaries(st.text(min_size=1, max_size=12), one_level, max_size=6)
 

@@ -26,6 +26,7 @@ from labtel.query_api.app import create_app
 from labtel.query_api.selector import translate
 from tests.conftest import make_storage
 from tests.helpers import any_value, log_record, logs_request
+from tests.strategies import scalars, text
 
 
 def _settings(examples: int) -> settings:
@@ -40,16 +41,8 @@ def _settings(examples: int) -> settings:
 
 # --- OTLP → storage → query API ------------------------------------------------------------
 
-text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
-scalar = st.one_of(
-    text,
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-    st.binary(max_size=10),
-)
 value = st.recursive(
-    scalar,
+    scalars,
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(text, inner, max_size=3)),
     max_leaves=6,
 )

@@ -7,7 +7,6 @@ neither exists they are skipped with the reason. The write-ahead log's lock runs
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,42 +23,16 @@ from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import SchemaNames
 from labtel.collector.wal import WALInUse, WriteAheadLog
 from tests.cluster_helpers import REPLICA_PARAMS
-from tests.conftest import clickhouse_server_url
+from tests.conftest import docker_engine
 from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config
 
-CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:26.9"
-"""A server new enough for every migration (the text index needs 26.2 or newer)."""
-KEEPER_IMAGE = "clickhouse/clickhouse-keeper:26.9"
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-
-
-def _docker_engine() -> bool:
-    return bool(shutil.which("docker")) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-
-
-NO_DOCKER = "needs a ClickHouse server: no Docker engine for testcontainers and LABTEL_TEST_CLICKHOUSE_URL is unset"
-
-
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    """A ClickHouse server: $LABTEL_TEST_CLICKHOUSE_URL, or a container."""
-    url = clickhouse_server_url()
-    if url:
-        yield url
-        return
-    if not _docker_engine():
-        pytest.skip(NO_DOCKER)
-    from testcontainers.clickhouse import ClickHouseContainer
-
-    with ClickHouseContainer(CLICKHOUSE_IMAGE) as container:
-        host, port = container.get_container_host_ip(), container.get_exposed_port(8123)
-        yield f"http://{container.username}:{container.password}@{host}:{port}"
 
 
 @pytest.fixture(scope="module")
 def cluster_urls() -> Iterator[list[str]]:
     """The four nodes (2 shards x 2 replicas, one Keeper) of deploy/docker-compose.cluster.yml."""
-    if not _docker_engine():
+    if not docker_engine():
         pytest.skip("needs Docker to run a ClickHouse cluster (Keeper and four nodes) with testcontainers")
     from testcontainers.compose import DockerCompose
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from labtel.collector.storage import migrations, schema
 from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import SchemaNames
 from labtel.query_api.events import EventFilter, list_events
-from tests.conftest import clickhouse_server_url, make_storage
+from tests.conftest import make_storage
 from tests.helpers import LabtelServer, log_record, logs_request, write_config
 
 CONTRIB_LOG_COLUMNS = {
@@ -274,23 +273,6 @@ def test_version_command() -> None:
 
 
 # --- a ClickHouse server: the same code path over HTTP -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    url = clickhouse_server_url()
-    if url:
-        yield url
-        return
-    if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.skip(
-            "needs a ClickHouse server: no Docker engine for testcontainers and LABTEL_TEST_CLICKHOUSE_URL is unset"
-        )
-    from testcontainers.clickhouse import ClickHouseContainer
-
-    with ClickHouseContainer("clickhouse/clickhouse-server:26.9") as container:
-        host, port = container.get_container_host_ip(), container.get_exposed_port(8123)
-        yield f"http://{container.username}:{container.password}@{host}:{port}"
 
 
 @pytest.mark.clickhouse_server
