@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -496,6 +496,13 @@ def _labelled(title: str, values: dict[str, Any], fields: Iterable[tuple[str, st
     yield []
 
 
+def _table(columns: Sequence[tuple[str, str]], items: Iterable[dict[str, Any]]) -> Iterable[list[Any]]:
+    """A CSV table (MADSci's detail sections): a row of column labels, then each item's values."""
+    yield [label for label, _ in columns]
+    for item in items:
+        yield [item[name] for _, name in columns]
+
+
 def periods_csv(report: dict[str, Any]) -> str:
     """The periods report as MADSci's sectioned CSV (metadata, key metrics, time series, nodes, ...)."""
     meta, key = report["summary_metadata"], report["key_metrics"]
@@ -530,49 +537,34 @@ def periods_csv(report: dict[str, Any]) -> str:
             ),
         )
         yield ["=== TIME SERIES DATA ==="]
-        yield [
-            "Period Number",
-            "Period Type",
-            "Period Display",
-            "Date",
-            "Start Time",
-            "Utilization (%)",
-            "Experiments",
-            "Runtime (hours)",
-        ]
-        for p in report["time_series"]["system"]:
-            yield [
-                p["period_number"],
-                p["period_type"],
-                p["period_display"],
-                p["date"],
-                p["start_time"],
-                p["utilization"],
-                p["experiments"],
-                p["runtime_hours"],
-            ]
+        yield from _table(
+            (
+                ("Period Number", "period_number"),
+                ("Period Type", "period_type"),
+                ("Period Display", "period_display"),
+                ("Date", "date"),
+                ("Start Time", "start_time"),
+                ("Utilization (%)", "utilization"),
+                ("Experiments", "experiments"),
+                ("Runtime (hours)", "runtime_hours"),
+            ),
+            report["time_series"]["system"],
+        )
         yield []
         yield ["=== NODE SUMMARY ==="]
         if report["node_summary"]:
-            yield [
-                "Node ID",
-                "Node Name",
-                "Display Name",
-                "Average Utilization (%)",
-                "Peak Utilization (%)",
-                "Peak Period",
-                "Total Busy (hours)",
-            ]
-            for n in report["node_summary"].values():
-                yield [
-                    n["node_id"],
-                    n["node_name"],
-                    n["display_name"],
-                    n["average_utilization"],
-                    n["peak_utilization"],
-                    n["peak_period"],
-                    n["total_busy_hours"],
-                ]
+            yield from _table(
+                (
+                    ("Node ID", "node_id"),
+                    ("Node Name", "node_name"),
+                    ("Display Name", "display_name"),
+                    ("Average Utilization (%)", "average_utilization"),
+                    ("Peak Utilization (%)", "peak_utilization"),
+                    ("Peak Period", "peak_period"),
+                    ("Total Busy (hours)", "total_busy_hours"),
+                ),
+                report["node_summary"].values(),
+            )
         elif meta.get("analysis_type") == "daily":
             yield ["No node activity detected during this daily analysis period"]
         else:
@@ -580,71 +572,50 @@ def periods_csv(report: dict[str, Any]) -> str:
         yield []
         if report["workcell_summary"]:
             yield ["=== WORKCELL SUMMARY ==="]
-            yield [
-                "Workcell ID",
-                "Workcell Name",
-                "Display Name",
-                "Average Utilization (%)",
-                "Peak Utilization (%)",
-                "Peak Period",
-                "Total Experiments",
-                "Total Runtime (hours)",
-                "Total Active Time (hours)",
-            ]
-            for w in report["workcell_summary"].values():
-                yield [
-                    w["workcell_id"],
-                    w["workcell_name"],
-                    w["display_name"],
-                    w["average_utilization"],
-                    w["peak_utilization"],
-                    w["peak_period"],
-                    w["total_experiments"],
-                    w["total_runtime_hours"],
-                    w["total_active_time_hours"],
-                ]
+            yield from _table(
+                (
+                    ("Workcell ID", "workcell_id"),
+                    ("Workcell Name", "workcell_name"),
+                    ("Display Name", "display_name"),
+                    ("Average Utilization (%)", "average_utilization"),
+                    ("Peak Utilization (%)", "peak_utilization"),
+                    ("Peak Period", "peak_period"),
+                    ("Total Experiments", "total_experiments"),
+                    ("Total Runtime (hours)", "total_runtime_hours"),
+                    ("Total Active Time (hours)", "total_active_time_hours"),
+                ),
+                report["workcell_summary"].values(),
+            )
             yield []
         users = report.get("user_utilization", {}).get("top_users", [])
         if users:
             yield ["=== USER UTILIZATION ==="]
-            yield [
-                "Author",
-                "Total Workflows",
-                "Total Runtime (hours)",
-                "Completion Rate (%)",
-                "Average Workflow Duration (hours)",
-            ]
-            for u in users:
-                yield [
-                    u["author"],
-                    u["total_workflows"],
-                    u["total_runtime_hours"],
-                    u["completion_rate_percent"],
-                    u["average_workflow_duration_hours"],
-                ]
+            yield from _table(
+                (
+                    ("Author", "author"),
+                    ("Total Workflows", "total_workflows"),
+                    ("Total Runtime (hours)", "total_runtime_hours"),
+                    ("Completion Rate (%)", "completion_rate_percent"),
+                    ("Average Workflow Duration (hours)", "average_workflow_duration_hours"),
+                ),
+                users,
+            )
             yield []
         experiments = report["experiment_details"]
         if experiments["experiments"]:
             yield ["=== EXPERIMENT DETAILS ==="]
-            yield [
-                "Experiment ID",
-                "Experiment Name",
-                "Start Time",
-                "End Time",
-                "Status",
-                "Duration (hours)",
-                "Duration Display",
-            ]
-            for e in experiments["experiments"]:
-                yield [
-                    e["experiment_id"],
-                    e["experiment_name"],
-                    e["start_time"],
-                    e["end_time"],
-                    e["status"],
-                    e["duration_hours"],
-                    e["duration_display"],
-                ]
+            yield from _table(
+                (
+                    ("Experiment ID", "experiment_id"),
+                    ("Experiment Name", "experiment_name"),
+                    ("Start Time", "start_time"),
+                    ("End Time", "end_time"),
+                    ("Status", "status"),
+                    ("Duration (hours)", "duration_hours"),
+                    ("Duration Display", "duration_display"),
+                ),
+                experiments["experiments"],
+            )
             remaining = experiments["total_experiments"] - len(experiments["experiments"])
             if remaining > 0:
                 yield [f"... and {remaining} more experiments"]
@@ -685,33 +656,31 @@ def sessions_csv(report: dict[str, Any]) -> str:
         )
         if report["session_details"]:
             yield ["=== SESSION DETAILS ==="]
-            yield [
-                "Session Type",
-                "Session Name",
-                "Start Time",
-                "End Time",
-                "Duration (hours)",
-                "System Utilization (%)",
-                "Total Experiments",
-                "Nodes Active",
-            ]
-            for s in report["session_details"]:
-                yield [
-                    s["session_type"],
-                    s["session_name"],
-                    s["start_time"],
-                    s["end_time"],
-                    s["duration_hours"],
-                    s["system_utilization_percent"],
-                    s["total_experiments"],
-                    s["nodes_active"],
-                ]
+            yield from _table(
+                (
+                    ("Session Type", "session_type"),
+                    ("Session Name", "session_name"),
+                    ("Start Time", "start_time"),
+                    ("End Time", "end_time"),
+                    ("Duration (hours)", "duration_hours"),
+                    ("System Utilization (%)", "system_utilization_percent"),
+                    ("Total Experiments", "total_experiments"),
+                    ("Nodes Active", "nodes_active"),
+                ),
+                report["session_details"],
+            )
             yield []
         if overall["node_summary"]:
             yield ["=== NODE SUMMARY ==="]
-            yield ["Node ID", "Average Utilization (%)", "Total Busy Time (hours)", "Sessions Active"]
-            for node_id, n in overall["node_summary"].items():
-                yield [node_id, n["average_utilization_percent"], n["total_busy_time_hours"], n["sessions_active"]]
+            yield from _table(
+                (
+                    ("Node ID", "node_id"),
+                    ("Average Utilization (%)", "average_utilization_percent"),
+                    ("Total Busy Time (hours)", "total_busy_time_hours"),
+                    ("Sessions Active", "sessions_active"),
+                ),
+                ({**n, "node_id": node_id} for node_id, n in overall["node_summary"].items()),
+            )
 
     return _csv(rows())
 
@@ -746,30 +715,20 @@ def users_csv(report: dict[str, Any]) -> str:
             ),
         )
         yield ["=== USER DETAILS ==="]
-        yield [
-            "Author",
-            "Total Workflows",
-            "Completed",
-            "Failed",
-            "Cancelled",
-            "Total Runtime (hours)",
-            "Avg Duration (hours)",
-            "Completion Rate (%)",
-            "Shortest (hours)",
-            "Longest (hours)",
-        ]
-        for u in report["user_utilization"].values():
-            yield [
-                u["author"],
-                u["total_workflows"],
-                u["completed_workflows"],
-                u["failed_workflows"],
-                u["cancelled_workflows"],
-                u["total_runtime_hours"],
-                u["average_workflow_duration_hours"],
-                u["completion_rate_percent"],
-                u["shortest_workflow_hours"],
-                u["longest_workflow_hours"],
-            ]
+        yield from _table(
+            (
+                ("Author", "author"),
+                ("Total Workflows", "total_workflows"),
+                ("Completed", "completed_workflows"),
+                ("Failed", "failed_workflows"),
+                ("Cancelled", "cancelled_workflows"),
+                ("Total Runtime (hours)", "total_runtime_hours"),
+                ("Avg Duration (hours)", "average_workflow_duration_hours"),
+                ("Completion Rate (%)", "completion_rate_percent"),
+                ("Shortest (hours)", "shortest_workflow_hours"),
+                ("Longest (hours)", "longest_workflow_hours"),
+            ),
+            report["user_utilization"].values(),
+        )
 
     return _csv(rows())
