@@ -11,7 +11,9 @@ import random
 import time
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+from labtel.collector.otlp.records import any_value
 
 EVENT_TYPES = [
     "action_start",
@@ -45,19 +47,6 @@ SEVERITIES = [(9, "INFO")] * 14 + [(5, "DEBUG")] * 3 + [(13, "WARN")] * 2 + [(17
 PLACEHOLDER = "000000000000"
 
 
-def _value(value: object) -> AnyValue:
-    out = AnyValue()
-    if isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int):
-        out.int_value = value
-    elif isinstance(value, float):
-        out.double_value = value
-    else:
-        out.string_value = str(value)
-    return out
-
-
 def build_request(seed: int, records: int = 1000, start_ns: int | None = None) -> bytes:
     """One ExportLogsServiceRequest of `records` lab events from one service, serialized."""
     rnd = random.Random(seed)
@@ -66,7 +55,7 @@ def build_request(seed: int, records: int = 1000, start_ns: int | None = None) -
     resource_logs = request.resource_logs.add()
     service = rnd.choice(["madsci.workcell", "madsci.node", "ot2-driver", "plate-reader-driver", "scheduler"])
     resource_logs.resource.attributes.extend(
-        KeyValue(key=k, value=_value(v))
+        KeyValue(key=k, value=any_value(v))
         for k, v in {
             "bench.request": PLACEHOLDER,
             "service.name": service,
@@ -102,7 +91,7 @@ def build_request(seed: int, records: int = 1000, start_ns: int | None = None) -
             "user.id": rnd.choice(["alice", "bob", "carol", "dave"]),
             "success": rnd.random() > 0.03,
         }
-        record.attributes.extend(KeyValue(key=k, value=_value(v)) for k, v in attributes.items())
+        record.attributes.extend(KeyValue(key=k, value=any_value(v)) for k, v in attributes.items())
     return request.SerializeToString()
 
 

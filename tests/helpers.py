@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import httpx
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+from labtel.collector.otlp.records import any_value
 
 T = TypeVar("T")
 
@@ -210,27 +212,6 @@ class LabtelServer:
 def kv(key: str, value: Any) -> KeyValue:
     """A KeyValue with the AnyValue type Python's type suggests (lists → arrays, dicts → kvlists)."""
     return KeyValue(key=key, value=any_value(value))
-
-
-def any_value(value: Any) -> AnyValue:
-    out = AnyValue()
-    if isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int):
-        out.int_value = value
-    elif isinstance(value, float):
-        out.double_value = value
-    elif isinstance(value, bytes):
-        out.bytes_value = value
-    elif isinstance(value, str):
-        out.string_value = value
-    elif isinstance(value, list):
-        out.array_value.values.extend(any_value(v) for v in value)
-    elif isinstance(value, dict):
-        out.kvlist_value.values.extend(kv(k, v) for k, v in value.items())
-    elif value is not None:
-        raise TypeError(type(value))
-    return out
 
 
 def logs_request(

@@ -31,8 +31,9 @@ class Record:
     severity_text: str = ""
 
 
-def any_value(value: Scalar) -> AnyValue:
-    """A scalar as an OTLP AnyValue of its own type."""
+def any_value(value: object) -> AnyValue:
+    """A Python value as an OTLP AnyValue of its own type: bool, int, float, str and bytes as
+    themselves, lists as arrays, dicts as key-value lists, None as an empty value."""
     out = AnyValue()
     if isinstance(value, bool):
         out.bool_value = value
@@ -40,8 +41,16 @@ def any_value(value: Scalar) -> AnyValue:
         out.int_value = value
     elif isinstance(value, float):
         out.double_value = value
-    else:
+    elif isinstance(value, str):
         out.string_value = value
+    elif isinstance(value, bytes):
+        out.bytes_value = value
+    elif isinstance(value, list):
+        out.array_value.values.extend(any_value(item) for item in value)
+    elif isinstance(value, dict):
+        out.kvlist_value.values.extend(KeyValue(key=key, value=any_value(item)) for key, item in value.items())
+    elif value is not None:
+        raise TypeError(f"no OTLP AnyValue for {type(value).__name__}")
     return out
 
 
