@@ -139,6 +139,29 @@ def test_down_time_is_not_available(db: Storage) -> None:
     assert nodes["incubator"]["available_s"] == 3000
 
 
+def test_nodes_seen_in_whole_hours_partial_hours_and_by_expiring_events(db: Storage) -> None:
+    # The range is 00:30 to 03:15: whole hours 01:00-03:00 come from the hourly nodes projection,
+    # the partial hours at both ends and events with an expiry of their own from the rows.
+    store(
+        db,
+        [
+            event(1000, "before", "node_status_update"),  # 00:16, in the first hour, before the range
+            event(1900, "early", "node_status_update"),  # 00:31, the partial first hour
+            event(2 * 3600, "middle", "node_status_update"),  # 02:00, a whole hour
+            event(3 * 3600 + 100, "late", "node_status_update"),  # 03:01, the partial last hour
+            event(3 * 3600 + 1000, "after", "node_status_update"),  # 03:16, after the range
+            event(5000, "kept", "node_status_update", **{"lab.expires_at": "2099-01-01T00:00:00Z"}),
+            event(5000, "expired", "node_status_update", **{"lab.expires_at": "2020-01-01T00:00:00Z"}),
+        ],
+    )
+    seen = sorted(by_node(u.nodes_report(db, scope(1800, 3 * 3600 + 900))))
+    assert seen == ["early", "kept", "late", "middle"]
+    # Within one hour there are no whole hours: all from the rows.
+    assert sorted(by_node(u.nodes_report(db, scope(1800, 3000)))) == ["early"]
+    plan = db.raw(f"EXPLAIN {u.report_sql(db, 'nodes')}", None, parameters=scope(1800, 3 * 3600).parameters())
+    assert b"p_nodes_hourly" in plan
+
+
 def test_sessions_join_short_gaps_and_say_who(db: Storage) -> None:
     store(
         db,

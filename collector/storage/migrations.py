@@ -121,6 +121,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ],
     ),
+    Migration(
+        10,
+        "otel_logs: the nodes seen per hour (a projection) for the utilization reports",
+        lambda n: _logs(
+            n,
+            f"ADD {schema.hourly_nodes_projection().replace('PROJECTION', 'PROJECTION IF NOT EXISTS', 1)}",
+            # Parts stored before get it in a background mutation; until then they are read as rows.
+            f"MATERIALIZE PROJECTION {schema.HOURLY_NODES}",
+        ),
+    ),
 )
 
 

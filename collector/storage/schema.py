@@ -729,5 +729,16 @@ def hourly_counts_projection() -> str:
     return f"PROJECTION {HOURLY_COUNTS} (SELECT {keys}, count() GROUP BY {keys})"
 
 
+HOURLY_NODES = "p_nodes_hourly"
+"""The projection of otel_logs holding event counts per hour and node (with its workcell and lab)."""
+
+
+def hourly_nodes_projection() -> str:
+    """The hourly nodes projection: the utilization reports find the nodes seen in whole hours from
+    it. Events with an expiry of their own (`ExpiresAt != 0`) are kept apart, since they may be hidden."""
+    keys = "toStartOfHour(Timestamp), ExpiresAt = 0, NodeId, WorkcellId, LabName"
+    return f"PROJECTION {HOURLY_NODES} (SELECT {keys}, count() GROUP BY {keys})"
+
+
 NOT_EXPIRED = "(ExpiresAt = 0 OR ExpiresAt > now64(3))"
 """SQL: the event has not expired (TTL deletes expired rows only at the next merge)."""

@@ -6,7 +6,8 @@
         node,
         anyIf(workcell, workcell != '') AS workcell,
         anyIf(lab, lab != '') AS lab,
-        arraySort(groupArrayIf((s, e), e > s)) AS pieces,
+        groupArrayIf(s, e > s) AS starts,
+        groupArrayIf(e, e > s) AS ends,
         countIf(counted) AS actions,
         countIf(counted AND outcome = 1) AS completed,
         countIf(counted AND outcome = 2) AS failed,
@@ -18,14 +19,14 @@
         quantileExactIf(0.95)((e_raw - s_raw) / 1e9, counted AND outcome != 0) AS p95_s
     FROM actions
     GROUP BY node
-    HAVING length(pieces) > 0 OR actions > 0
+    HAVING length(starts) > 0 OR actions > 0
 ),
 reported AS (
     SELECT
         if(u.node != '', u.node, b.node) AS node,
         if(u.workcell != '', u.workcell, b.workcell) AS workcell,
         if(u.lab != '', u.lab, b.lab) AS lab,
-        b.pieces AS pieces, b.actions AS actions, b.completed AS completed, b.failed AS failed,
+        b.starts AS starts, b.ends AS ends, b.actions AS actions, b.completed AS completed, b.failed AS failed,
         b.cancelled AS cancelled, b.running AS running, b.ended AS ended, b.mean_s AS mean_s, b.p95_s AS p95_s,
         d.downs AS downs, d.down_ns AS down_ns
     FROM seen AS u
