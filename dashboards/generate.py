@@ -90,8 +90,7 @@ def daily_sql() -> str:
         report_text(
             "periods",
             LOGS,
-            bucket_of_start=bucket_sql(day, "fromUnixTimestamp64Nano(piece.2)"),
-            bucket_of_last=bucket_sql(day, "fromUnixTimestamp64Nano(piece.3 - 1)"),
+            bucket_of_end=bucket_sql(day, "fromUnixTimestamp64Nano(e_raw)"),
         ),
         **{"{bounds:Array(Int64)}": day_bounds()},
     )

@@ -92,36 +92,53 @@ REPORT_FILES = {
 """Each report's SQL: a chain of CTEs (every step named once) and the report's SELECT."""
 
 
-_INSTANTS = "arrayConcat(starts, ends, arrayMap(d -> d.1, downs), arrayMap(d -> d.2, downs))"
-"""Every instant a node's piece of work (`starts`, `ends`) or down time (`downs`) begins or ends."""
-
-
-def _changes(piece: int, down: int) -> str:
-    """What each of the _INSTANTS changes: `piece` to the count of running pieces at a start
-    (its negative at an end), `down` to the count of downs at a down's start."""
-    return (
-        f"arrayConcat(arrayMap(x -> toInt32({piece}), starts), arrayMap(x -> toInt32({-piece}), ends), "
-        f"arrayMap(d -> toInt32({down}), downs), arrayMap(d -> toInt32({-down}), downs))"
+def _time_line(bounds: bool) -> tuple[str, str]:
+    """SQL: the instants of a node's time line, and what each is: 1 a piece of its work (`starts`,
+    `ends`) begins, 2 one ends, 3 a down time (`downs`) begins, 4 one ends; with `bounds`, 5 a bound
+    of a bucket ({bounds:Array(Int64)})."""
+    instants = "starts, ends, arrayMap(d -> d.1, downs), arrayMap(d -> d.2, downs)"
+    kinds = (
+        "arrayMap(x -> toInt8(1), starts), arrayMap(x -> toInt8(2), ends), "
+        "arrayMap(d -> toInt8(3), downs), arrayMap(d -> toInt8(4), downs)"
     )
+    if bounds:
+        instants += ", {bounds:Array(Int64)}"
+        kinds += ", arrayMap(b -> toInt8(5), {bounds:Array(Int64)})"
+    return f"arrayConcat({instants})", f"arrayConcat({kinds})"
+
+
+def _sweep(bounds: bool) -> str:
+    """SQL: the time line in order, as (instants, kinds). The instants are sorted as plain numbers and
+    the kinds by them (sorting tuples cost 15-25 % of the nodes report); at equal instants the order
+    does not matter, the stretch between them is zero-long."""
+    instants, kinds = _time_line(bounds)
+    return f"(arraySort({instants}), arraySort((k, t) -> t, {kinds}, {instants}))"
+
+
+def _running(begins: int, ends: int) -> str:
+    """SQL: after each instant of the sweep but the last, how many of a kind of interval run."""
+    return f"arrayPopBack(arrayCumSum(arrayMap(k -> multiIf(k = {begins}, 1, k = {ends}, -1, 0), sweep.2)))"
 
 
 _GAPS = "arrayPopFront(arrayDifference(sweep.1))"
-_RUNNING = "arrayPopBack(arrayCumSum(sweep.2))"
+_BUSY, _DOWN = _running(1, 2), _running(3, 4)
 SWEEP = {
-    # A node's pieces of work and down times as one time line: its instants in order, with what
-    # each changes to how many pieces and downs run. Between two instants the union of the pieces
-    # covers the stretch when the running count of pieces is above zero: busy time without merging
-    # the intervals, and its part while down, in vectorized passes. The instants are sorted as
-    # plain numbers and the changes by them (at equal instants their order does not matter: the
-    # stretch between is zero-long); sorting tuples took 15-25 % of the nodes report.
-    "sweep": f"(arraySort({_INSTANTS}), arraySort((c, t) -> t, {_changes(1, 0)}, {_INSTANTS}), "
-    f"arraySort((c, t) -> t, {_changes(0, 1)}, {_INSTANTS}))",
-    "busy": f"arraySum(arrayMap((g, b) -> if(b > 0, g, 0), {_GAPS}, {_RUNNING}))",
-    "overlap": f"arraySum(arrayMap((g, b, d) -> if(b > 0 AND d > 0, g, 0), {_GAPS}, {_RUNNING}, "
-    "arrayPopBack(arrayCumSum(sweep.3))))",
+    # A node's pieces of work and down times as one time line. Between two instants the union of
+    # the pieces covers the stretch when the running count of pieces is above zero: busy time
+    # without merging the intervals, and its part while down, in vectorized passes.
+    "sweep": _sweep(bounds=False),
+    "busy": f"arraySum(arrayMap((g, b) -> if(b > 0, g, 0), {_GAPS}, {_BUSY}))",
+    "overlap": f"arraySum(arrayMap((g, b, d) -> if(b > 0 AND d > 0, g, 0), {_GAPS}, {_BUSY}, {_DOWN}))",
+    # The same with the bucket bounds on the time line: each stretch lies in the bucket of the
+    # bounds passed before it. Busy time, down time and busy time while down summed per bucket
+    # number: (numbers, busy, down, overlap), numbers with nothing left out.
+    "bucket_sweep": _sweep(bounds=True),
+    "bucket_sums": "arrayReduce('sumMap', [arrayPopBack(arrayCumSum(arrayMap(k -> toUInt32(k = 5), sweep.2)))], "
+    f"[arrayMap((g, b) -> if(b > 0, g, 0), {_GAPS}, {_BUSY})], [arrayMap((g, d) -> if(d > 0, g, 0), {_GAPS}, {_DOWN})], "
+    f"[arrayMap((g, b, d) -> if(b > 0 AND d > 0, g, 0), {_GAPS}, {_BUSY}, {_DOWN})])",
 }
-"""SQL: busy time (the union of the pieces from `starts` to `ends`) and the part of it within `downs`;
-the template fields of nodes.sql and periods.sql."""
+"""SQL: busy time (the union of the pieces from `starts` to `ends`) and the part of it within `downs`,
+over the range (nodes.sql) and per bucket (periods.sql); their template fields."""
 
 
 HOUR_NS = 3600 * SECOND
@@ -265,16 +282,16 @@ def periods_report(storage: Storage, scope: Scope, bucket: Bucket) -> dict[str, 
     sql = report_sql(
         storage,
         "periods",
-        bucket_of_start=bucket_sql(bucket, "fromUnixTimestamp64Nano(piece.2)", scope.day_start_s),
-        bucket_of_last=bucket_sql(bucket, "fromUnixTimestamp64Nano(piece.3 - 1)", scope.day_start_s),
+        bucket_of_end=bucket_sql(bucket, "fromUnixTimestamp64Nano(e_raw)", scope.day_start_s),
     )
     rows = storage.rows(sql, parameters={**scope.parameters(), "bounds": bounds})
     index = {start: i for i, start in enumerate(bounds[:-1])}
     spans = [max(0, min(b, scope.until_ns) - max(a, scope.start_ns)) for a, b in itertools.pairwise(bounds)]
     nodes: dict[str, dict[str, Any]] = {}
     for r in rows:
-        node = nodes.setdefault(r["node"], {"cells": [dict.fromkeys(_CELL, 0) for _ in spans]})
-        cell = node["cells"][index[r["bucket_start_ns"]]]
+        if r["node"] not in nodes:
+            nodes[r["node"]] = {"cells": [dict.fromkeys(_CELL, 0) for _ in spans]}
+        cell = nodes[r["node"]]["cells"][index[r["bucket_start_ns"]]]
         for key in _CELL:
             cell[key] += r[key]
     periods, every = [], []

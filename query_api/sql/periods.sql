@@ -1,62 +1,56 @@
 -- Per node and bucket: busy time (the union of the node's actions in the bucket), down time,
--- busy time while down, and actions ending in the bucket; buckets without any are left out (the
--- caller fills in zeros). {bounds:Array(Int64)} holds the bucket starts and the last end; the
--- template fields bucket_of_start and bucket_of_last are the starts of the buckets holding a
--- piece's first and last instant (the same buckets, in SQL). Continues intervals, downtime and seen.
--- Pieces are (kind, start, end, outcome); kinds: 1 busy, 2 an action's end, 3 down, 4 the node was seen.
-, tagged AS (
-    SELECT node, workcell, lab, piece
-    FROM actions
-    ARRAY JOIN arrayFilter(p -> p.1 != 0, [if(e > s, (1, s, e, outcome), (0, 0, 0, 0)),
-                                            if(counted, (2, e_raw, e_raw + 1, outcome), (0, 0, 0, 0))]) AS piece
-    UNION ALL
-    SELECT node, '' AS workcell, '' AS lab, (3, d.1, d.2, 0) AS piece FROM downtime ARRAY JOIN downs AS d
-    UNION ALL
-    SELECT node, workcell, lab, (4, {start:Int64}, {start:Int64} + 1, 0) AS piece FROM seen
-),
-shared AS (
-    SELECT
-        node, workcell, lab, piece.1 AS kind, piece.4 AS outcome, share.1 AS bucket_start_ns, share.2 AS s, share.3 AS e
-    FROM (
-        SELECT
-            node, workcell, lab, piece,
-            toUnixTimestamp64Nano(toDateTime64($bucket_of_start, 9)) AS first_bucket,
-            toUnixTimestamp64Nano(toDateTime64($bucket_of_last, 9)) AS last_bucket,
-            -- most pieces lie in one bucket; a longer one is split over the buckets it overlaps
-            if(first_bucket = last_bucket, [(first_bucket, piece.2, piece.3)],
-               arrayMap(p -> (p.1, greatest(piece.2, p.1), least(piece.3, p.2)),
-                        arrayFilter(p -> p.1 < piece.3 AND p.2 > piece.2,
-                                    arrayZip(arrayPopBack({bounds:Array(Int64)}), arrayPopFront({bounds:Array(Int64)})))))
-                AS shares
-        FROM tagged
-    )
-    ARRAY JOIN shares AS share
-),
-cells AS (
+-- busy time while down, and actions ending in the bucket; a node and bucket may come in several
+-- rows (the caller adds them up) and buckets without any are left out (the caller fills in zeros).
+-- {bounds:Array(Int64)} holds the bucket starts and the last end; the template field
+-- bucket_of_end is the start of the bucket holding an action's end (the same buckets, in SQL).
+-- Continues intervals, downtime and seen.
+, per_node AS (
     SELECT
         node,
-        bucket_start_ns,
         anyIf(workcell, workcell != '') AS workcell,
         anyIf(lab, lab != '') AS lab,
-        groupArrayIf(s, kind = 1) AS starts,
-        groupArrayIf(e, kind = 1) AS ends,
-        groupArrayIf((s, e), kind = 3) AS downs,
-        countIf(kind = 2) AS actions,
-        countIf(kind = 2 AND outcome = 1) AS completed,
-        countIf(kind = 2 AND outcome = 2) AS failed
-    FROM shared
-    GROUP BY node, bucket_start_ns
+        groupArrayIf(s, e > s) AS starts,
+        groupArrayIf(e, e > s) AS ends,
+        -- the actions ending in each bucket: (bucket starts, actions, completed, failed)
+        sumMapIf([toUnixTimestamp64Nano(toDateTime64($bucket_of_end, 9))],
+                 [toUInt64(1)], [toUInt64(outcome = 1)], [toUInt64(outcome = 2)], counted) AS ended
+    FROM actions
+    GROUP BY node
+),
+reported AS (
+    SELECT
+        if(u.node != '', u.node, b.node) AS node,
+        if(u.workcell != '', u.workcell, b.workcell) AS workcell,
+        if(u.lab != '', u.lab, b.lab) AS lab,
+        u.node != '' AS seen,
+        b.starts AS starts, b.ends AS ends, b.ended AS ended, d.downs AS downs
+    FROM seen AS u
+    FULL OUTER JOIN per_node AS b ON u.node = b.node
+    LEFT JOIN downtime AS d ON d.node = if(u.node != '', u.node, b.node)
+),
+-- The sweep of the node's time line with the bucket bounds on it: busy time, down time and busy
+-- time while down per bucket (by its number in bounds; the template field bucket_sums).
+cells AS (
+    SELECT node, workcell, lab, arrayConcat(
+        -- (bucket start, busy, down, overlap, actions, completed, failed)
+        arrayMap(c -> ({bounds:Array(Int64)}[c.1], c.2, c.3, c.4, toUInt64(0), toUInt64(0), toUInt64(0)),
+                 arrayFilter(c -> c.1 >= 1 AND c.1 < length({bounds:Array(Int64)}),
+                             arrayZip(sums.1, sums.2, sums.3, sums.4))),
+        arrayMap(c -> (c.1, 0, 0, 0, c.2, c.3, c.4), arrayZip(ended.1, ended.2, ended.3, ended.4)),
+        -- a node seen in the range is reported, whatever it did
+        if(seen, [({bounds:Array(Int64)}[1], 0, 0, 0, toUInt64(0), toUInt64(0), toUInt64(0))], [])) AS cell
+    FROM (SELECT *, $bucket_sums AS sums FROM (SELECT *, $bucket_sweep AS sweep FROM reported))
 )
 SELECT
     node,
     workcell,
     lab,
-    bucket_start_ns,
-    $busy AS busy_ns,
-    arraySum(arrayMap(d -> d.2 - d.1, downs)) AS down_ns,
-    $overlap AS overlap_ns,
-    actions,
-    completed,
-    failed
--- the sweep stays in here: only its sums leave the query
-FROM (SELECT *, $sweep AS sweep FROM cells)
+    cell.1 AS bucket_start_ns,
+    cell.2 AS busy_ns,
+    cell.3 AS down_ns,
+    cell.4 AS overlap_ns,
+    cell.5 AS actions,
+    cell.6 AS completed,
+    cell.7 AS failed
+FROM cells
+ARRAY JOIN cell
