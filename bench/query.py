@@ -244,11 +244,10 @@ def measure(
     figures: dict[str, Any] = {}
     with httpx.Client(base_url=api, timeout=600) as client:
         if "events" in only:
-            figures |= measure_events(client, rows, repeat)
+            figures |= measure_events(client, rows, repeat, end_ns)
         if "stats" in only:
-            hourly = timed(
-                client, repeat, "GET", "/stats", params={"group_by": "event_type", "bucket": "1h", "since": "7d"}
-            )
+            week = window(end_ns, 7 * DAY_NS)
+            hourly = timed(client, repeat, "GET", "/stats", params={"group_by": "event_type", "bucket": "1h", **week})
             figures |= summary("counts_per_type_per_hour_7d", hourly, len(hourly["answer"]["buckets"]))
         if "utilization" in only:
             figures |= measure_utilization(client, repeat, end_ns)
@@ -257,6 +256,16 @@ def measure(
         if "export" in only:
             figures |= measure_export(client, pid, end_ns)
     return figures
+
+
+def window(end_ns: int, width_ns: int) -> dict[str, str]:
+    """`start` and `end` of the `width_ns` before the generated events' end, in exact epoch seconds:
+    relative ranges (`since=24h`) would move away from a kept data set (`--data`) as it ages."""
+
+    def seconds(ns: int) -> str:
+        return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+    return {"start": seconds(end_ns - width_ns), "end": seconds(end_ns + 1)}
 
 
 def summary(name: str, result: dict[str, Any], found: int) -> dict[str, Any]:
@@ -288,7 +297,7 @@ def measure_reports(client: httpx.Client, repeat: int, end_ns: int) -> dict[str,
     return figures | summary("utilization_timeseries_hourly_30d", series, len(series["answer"]["series"]))
 
 
-def measure_events(client: httpx.Client, rows: int, repeat: int) -> dict[str, Any]:
+def measure_events(client: httpx.Client, rows: int, repeat: int, end_ns: int) -> dict[str, Any]:
     """Filters, text search and selectors of `/events`."""
     figures: dict[str, Any] = {}
     warnings = timed(
@@ -296,9 +305,11 @@ def measure_events(client: httpx.Client, rows: int, repeat: int) -> dict[str, An
         repeat,
         "GET",
         "/events",
-        params={"node": "node-07", "severity_min": "WARN", "since": "24h", "limit": 100},
+        params={"node": "node-07", "severity_min": "WARN", "limit": 100, **window(end_ns, DAY_NS)},
     )
-    search = timed(client, repeat, "GET", "/events", params={"q": RARE_TOKEN, "since": "30d", "limit": 100})
+    search = timed(
+        client, repeat, "GET", "/events", params={"q": RARE_TOKEN, "limit": 100, **window(end_ns, 30 * DAY_NS)}
+    )
     # MADSci's kind of selector: ownership, type and level.
     selector = {"$and": [{"source.node_id": "node-12"}, {"event_type": "action_failed"}, {"log_level": {"$gte": 30}}]}
     chosen = timed(client, repeat, "POST", "/events/query", json={"selector": selector, "limit": 100})
@@ -306,7 +317,7 @@ def measure_events(client: httpx.Client, rows: int, repeat: int) -> dict[str, An
     on_attribute = {
         "$and": [
             {"source.node_id": "node-12"},
-            {"event_type": "action_complete"},
+            {"event_type": "workflow_complete"},  # the generated action events carry no duration_ms
             {"attributes.duration_ms": {"$gt": 4000}},
         ]
     }

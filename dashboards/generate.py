@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labtel.query_api.stats import parse_bucket
-from labtel.query_api.utilization import SECOND, bucket_sql, report_text
+from labtel.query_api.utilization import SECOND, report_text
 
 HERE = Path(__file__).resolve().parent
 DATASOURCE_UID = "labtel-clickhouse"
@@ -85,15 +84,7 @@ ORDER BY utilization_percent DESC"""
 
 def daily_sql() -> str:
     """Utilization of all nodes per day (every day, empty ones as zeros): `GET /utilization/periods?bucket=day`."""
-    day = parse_bucket("1d")
-    report = grafana_sql(
-        report_text(
-            "periods",
-            LOGS,
-            bucket_of_end=bucket_sql(day, "fromUnixTimestamp64Nano(e_raw)"),
-        ),
-        **{"{bounds:Array(Int64)}": day_bounds()},
-    )
+    report = grafana_sql(report_text("periods", LOGS), **{"{bounds:Array(Int64)}": day_bounds()})
     start, end, now = (GRAFANA_PARAMETERS[f"{{{n}:Int64}}"] for n in ("start", "end", "now"))
     return f"""SELECT
     fromUnixTimestamp64Nano(d.b) AS time,

@@ -120,22 +120,51 @@ def _running(begins: int, ends: int) -> str:
     return f"arrayPopBack(arrayCumSum(arrayMap(k -> multiIf(k = {begins}, 1, k = {ends}, -1, 0), sweep.2)))"
 
 
-_GAPS = "arrayPopFront(arrayDifference(sweep.1))"
-_BUSY, _DOWN = _running(1, 2), _running(3, 4)
+_BUSY_GAPS = "arrayMap((g, b) -> if(b > 0, g, 0), steps.1, steps.2)"
+_DOWN_GAPS = "arrayMap((g, d) -> if(d > 0, g, 0), steps.1, steps.3)"
+_OVERLAP_GAPS = "arrayMap((g, b, d) -> if(b > 0 AND d > 0, g, 0), steps.1, steps.2, steps.3)"
+
+
+def _at_bounds(gaps: str) -> str:
+    """SQL: per bucket, the sum of `gaps` over its stretches: the running total of `gaps` at each
+    instant, taken at the bounds, less the one before (at equal instants the total is the same)."""
+    return (
+        f"arrayPopFront(arrayDifference(arrayFilter((x, k) -> k = 5, arrayConcat([0], arrayCumSum({gaps})), sweep.2)))"
+    )
+
+
+def _counts_at_bounds(kind: str) -> str:
+    """SQL: per bucket, how many ends of `kind` the end sweep (`endings`) has in it."""
+    return (
+        f"arrayPopFront(arrayDifference(arrayFilter((c, k) -> k = 0, arrayCumSum(arrayMap(k -> toInt64({kind}), endings)), "
+        "endings)))"
+    )
+
+
 SWEEP = {
     # A node's pieces of work and down times as one time line. Between two instants the union of
     # the pieces covers the stretch when the running count of pieces is above zero: busy time
     # without merging the intervals, and its part while down, in vectorized passes.
     "sweep": _sweep(bounds=False),
-    "busy": f"arraySum(arrayMap((g, b) -> if(b > 0, g, 0), {_GAPS}, {_BUSY}))",
-    "overlap": f"arraySum(arrayMap((g, b, d) -> if(b > 0 AND d > 0, g, 0), {_GAPS}, {_BUSY}, {_DOWN}))",
-    # The same with the bucket bounds on the time line: each stretch lies in the bucket of the
-    # bounds passed before it. Busy time, down time and busy time while down summed per bucket
-    # number: (numbers, busy, down, overlap), numbers with nothing left out.
+    # With the bucket bounds on the time line, each stretch lies in the bucket of the bounds
+    # passed before it.
     "bucket_sweep": _sweep(bounds=True),
-    "bucket_sums": "arrayReduce('sumMap', [arrayPopBack(arrayCumSum(arrayMap(k -> toUInt32(k = 5), sweep.2)))], "
-    f"[arrayMap((g, b) -> if(b > 0, g, 0), {_GAPS}, {_BUSY})], [arrayMap((g, d) -> if(d > 0, g, 0), {_GAPS}, {_DOWN})], "
-    f"[arrayMap((g, b, d) -> if(b > 0 AND d > 0, g, 0), {_GAPS}, {_BUSY}, {_DOWN})])",
+    # Per stretch between two instants: (its length, pieces running, downs running). A column of
+    # its own (each step of a query selecting from the one before): ClickHouse computes a lambda
+    # expression again wherever it is written.
+    "steps": f"(arrayPopFront(arrayDifference(sweep.1)), {_running(1, 2)}, {_running(3, 4)})",
+    "busy": f"arraySum({_BUSY_GAPS})",
+    "overlap": f"arraySum({_OVERLAP_GAPS})",
+    # Per bucket: (busy, down, overlap), the differences of their running totals at the bounds.
+    "bucket_totals": "(" + ", ".join(f"{_at_bounds(gaps)}" for gaps in (_BUSY_GAPS, _DOWN_GAPS, _OVERLAP_GAPS)) + ")",
+    # The ends of the actions counted in the range (`end_times`, `end_outcomes`) and the bucket
+    # bounds in time order, kinds: 0 a bound (first at an equal instant: an end on a bound is in
+    # the bucket it begins), 1 + the outcome of an end.
+    "end_sweep": "arraySort((k, t) -> (t, k), "
+    "arrayConcat(arrayMap(b -> toUInt8(0), {bounds:Array(Int64)}), arrayMap(o -> toUInt8(o + 1), end_outcomes)), "
+    "arrayConcat({bounds:Array(Int64)}, end_times))",
+    # Per bucket: (actions ending, completed, failed), the differences of running counts at the bounds.
+    "end_counts": "(" + ", ".join(_counts_at_bounds(kind) for kind in ("k != 0", "k = 2", "k = 3")) + ")",
 }
 """SQL: busy time (the union of the pieces from `starts` to `ends`) and the part of it within `downs`,
 over the range (nodes.sql) and per bucket (periods.sql); their template fields."""
@@ -282,7 +311,6 @@ def periods_report(storage: Storage, scope: Scope, bucket: Bucket) -> dict[str, 
     sql = report_sql(
         storage,
         "periods",
-        bucket_of_end=bucket_sql(bucket, "fromUnixTimestamp64Nano(e_raw)", scope.day_start_s),
     )
     rows = storage.rows(sql, parameters={**scope.parameters(), "bounds": bounds})
     index = {start: i for i, start in enumerate(bounds[:-1])}

@@ -1,8 +1,7 @@
 -- Per node and bucket: busy time (the union of the node's actions in the bucket), down time,
 -- busy time while down, and actions ending in the bucket; a node and bucket may come in several
 -- rows (the caller adds them up) and buckets without any are left out (the caller fills in zeros).
--- {bounds:Array(Int64)} holds the bucket starts and the last end; the template field
--- bucket_of_end is the start of the bucket holding an action's end (the same buckets, in SQL).
+-- {bounds:Array(Int64)} holds the bucket starts and the last end (utilization.bucket_bounds).
 -- Continues intervals, downtime and seen.
 , per_node AS (
     SELECT
@@ -11,9 +10,9 @@
         anyIf(lab, lab != '') AS lab,
         groupArrayIf(s, e > s) AS starts,
         groupArrayIf(e, e > s) AS ends,
-        -- the actions ending in each bucket: (bucket starts, actions, completed, failed)
-        sumMapIf([toUnixTimestamp64Nano(toDateTime64($bucket_of_end, 9))],
-                 [toUInt64(1)], [toUInt64(outcome = 1)], [toUInt64(outcome = 2)], counted) AS ended
+        -- the actions that end in the range: when, and how
+        groupArrayIf(e_raw, counted) AS end_times,
+        groupArrayIf(outcome, counted) AS end_outcomes
     FROM actions
     GROUP BY node
 ),
@@ -23,23 +22,25 @@ reported AS (
         if(u.workcell != '', u.workcell, b.workcell) AS workcell,
         if(u.lab != '', u.lab, b.lab) AS lab,
         u.node != '' AS seen,
-        b.starts AS starts, b.ends AS ends, b.ended AS ended, d.downs AS downs
+        b.starts AS starts, b.ends AS ends, d.downs AS downs, b.end_times AS end_times, b.end_outcomes AS end_outcomes
     FROM seen AS u
     FULL OUTER JOIN per_node AS b ON u.node = b.node
     LEFT JOIN downtime AS d ON d.node = if(u.node != '', u.node, b.node)
 ),
 -- The sweep of the node's time line with the bucket bounds on it: busy time, down time and busy
--- time while down per bucket (by its number in bounds; the template field bucket_sums).
+-- time while down per bucket; and of the actions' ends: how many end in each (the template fields
+-- bucket_sweep, steps, bucket_totals, end_sweep and end_counts).
 cells AS (
     SELECT node, workcell, lab, arrayConcat(
         -- (bucket start, busy, down, overlap, actions, completed, failed)
-        arrayMap(c -> ({bounds:Array(Int64)}[c.1], c.2, c.3, c.4, toUInt64(0), toUInt64(0), toUInt64(0)),
-                 arrayFilter(c -> c.1 >= 1 AND c.1 < length({bounds:Array(Int64)}),
-                             arrayZip(sums.1, sums.2, sums.3, sums.4))),
-        arrayMap(c -> (c.1, 0, 0, 0, c.2, c.3, c.4), arrayZip(ended.1, ended.2, ended.3, ended.4)),
+        arrayFilter(c -> c.2 != 0 OR c.3 != 0 OR c.5 != 0,
+                    arrayZip(arrayPopBack({bounds:Array(Int64)}), totals.1, totals.2, totals.3, counts.1, counts.2, counts.3)),
         -- a node seen in the range is reported, whatever it did
-        if(seen, [({bounds:Array(Int64)}[1], 0, 0, 0, toUInt64(0), toUInt64(0), toUInt64(0))], [])) AS cell
-    FROM (SELECT *, $bucket_sums AS sums FROM (SELECT *, $bucket_sweep AS sweep FROM reported))
+        if(seen, [({bounds:Array(Int64)}[1], 0, 0, 0, 0, 0, 0)], [])) AS cell
+    FROM (
+        SELECT *, $bucket_totals AS totals, $end_counts AS counts
+        FROM (SELECT *, $steps AS steps, $end_sweep AS endings FROM (SELECT *, $bucket_sweep AS sweep FROM reported))
+    )
 )
 SELECT
     node,
