@@ -208,7 +208,9 @@ def list_events(
     select = (
         f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} "
         "AND Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64}) "
-        "AND Timestamp < fromUnixTimestamp64Nano({window_hi:Int64}) ORDER BY "
+        # the window's last nanosecond, not its end: an event at the latest time ClickHouse stores
+        # (2^63 - 1 ns) has its window end past Int64
+        "AND Timestamp <= fromUnixTimestamp64Nano({window_last:Int64}) ORDER BY "
     )
     by_time = f"Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
     in_key_order = f"{LOGS_TIME_BUCKET} {direction}, {by_time}"
@@ -226,7 +228,7 @@ def list_events(
             window = (lo, min(hi, lo + FIRST_WINDOW_NS))
         else:
             window = (max(lo, hi - FIRST_WINDOW_NS), hi)
-        params.update(window_lo=window[0], window_hi=window[1], limit=limit + 1 - len(rows))
+        params.update(window_lo=window[0], window_last=window[1] - 1, limit=limit + 1 - len(rows))
         rows += storage.rows(select + order, parameters=params, settings=settings)
         if ascending:
             lo = window[1]

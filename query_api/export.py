@@ -68,6 +68,8 @@ _DICTIONARY_COLUMNS = [
 _STATISTICS_COLUMNS = ["timestamp", "time_unix_nano", "severity_number"]
 """Columns whose min/max each row group records, so readers can skip row groups by time and severity."""
 _PLAN_WIDTH_NS = 300 * 1_000_000_000
+INT64_END = 2**63
+"""One past the latest instant ClickHouse stores (2262-04-11T23:47:16.854775807Z), in Unix ns."""
 _MIN_WIDTH_NS = 1_000_000
 
 
@@ -114,9 +116,9 @@ def _windows(
     if bounds is not None:
         clause += (
             " AND Timestamp >= fromUnixTimestamp64Nano({plan_lo:Int64})"
-            " AND Timestamp < fromUnixTimestamp64Nano({plan_hi:Int64})"
+            " AND Timestamp <= fromUnixTimestamp64Nano({plan_last:Int64})"
         )
-        parameters.update(plan_lo=bounds[0], plan_hi=bounds[1])
+        parameters.update(plan_lo=bounds[0], plan_last=min(bounds[1], INT64_END) - 1)
     buckets = storage.rows(
         f"SELECT intDiv(toUnixTimestamp64Nano(Timestamp), {{plan_width:Int64}}) AS b, count() AS n "
         f"FROM {storage.names.logs} WHERE {clause} GROUP BY b ORDER BY b",
@@ -148,7 +150,7 @@ def _window_sql(storage: Storage, where: str, fmt: str, limit: int | None) -> st
     return (
         f"SELECT {column_list(fmt)} FROM {storage.names.logs} WHERE {where}"
         " AND Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64})"
-        " AND Timestamp < fromUnixTimestamp64Nano({window_hi:Int64})"
+        " AND Timestamp <= fromUnixTimestamp64Nano({window_last:Int64})"
         f" ORDER BY {LOGS_TIME_BUCKET}, Timestamp, EventId{' LIMIT {window_limit:UInt64}' if limit is not None else ''} {_SETTINGS}"
     )
 
@@ -219,7 +221,8 @@ def export_chunks(
 
     def fetch(window: Window, window_limit: int | None) -> bytes:
         sql = _window_sql(storage, where, fmt, window_limit)
-        parameters = {**params, "window_lo": window.start_ns, "window_hi": window.end_ns}
+        # the window's last nanosecond: its end may lie past Int64 (an event at 2^63 - 1 ns)
+        parameters = {**params, "window_lo": window.start_ns, "window_last": min(window.end_ns, INT64_END) - 1}
         if window_limit is not None:
             parameters["window_limit"] = window_limit
         return storage.raw(sql, fmt, parameters=parameters)
@@ -259,7 +262,9 @@ def export_chunks(
             yield sink.take()
     if fmt_name == "parquet":
         if writer is None:  # nothing selected: a file with the columns and no rows
-            empty = storage.raw(_window_sql(storage, "0", fmt, None), fmt, parameters={"window_lo": 0, "window_hi": 0})
+            empty = storage.raw(
+                _window_sql(storage, "0", fmt, None), fmt, parameters={"window_lo": 0, "window_last": 0}
+            )
             writer = _parquet_writer(sink, pa.ipc.open_stream(pa.py_buffer(empty)).schema)
         writer.close()
         yield sink.take()

@@ -223,6 +223,19 @@ def test_pages_are_found_across_both_looks_in_time(storage: Storage) -> None:
         assert [e["body"] for e in window.json()["events"]] == [f"age {a}" for a in ages_s[1:10]]
 
 
+def test_events_at_the_first_and_last_instants_clickhouse_stores_are_listed(storage: Storage) -> None:
+    # Found by test_properties: a page's window ends one nanosecond after the latest event, which
+    # for an event at 2^63 - 1 ns (2262-04-11) is past Int64.
+    last = 2**63 - 1
+    insert(storage, [log_record("first", time_ns=1), log_record("last", time_ns=last)], service="edges")
+    with TestClient(create_app(storage)) as client:
+        for order, expected in (("asc", ["first", "last"]), ("desc", ["last", "first"])):
+            page = client.get("/events", params={"service": "edges", "order": order})
+            assert page.status_code == 200, page.text
+            assert [e["body"] for e in page.json()["events"]] == expected
+            assert page.json()["events"][0 if order == "desc" else 1]["time_unix_nano"] == last
+
+
 def test_pages_read_in_key_order_keep_the_order_of_time_and_event_id(storage: Storage) -> None:
     # Past the first windows a page is read in the table's key order (five minutes, service,
     # time): events of several services at the same instants, ten days ago, must still page in
