@@ -156,7 +156,7 @@ SWEEP = {
     "busy": f"arraySum({_BUSY_GAPS})",
     "overlap": f"arraySum({_OVERLAP_GAPS})",
     # Per bucket: (busy, down, overlap), the differences of their running totals at the bounds.
-    "bucket_totals": "(" + ", ".join(f"{_at_bounds(gaps)}" for gaps in (_BUSY_GAPS, _DOWN_GAPS, _OVERLAP_GAPS)) + ")",
+    "bucket_totals": "(" + ", ".join(_at_bounds(gaps) for gaps in (_BUSY_GAPS, _DOWN_GAPS, _OVERLAP_GAPS)) + ")",
     # The ends of the actions counted in the range (`end_times`, `end_outcomes`) and the bucket
     # bounds in time order, kinds: 0 a bound (first at an equal instant: an end on a bound is in
     # the bucket it begins), 1 + the outcome of an end.
@@ -308,10 +308,7 @@ def nodes_report(storage: Storage, scope: Scope) -> dict[str, Any]:
 def periods_report(storage: Storage, scope: Scope, bucket: Bucket) -> dict[str, Any]:
     """The node metrics per hour / day / week / month (empty buckets as zeros), per node and in all."""
     bounds = bucket_bounds(storage, scope, bucket)
-    sql = report_sql(
-        storage,
-        "periods",
-    )
+    sql = report_sql(storage, "periods")
     rows = storage.rows(sql, parameters={**scope.parameters(), "bounds": bounds})
     index = {start: i for i, start in enumerate(bounds[:-1])}
     spans = [max(0, min(b, scope.until_ns) - max(a, scope.start_ns)) for a, b in itertools.pairwise(bounds)]

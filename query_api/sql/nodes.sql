@@ -1,6 +1,7 @@
 -- Per node: available, busy and idle time, utilization, and its actions (counted where they end).
 -- Busy time is the union of the node's actions, and busy time while down counts as available (the
--- template fields sweep, busy and overlap: utilization.SWEEP). Continues intervals, downtime and seen.
+-- template fields sweep, steps, busy and overlap: utilization.SWEEP). Continues intervals, downtime
+-- and seen.
 , busy_nodes AS (
     SELECT
         node,

@@ -1,6 +1,6 @@
 -- The nodes with events in the range, with their workcell and lab. Continues intervals.sql.
 -- The whole hours of events without an expiry of their own are read from the hourly nodes
--- projection of the logs table (schema.HOURLY_NODES: ~200 times fewer rows); the partial hours at
+-- projection of the logs table (schema.HOURLY_NODES: ~140 times fewer rows); the partial hours at
 -- the ends of the range and the events with an expiry, from the rows.
 , seen AS (
     SELECT node, anyIf(workcell, workcell != '') AS workcell, anyIf(lab, lab != '') AS lab
