@@ -33,8 +33,10 @@ def event(t_s: float, node: str, event_type: str, severity: int = 9, **attribute
     return log_record(f"{event_type} on {node}", attributes, time_ns=T0 + int(t_s * S), severity=severity)
 
 
-def store(storage: Storage, records: list[Any], workcell: str = "wc-1", lab: str = "lab-A") -> None:
+def store(storage: Storage, records: list[Any], workcell: str = "wc-1", lab: str = "lab-A", user: str = "") -> None:
     resource = {"service.name": f"svc-{workcell}", "lab.workcell.id": workcell, "lab.name": lab}
+    if user:
+        resource["lab.user.id"] = user
     storage.insert_otlp("logs", logs_request(records, resource=resource).SerializeToString(), uuid.uuid4().hex)
 
 
@@ -276,6 +278,21 @@ def test_users_experiments_and_workflows(db: Storage) -> None:
     workflows = {row["workflow"]: row for row in u.users_report(db, scope(), "workflow")["workflows"]}
     assert set(workflows) == {"w1", "w2", "w3"}
     assert workflows["w2"]["workflow_s"] == 70
+    # MADSci's workflow author counts where the event has no lab.user.id of its own, ahead of the
+    # resource's user (here the service account "svc").
+    store(
+        db,
+        [
+            event(400, "ot2", "workflow_start", **{"lab.workflow.id": "w4", "author": "carol"}),
+            event(500, "ot2", "workflow_complete", **{"lab.workflow.id": "w4", "author": "carol"}),
+            event(600, "ot2", "workflow_start", **{"lab.workflow.id": "w5"}),
+            event(650, "ot2", "workflow_complete", **{"lab.workflow.id": "w5"}),
+        ],
+        user="svc",
+    )
+    users = {row["user"]: row for row in u.users_report(db, scope(), "user")["users"]}
+    assert (users["carol"]["workflows_completed"], users["carol"]["workflow_s"]) == (1, 100)
+    assert (users["svc"]["workflows_completed"], users["svc"]["workflow_s"]) == (1, 50)
 
 
 def test_timeseries_flags_a_burst_and_counts_errors(db: Storage) -> None:

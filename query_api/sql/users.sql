@@ -6,8 +6,7 @@
         WorkflowId AS workflow,
         toUnixTimestamp64Nano(Timestamp) AS ts,
         EventType AS type,
-        if(LogAttributes['lab.user.id'] != '', LogAttributes['lab.user.id'],
-           if(LogAttributes['author'] != '', LogAttributes['author'], ResourceAttributes['lab.user.id'])) AS user,
+        UserId AS user,
         ExperimentId AS experiment
     FROM $logs
     WHERE $not_expired
@@ -16,18 +15,37 @@
       AND Timestamp >= fromUnixTimestamp64Nano({start:Int64} - {lookback:Int64})
       AND Timestamp < fromUnixTimestamp64Nano({end:Int64} + {lookback:Int64})
 ),
-workflows AS (
-    SELECT
-        workflow,
-        anyIf(user, user != '') AS user,
-        anyIf(experiment, experiment != '') AS experiment,
-        countIf(type = 'workflow_start') AS starts,
-        countIf(type != 'workflow_start') AS ends,
-        minIf(ts, type = 'workflow_start') AS started,
-        minIf(ts, type != 'workflow_start') AS ended,
-        argMinIf(type, ts, type != 'workflow_start') AS end_type
-    FROM workflow_events
+-- MADSci's workflow author (`event_data.author`) where an event has no `lab.user.id` of its own:
+-- the attribute map is read only where the key index finds an author (reading the map of every
+-- workflow event took four fifths of the report)
+authors AS (
+    SELECT WorkflowId AS workflow,
+        anyIf(LogAttributes['author'], LogAttributes['author'] != '' AND LogAttributes['lab.user.id'] = '') AS author
+    FROM $logs
+    WHERE $not_expired
+      AND WorkflowId != ''
+      AND mapContains(LogAttributes, 'author')
+      AND EventType IN ('workflow_start', 'workflow_complete', 'workflow_failed', 'workflow_abort', 'workflow_cancelled')
+      AND Timestamp >= fromUnixTimestamp64Nano({start:Int64} - {lookback:Int64})
+      AND Timestamp < fromUnixTimestamp64Nano({end:Int64} + {lookback:Int64})
     GROUP BY workflow
+),
+workflows AS (
+    SELECT w.*, if(a.author != '', a.author, w.user_id) AS user
+    FROM (
+        SELECT
+            workflow,
+            anyIf(user, user != '') AS user_id,
+            anyIf(experiment, experiment != '') AS experiment,
+            countIf(type = 'workflow_start') AS starts,
+            countIf(type != 'workflow_start') AS ends,
+            minIf(ts, type = 'workflow_start') AS started,
+            minIf(ts, type != 'workflow_start') AS ended,
+            argMinIf(type, ts, type != 'workflow_start') AS end_type
+        FROM workflow_events
+        GROUP BY workflow
+    ) AS w
+    LEFT JOIN authors AS a ON a.workflow = w.workflow
 ),
 by_actions AS (
     SELECT
