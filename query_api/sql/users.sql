@@ -7,7 +7,8 @@
         toUnixTimestamp64Nano(Timestamp) AS ts,
         EventType AS type,
         UserId AS user,
-        ExperimentId AS experiment
+        ExperimentId AS experiment,
+        LogAttributes AS attributes
     FROM $logs
     WHERE $not_expired
       AND WorkflowId != ''
@@ -19,15 +20,9 @@
 -- the attribute map is read only where the key index finds an author (reading the map of every
 -- workflow event took four fifths of the report)
 authors AS (
-    SELECT WorkflowId AS workflow,
-        anyIf(LogAttributes['author'], LogAttributes['author'] != '' AND LogAttributes['lab.user.id'] = '') AS author
-    FROM $logs
-    WHERE $not_expired
-      AND WorkflowId != ''
-      AND mapContains(LogAttributes, 'author')
-      AND EventType IN ('workflow_start', 'workflow_complete', 'workflow_failed', 'workflow_abort', 'workflow_cancelled')
-      AND Timestamp >= fromUnixTimestamp64Nano({start:Int64} - {lookback:Int64})
-      AND Timestamp < fromUnixTimestamp64Nano({end:Int64} + {lookback:Int64})
+    SELECT workflow, anyIf(attributes['author'], attributes['author'] != '' AND attributes['lab.user.id'] = '') AS author
+    FROM workflow_events
+    WHERE mapContains(attributes, 'author')
     GROUP BY workflow
 ),
 workflows AS (
