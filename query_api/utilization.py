@@ -31,7 +31,7 @@ from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import NOT_EXPIRED
 from labtel.query_api.events import EventFilter
 from labtel.query_api.params import ParamError, format_time_ns
-from labtel.query_api.stats import GROUPS, MAX_BUCKETS, Bucket, parse_bucket
+from labtel.query_api.stats import GROUPS, HOUR_NS, MAX_BUCKETS, Bucket, parse_bucket
 
 SECOND = 1_000_000_000
 PERIODS = {"hour": "1h", "day": "1d", "week": "1w", "month": "1mo"}
@@ -170,7 +170,6 @@ SWEEP = {
 over the range (nodes.sql) and per bucket (periods.sql); their template fields."""
 
 
-HOUR_NS = 3600 * SECOND
 WHOLE_HOURS = {
     "first_hour": f"intDiv({{start:Int64}} + {HOUR_NS - 1}, {HOUR_NS}) * {HOUR_NS}",
     "last_hour": f"intDiv(least({{end:Int64}}, {{now:Int64}}), {HOUR_NS}) * {HOUR_NS}",
