@@ -132,7 +132,7 @@ def _count_sql(
         return f"toUnixTimestamp64Nano(toDateTime64({bucket.sql('{tz:String}', time)}, 9))" if bucket else "0"
 
     flt = replace(flt, start_ns=start_ns, end_ns=end_ns)
-    where, params = flt.where()
+    where, params = flt.where(storage.names.logs)
     params["tz"] = str(tz)
     column = GROUPS.get(group_by, "''")
     first_hour = -(-start_ns // HOUR_NS) * HOUR_NS
@@ -143,7 +143,7 @@ def _count_sql(
             f"FROM {storage.names.logs} WHERE {where} GROUP BY t, g ORDER BY t, g"
         ), params
     whole = replace(flt, start_ns=None, end_ns=None)
-    hours_where, hours_params = whole.where(hide_expired=False)
+    hours_where, hours_params = whole.where(None)
     params.update(hours_params, first_hour=first_hour, last_hour=last_hour)
     hours = (
         "toStartOfHour(Timestamp) >= fromUnixTimestamp64Nano({first_hour:Int64}) "

@@ -28,7 +28,7 @@ from string import Template
 from typing import Any
 
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.schema import NOT_EXPIRED
+from labtel.collector.storage.schema import not_expired
 from labtel.query_api.events import EventFilter
 from labtel.query_api.params import ParamError, format_time_ns
 from labtel.query_api.stats import GROUPS, HOUR_NS, MAX_BUCKETS, Bucket, parse_bucket
@@ -182,7 +182,7 @@ def report_text(report: str, logs: str, **fields: str) -> str:
     """A report's SQL files, joined, reading the logs table `logs`, with the template fields filled in
     (its `{name:Type}` parameters left for the caller: the API binds them, dashboards put macros there)."""
     text = "\n".join(sql_file(name) for name in REPORT_FILES[report])
-    return Template(text).substitute({"logs": logs, "not_expired": NOT_EXPIRED, **SWEEP, **WHOLE_HOURS, **fields})
+    return Template(text).substitute({"logs": logs, "not_expired": not_expired(logs), **SWEEP, **WHOLE_HOURS, **fields})
 
 
 def report_sql(storage: Storage, report: str, **fields: str) -> str:
@@ -429,7 +429,7 @@ def timeseries_report(
         raise ParamError(f"group_by: {group_by!r} is not one of {', '.join(TIMESERIES_GROUPS)}")
     bounds = bucket_bounds(storage, scope, bucket)
     flt = EventFilter(**{**flt.__dict__, "start_ns": scope.start_ns, "end_ns": scope.end_ns})
-    where, params = flt.where()
+    where, params = flt.where(storage.names.logs)
     sql = Template(sql_file("timeseries")).substitute(
         logs=storage.names.logs,
         where=where,

@@ -191,6 +191,39 @@ def test_events_expire_at_their_own_ttl(storage: Storage) -> None:
     assert [r["Body"] for r in stored] == ["forever", "hour-long"]  # and deleted by the TTL
 
 
+def test_scans_read_no_expiry_where_nothing_has_expired(storage: Storage) -> None:
+    """schema.not_expired: with no expired event in the scanned range, ClickHouse folds the expiry
+    condition away (no ExpiresAt is read); an expired one in range brings the row check back."""
+    day = 86_400_000_000_000
+    now = time.time_ns()
+    records = [
+        log_record("old, expired", {"lab.expires_at": "2020-01-01T00:00:00Z"}, time_ns=now - 3 * day),
+        log_record("old, kept", time_ns=now - 3 * day + 1),
+        log_record("new, expiring later", {"lab.ttl_seconds": 3600}, time_ns=now),
+        log_record("new, kept", time_ns=now + 1),
+    ]
+    storage.insert_otlp("logs", logs_request(records).SerializeToString(), "expiry")
+    logs = storage.names.logs
+
+    def plan_reads_expiry(since_ns: int) -> bool:
+        within = f"Timestamp >= fromUnixTimestamp64Nano({since_ns})"
+        plan = storage.raw(
+            f"EXPLAIN actions = 1 SELECT count() FROM {logs} WHERE {schema.not_expired(logs, within)} AND {within}",
+            None,
+        ).decode()
+        return "ExpiresAt" in "".join(line for line in plan.splitlines() if "filter column" in line.lower())
+
+    assert not plan_reads_expiry(now - day)
+    assert plan_reads_expiry(now - 4 * day)
+
+    def bodies(start_ns: int | None) -> list[str]:
+        return sorted(e.body for e in list_events(storage, EventFilter(start_ns=start_ns), 10, None)[0])
+
+    assert bodies(now - day) == ["new, expiring later", "new, kept"]
+    assert bodies(now - 4 * day) == ["new, expiring later", "new, kept", "old, kept"]
+    assert bodies(None) == ["new, expiring later", "new, kept", "old, kept"]
+
+
 def test_concurrent_first_inserts_write_the_schema_file_once(tmp_path: Path) -> None:
     from labtel.collector.storage import client
 

@@ -24,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.schema import NOT_EXPIRED
+from labtel.collector.storage.schema import not_expired
 from labtel.query_api.params import format_time_ns, parse_time_ns
 from labtel.query_api.utilization import (
     SECOND,
@@ -320,11 +320,13 @@ def _display(analysis_type: str, start_ns: int, tz: str) -> dict[str, str]:
 
 def _experiments_per_bucket(storage: Storage, scope: Scope, bounds: list[int], analysis_type: str) -> dict[int, int]:
     bucket = period_bucket(ANALYSIS_TYPES[analysis_type])
+    in_range = (
+        "Timestamp >= fromUnixTimestamp64Nano({start:Int64}) AND Timestamp < fromUnixTimestamp64Nano({end:Int64})"
+    )
     sql = (
         f"SELECT toUnixTimestamp64Nano(toDateTime64({bucket_sql(bucket, 'Timestamp')}, 9)) AS b, "
-        f"uniqExact(ExperimentId) AS n FROM {storage.names.logs} WHERE {NOT_EXPIRED} AND ExperimentId != '' "
-        "AND Timestamp >= fromUnixTimestamp64Nano({start:Int64}) AND Timestamp < fromUnixTimestamp64Nano({end:Int64}) "
-        "GROUP BY b"
+        f"uniqExact(ExperimentId) AS n FROM {storage.names.logs} "
+        f"WHERE {not_expired(storage.names.logs, in_range)} AND ExperimentId != '' AND {in_range} GROUP BY b"
     )
     rows = storage.rows(sql, parameters={**scope.parameters(), "start": bounds[0], "end": bounds[-1]})
     return {int(r["b"]): int(r["n"]) for r in rows}
