@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -16,7 +15,7 @@ from uuid import UUID
 import orjson
 
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.schema import LOGS_TIME_BUCKET, NOT_EXPIRED, not_expired
+from labtel.collector.storage.schema import LOGS_TIME_BUCKET, NOT_EXPIRED
 from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns
 from labtel.query_api.selector import translate
@@ -53,21 +52,19 @@ class EventFilter:
     conditions: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
 
-    def where(self, logs: str | None, within: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
-        """The WHERE clause (without the keyword) and its parameters, over the logs table `logs`.
-        Events that expired (by their own TTL, before a merge deleted them) are left out, unless
-        `logs` is None. `within`: more conditions on Timestamp (a page's window of time), which
-        also bound the look for expired events."""
+    def where(self, unexpired: str | None = NOT_EXPIRED) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause (without the keyword) and its parameters. `unexpired` is the condition
+        leaving out events that expired by their own TTL before a merge deleted them (row by row,
+        or `schema.not_expired` for a scan of many rows), None to keep them."""
+        clauses = [unexpired or "1"]
+        clauses += self.conditions
         params = dict(self.parameters)
-        times = list(within)
         if self.start_ns is not None:
-            times.append("Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64})")
+            clauses.append("Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64})")
             params["start_ns"] = self.start_ns
         if self.end_ns is not None:
-            times.append("Timestamp < fromUnixTimestamp64Nano({end_ns:Int64})")
+            clauses.append("Timestamp < fromUnixTimestamp64Nano({end_ns:Int64})")
             params["end_ns"] = self.end_ns
-        clauses = [not_expired(logs, " AND ".join(times))] if logs is not None else ["1"]
-        clauses += self.conditions + times
         if self.severity_min is not None:
             clauses.append("SeverityNumber >= {severity_min:UInt8}")
             params["severity_min"] = self.severity_min
@@ -189,13 +186,7 @@ def list_events(
     while new ones arrive. The page is looked for in the first hours of its range from its start
     (the newest end, or the oldest), then in the rest: a page of recent events reads only the
     recent parts of the table."""
-    in_window = (
-        "Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64})",
-        # the window's last nanosecond, not its end: an event at the latest time ClickHouse stores
-        # (2^63 - 1 ns) has its window end past Int64
-        "Timestamp <= fromUnixTimestamp64Nano({window_last:Int64})",
-    )
-    where, params = flt.where(storage.names.logs, within=in_window)
+    where, params = flt.where()
     direction = "ASC" if ascending else "DESC"
     lo, hi = flt.start_ns, flt.end_ns
     if cursor:
@@ -215,7 +206,13 @@ def list_events(
         return [], None
     lo = extent[0] if lo is None else max(lo, extent[0])
     hi = extent[1] + 1 if hi is None else min(hi, extent[1] + 1)
-    select = f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} ORDER BY "
+    select = (
+        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} "
+        "AND Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64}) "
+        # the window's last nanosecond, not its end: an event at the latest time ClickHouse stores
+        # (2^63 - 1 ns) has its window end past Int64
+        "AND Timestamp <= fromUnixTimestamp64Nano({window_last:Int64}) ORDER BY "
+    )
     by_time = f"Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
     in_key_order = f"{LOGS_TIME_BUCKET} {direction}, {by_time}"
     rows: list[dict[str, Any]] = []

@@ -99,7 +99,7 @@ def csv_header() -> bytes:
 def plan_windows(storage: Storage, flt: EventFilter, chunk_rows: int) -> list[Window]:
     """Time windows covering every selected event, each of at most `chunk_rows` events (but for
     events sharing one millisecond)."""
-    where, params = flt.where(storage.names.logs)
+    where, params = flt.where()
     return _windows(storage, where, params, _PLAN_WIDTH_NS, None, chunk_rows)
 
 
@@ -209,7 +209,7 @@ def export_chunks(
     ExportTooLarge (before anything is read) when more than `max_rows` (0: any number) events
     match and `limit` does not bound them."""
     fmt = {"csv": "CSV", "ndjson": "JSONEachRow", "parquet": "ArrowStream"}[fmt_name]
-    where, params = flt.where(storage.names.logs)
+    where, params = flt.where()
     windows = plan_windows(storage, flt, chunk_rows)
     matching = sum(window.rows for window in windows)
     if max_rows and min(matching, limit or matching) > max_rows:

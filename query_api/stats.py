@@ -132,7 +132,7 @@ def _count_sql(
         return f"toUnixTimestamp64Nano(toDateTime64({bucket.sql('{tz:String}', time)}, 9))" if bucket else "0"
 
     flt = replace(flt, start_ns=start_ns, end_ns=end_ns)
-    where, params = flt.where(storage.names.logs)
+    where, params = flt.where()
     params["tz"] = str(tz)
     column = GROUPS.get(group_by, "''")
     first_hour = -(-start_ns // HOUR_NS) * HOUR_NS

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.schema import NOT_EXPIRED
 from labtel.query_api.events import EVENT_COLUMNS, EventFilter, row_to_event
 from labtel.query_api.models import Event
 
@@ -42,11 +41,9 @@ def events_stored_after(
 ) -> list[tuple[Event, int]]:
     """Events matching `flt` inserted at or after `since_ms` and after the event `after_id` in
     insert order, less the ids in `skip`, in insert order: (event, insert ms) pairs."""
-    where, params = flt.where(None)
-    # the expiry row by row: a tail reads the few events inserted since its last look
+    where, params = flt.where()
     sql = (
         f"SELECT {EVENT_COLUMNS}, {INSERTED_MS} AS inserted_ms FROM {storage.names.logs} WHERE {where} "
-        f"AND {NOT_EXPIRED} "
         f"AND {INSERTED_MS} >= {{since_ms:Int64}} AND toString(EventId) > {{after_id:String}} "
         + ("AND toString(EventId) NOT IN {skip:Array(String)} " if skip else "")
         + "ORDER BY toString(EventId) LIMIT {limit:UInt32}"

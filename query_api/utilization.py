@@ -170,6 +170,14 @@ SWEEP = {
 over the range (nodes.sql) and per bucket (periods.sql); their template fields."""
 
 
+READ_RANGE = (
+    "Timestamp >= fromUnixTimestamp64Nano({start:Int64} - {lookback:Int64}) "
+    "AND Timestamp < fromUnixTimestamp64Nano({end:Int64} + {lookback:Int64})"
+)
+"""SQL: the events a report may read: its range and the lookback around it (where the look for
+expired events is made)."""
+
+
 WHOLE_HOURS = {
     "first_hour": f"intDiv({{start:Int64}} + {HOUR_NS - 1}, {HOUR_NS}) * {HOUR_NS}",
     "last_hour": f"intDiv(least({{end:Int64}}, {{now:Int64}}), {HOUR_NS}) * {HOUR_NS}",
@@ -182,7 +190,8 @@ def report_text(report: str, logs: str, **fields: str) -> str:
     """A report's SQL files, joined, reading the logs table `logs`, with the template fields filled in
     (its `{name:Type}` parameters left for the caller: the API binds them, dashboards put macros there)."""
     text = "\n".join(sql_file(name) for name in REPORT_FILES[report])
-    return Template(text).substitute({"logs": logs, "not_expired": not_expired(logs), **SWEEP, **WHOLE_HOURS, **fields})
+    unexpired = not_expired(logs, READ_RANGE)
+    return Template(text).substitute({"logs": logs, "not_expired": unexpired, **SWEEP, **WHOLE_HOURS, **fields})
 
 
 def report_sql(storage: Storage, report: str, **fields: str) -> str:
@@ -429,7 +438,10 @@ def timeseries_report(
         raise ParamError(f"group_by: {group_by!r} is not one of {', '.join(TIMESERIES_GROUPS)}")
     bounds = bucket_bounds(storage, scope, bucket)
     flt = EventFilter(**{**flt.__dict__, "start_ns": scope.start_ns, "end_ns": scope.end_ns})
-    where, params = flt.where(storage.names.logs)
+    in_range = (
+        "Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64}) AND Timestamp < fromUnixTimestamp64Nano({end_ns:Int64})"
+    )
+    where, params = flt.where(not_expired(storage.names.logs, in_range))
     sql = Template(sql_file("timeseries")).substitute(
         logs=storage.names.logs,
         where=where,
