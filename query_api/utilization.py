@@ -92,27 +92,39 @@ REPORT_FILES = {
 """Each report's SQL: a chain of CTEs (every step named once) and the report's SELECT."""
 
 
-def _time_line(bounds: bool) -> tuple[str, str]:
-    """SQL: the instants of a node's time line, and what each is: 1 a piece of its work (`starts`,
-    `ends`) begins, 2 one ends, 3 a down time (`downs`) begins, 4 one ends; with `bounds`, 5 a bound
-    of a bucket ({bounds:Array(Int64)})."""
-    instants = "starts, ends, arrayMap(d -> d.1, downs), arrayMap(d -> d.2, downs)"
-    kinds = (
-        "arrayMap(x -> toInt8(1), starts), arrayMap(x -> toInt8(2), ends), "
-        "arrayMap(d -> toInt8(3), downs), arrayMap(d -> toInt8(4), downs)"
-    )
+KIND_BITS = 3
+"""The low bits of a packed instant of a time line that say what it is (utilization.SWEEP)."""
+MAX_SPAN_NS = 2 ** (63 - KIND_BITS) - 1
+"""The longest range a report covers (~36 years): a packed instant is its time from the start of
+the time line, shifted left by KIND_BITS, in an Int64."""
+_SCALE = 2**KIND_BITS
+_RANGE_ORIGIN = "{start:Int64}"
+_BUCKETS_ORIGIN = "{bounds:Array(Int64)}[1]"
+"""The origins of packed instants: the range's start; with buckets, the start of the first (at or
+before the range's start). No instant of a time line comes before its origin."""
+
+
+def _packed_line(origin: str, bounds: bool) -> str:
+    """SQL: a node's time line in order, each instant packed with what it is into one Int64,
+    (time - origin) * 2^KIND_BITS + kind; kinds: 1 a piece of its work (`starts`, `ends`) begins,
+    2 one ends, 3 a down time (`downs`) begins, 4 one ends; with `bounds`, 5 a bound of a bucket
+    ({bounds:Array(Int64)}). One sort of plain numbers: sorting instants, and kinds by instants,
+    cost 10-25 % more of a report. At equal instants the order does not matter: the stretch
+    between them is zero-long."""
+    parts = [
+        f"arrayMap(x -> (x - {origin}) * {_SCALE} + 1, starts)",
+        f"arrayMap(x -> (x - {origin}) * {_SCALE} + 2, ends)",
+        f"arrayMap(d -> (d.1 - {origin}) * {_SCALE} + 3, downs)",
+        f"arrayMap(d -> (d.2 - {origin}) * {_SCALE} + 4, downs)",
+    ]
     if bounds:
-        instants += ", {bounds:Array(Int64)}"
-        kinds += ", arrayMap(b -> toInt8(5), {bounds:Array(Int64)})"
-    return f"arrayConcat({instants})", f"arrayConcat({kinds})"
+        parts.append(f"arrayMap(x -> (x - {origin}) * {_SCALE} + 5, {{bounds:Array(Int64)}})")
+    return f"arraySort(arrayConcat({', '.join(parts)}))"
 
 
-def _sweep(bounds: bool) -> str:
-    """SQL: the time line in order, as (instants, kinds). The instants are sorted as plain numbers and
-    the kinds by them (sorting tuples cost 15-25 % of the nodes report); at equal instants the order
-    does not matter, the stretch between them is zero-long."""
-    instants, kinds = _time_line(bounds)
-    return f"(arraySort({instants}), arraySort((k, t) -> t, {kinds}, {instants}))"
+def _unpacked(origin: str) -> str:
+    """SQL: the packed time line `line` as (instants, kinds)."""
+    return f"(arrayMap(x -> intDiv(x, {_SCALE}) + {origin}, line), arrayMap(x -> toInt8(x % {_SCALE}), line))"
 
 
 def _running(begins: int, ends: int) -> str:
@@ -145,10 +157,12 @@ SWEEP = {
     # A node's pieces of work and down times as one time line. Between two instants the union of
     # the pieces covers the stretch when the running count of pieces is above zero: busy time
     # without merging the intervals, and its part while down, in vectorized passes.
-    "sweep": _sweep(bounds=False),
+    "line": _packed_line(_RANGE_ORIGIN, bounds=False),
+    "sweep": _unpacked(_RANGE_ORIGIN),
     # With the bucket bounds on the time line, each stretch lies in the bucket of the bounds
     # passed before it.
-    "bucket_sweep": _sweep(bounds=True),
+    "bucket_line": _packed_line(_BUCKETS_ORIGIN, bounds=True),
+    "bucket_sweep": _unpacked(_BUCKETS_ORIGIN),
     # Per stretch between two instants: (its length, pieces running, downs running). A column of
     # its own (each step of a query selecting from the one before): ClickHouse computes a lambda
     # expression again wherever it is written.
@@ -160,9 +174,9 @@ SWEEP = {
     # The ends of the actions counted in the range (`end_times`, `end_outcomes`) and the bucket
     # bounds in time order, kinds: 0 a bound (first at an equal instant: an end on a bound is in
     # the bucket it begins), 1 + the outcome of an end.
-    "end_sweep": "arraySort((k, t) -> (t, k), "
-    "arrayConcat(arrayMap(b -> toUInt8(0), {bounds:Array(Int64)}), arrayMap(o -> toUInt8(o + 1), end_outcomes)), "
-    "arrayConcat({bounds:Array(Int64)}, end_times))",
+    "end_sweep": f"arrayMap(x -> toUInt8(x % {_SCALE}), arraySort(arrayConcat("
+    f"arrayMap(b -> (b - {_BUCKETS_ORIGIN}) * {_SCALE}, {{bounds:Array(Int64)}}), "
+    f"arrayMap((t, o) -> (t - {_BUCKETS_ORIGIN}) * {_SCALE} + o + 1, end_times, end_outcomes))))",
     # Per bucket: (actions ending, completed, failed), the differences of running counts at the bounds.
     "end_counts": "(" + ", ".join(_counts_at_bounds(kind) for kind in ("k != 0", "k = 2", "k = 3")) + ")",
 }
@@ -285,6 +299,8 @@ def _scope_info(scope: Scope) -> dict[str, Any]:
 
 def nodes_report(storage: Storage, scope: Scope) -> dict[str, Any]:
     """Per node: available, busy and idle time, utilization and actions; rolled up to workcells and the lab."""
+    if scope.until_ns - scope.start_ns > MAX_SPAN_NS:
+        raise ParamError("start/end: the nodes report covers at most 36 years")
     rows = storage.rows(report_sql(storage, "nodes"), parameters=scope.parameters())
     nodes = [
         {

@@ -240,6 +240,22 @@ def test_daily_periods_across_midnight_and_a_dst_change(db: Storage) -> None:
     assert [p["busy_s"] for p in nights["periods"]] == [0, 3600, 0, 0]  # the whole action in one night
 
 
+def test_an_action_ending_on_a_bucket_bound_is_in_the_bucket_it_begins(db: Storage) -> None:
+    # T0 is on an hour: hourly bounds at T0, T0 + 1 h, T0 + 2 h.
+    store(
+        db,
+        [
+            event(1800, "hplc", "action_start", action_id="on-bound"),
+            event(3600, "hplc", "action_complete", action_id="on-bound"),
+            event(3600, "hplc", "action_start", action_id="from-bound"),
+            event(5400, "hplc", "action_failed", action_id="from-bound"),
+        ],
+    )
+    report = u.periods_report(db, scope(0, 7200), u.period_bucket("hour"))
+    hours = [(p["busy_s"], p["actions"], p["completed"], p["failed"]) for p in report["periods"]]
+    assert hours == [(1800, 0, 0, 0), (1800, 2, 1, 1)]
+
+
 def test_users_experiments_and_workflows(db: Storage) -> None:
     store(
         db,
@@ -393,3 +409,6 @@ def test_routes_answer_json_and_csv(db: Storage) -> None:
         ):
             path = "/utilization/" + ("sessions" if "unit" in bad else "users" if "by" in bad else "periods")
             assert client.get(path, params=bad).status_code == 400, bad
+        too_long = client.get("/utilization/nodes", params={"start": "1980-01-01T00:00:00Z"})
+        assert too_long.status_code == 400
+        assert "at most 36 years" in too_long.text

@@ -39,7 +39,8 @@ cells AS (
         if(seen, [({bounds:Array(Int64)}[1], 0, 0, 0, 0, 0, 0)], [])) AS cell
     FROM (
         SELECT *, $bucket_totals AS totals, $end_counts AS counts
-        FROM (SELECT *, $steps AS steps, $end_sweep AS endings FROM (SELECT *, $bucket_sweep AS sweep FROM reported))
+        FROM (SELECT *, $steps AS steps, $end_sweep AS endings FROM (
+            SELECT *, $bucket_sweep AS sweep FROM (SELECT *, $bucket_line AS line FROM reported)))
     )
 )
 SELECT
