@@ -309,6 +309,17 @@ def test_users_experiments_and_workflows(db: Storage) -> None:
     users = {row["user"]: row for row in u.users_report(db, scope(), "user")["users"]}
     assert (users["carol"]["workflows_completed"], users["carol"]["workflow_s"]) == (1, 100)
     assert (users["svc"]["workflows_completed"], users["svc"]["workflow_s"]) == (1, 50)
+    # A workflow whose events name several users is the user's of its first event that names one.
+    store(
+        db,
+        [
+            event(700, "ot2", "workflow_complete", **{"lab.workflow.id": "w6", "lab.user.id": "erin"}),
+            event(690, "ot2", "workflow_start", **{"lab.workflow.id": "w6", "lab.user.id": "dave"}),
+        ],
+    )
+    users = {row["user"]: row for row in u.users_report(db, scope(), "user")["users"]}
+    assert (users["dave"]["workflows_completed"], users["dave"]["workflow_s"]) == (1, 10)
+    assert "erin" not in users
 
 
 def test_timeseries_flags_a_burst_and_counts_errors(db: Storage) -> None:
