@@ -122,6 +122,13 @@ def _packed_line(origin: str, bounds: bool) -> str:
     return f"arraySort(arrayConcat({', '.join(parts)}))"
 
 
+def _fits(origin: str) -> str:
+    """SQL: true, or an error when the range is too long for packed instants from `origin` (they
+    would wrap around). The API refuses such a range first; a dashboard shows this error."""
+    too_long = f"least({{end:Int64}}, {{now:Int64}}) - {origin} > {MAX_SPAN_NS}"
+    return f"throwIf({too_long}, 'utilization: a report covers at most 36 years') = 0"
+
+
 def _unpacked(origin: str) -> str:
     """SQL: the packed time line `line` as (instants, kinds)."""
     return f"(arrayMap(x -> intDiv(x, {_SCALE}) + {origin}, line), arrayMap(x -> toInt8(x % {_SCALE}), line))"
@@ -158,10 +165,12 @@ SWEEP = {
     # the pieces covers the stretch when the running count of pieces is above zero: busy time
     # without merging the intervals, and its part while down, in vectorized passes.
     "line": _packed_line(_RANGE_ORIGIN, bounds=False),
+    "line_fits": _fits(_RANGE_ORIGIN),
     "sweep": _unpacked(_RANGE_ORIGIN),
     # With the bucket bounds on the time line, each stretch lies in the bucket of the bounds
     # passed before it.
     "bucket_line": _packed_line(_BUCKETS_ORIGIN, bounds=True),
+    "bucket_line_fits": _fits(_BUCKETS_ORIGIN),
     "bucket_sweep": _unpacked(_BUCKETS_ORIGIN),
     # Per stretch between two instants: (its length, pieces running, downs running). A column of
     # its own (each step of a query selecting from the one before): ClickHouse computes a lambda

@@ -19,6 +19,7 @@ from labtel.collector.storage.client import Storage
 from labtel.query_api import utilization as u
 from labtel.query_api.app import create_app
 from labtel.query_api.events import EventFilter
+from labtel.query_api.params import ParamError
 from tests.conftest import make_storage
 from tests.helpers import log_record, logs_request
 
@@ -254,6 +255,18 @@ def test_an_action_ending_on_a_bucket_bound_is_in_the_bucket_it_begins(db: Stora
     report = u.periods_report(db, scope(0, 7200), u.period_bucket("hour"))
     hours = [(p["busy_s"], p["actions"], p["completed"], p["failed"]) for p in report["periods"]]
     assert hours == [(1800, 0, 0, 0), (1800, 2, 1, 1)]
+
+
+def test_a_range_too_long_for_the_sweep_is_an_error_in_the_sql_too(db: Storage) -> None:
+    """The dashboards run the SQL without the API's checks: packed instants must not wrap around."""
+    store(db, [event(0, "ot2", "action_start", action_id="1"), event(60, "ot2", "action_complete", action_id="1")])
+    too_long = u.Scope(start_ns=-(2**62), end_ns=T0 + H, now_ns=FAR)
+    with pytest.raises(Exception, match="at most 36 years"):
+        db.rows(u.report_sql(db, "nodes"), parameters=too_long.parameters())
+    with pytest.raises(Exception, match="at most 36 years"):
+        db.rows(u.report_sql(db, "periods"), parameters={**too_long.parameters(), "bounds": [-(2**62), T0 + H]})
+    with pytest.raises(ParamError, match="at most 36 years"):
+        u.nodes_report(db, too_long)
 
 
 def test_users_experiments_and_workflows(db: Storage) -> None:

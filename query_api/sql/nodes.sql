@@ -50,6 +50,6 @@ SELECT
 FROM (
     -- the sweep stays in here: only its sums leave the query
     SELECT *, $busy AS busy_ns, $overlap AS overlap_ns
-    FROM (SELECT *, $steps AS steps FROM (SELECT *, $sweep AS sweep FROM (SELECT *, $line AS line FROM reported)))
+    FROM (SELECT *, $steps AS steps FROM (SELECT *, $sweep AS sweep FROM (SELECT *, $line AS line FROM reported WHERE $line_fits)))
 )
 ORDER BY node

@@ -40,7 +40,7 @@ cells AS (
     FROM (
         SELECT *, $bucket_totals AS totals, $end_counts AS counts
         FROM (SELECT *, $steps AS steps, $end_sweep AS endings FROM (
-            SELECT *, $bucket_sweep AS sweep FROM (SELECT *, $bucket_line AS line FROM reported)))
+            SELECT *, $bucket_sweep AS sweep FROM (SELECT *, $bucket_line AS line FROM reported WHERE $bucket_line_fits)))
     )
 )
 SELECT
