@@ -52,6 +52,15 @@ class EventFilter:
     conditions: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
 
+    def time_range(self) -> str:
+        """SQL: the filter's conditions on Timestamp ('' for all time); `where` binds their parameters."""
+        conditions = []
+        if self.start_ns is not None:
+            conditions.append("Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64})")
+        if self.end_ns is not None:
+            conditions.append("Timestamp < fromUnixTimestamp64Nano({end_ns:Int64})")
+        return " AND ".join(conditions)
+
     def where(self, unexpired: str | None = NOT_EXPIRED) -> tuple[str, dict[str, Any]]:
         """The WHERE clause (without the keyword) and its parameters. `unexpired` is the condition
         leaving out events that expired by their own TTL before a merge deleted them (row by row,
@@ -59,11 +68,11 @@ class EventFilter:
         clauses = [unexpired or "1"]
         clauses += self.conditions
         params = dict(self.parameters)
+        if times := self.time_range():
+            clauses.append(times)
         if self.start_ns is not None:
-            clauses.append("Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64})")
             params["start_ns"] = self.start_ns
         if self.end_ns is not None:
-            clauses.append("Timestamp < fromUnixTimestamp64Nano({end_ns:Int64})")
             params["end_ns"] = self.end_ns
         if self.severity_min is not None:
             clauses.append("SeverityNumber >= {severity_min:UInt8}")

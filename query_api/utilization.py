@@ -463,10 +463,7 @@ def timeseries_report(
         raise ParamError(f"group_by: {group_by!r} is not one of {', '.join(TIMESERIES_GROUPS)}")
     bounds = bucket_bounds(storage, scope, bucket)
     flt = EventFilter(**{**flt.__dict__, "start_ns": scope.start_ns, "end_ns": scope.end_ns})
-    in_range = (
-        "Timestamp >= fromUnixTimestamp64Nano({start_ns:Int64}) AND Timestamp < fromUnixTimestamp64Nano({end_ns:Int64})"
-    )
-    where, params = flt.where(not_expired(storage.names.logs, in_range))
+    where, params = flt.where(not_expired(storage.names.logs, flt.time_range()))
     sql = Template(sql_file("timeseries")).substitute(
         logs=storage.names.logs,
         where=where,
