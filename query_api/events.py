@@ -8,9 +8,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
+from weakref import WeakKeyDictionary
 
 import orjson
 
@@ -163,15 +166,21 @@ def row_to_event(row: dict[str, Any]) -> Event:
     )
 
 
-FIRST_WINDOW_NS = 6 * 3600 * 1_000_000_000
-"""A page is first looked for in the newest (or oldest) six hours of its range, then, if they do
-not fill it, in all the rest at once: both looks read in the table's key order, which stops as
-soon as the page is full (bench/query.py: a node's warnings of a day 104-112 -> 69-72 ms against
-windows of 1 h and 8 h read by time; sparse selectors no slower)."""
+FIRST_LOOK_NS = 6 * 3600 * 1_000_000_000
+"""A page is first looked for in the six hours from its start (the newest stored event, or the
+oldest), then, if they do not fill it, in all the rest: a page of recent events reads only the
+recent parts of the table. Both looks read in the table's key order, which stops as soon as the
+page is full (bench/query.py: a node's warnings of a day 104-112 -> 69-72 ms against windows of
+1 h and 8 h read by time)."""
 PAGE_SETTINGS = {"use_top_k_dynamic_filtering": 0}
 """ClickHouse's dynamic top-K filter (26.x) puts the `ORDER BY … LIMIT` threshold in PREWHERE ahead
 of the page's own conditions, so their columns are read for every row of the range: a selector on
 an attribute over 30 days took 8× as long with it (bench/query.py)."""
+EXTENT_TTL_S = 10.0
+"""How long a page reuses the stored time extent it started from. The extent only places the split
+between a page's two looks, which together cover everything before and after it: a stale extent
+costs time, never events."""
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def time_extent(storage: Storage) -> tuple[int, int] | None:
@@ -185,6 +194,24 @@ def time_extent(storage: Storage) -> tuple[int, int] | None:
     return int(rows[0]["lo"]), int(rows[0]["hi"])
 
 
+_extents: WeakKeyDictionary[Storage, tuple[float, tuple[int, int]]] = WeakKeyDictionary()
+_extents_lock = threading.Lock()
+
+
+def recent_extent(storage: Storage) -> tuple[int, int] | None:
+    """`time_extent`, as read at most EXTENT_TTL_S ago (an empty store is asked again every time)."""
+    now = time.monotonic()
+    with _extents_lock:
+        kept = _extents.get(storage)
+    if kept is not None and now - kept[0] < EXTENT_TTL_S:
+        return kept[1]
+    extent = time_extent(storage)
+    if extent is not None:
+        with _extents_lock:
+            _extents[storage] = (now, extent)
+    return extent
+
+
 def list_events(
     storage: Storage, flt: EventFilter, limit: int, cursor: str | None, ascending: bool = False
 ) -> tuple[list[Event], str | None]:
@@ -192,59 +219,53 @@ def list_events(
     the end).
 
     The order is (Timestamp, EventId), a total order, so paging neither repeats nor skips events
-    while new ones arrive. The page is looked for in the first hours of its range from its start
-    (the newest end, or the oldest), then in the rest: a page of recent events reads only the
-    recent parts of the table."""
-    where, params = flt.where()
+    while new ones arrive. See FIRST_LOOK_NS for how the page is looked for."""
+    # Words and trace ids are looked up in indexes that skip what cannot match: one look is enough
+    # (and there the top-K filter helps: the few granules left are read whole anyway).
+    indexed = bool(flt.tokens or flt.trace_id)
+    # Elsewhere the page's own conditions are the PREWHERE, and the expiry is checked only for the
+    # rows they leave: ClickHouse would put ExpiresAt among the columns read for every row of the
+    # range (bench/query.py: `$and` of three 110-123 -> 98-102 ms).
+    where, params = flt.where() if indexed else flt.where(unexpired=None)
     direction = "ASC" if ascending else "DESC"
-    lo, hi = flt.start_ns, flt.end_ns
+    start = flt.start_ns if ascending else flt.end_ns  # where the page begins, when bounded
     if cursor:
         ts_ns, event_id = decode_cursor(cursor, ascending)
         after = ">" if ascending else "<"
+        # Timestamp's own bound lets the primary key skip what the earlier pages read
         where += (
+            f" AND Timestamp {after}= fromUnixTimestamp64Nano({{cursor_ts:Int64}})"
             f" AND (Timestamp, EventId) {after} (fromUnixTimestamp64Nano({{cursor_ts:Int64}}), "
             "toUUID({cursor_id:String}))"
         )
         params.update(cursor_ts=ts_ns, cursor_id=event_id)
-        if ascending:
-            lo = ts_ns if lo is None else max(lo, ts_ns)
-        else:
-            hi = ts_ns + 1 if hi is None else min(hi, ts_ns + 1)
-    extent = time_extent(storage)
-    if extent is None:
-        return [], None
-    lo = extent[0] if lo is None else max(lo, extent[0])
-    hi = extent[1] + 1 if hi is None else min(hi, extent[1] + 1)
-    select = (
-        f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} WHERE {where} "
-        "AND Timestamp >= fromUnixTimestamp64Nano({window_lo:Int64}) "
-        # the window's last nanosecond, not its end: an event at the latest time ClickHouse stores
-        # (2^63 - 1 ns) has its window end past Int64
-        "AND Timestamp <= fromUnixTimestamp64Nano({window_last:Int64}) ORDER BY "
-    )
-    by_time = f"Timestamp {direction}, EventId {direction} LIMIT {{limit:UInt32}}"
-    in_key_order = f"{LOGS_TIME_BUCKET} {direction}, {by_time}"
+        start = ts_ns if start is None else (max if ascending else min)(start, ts_ns)
+    by_time = f"Timestamp {direction}, EventId {direction}"
+    order = by_time if indexed else f"{LOGS_TIME_BUCKET} {direction}, {by_time}"
+    looks = [f"WHERE {where}"]
+    if not indexed:
+        extent = recent_extent(storage)
+        if extent is None:
+            return [], None
+        stored = extent[0] if ascending else extent[1]
+        start = stored if start is None else (max if ascending else min)(start, stored)
+        split = start + FIRST_LOOK_NS if ascending else start - FIRST_LOOK_NS
+        params["split"] = min(max(split, _INT64[0]), _INT64[1])
+        sides = ("<", ">=") if ascending else (">=", "<")
+        looks = [
+            f"PREWHERE {where} AND Timestamp {side} fromUnixTimestamp64Nano({{split:Int64}}) WHERE {NOT_EXPIRED}"
+            for side in sides
+        ]
     rows: list[dict[str, Any]] = []
-    # Words and trace ids are looked up in indexes that skip what cannot match: one look is enough
-    # (and there the top-K filter helps: the few granules left are read whole anyway).
-    indexed = bool(flt.tokens or flt.trace_id)
-    settings = None if indexed else storage.supported(PAGE_SETTINGS)
-    order = by_time if indexed else in_key_order
-    first = not indexed
-    while lo < hi and len(rows) <= limit:
-        if not first:
-            window = (lo, hi)
-        elif ascending:
-            window = (lo, min(hi, lo + FIRST_WINDOW_NS))
-        else:
-            window = (max(lo, hi - FIRST_WINDOW_NS), hi)
-        params.update(window_lo=window[0], window_last=window[1] - 1, limit=limit + 1 - len(rows))
-        rows += storage.rows(select + order, parameters=params, settings=settings)
-        if ascending:
-            lo = window[1]
-        else:
-            hi = window[0]
-        first = False
+    for look in looks:
+        params["limit"] = limit + 1 - len(rows)
+        rows += storage.rows(
+            f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} {look} ORDER BY {order} LIMIT {{limit:UInt32}}",
+            parameters=params,
+            settings=None if indexed else storage.supported(PAGE_SETTINGS),
+        )
+        if len(rows) > limit:
+            break
     events = [row_to_event(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit and events:

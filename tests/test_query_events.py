@@ -223,6 +223,37 @@ def test_pages_are_found_across_both_looks_in_time(storage: Storage) -> None:
         assert [e["body"] for e in window.json()["events"]] == [f"age {a}" for a in ages_s[1:10]]
 
 
+def test_pages_from_a_stale_extent_still_find_every_event(storage: Storage) -> None:
+    # A page splits its two looks at six hours from the stored extent, which it reuses for a few
+    # seconds: events stored meanwhile, newer or older than it and on both sides of the split,
+    # must all be listed, in order, both ways.
+    from labtel.query_api import events
+
+    day = 24 * HOUR
+    now = time.time_ns()
+    insert(storage, [log_record("before", time_ns=now - 10 * day)], service="stale")
+    cached = events.recent_extent(storage)
+    assert cached == (now - 10 * day, now - 10 * day)
+    ages = {"future": -3 * day, "now": 0, "5 h": 5 * HOUR, "7 h": 7 * HOUR, "9.9 d": 10 * day - HOUR, "40 d": 40 * day}
+    insert(storage, [log_record(name, time_ns=now - age) for name, age in ages.items()], service="stale")
+    assert events.recent_extent(storage) == cached  # the pages below start from the stale extent
+    newest_first = ["future", "now", "5 h", "7 h", "9.9 d", "before", "40 d"]
+    with TestClient(create_app(storage)) as client:
+        for order, expected in (("desc", newest_first), ("asc", newest_first[::-1])):
+            for limit in (1, 2, 100):
+                seen: list[str] = []
+                cursor = None
+                while True:
+                    params: dict[str, Any] = {"service": "stale", "limit": limit, "order": order}
+                    page = client.get("/events", params=params | ({"cursor": cursor} if cursor else {})).json()
+                    seen += [e["body"] for e in page["events"]]
+                    cursor = page["next_cursor"]
+                    if not cursor:
+                        break
+                assert seen == expected, (order, limit)
+    assert events.recent_extent(storage) == cached
+
+
 def test_events_at_the_first_and_last_instants_clickhouse_stores_are_listed(storage: Storage) -> None:
     # Found by test_properties: a page's window ends one nanosecond after the latest event, which
     # for an event at 2^63 - 1 ns (2262-04-11) is past Int64.
