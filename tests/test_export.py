@@ -119,6 +119,14 @@ def test_ndjson_and_parquet_hold_the_same_events(client: TestClient) -> None:
     assert table["time_unix_nano"].to_pylist() == [e["time_unix_nano"] for e in expected]
     assert pa.types.is_timestamp(table.schema.field("timestamp").type)
     assert dict(table["attributes"][0].as_py()) == expected[0]["attributes"]
+    # ClickHouse sends its LowCardinality columns and the maps' keys as dictionaries; the file
+    # holds plain strings, whichever reader opens it
+    for name in ("severity_text", "service_name", "event_type", "node_id", "scope_version"):
+        assert table.schema.field(name).type == pa.string(), name
+    attributes = table.schema.field("attributes").type
+    assert (attributes.key_type, attributes.item_type) == (pa.string(), pa.string())
+    assert table["node_id"].to_pylist() == [e["node_id"] for e in expected]
+    assert table["service_name"].to_pylist() == ["small"] * len(expected)
 
 
 def test_limits_empty_results_and_bad_formats(client: TestClient) -> None:
