@@ -58,6 +58,19 @@ def bodies(client: TestClient, **params: Any) -> list[str]:
     return [e["body"] for e in response.json()["events"]]
 
 
+def paged(client: TestClient, field: str, **params: Any) -> list[Any]:
+    """`field` of every event `/events` lists with `params`, following the cursors to the end."""
+    seen: list[Any] = []
+    cursor = None
+    while True:
+        page = client.get("/events", params=params | ({"cursor": cursor} if cursor else {}))
+        assert page.status_code == 200, page.text
+        seen += [e[field] for e in page.json()["events"]]
+        cursor = page.json()["next_cursor"]
+        if not cursor:
+            return seen
+
+
 def test_relative_time_and_severity_range(world: tuple[TestClient, Storage, int]) -> None:
     client, _, _ = world
     assert len(bodies(client, since="3h")) == 6
@@ -91,21 +104,7 @@ def test_both_orders_page_with_cursors(world: tuple[TestClient, Storage, int]) -
     client, _, _ = world
     newest_first = bodies(client)
     for order, expected in (("desc", newest_first), ("asc", list(reversed(newest_first)))):
-        seen: list[str] = []
-        cursor = None
-        while True:
-            params: dict[str, Any] = {
-                "service": "query",
-                "limit": 7,
-                "order": order,
-                **({"cursor": cursor} if cursor else {}),
-            }
-            page = client.get("/events", params=params).json()
-            seen += [e["body"] for e in page["events"]]
-            cursor = page["next_cursor"]
-            if not cursor:
-                break
-        assert seen == expected
+        assert paged(client, "body", service="query", limit=7, order=order) == expected
     first = client.get("/events", params={"service": "query", "limit": 5}).json()["next_cursor"]
     wrong = client.get("/events", params={"service": "query", "cursor": first, "order": "asc"})
     assert wrong.status_code == 400
@@ -209,15 +208,7 @@ def test_pages_are_found_across_both_looks_in_time(storage: Storage) -> None:
     with TestClient(create_app(storage)) as client:
         for order, expected in (("desc", ages_s), ("asc", list(reversed(ages_s)))):
             for limit in (1, 3, 4, 100):
-                seen: list[str] = []
-                cursor = None
-                while True:
-                    params: dict[str, Any] = {"service": "ages", "limit": limit, "order": order}
-                    page = client.get("/events", params=params | ({"cursor": cursor} if cursor else {})).json()
-                    seen += [e["body"] for e in page["events"]]
-                    cursor = page["next_cursor"]
-                    if not cursor:
-                        break
+                seen = paged(client, "body", service="ages", limit=limit, order=order)
                 assert seen == [f"age {age}" for age in expected], (order, limit)
         window = client.get("/events", params={"service": "ages", "since": "6d", "end": str((now - 2 * 10**9) / 1e9)})
         assert [e["body"] for e in window.json()["events"]] == [f"age {a}" for a in ages_s[1:10]]
@@ -241,16 +232,7 @@ def test_pages_from_a_stale_extent_still_find_every_event(storage: Storage) -> N
     with TestClient(create_app(storage)) as client:
         for order, expected in (("desc", newest_first), ("asc", newest_first[::-1])):
             for limit in (1, 2, 100):
-                seen: list[str] = []
-                cursor = None
-                while True:
-                    params: dict[str, Any] = {"service": "stale", "limit": limit, "order": order}
-                    page = client.get("/events", params=params | ({"cursor": cursor} if cursor else {})).json()
-                    seen += [e["body"] for e in page["events"]]
-                    cursor = page["next_cursor"]
-                    if not cursor:
-                        break
-                assert seen == expected, (order, limit)
+                assert paged(client, "body", service="stale", limit=limit, order=order) == expected, (order, limit)
     assert events.recent_extent(storage) == cached
 
 
@@ -286,15 +268,7 @@ def test_pages_read_in_key_order_keep_the_order_of_time_and_event_id(storage: St
     assert len(oldest_first) == 36
     with TestClient(create_app(storage)) as client:
         for order, expected in (("asc", oldest_first), ("desc", oldest_first[::-1])):
-            seen: list[str] = []
-            cursor = None
-            while True:
-                params: dict[str, Any] = {"attr.test.case": "keyorder", "limit": 7, "order": order}
-                page = client.get("/events", params=params | ({"cursor": cursor} if cursor else {})).json()
-                seen += [e["event_id"] for e in page["events"]]
-                cursor = page["next_cursor"]
-                if not cursor:
-                    break
+            seen = paged(client, "event_id", limit=7, order=order, **{"attr.test.case": "keyorder"})
             assert seen == expected, order
 
 
