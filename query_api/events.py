@@ -228,6 +228,7 @@ def list_events(
     # range (bench/query.py: `$and` of three 110-123 -> 98-102 ms).
     where, params = flt.where() if indexed else flt.where(unexpired=None)
     direction = "ASC" if ascending else "DESC"
+    inward = max if ascending else min  # of two beginnings, the one further into the page
     start = flt.start_ns if ascending else flt.end_ns  # where the page begins, when bounded
     if cursor:
         ts_ns, event_id = decode_cursor(cursor, ascending)
@@ -239,7 +240,7 @@ def list_events(
             "toUUID({cursor_id:String}))"
         )
         params.update(cursor_ts=ts_ns, cursor_id=event_id)
-        start = ts_ns if start is None else (max if ascending else min)(start, ts_ns)
+        start = ts_ns if start is None else inward(start, ts_ns)
     by_time = f"Timestamp {direction}, EventId {direction}"
     order = by_time if indexed else f"{LOGS_TIME_BUCKET} {direction}, {by_time}"
     looks = [f"WHERE {where}"]
@@ -248,7 +249,7 @@ def list_events(
         if extent is None:
             return [], None
         stored = extent[0] if ascending else extent[1]
-        start = stored if start is None else (max if ascending else min)(start, stored)
+        start = stored if start is None else inward(start, stored)
         split = start + FIRST_LOOK_NS if ascending else start - FIRST_LOOK_NS
         params["split"] = min(max(split, _INT64[0]), _INT64[1])
         sides = ("<", ">=") if ascending else (">=", "<")
@@ -256,13 +257,14 @@ def list_events(
             f"PREWHERE {where} AND Timestamp {side} fromUnixTimestamp64Nano({{split:Int64}}) WHERE {NOT_EXPIRED}"
             for side in sides
         ]
+    settings = None if indexed else storage.supported(PAGE_SETTINGS)
     rows: list[dict[str, Any]] = []
     for look in looks:
         params["limit"] = limit + 1 - len(rows)
         rows += storage.rows(
             f"SELECT {EVENT_COLUMNS} FROM {storage.names.logs} {look} ORDER BY {order} LIMIT {{limit:UInt32}}",
             parameters=params,
-            settings=None if indexed else storage.supported(PAGE_SETTINGS),
+            settings=settings,
         )
         if len(rows) > limit:
             break

@@ -63,10 +63,11 @@ def paged(client: TestClient, field: str, **params: Any) -> list[Any]:
     seen: list[Any] = []
     cursor = None
     while True:
-        page = client.get("/events", params=params | ({"cursor": cursor} if cursor else {}))
-        assert page.status_code == 200, page.text
-        seen += [e[field] for e in page.json()["events"]]
-        cursor = page.json()["next_cursor"]
+        response = client.get("/events", params=params | ({"cursor": cursor} if cursor else {}))
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen += [e[field] for e in page["events"]]
+        cursor = page["next_cursor"]
         if not cursor:
             return seen
 
