@@ -10,7 +10,9 @@ on it, and times over HTTP, as a client sees them:
 - a text search for the rare token over 30 days (`GET /events?q=`);
 - a selector with `$and` of three conditions (`POST /events/query`);
 - counts per event type per hour over 7 days (`GET /stats`);
-- an export of about 1M rows as Parquet (`GET /export`): rows/s and the server's peak RSS;
+- an export of about 1M rows as Parquet (`GET /export`): rows/s and the server's peak RSS, beside
+  ClickHouse writing the same rows and columns as Parquet itself in one query (`POST /sql`), the
+  engine's own speed for that work on this machine in the same run;
 - the node-utilization report and the daily-periods report over the 30 days (`GET /utilization/...`);
   with `--only reports`, the sessions, users and hourly timeseries reports.
 
@@ -36,6 +38,9 @@ from typing import Any
 
 import httpx
 import pyarrow.parquet as pq
+
+from labtel.collector.storage.schema import LOGS_TIME_BUCKET
+from labtel.query_api.export import column_list
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import percentile, start_server
@@ -75,7 +80,9 @@ exporters:
   clickhouse:
     endpoint: "chdb://DATA"
 extensions:
-  query_api: {endpoint: "127.0.0.1:0"}
+  query_api:
+    endpoint: "127.0.0.1:0"
+    sql: {max_result_rows: 100000000, max_result_bytes: 4294967296}  # the export's reference query
 service:
   extensions: [query_api]
   pipelines:
@@ -360,6 +367,7 @@ def measure_export(client: httpx.Client, pid: int, end_ns: int) -> dict[str, Any
         size = target.tell()
     rss.stop.set()
     rss.join()
+    engine_s = engine_parquet_s(client, export_start, end_ns)
     return {
         "export_rows": exported,
         "export_rows_expected": expected,
@@ -370,7 +378,26 @@ def measure_export(client: httpx.Client, pid: int, end_ns: int) -> dict[str, Any
         "server_peak_rss_export_mb": rss.peak["VmRSS"],
         "server_anon_rss_before_export_mb": before["RssAnon"],
         "server_peak_anon_rss_export_mb": rss.peak["RssAnon"],
+        "engine_parquet_rows_per_s": round(exported / engine_s),
+        "export_ratio_to_engine_parquet": round(engine_s / elapsed, 2),
     }
+
+
+def engine_parquet_s(client: httpx.Client, start_ns: int, end_ns: int) -> float:
+    """Seconds ClickHouse takes to write the export's rows and columns, in its order, as Parquet
+    itself (its own encoder, one query through `POST /sql`, the result held whole): what the
+    engine does for the same work on this machine, to compare the export with in the same run."""
+    sql = (
+        f"SELECT {column_list('Parquet')} FROM otel_logs WHERE Timestamp >= fromUnixTimestamp64Nano({{s:Int64}}) "
+        f"AND Timestamp <= fromUnixTimestamp64Nano({{e:Int64}}) ORDER BY {LOGS_TIME_BUCKET}, Timestamp, EventId"
+    )
+    started = time.perf_counter()
+    response = client.post("/sql", json={"sql": sql, "parameters": {"s": start_ns, "e": end_ns}, "format": "parquet"})
+    response.raise_for_status()
+    elapsed = time.perf_counter() - started
+    if not response.content.startswith(b"PAR1"):
+        raise RuntimeError(f"POST /sql did not answer Parquet: {response.content[:200]!r}")
+    return elapsed
 
 
 def memory_mb(pid: int) -> dict[str, int]:
@@ -456,7 +483,9 @@ def main() -> None:
         f"{figures['export_rows_per_s']:,} rows/s ({figures['export_mb']} MB); server RSS "
         f"{figures['server_rss_before_export_mb']} MB before, peak {figures['server_peak_rss_export_mb']} MB "
         f"(anonymous: {figures['server_anon_rss_before_export_mb']} MB before, "
-        f"peak {figures['server_peak_anon_rss_export_mb']} MB)"
+        f"peak {figures['server_peak_anon_rss_export_mb']} MB); ClickHouse writing the same rows as "
+        f"Parquet itself: {figures['engine_parquet_rows_per_s']:,} rows/s "
+        f"(the export at {figures['export_ratio_to_engine_parquet']}x its speed)"
     )
 
 

@@ -76,7 +76,13 @@ def test_query_benchmark_runs_and_finds_what_it_generated() -> None:
     assert figures["rare_token_search_30d_results"] == figures["rare_token_expected"]
     assert figures["utilization_nodes_30d_results"] == 50
     assert figures["utilization_daily_periods_30d_results"] >= 30
-    for key in ("latest_warnings_node_24h_p50_ms", "selector_and_of_three_p50_ms", "export_rows_per_s"):
+    for key in (
+        "latest_warnings_node_24h_p50_ms",
+        "selector_and_of_three_p50_ms",
+        "export_rows_per_s",
+        "engine_parquet_rows_per_s",
+        "export_ratio_to_engine_parquet",
+    ):
         assert figures[key] > 0, key
 
 
