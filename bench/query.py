@@ -13,6 +13,9 @@ on it, and times over HTTP, as a client sees them:
 - an export of about 1M rows as Parquet (`GET /export`): rows/s and the server's peak RSS, beside
   ClickHouse writing the same rows and columns as Parquet itself in one query (`POST /sql`), the
   engine's own speed for that work on this machine in the same run;
+- beside each of the first four, the plain SQL an analyst would write for the same answer, through
+  `POST /sql` in the same run: its p50 and how many times labtel's it takes (`*_vs_plain_sql`); the
+  benchmark fails if the two answer differently;
 - the node-utilization report and the daily-periods report over the 30 days (`GET /utilization/...`);
   with `--only reports`, the sessions, users and hourly timeseries reports.
 
@@ -39,7 +42,7 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 
-from labtel.collector.storage.schema import LOGS_TIME_BUCKET
+from labtel.collector.storage.schema import LOGS_TIME_BUCKET, NOT_EXPIRED
 from labtel.query_api.export import column_list
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -256,6 +259,15 @@ def measure(
             week = window(end_ns, 7 * DAY_NS)
             hourly = timed(client, repeat, "GET", "/stats", params={"group_by": "event_type", "bucket": "1h", **week})
             figures |= summary("counts_per_type_per_hour_7d", hourly, len(hourly["answer"]["buckets"]))
+            figures |= versus_plain_sql(
+                client,
+                repeat,
+                "counts_per_type_per_hour_7d",
+                hourly,
+                "SELECT toStartOfHour(Timestamp) AS hour, EventType, count() AS n FROM otel_logs "
+                f"WHERE {IN_RANGE} {UNEXPIRED} GROUP BY hour, EventType ORDER BY hour, EventType",
+                range_of(end_ns, 7 * DAY_NS),
+            )
         if "utilization" in only:
             figures |= measure_utilization(client, repeat, end_ns)
         if "reports" in only:
@@ -273,6 +285,40 @@ def window(end_ns: int, width_ns: int) -> dict[str, str]:
         return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
     return {"start": seconds(end_ns - width_ns), "end": seconds(end_ns + 1)}
+
+
+IN_RANGE = "Timestamp >= fromUnixTimestamp64Nano({start:Int64}) AND Timestamp < fromUnixTimestamp64Nano({end:Int64})"
+"""The SQL of `window`'s range, with `range_of`'s parameters."""
+UNEXPIRED = f"AND {NOT_EXPIRED}"
+"""What the plain SQL needs to answer what the API answers: events whose own TTL has passed are
+left out before a merge deletes them (none of the generated events has one, but the SQL must not
+rely on that)."""
+
+
+def range_of(end_ns: int, width_ns: int) -> dict[str, int]:
+    """The parameters of IN_RANGE for the range `window(end_ns, width_ns)` names."""
+    return {"start": end_ns - width_ns, "end": end_ns + 1}
+
+
+def versus_plain_sql(
+    client: httpx.Client, repeat: int, name: str, result: dict[str, Any], sql: str, parameters: dict[str, int]
+) -> dict[str, Any]:
+    """The plain SQL of a timed request, timed through `POST /sql` (JSON) in the same run: its
+    p50 and how many times the request's own p50 it takes. Raises when the two answers differ
+    (the same events, or the same number of events counted)."""
+    plain = timed(client, repeat, "POST", "/sql", json={"sql": sql, "parameters": parameters, "format": "json"})
+    rows = plain["answer"]["data"]
+    answer = result["answer"]
+    if "events" in answer:
+        same = [event["event_id"] for event in answer["events"]] == [row["EventId"] for row in rows]
+    else:
+        same = answer["total"] == sum(int(row["n"]) for row in rows)
+    if not same:
+        raise RuntimeError(f"{name}: the plain SQL answers differently: {sql}")
+    return {
+        f"{name}_plain_sql_p50_ms": round(plain["p50_ms"], 1),
+        f"{name}_vs_plain_sql": round(plain["p50_ms"] / result["p50_ms"], 2),
+    }
 
 
 def summary(name: str, result: dict[str, Any], found: int) -> dict[str, Any]:
@@ -332,6 +378,33 @@ def measure_events(client: httpx.Client, rows: int, repeat: int, end_ns: int) ->
     figures |= summary("latest_warnings_node_24h", warnings, len(warnings["answer"]["events"]))
     figures |= summary("rare_token_search_30d", search, len(search["answer"]["events"]))
     figures |= summary("selector_and_of_three", chosen, len(chosen["answer"]["events"]))
+    # The same three as the SQL an analyst would write, through `POST /sql` in the same run.
+    latest = f"{UNEXPIRED} ORDER BY Timestamp DESC, EventId DESC LIMIT 100"
+    figures |= versus_plain_sql(
+        client,
+        repeat,
+        "latest_warnings_node_24h",
+        warnings,
+        f"SELECT * FROM otel_logs WHERE NodeId = 'node-07' AND SeverityNumber >= 13 AND {IN_RANGE} {latest}",
+        range_of(end_ns, DAY_NS),
+    )
+    figures |= versus_plain_sql(
+        client,
+        repeat,
+        "rare_token_search_30d",
+        search,
+        f"SELECT * FROM otel_logs WHERE hasToken(lower(Body), '{RARE_TOKEN}') AND {IN_RANGE} {latest}",
+        range_of(end_ns, 30 * DAY_NS),
+    )
+    figures |= versus_plain_sql(
+        client,
+        repeat,
+        "selector_and_of_three",
+        chosen,
+        "SELECT * FROM otel_logs WHERE NodeId = 'node-12' AND EventType = 'action_failed' AND SeverityNumber >= 13 "
+        + latest,
+        {},
+    )
     figures |= summary("selector_with_attribute_condition", attributed, len(attributed["answer"]["events"]))
     others = split(rows)[1]  # the rare token is in these
     figures["rare_token_expected"] = max(0, (others - 18) // 1000003 + 1)  # n % 1000003 == 17
@@ -472,9 +545,11 @@ def main() -> None:
         name = key.removesuffix("_p50_ms")
         target = TARGETS.get(key)
         verdict = "" if target is None else "ok" if figures[key] <= target else f"over the {target} ms target"
+        plain = figures.get(f"{name}_plain_sql_p50_ms")
+        versus = "" if plain is None else f"  plain SQL {plain:.1f} ms ({figures[name + '_vs_plain_sql']}x)"
         print(
             f"{name:<32} p50 {figures[key]:>7.1f} ms  p95 {figures[name + '_p95_ms']:>7.1f} ms  "
-            f"({figures[name + '_results']} results)  {verdict}"
+            f"({figures[name + '_results']} results)  {verdict}{versus}"
         )
     if "export_rows" not in figures:
         return
