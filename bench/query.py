@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labtel.collector.storage.schema import LOGS_TIME_BUCKET, NOT_EXPIRED
@@ -277,14 +278,15 @@ def measure(
     return figures
 
 
+def epoch_seconds(ns: int) -> str:
+    """Unix nanoseconds as the exact epoch seconds the API's `start` and `end` take."""
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
 def window(end_ns: int, width_ns: int) -> dict[str, str]:
     """`start` and `end` of the `width_ns` before the generated events' end, in exact epoch seconds:
     relative ranges (`since=24h`) would move away from a kept data set (`--data`) as it ages."""
-
-    def seconds(ns: int) -> str:
-        return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
-
-    return {"start": seconds(end_ns - width_ns), "end": seconds(end_ns + 1)}
+    return {"start": epoch_seconds(end_ns - width_ns), "end": epoch_seconds(end_ns + 1)}
 
 
 IN_RANGE = "Timestamp >= fromUnixTimestamp64Nano({start:Int64}) AND Timestamp < fromUnixTimestamp64Nano({end:Int64})"
@@ -413,7 +415,7 @@ def measure_events(client: httpx.Client, rows: int, repeat: int, end_ns: int) ->
 
 def measure_export(client: httpx.Client, pid: int, end_ns: int) -> dict[str, Any]:
     """An export of the newest tenth of the range (~1M rows of 10M) as Parquet: rows/s and the server's peak RSS."""
-    export_start = end_ns - 3 * DAY_NS
+    export_start, export_end = end_ns - 3 * DAY_NS, end_ns + 1_000_000_000
     expected = client.post(
         "/sql",
         json={
@@ -429,7 +431,7 @@ def measure_export(client: httpx.Client, pid: int, end_ns: int) -> dict[str, Any
         with client.stream(
             "GET",
             "/export",
-            params={"format": "parquet", "start": str(export_start / 1e9), "end": str(end_ns / 1e9 + 1)},
+            params={"format": "parquet", "start": epoch_seconds(export_start), "end": epoch_seconds(export_end)},
         ) as response:
             response.raise_for_status()
             for chunk in response.iter_bytes(1 << 20):
@@ -440,7 +442,7 @@ def measure_export(client: httpx.Client, pid: int, end_ns: int) -> dict[str, Any
         size = target.tell()
     rss.stop.set()
     rss.join()
-    engine_s = engine_parquet_s(client, export_start, end_ns)
+    engine_s = engine_parquet_s(client, export_start, export_end, exported)
     return {
         "export_rows": exported,
         "export_rows_expected": expected,
@@ -456,20 +458,23 @@ def measure_export(client: httpx.Client, pid: int, end_ns: int) -> dict[str, Any
     }
 
 
-def engine_parquet_s(client: httpx.Client, start_ns: int, end_ns: int) -> float:
-    """Seconds ClickHouse takes to write the export's rows and columns, in its order, as Parquet
-    itself (its own encoder, one query through `POST /sql`, the result held whole): what the
-    engine does for the same work on this machine, to compare the export with in the same run."""
+def engine_parquet_s(client: httpx.Client, start_ns: int, end_ns: int, exported: int) -> float:
+    """Seconds ClickHouse takes to write the export's rows (start_ns <= Timestamp < end_ns) and
+    columns, in its order, as Parquet itself (its own encoder, one query through `POST /sql`, the
+    result held whole): what the engine does for the same work on this machine, to compare the
+    export with in the same run. Raises unless it wrote the `exported` rows."""
     sql = (
-        f"SELECT {column_list('Parquet')} FROM otel_logs WHERE Timestamp >= fromUnixTimestamp64Nano({{s:Int64}}) "
-        f"AND Timestamp <= fromUnixTimestamp64Nano({{e:Int64}}) ORDER BY {LOGS_TIME_BUCKET}, Timestamp, EventId"
+        f"SELECT {column_list('Parquet')} FROM otel_logs WHERE {IN_RANGE} {UNEXPIRED} "
+        f"ORDER BY {LOGS_TIME_BUCKET}, Timestamp, EventId"
     )
     started = time.perf_counter()
-    response = client.post("/sql", json={"sql": sql, "parameters": {"s": start_ns, "e": end_ns}, "format": "parquet"})
+    parameters = {"start": start_ns, "end": end_ns}
+    response = client.post("/sql", json={"sql": sql, "parameters": parameters, "format": "parquet"})
     response.raise_for_status()
     elapsed = time.perf_counter() - started
-    if not response.content.startswith(b"PAR1"):
-        raise RuntimeError(f"POST /sql did not answer Parquet: {response.content[:200]!r}")
+    written = pq.ParquetFile(pa.BufferReader(response.content)).metadata.num_rows
+    if written != exported:
+        raise RuntimeError(f"ClickHouse wrote {written} rows as Parquet, the export {exported}")
     return elapsed
 
 
