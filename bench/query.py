@@ -283,23 +283,24 @@ def epoch_seconds(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
+def range_of(end_ns: int, width_ns: int) -> dict[str, int]:
+    """`start` (inclusive) and `end` (exclusive) of the `width_ns` before the generated events'
+    end, in Unix nanoseconds: IN_RANGE's parameters."""
+    return {"start": end_ns - width_ns, "end": end_ns + 1}
+
+
 def window(end_ns: int, width_ns: int) -> dict[str, str]:
-    """`start` and `end` of the `width_ns` before the generated events' end, in exact epoch seconds:
-    relative ranges (`since=24h`) would move away from a kept data set (`--data`) as it ages."""
-    return {"start": epoch_seconds(end_ns - width_ns), "end": epoch_seconds(end_ns + 1)}
+    """`range_of`, in the exact epoch seconds of the API's `start` and `end`: relative ranges
+    (`since=24h`) would move away from a kept data set (`--data`) as it ages."""
+    return {name: epoch_seconds(ns) for name, ns in range_of(end_ns, width_ns).items()}
 
 
 IN_RANGE = "Timestamp >= fromUnixTimestamp64Nano({start:Int64}) AND Timestamp < fromUnixTimestamp64Nano({end:Int64})"
-"""The SQL of `window`'s range, with `range_of`'s parameters."""
+"""The SQL of a `range_of` range."""
 UNEXPIRED = f"AND {NOT_EXPIRED}"
 """What the plain SQL needs to answer what the API answers: events whose own TTL has passed are
 left out before a merge deletes them (none of the generated events has one, but the SQL must not
 rely on that)."""
-
-
-def range_of(end_ns: int, width_ns: int) -> dict[str, int]:
-    """The parameters of IN_RANGE for the range `window(end_ns, width_ns)` names."""
-    return {"start": end_ns - width_ns, "end": end_ns + 1}
 
 
 def versus_plain_sql(
@@ -467,8 +468,8 @@ def engine_parquet_s(client: httpx.Client, start_ns: int, end_ns: int, exported:
         f"SELECT {column_list('Parquet')} FROM otel_logs WHERE {IN_RANGE} {UNEXPIRED} "
         f"ORDER BY {LOGS_TIME_BUCKET}, Timestamp, EventId"
     )
-    started = time.perf_counter()
     parameters = {"start": start_ns, "end": end_ns}
+    started = time.perf_counter()
     response = client.post("/sql", json={"sql": sql, "parameters": parameters, "format": "parquet"})
     response.raise_for_status()
     elapsed = time.perf_counter() - started
