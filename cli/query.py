@@ -166,13 +166,24 @@ def event_line(event: dict[str, Any]) -> Text:
 
 
 def events_table(events: list[dict[str, Any]]) -> Table:
-    """Events as a rich table, oldest at the top."""
+    """Events as a rich table, oldest at the top. The time and severity stay on one line; in a
+    narrow terminal the other columns fold. Events of one day show the date once, in the header."""
+    times = [_time(event) for event in events]
+    days = {shown[:10] for shown in times}
+    one_day = len(days) == 1
     table = Table(show_lines=False, header_style="bold")
-    for column in ("time (UTC)", "severity", "service", "event type", "node", "body"):
+    table.add_column(f"{days.pop()} (UTC)" if one_day else "time (UTC)", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    for column in ("service", "event type", "node", "body"):
         table.add_column(column, overflow="fold")
-    for event in events:
+    for event, shown in zip(events, times, strict=True):
         table.add_row(
-            _time(event), _severity(event), event["service_name"], event["event_type"], event["node_id"], event["body"]
+            shown[11:] if one_day else shown,
+            _severity(event),
+            event["service_name"],
+            event["event_type"],
+            event["node_id"],
+            event["body"],
         )
     return table
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
+from rich.console import Console
 from typer.testing import CliRunner
 
 from labtel.cli import app
+from labtel.cli.query import events_table
 from tests.helpers import LabtelServer, log_record, logs_request
 
 runner = CliRunner()
@@ -68,6 +70,36 @@ def test_events_sql_and_export(server: LabtelServer, tmp_path: Path) -> None:
     exported = runner.invoke(app, ["export", "--api", server.api, "--service", "cli", "-o", str(target)])
     assert exported.exit_code == 0, exported.output
     assert pq.read_table(target).column("body").to_pylist() == [*(f"transfer {i}" for i in range(12)), "arm fault"]
+
+
+def test_events_table_keeps_time_and_severity_whole_in_a_narrow_terminal() -> None:
+    body = "platereader_1 lost its plate while the lid was open and reports an error"
+    event = {
+        "timestamp": "2026-08-06T07:06:40.000000000Z",
+        "severity_text": "WARN",
+        "service_name": "madsci.node.platereader_1",
+        "event_type": "node_status_update",
+        "node_id": "platereader_1",
+        "body": body,
+    }
+
+    def rendered(events: list[dict[str, object]]) -> list[str]:
+        console = Console(width=80, record=True, color_system=None)
+        console.print(events_table(events))
+        lines = console.export_text().splitlines()
+        assert max(len(line) for line in lines) <= 80
+        return lines
+
+    one_day = rendered([event, event | {"timestamp": "2026-08-06T23:59:59.999000000Z"}])
+    assert "2026-08-06 (UTC)" in one_day[2]  # the day once, in the header
+    assert any(line.startswith("│ 07:06:40.000 ") and "│ WARN " in line for line in one_day)  # neither folded
+    # each body folds over lines, whole, in its own column (the last cell of each line)
+    folded = "".join(line.split("│")[-2] for line in one_day if line.startswith("│"))
+    assert folded.replace(" ", "").count(body.replace(" ", "")) == 2
+
+    two_days = rendered([event, event | {"timestamp": "2026-08-07T00:00:00.000000000Z"}])
+    assert "time (UTC)" in "".join(two_days[:3])
+    assert any(line.startswith("│ 2026-08-07 00:00:00.000 │ WARN ") for line in two_days)
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
