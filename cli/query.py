@@ -449,47 +449,82 @@ def utilization(
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
-    out().print(_utilization_table(chosen, result, by, unit))
+    console = out()
+    console.print(_utilization_table(chosen, result, by, unit, console.width))
 
 
-def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str) -> Table:
-    title = f"{result['start'][:19]} to {result['until'][:19]} UTC"
-    table = Table(title=f"{report}, {title}", header_style="bold")
+def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str, width: int) -> Table:
+    title = f"{report}, {result['start'][:19]} to {result['until'][:19]} UTC"
     if report == "nodes":
-        for column in ("node", "workcell", "busy h", "idle h", "utilization", "actions", "failed", "mean s", "p95 s"):
-            table.add_column(column, justify="left" if column in ("node", "workcell") else "right", no_wrap=True)
-        for n in result["nodes"]:
-            table.add_row(
-                n["node"], n["workcell"], _hours(n["busy_s"]), _hours(n["idle_s"]), _percent_cell(n["utilization_percent"]),
-                str(n["actions"]), str(n["failed"]), f"{n['mean_action_s']:.1f}", f"{n['p95_action_s']:.1f}",
-            )  # fmt: skip
         lab = result["lab"]
-        table.add_row(
-            "[bold]all[/bold]", "", _hours(lab["busy_s"]), _hours(lab["idle_s"]), _percent_cell(lab["utilization_percent"]),
-            str(lab["actions"]), str(lab["failed"]), "", "",
-        )  # fmt: skip
-    elif report == "periods":
-        for column in ("period (UTC)", "nodes", "busy h", "available h", "utilization", "actions", "failed"):
-            table.add_column(column, justify="left" if column.startswith("period") else "right", no_wrap=True)
-        for p in result["periods"]:
-            table.add_row(
-                p["start"][:16].replace("T", " "), str(p["nodes"]), _hours(p["busy_s"]), _hours(p["available_s"]),
-                _percent_cell(p["utilization_percent"]), str(p["actions"]), str(p["failed"]),
-            )  # fmt: skip
-    elif report == "sessions":
-        for column in (unit, "start (UTC)", "hours", "busy h", "utilization", "actions", "users"):
-            table.add_column(column, justify="right" if column in ("hours", "busy h", "actions") else "left")
-        for s in result["sessions"]:
-            table.add_row(
-                s[unit], s["start"][:19].replace("T", " "), _hours(s["duration_s"]), _hours(s["busy_s"]),
-                _percent_cell(s["utilization_percent"]), str(s["actions"]), ", ".join(s["users"]),
-            )  # fmt: skip
-    else:
-        for column in (by, "actions", "failed", "action h", "workflows done", "failed wf", "nodes"):
-            table.add_column(column, justify="left" if column in (by, "nodes") else "right")
-        for r in result[f"{by}s"]:
-            table.add_row(
-                r[by], str(r["actions"]), str(r["actions_failed"]), _hours(r["action_s"]), str(r["workflows_completed"]),
-                str(r["workflows_failed"]), ", ".join(r["nodes"]),
-            )  # fmt: skip
+        workcells = {n["workcell"] for n in result["nodes"]}
+        one_workcell = len(workcells) == 1  # then named in the title, not in a column of its own
+        if one_workcell and (workcell := workcells.pop()):
+            title = f"nodes of {workcell}, {title.removeprefix('nodes, ')}"
+        rows = [
+            [n["node"], *([] if one_workcell else [n["workcell"]]), _hours(n["busy_s"]), _hours(n["idle_s"]),
+             _percent_cell(n["utilization_percent"]), str(n["actions"]), str(n["failed"]), f"{n['mean_action_s']:.1f}",
+             f"{n['p95_action_s']:.1f}"]
+            for n in result["nodes"]
+        ] + [
+            ["[bold]all[/bold]", *([] if one_workcell else [""]), _hours(lab["busy_s"]), _hours(lab["idle_s"]),
+             _percent_cell(lab["utilization_percent"]), str(lab["actions"]), str(lab["failed"]), "", ""]
+        ]  # fmt: skip
+        names = [("node", NAME)] + ([] if one_workcell else [("workcell", NAME)])
+        figures = _figures("busy h", "idle h", "utilization", "actions", "failed", "mean s", "p95 s")
+        return report_table(title, names + figures, rows, width)
+    if report == "periods":
+        rows = [
+            [p["start"][:16].replace("T", " "), str(p["nodes"]), _hours(p["busy_s"]), _hours(p["available_s"]),
+             _percent_cell(p["utilization_percent"]), str(p["actions"]), str(p["failed"])]
+            for p in result["periods"]
+        ]  # fmt: skip
+        figures = _figures("nodes", "busy h", "available h", "utilization", "actions", "failed")
+        return report_table(title, [("period (UTC)", TIME), *figures], rows, width)
+    if report == "sessions":
+        rows = [
+            [s[unit], s["start"][:19].replace("T", " "), _hours(s["duration_s"]), _hours(s["busy_s"]),
+             _percent_cell(s["utilization_percent"]), str(s["actions"]), ", ".join(s["users"])]
+            for s in result["sessions"]
+        ]  # fmt: skip
+        figures = _figures("hours", "busy h", "utilization", "actions")
+        return report_table(title, [(unit, NAME), ("start (UTC)", TIME), *figures, ("users", NAME)], rows, width)
+    rows = [
+        [r[by], str(r["actions"]), str(r["actions_failed"]), _hours(r["action_s"]), str(r["workflows_completed"]),
+         str(r["workflows_failed"]), ", ".join(r["nodes"])]
+        for r in result[f"{by}s"]
+    ]  # fmt: skip
+    figures = _figures("actions", "failed", "action h", "workflows done", "failed wf")
+    return report_table(title, [(by, NAME), *figures, ("nodes", NAME)], rows, width)
+
+
+NAME, TIME, FIGURE = "name", "time", "figure"
+NAME_MIN_WIDTH = 6
+"""Kinds of report columns: names fold in a narrow terminal (down to NAME_MIN_WIDTH characters),
+times stay on one line, and figures are right-aligned and whole, headers included."""
+
+
+def _figures(*headers: str) -> list[tuple[str, str]]:
+    return [(header, FIGURE) for header in headers]
+
+
+def report_table(title: str, columns: list[tuple[str, str]], rows: list[list[str | Text]], width: int) -> Table:
+    """A report as a rich table of `columns` (header, kind) that fits a terminal `width` wide (when
+    even the figures cannot all fit whole, they fold too)."""
+    cells = [[Text.from_markup(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
+    needed = [max([len(name)] + [row[index].cell_len for row in cells]) for index, (name, _) in enumerate(columns)]
+    room = width - 3 * len(columns) - 1  # less the borders and padding
+    names = sum(kind == NAME for _, kind in columns)
+    fixed = sum(need for need, (_, kind) in zip(needed, columns, strict=True) if kind != NAME)
+    whole = fixed + names * NAME_MIN_WIDTH <= room
+    table = Table(title=title, header_style="bold")
+    for need, (name, kind) in zip(needed, columns, strict=True):
+        if kind == TIME:
+            table.add_column(name, no_wrap=whole, overflow="fold")
+        elif kind == NAME:  # an equal share of what the figures leave
+            table.add_column(name, overflow="fold", max_width=(room - fixed) // names if whole else None)
+        else:
+            table.add_column(name, justify="right", overflow="fold", min_width=need if whole else None)
+    for row in rows:
+        table.add_row(*row)
     return table

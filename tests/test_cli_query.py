@@ -16,7 +16,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from labtel.cli import app
-from labtel.cli.query import events_table
+from labtel.cli.query import _utilization_table, events_table
 from tests.helpers import LabtelServer, log_record, logs_request
 
 runner = CliRunner()
@@ -100,6 +100,41 @@ def test_events_table_keeps_time_and_severity_whole_in_a_narrow_terminal() -> No
     two_days = rendered([event, event | {"timestamp": "2026-08-07T00:00:00.000000000Z"}])
     assert "time (UTC)" in "".join(two_days[:3])
     assert any(line.startswith("│ 2026-08-07 00:00:00.000 │ WARN ") for line in two_days)
+
+
+def test_utilization_tables_keep_figures_whole_in_a_narrow_terminal() -> None:
+    def node(name: str, workcell: str, busy_s: float) -> dict[str, object]:
+        return {
+            "node": name, "workcell": workcell, "busy_s": busy_s, "idle_s": 65_123.0 - busy_s,
+            "utilization_percent": 100 * busy_s / 65_123.0, "actions": 12_345, "failed": 678,
+            "mean_action_s": 1370.5, "p95_action_s": 12_345.6,
+        }  # fmt: skip
+
+    def rendered(nodes: list[dict[str, object]], width: int) -> str:
+        lab = {"busy_s": 1.0, "idle_s": 2.0, "utilization_percent": 33.3, "actions": 12_345, "failed": 678}
+        result = {"start": "2026-08-06T00:00:00Z", "until": "2026-08-07T00:00:00Z", "nodes": nodes, "lab": lab}
+        console = Console(width=width, record=True, color_system=None)
+        console.print(_utilization_table("nodes", result, "user", "node", width))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        return text
+
+    figures = ("11.11", "18.09", "61.4 %", "12345", "678", "1370.5", "12345.6", "utilization", "p95 s")
+    chem = [node("thermocycler_1", "wc_chem_1", 40_000.0), node("ot2_1", "wc_chem_1", 10.0)]
+    one = rendered(chem, 80)
+    assert one.lstrip().startswith("nodes of wc_chem_1, 2026-08-06T00:00:00 to")  # one workcell: in the title
+    assert "workcell" not in one
+    for figure in figures:
+        assert figure in one, figure  # whole, not cut or folded
+    assert "│ thermo" in one  # the names fold instead
+
+    two = rendered([*chem, node("mount", "observatory", 10.0)], 100)
+    assert "workcell" in two
+    assert all(figure in two for figure in figures)
+    # too narrow for the figures to stay whole: they fold too, and nothing is cut
+    narrow = rendered([*chem, node("mount", "observatory", 10.0)], 60)
+    cells = "".join(line.split("│")[-2] for line in narrow.splitlines() if line.startswith("│"))
+    assert cells.replace(" ", "").count("12345.6") == 3
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
