@@ -499,9 +499,9 @@ def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str, 
 
 
 NAME, TIME, FIGURE = "name", "time", "figure"
-NAME_MIN_WIDTH = 6
 """Kinds of report columns: names fold in a narrow terminal (down to NAME_MIN_WIDTH characters),
 times stay on one line, and figures are right-aligned and whole, headers included."""
+NAME_MIN_WIDTH = 6
 
 
 def _figures(*headers: str) -> list[tuple[str, str]]:
