@@ -457,22 +457,23 @@ def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str, 
     title = f"{report}, {result['start'][:19]} to {result['until'][:19]} UTC"
     if report == "nodes":
         lab = result["lab"]
-        workcells = {n["workcell"] for n in result["nodes"]}
-        one_workcell = len(workcells) == 1  # then named in the title, not in a column of its own
-        if one_workcell and (workcell := workcells.pop()):
-            title = f"nodes of {workcell}, {title.removeprefix('nodes, ')}"
         rows = [
-            [n["node"], *([] if one_workcell else [n["workcell"]]), _hours(n["busy_s"]), _hours(n["idle_s"]),
-             _percent_cell(n["utilization_percent"]), str(n["actions"]), str(n["failed"]), f"{n['mean_action_s']:.1f}",
-             f"{n['p95_action_s']:.1f}"]
+            [n["node"], n["workcell"], _hours(n["busy_s"]), _hours(n["idle_s"]), _percent_cell(n["utilization_percent"]),
+             str(n["actions"]), str(n["failed"]), f"{n['mean_action_s']:.1f}", f"{n['p95_action_s']:.1f}"]
             for n in result["nodes"]
         ] + [
-            ["[bold]all[/bold]", *([] if one_workcell else [""]), _hours(lab["busy_s"]), _hours(lab["idle_s"]),
-             _percent_cell(lab["utilization_percent"]), str(lab["actions"]), str(lab["failed"]), "", ""]
+            ["[bold]all[/bold]", "", _hours(lab["busy_s"]), _hours(lab["idle_s"]), _percent_cell(lab["utilization_percent"]),
+             str(lab["actions"]), str(lab["failed"]), "", ""]
         ]  # fmt: skip
-        names = [("node", NAME)] + ([] if one_workcell else [("workcell", NAME)])
-        figures = _figures("busy h", "idle h", "utilization", "actions", "failed", "mean s", "p95 s")
-        return report_table(title, names + figures, rows, width)
+        columns = [("node", NAME), ("workcell", NAME)]
+        columns += _figures("busy h", "idle h", "utilization", "actions", "failed", "mean s", "p95 s")
+        workcells = {n["workcell"] for n in result["nodes"]}
+        if len(workcells) == 1:  # named in the title, not in a column of its own
+            if workcell := workcells.pop():
+                title = f"nodes of {workcell}, {title.removeprefix('nodes, ')}"
+            del columns[1]
+            rows = [[row[0], *row[2:]] for row in rows]
+        return report_table(title, columns, rows, width)
     if report == "periods":
         rows = [
             [p["start"][:16].replace("T", " "), str(p["nodes"]), _hours(p["busy_s"]), _hours(p["available_s"]),
@@ -525,6 +526,6 @@ def report_table(title: str, columns: list[tuple[str, str]], rows: list[list[str
             table.add_column(name, overflow="fold", max_width=(room - fixed) // names if whole else None)
         else:
             table.add_column(name, justify="right", overflow="fold", min_width=need if whole else None)
-    for row in rows:
+    for row in cells:
         table.add_row(*row)
     return table
