@@ -41,7 +41,7 @@ QUEUE_RECORDS = Gauge(
 )
 INSERTS = Counter(
     "labtel_exporter_inserts",
-    "Inserts into ClickHouse, by outcome (ok, failed)",
+    "Inserts into ClickHouse, by outcome (ok; failed: storage away or failing; refused: storage up but refusing the data, e.g. a batch the fast path cannot take)",
     ["exporter", "signal", "outcome"],
     registry=REGISTRY,
 )

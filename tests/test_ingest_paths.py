@@ -52,6 +52,12 @@ def stored_by(path: str) -> float:
     return telemetry.REGISTRY.get_sample_value("labtel_exporter_stored_records_total", labels) or 0.0
 
 
+def inserts(outcome: str) -> float:
+    """Inserts of logs the `clickhouse` exporters of this process made so far, by outcome."""
+    labels = {"exporter": "clickhouse", "signal": "logs", "outcome": outcome}
+    return telemetry.REGISTRY.get_sample_value("labtel_exporter_inserts_total", labels) or 0.0
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(st.tuples(one_level, attributes), min_size=1, max_size=8))
 def test_sql_and_python_render_every_value_identically(
@@ -255,6 +261,77 @@ def test_invalid_requests_in_a_batch_are_rejected_and_the_rest_stored(chdb_path:
     assert verdicts[3] is not None
     assert "ExportLogsServiceRequest" in verdicts[3]
     assert [r["Body"] for r in stored_logs(exporter.storage)] == ["good one", "good one"]
+
+
+def wrong_wire_type_request(body: str) -> bytes:
+    """A request whose record repeats its body (field 5, a message) as a varint: protobuf readers
+    take that for an unknown field, ClickHouse refuses the whole insert."""
+    plain = logs_request([log_record(body)], resource={"service.name": "odd"})
+    resource_logs = plain.resource_logs[0]
+    record = resource_logs.scope_logs[0].log_records[0].SerializeToString() + _varint(5 << 3) + _varint(7)
+    scope_logs = _field(2, record)
+    return _field(1, _field(1, resource_logs.resource.SerializeToString()) + _field(2, scope_logs))
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def test_a_field_of_the_wrong_wire_type_is_dropped_not_the_batch(chdb_path: Any) -> None:
+    exporter = fresh_exporter(chdb_path)
+    odd = wrong_wire_type_request("body sent twice")
+    parsed = ExportLogsServiceRequest.FromString(odd)  # a valid request to protobuf readers
+    assert parsed.resource_logs[0].scope_logs[0].log_records[0].body.string_value == "body sent twice"
+    good = [logs_request([log_record(f"victim {i}")]) for i in range(3)]
+    batch = [*payloads(good[:2]), Payload(LOGS, odd, 1), *payloads(good[2:])]
+    before = {outcome: inserts(outcome) for outcome in ("ok", "failed", "refused")}
+    assert exporter.store(batch, uuid.uuid4().hex) == [None] * 4
+    # Refused by the fast path, stored by the exact path: not a storage failure.
+    assert {outcome: inserts(outcome) - n for outcome, n in before.items()} == {"ok": 1, "failed": 0, "refused": 1}
+    bodies = {r["ServiceName"]: [] for r in stored_logs(exporter.storage)}
+    for row in stored_logs(exporter.storage):
+        bodies[row["ServiceName"]].append(row["Body"])
+    # The misread repetition is dropped, as OTLP receivers drop fields they do not know; the
+    # body as protobuf reads it is kept.
+    assert bodies["odd"] == ["body sent twice"]
+    assert sorted(b for service, rows in bodies.items() if service != "odd" for b in rows) == [
+        "victim 0",
+        "victim 1",
+        "victim 2",
+    ]
+
+
+def test_a_request_storage_refuses_costs_only_its_caller(chdb_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the exact path pass a request that ClickHouse still refuses, the others of its
+    batch are stored and only that caller is told, instead of the batch being given up."""
+    from labtel.collector.exporters import clickhouse
+
+    def triage_missing_a_case(signal: Any, data: bytes, limits: Any) -> Any:
+        result = triage(signal, data, limits)
+        if data == odd and result.data is not None:
+            return type(result)(data, None, result.records)  # the request as sent, not normalized
+        return result
+
+    odd = wrong_wire_type_request("body sent twice")
+    monkeypatch.setattr(clickhouse, "triage", triage_missing_a_case)
+    exporter = fresh_exporter(chdb_path)
+    good = [logs_request([log_record(f"victim {i}")]) for i in range(3)]
+    batch_id = uuid.uuid4().hex
+    verdicts = exporter.store([*payloads(good[:2]), Payload(LOGS, odd, 1), *payloads(good[2:])], batch_id)
+    assert [verdicts[0], verdicts[1], verdicts[3]] == [None, None, None]
+    assert str(verdicts[2]).startswith("storage refuses this request: ")
+    assert sorted(r["Body"] for r in stored_logs(exporter.storage)) == ["victim 0", "victim 1", "victim 2"]
+    assert exporter.storage.batch_rows("logs", batch_id) == 3  # under the batch's id, as a replay looks for them
 
 
 def spans_request(name: str, attributes: dict[str, Any], event: dict[str, Any], link: dict[str, Any]) -> bytes:

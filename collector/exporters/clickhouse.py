@@ -49,14 +49,19 @@ class Triaged:
     verdicts: list[Verdict]
     requests: list[bytes]
     records: int
+    owners: list[int]
+    """Per request: the index of the payload it comes from."""
+    counts: list[int]
+    """Per request: its records."""
 
 
 def triage_batch(signal: Signal, batch: Sequence[Payload], limits: RecordLimits = DEFAULT_LIMITS) -> Triaged:
     """Check each payload of a batch in Python: its verdict, and what of it is to be stored."""
     verdicts: list[Verdict] = []
     requests: list[bytes] = []
-    records = 0
-    for payload in batch:
+    owners: list[int] = []
+    counts: list[int] = []
+    for index, payload in enumerate(batch):
         result = triage(signal, payload.data, limits)
         if result.error is None and result.rejected:
             assert result.rejection is not None
@@ -65,8 +70,9 @@ def triage_batch(signal: Signal, batch: Sequence[Payload], limits: RecordLimits 
             verdicts.append(result.error)
         if result.error is None and result.data:
             requests.append(result.data)
-            records += result.records
-    return Triaged(verdicts, requests, records)
+            owners.append(index)
+            counts.append(result.records)
+    return Triaged(verdicts, requests, sum(counts), owners, counts)
 
 
 class ClickHouseExporter:
@@ -202,18 +208,23 @@ class ClickHouseExporter:
         signal = batch[0].signal
         data = b"".join(p.data for p in batch)
         try:
-            self._timed_insert(signal, data, batch_id)
+            self._timed_insert(signal, data, batch_id, failure=None)
         except Exception as error:
             return self._store_with_triage(batch, batch_id, error)
         telemetry.STORED_RECORDS.labels(self.name, signal.name, "fast").inc(sum(p.records for p in batch))
         return [None] * len(batch)
 
-    def _timed_insert(self, signal: Signal, data: bytes, batch_id: str) -> None:
+    def _timed_insert(
+        self, signal: Signal, data: bytes, batch_id: str, *, deduplicate: bool = True, failure: str | None = "failed"
+    ) -> None:
+        """Insert and count it; a failure is counted under the outcome `failure` (None: the
+        caller counts it once it knows whether storage is down or refused the data)."""
         started = time.perf_counter()
         try:
-            self.storage.insert_otlp(signal.name, data, batch_id)
+            self.storage.insert_otlp(signal.name, data, batch_id, deduplicate=deduplicate)
         except Exception:
-            telemetry.INSERTS.labels(self.name, signal.name, "failed").inc()
+            if failure is not None:
+                telemetry.INSERTS.labels(self.name, signal.name, failure).inc()
             raise
         telemetry.INSERTS.labels(self.name, signal.name, "ok").inc()
         telemetry.INSERT_LATENCY.labels(self.name, signal.name).observe(time.perf_counter() - started)
@@ -226,36 +237,61 @@ class ClickHouseExporter:
     def _store_with_triage(self, batch: Sequence[Payload], batch_id: str, first_error: Exception) -> list[Verdict]:
         signal = batch[0].signal
         if not self.storage.ping():
+            telemetry.INSERTS.labels(self.name, signal.name, "failed").inc()
             raise self._storage_down(first_error)
-        self._discard_partial(signal, batch_id)
+        # Storage is up: it refused the data (for the fast path; the exact path takes it).
+        telemetry.INSERTS.labels(self.name, signal.name, "refused").inc()
+        deleted = self._discard_partial(signal, batch_id)
         checked = triage_batch(signal, batch, self.storage.names.limits)
         if not checked.requests:
             return checked.verdicts
         # Same batch id: a first insert that failed stored nothing under it, and a replay that
         # finds rows under it knows they are these.
         try:
-            self._timed_insert(signal, b"".join(checked.requests), batch_id)
+            self._timed_insert(signal, b"".join(checked.requests), batch_id, deduplicate=not deleted)
         except Exception as error:
             if not self.storage.ping():
                 raise self._storage_down(error) from error
             self._discard_partial(signal, batch_id)
-            log.error(
-                "%s: storage refuses a validated batch: %s (first failure: %s)",
-                self.name,
-                _short(error),
-                _short(first_error),
-            )
-            raise ExportUnavailable(f"storage refuses inserts: {_short(error)}", retry_after_s=5.0) from error
+            return self._store_one_by_one(signal, checked, batch_id, error)
         telemetry.STORED_RECORDS.labels(self.name, signal.name, "exact").inc(checked.records)
         return checked.verdicts
 
-    def _discard_partial(self, signal: Signal, batch_id: str) -> None:
-        """Remove what a failed insert stored of a batch, before it is stored again or given up.
+    def _store_one_by_one(self, signal: Signal, checked: Triaged, batch_id: str, error: Exception) -> list[Verdict]:
+        """Storage is up but refuses a validated batch: insert its requests one at a time, so
+        that one request it refuses (a case the exact path does not know) costs only its own
+        caller, who is told why. When it refuses every one, storage is at fault, not the data:
+        the batch is retried later (or logged)."""
+        verdicts = list(checked.verdicts)
+        refused: list[tuple[int, Exception]] = []
+        for request, owner, count in zip(checked.requests, checked.owners, checked.counts, strict=True):
+            try:
+                self._timed_insert(signal, request, batch_id, deduplicate=False, failure="refused")
+            except Exception as failure:
+                if not self.storage.ping():
+                    raise self._storage_down(failure) from failure
+                refused.append((owner, failure))
+                continue
+            telemetry.STORED_RECORDS.labels(self.name, signal.name, "exact").inc(count)
+        if len(refused) == len(checked.requests):
+            self._discard_partial(signal, batch_id)
+            log.error("%s: storage refuses a validated batch: %s", self.name, _short(error))
+            raise ExportUnavailable(f"storage refuses inserts: {_short(error)}", retry_after_s=5.0) from error
+        for owner, reason in refused:
+            log.error("%s: storage refuses one validated request of a batch: %s", self.name, _short(reason))
+            verdicts[owner] = f"storage refuses this request: {_short(reason)}"
+        return verdicts
+
+    def _discard_partial(self, signal: Signal, batch_id: str) -> bool:
+        """Remove what a failed insert stored of a batch, before it is stored again or given up;
+        whether there was any.
 
         Only metrics need this: an insert fills their five tables one after another, so it can
         fail after some were written (logs and traces fill one table, all or nothing)."""
         if len(self.storage.names.storage_tables(signal.name)) > 1 and self.storage.batch_rows(signal.name, batch_id):
             self.storage.delete_batch(signal.name, batch_id)
+            return True
+        return False
 
     # --- replaying the write-ahead log ----------------------------------------------------
 
@@ -312,7 +348,7 @@ class ClickHouseExporter:
                 )
                 self.storage.delete_batch(entry.signal, entry.batch_id)
             try:
-                self._timed_insert(SIGNALS[entry.signal], data, entry.batch_id)
+                self._timed_insert(SIGNALS[entry.signal], data, entry.batch_id, deduplicate=not stored)
             except Exception as error:
                 if not self.storage.ping():
                     telemetry.STORAGE_UP.labels(self.name).set(0)

@@ -5,7 +5,8 @@ The fast path hands concatenated requests to ClickHouse, whose ingest views refu
 parses scalar values only). Such a batch comes here, one request at a time: an invalid request
 gets a message saying what is wrong and where; a valid one is normalized so the fast path can
 store it: every array or key-value list value is replaced by its JSON text, which is what
-labtel stores for it, and a string value is stored as it is. Log records over a limit
+labtel stores for it, and a string value is stored as it is; fields the OTLP schema does not
+hold (or holds as another type) are dropped. Log records over a limit
 (labtel.collector.otlp.limits) are dropped from their request and counted: the rest is stored,
 and the caller is told (an OTLP partial success); a request with nothing left is rejected.
 """
@@ -197,4 +198,8 @@ def triage(signal: Signal, data: bytes, limits: RecordLimits = DEFAULT_LIMITS) -
     if rejections.count and not records:
         more = f" (and {rejections.count - 1} more records)" if rejections.count > 1 else ""
         return Triage(None, f"{rejections.first}{more}", 0, rejections.count, rejections.first)
+    # A field Python could not read as its declared type (a known number sent with another wire
+    # type) is kept as an unknown field and serialized again, but ClickHouse refuses it: drop
+    # it, as OTLP receivers do with fields they do not know.
+    request.DiscardUnknownFields()
     return Triage(request.SerializeToString(), None, records, rejections.count, rejections.first)

@@ -384,11 +384,14 @@ class Storage:
         except Exception:
             return False
 
-    def insert_otlp(self, signal: str, data: bytes, batch_id: str) -> None:
+    def insert_otlp(self, signal: str, data: bytes, batch_id: str, *, deduplicate: bool = True) -> None:
         """Insert serialized Export requests of one signal (concatenated requests form one).
 
         Every stored row keeps `batch_id` (column IngestBatch), so `batch_rows` can tell whether
-        an insert whose outcome is unknown (a crash, a timeout) landed."""
+        an insert whose outcome is unknown (a crash, a timeout) landed. The batch id is also the
+        insert's deduplication token, which replicated tables remember: `deduplicate=False` for
+        an insert that must land although its batch id was used before (rows of it deleted, or
+        a batch stored one request at a time)."""
         self._check_fault()
         settings = {
             **_INGEST_SETTINGS,
@@ -396,6 +399,8 @@ class Storage:
             **_schema_settings(signal, self._schema_dir()),
             "insert_deduplication_token": batch_id,
         }
+        if not deduplicate:
+            settings["insert_deduplicate"] = 0
         with self.client() as client:
             client.raw_insert(
                 self.names.ingest_table(signal), insert_block=data, settings=settings, fmt="ProtobufSingle"
