@@ -15,6 +15,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from labtel.sdk.textform import json_text
@@ -65,10 +66,31 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, bool, int, float, bytes, bytearray))
 
 
+class Encoded(bytes):
+    """A value already encoded as its AnyValue, on the caller's thread (`snapshot`)."""
+
+
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def snapshot(value: Any) -> Any:
+    """`value` as it is now: immutable scalars as they are, anything else (dicts, lists, sets,
+    bytearrays, arbitrary objects) encoded at once, so a later change by the caller, or a value
+    that cannot even be rendered, does not reach the export thread."""
+    if type(value) in _IMMUTABLE:
+        return value
+    try:
+        return Encoded(any_value(value))
+    except Exception as error:  # a value whose __str__ (or __float__, ...) raises
+        return Encoded(any_value(f"<unrepresentable {type(value).__name__}: {type(error).__name__}>"))
+
+
 def any_value(value: Any, nested: bool = False) -> bytes:
     """An encoded OTLP AnyValue (the message body, without a tag)."""
     if isinstance(value, str):
-        return _field(b"\x0a", value.encode("utf-8", "surrogatepass"))
+        return _field(b"\x0a", value.encode("utf-8", "backslashreplace"))
+    if type(value) is Encoded:
+        return bytes(value)
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
@@ -83,25 +105,27 @@ def any_value(value: Any, nested: bool = False) -> bytes:
         return b""
     if isinstance(value, Mapping):
         if nested or not all(_is_scalar(v) for v in value.values()):
-            return _field(b"\x0a", json_text(value).encode("utf-8", "surrogatepass"))
+            return _field(b"\x0a", json_text(value).encode("utf-8", "backslashreplace"))
         pairs = b"".join(_field(b"\x0a", key_value(str(k), v, nested=True)) for k, v in value.items())
         return _field(b"\x32", pairs)
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
         if nested or not all(_is_scalar(v) for v in items):
-            return _field(b"\x0a", json_text(items).encode("utf-8", "surrogatepass"))
+            return _field(b"\x0a", json_text(items).encode("utf-8", "backslashreplace"))
         return _field(b"\x2a", b"".join(_field(b"\x0a", any_value(v, nested=True)) for v in items))
     if isinstance(value, (int, float)) or (hasattr(value, "__float__") and not hasattr(value, "__len__")):
         number = float(value)
         if number.is_integer() and math.isfinite(number) and hasattr(value, "__index__"):
             return b"\x18" + varint(int(number))
         return b"\x21" + _pack_double(number)
-    return _field(b"\x0a", str(value).encode("utf-8", "surrogatepass"))
+    if isinstance(value, Enum):
+        return any_value(value.value, nested)
+    return _field(b"\x0a", str(value).encode("utf-8", "backslashreplace"))
 
 
 def key_value(key: str, value: Any, nested: bool = False) -> bytes:
     """An encoded KeyValue (without a tag)."""
-    return _field(b"\x0a", key.encode("utf-8", "surrogatepass")) + _field(b"\x12", any_value(value, nested))
+    return _field(b"\x0a", key.encode("utf-8", "backslashreplace")) + _field(b"\x12", any_value(value, nested))
 
 
 class AttributeEncoder:
@@ -150,7 +174,7 @@ def log_record(record: LogRecordData, attributes: AttributeEncoder) -> bytes:
         if record.trace_flags:
             parts.append(b"\x45" + _pack_fixed32(record.trace_flags))
     if record.event_name:
-        parts.append(_field(b"\x62", record.event_name.encode("utf-8", "surrogatepass")))
+        parts.append(_field(b"\x62", record.event_name.encode("utf-8", "backslashreplace")))
     return b"".join(parts)
 
 
@@ -161,7 +185,7 @@ def resource(attributes: Mapping[str, Any]) -> bytes:
 
 def scope(name: str, version: str = "") -> bytes:
     """An encoded InstrumentationScope (without a tag)."""
-    out = _field(b"\x0a", name.encode("utf-8", "surrogatepass"))
+    out = _field(b"\x0a", name.encode("utf-8", "backslashreplace"))
     return out + _field(b"\x12", version.encode()) if version else out
 
 
@@ -172,3 +196,45 @@ def logs_request(resource_bytes: bytes, scopes: Iterable[tuple[bytes, Sequence[b
         for scope_bytes, records in scopes
     )
     return _field(b"\x0a", _field(b"\x0a", resource_bytes) + scope_logs)
+
+
+def split_request(data: bytes) -> list[tuple[bytes, int]]:
+    """An ExportLogsServiceRequest cut in two halves by record, each with its resource and scope:
+    [(request, records), ...]; empty when it holds a single record (it cannot be cut)."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest.FromString(data)
+    entries = [
+        (r, s, record)
+        for r, resource_logs in enumerate(request.resource_logs)
+        for s, scope_logs in enumerate(resource_logs.scope_logs)
+        for record in scope_logs.log_records
+    ]
+    if len(entries) < 2:
+        return []
+    middle = len(entries) // 2
+    return [(_subset(request, part), len(part)) for part in (entries[:middle], entries[middle:])]
+
+
+def _subset(request: Any, entries: list[tuple[int, int, Any]]) -> bytes:
+    """A request holding only `entries` (resource index, scope index, record) of `request`."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    out = ExportLogsServiceRequest()
+    targets: dict[tuple[int, int], Any] = {}
+    resources: dict[int, Any] = {}
+    for r, s, record in entries:
+        target = targets.get((r, s))
+        if target is None:
+            resource_logs = resources.get(r)
+            if resource_logs is None:
+                source = request.resource_logs[r]
+                resource_logs = resources[r] = out.resource_logs.add()
+                resource_logs.resource.CopyFrom(source.resource)
+                resource_logs.schema_url = source.schema_url
+            scope_source = request.resource_logs[r].scope_logs[s]
+            target = targets[(r, s)] = resource_logs.scope_logs.add()
+            target.scope.CopyFrom(scope_source.scope)
+            target.schema_url = scope_source.schema_url
+        target.log_records.add().CopyFrom(record)
+    return bytes(out.SerializeToString())

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import structlog
@@ -24,7 +24,7 @@ from opentelemetry import trace
 from structlog.typing import Processor
 
 from labtel.sdk import core, semconv
-from labtel.sdk.encoding import LogRecordData
+from labtel.sdk.encoding import LogRecordData, snapshot
 from labtel.sdk.event_types import event_type_value
 
 P = ParamSpec("P")
@@ -57,6 +57,20 @@ def _exception_from(exc_info: Any) -> BaseException | None:
     return None
 
 
+_MAX_TIME_NS = 2**63 - 1
+"""The latest time storage holds (2262-04-11): OTLP times are unsigned, from 1970 on."""
+ORIGINAL_TIME = "labtel.sdk.original_time"
+"""The attribute keeping an event time that storage cannot hold (the record has the time it was logged)."""
+
+
+def _time_text(time_ns: int) -> str:
+    """An event time as ISO 8601 UTC text (its nanoseconds when even that cannot show it)."""
+    try:
+        return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_ns // 1000)).isoformat()
+    except OverflowError:
+        return f"{time_ns} ns"
+
+
 def build_record(
     scope: str,
     severity: int,
@@ -73,19 +87,28 @@ def build_record(
         if value is None:
             continue
         name = aliases.get(key, key)
+        kind = type(value)
         if name == semconv.LAB_EVENT_TYPE:
             value = event_name = event_type_value(value)
+        elif kind is str or kind is int or kind is float or kind is bool:
+            pass  # immutable: kept as it is (the hot path)
         elif key == "metadata" and isinstance(value, Mapping):
-            attributes.update((str(k), v) for k, v in value.items() if v is not None)
+            attributes.update((str(k), snapshot(v)) for k, v in value.items() if v is not None)
             continue
         elif isinstance(value, datetime):
             value = value.isoformat()
+        else:
+            value = snapshot(value)  # encoded now: a later change by the caller must not show
         attributes[name] = value
     exc = _exception_from(exc_info)
     if exc is not None:
         attributes.update(exception_attributes(exc))
+    body = snapshot(body)
     span = trace.get_current_span().get_span_context()
     now = time.time_ns()
+    if time_ns is not None and not 0 < time_ns <= _MAX_TIME_NS:
+        attributes[ORIGINAL_TIME] = _time_text(time_ns)
+        time_ns = now  # storable times are 1970 to 2262: the event is kept, at the time it was logged
     if span is _INVALID_SPAN or not span.is_valid:
         return LogRecordData(
             time_ns or now,

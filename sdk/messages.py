@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from labtel.sdk import semconv
-from labtel.sdk.logger import emit
+from labtel.sdk.logger import ORIGINAL_TIME, emit
 
 _SEVERITIES = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "warning": 13, "error": 17, "fatal": 21, "critical": 21}
 _TITLE_LENGTH = 120
@@ -21,14 +21,20 @@ def _tags(tags: str | Iterable[str] | None) -> list[str]:
 
 
 def _time_ns(created_at: datetime | str | float | None) -> int | None:
+    """`created_at` in ns since the epoch; None when there is none, or it is not a time."""
     if created_at is None:
         return None
-    if isinstance(created_at, (int, float)):
-        return int(created_at * 1e9)
-    moment = (
-        created_at if isinstance(created_at, datetime) else datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-    )
-    return int(moment.timestamp() * 1e9)
+    try:
+        if isinstance(created_at, (int, float)):
+            return int(created_at * 1e9)
+        moment = (
+            created_at
+            if isinstance(created_at, datetime)
+            else datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+        )
+        return int(moment.timestamp() * 1e9)
+    except (ValueError, TypeError, OverflowError, AttributeError):
+        return None
 
 
 def mlog(
@@ -67,7 +73,10 @@ def mlog(
             )
         if severity.lower() not in _SEVERITIES:
             attributes["labtel.sdk.unknown_severity"] = severity
-        emit(logger, number, text, attributes, time_ns=_time_ns(created_at))
+        time_ns = _time_ns(created_at)
+        if created_at is not None and time_ns is None:
+            attributes[ORIGINAL_TIME] = str(created_at)  # not a time: the event keeps the time it was logged
+        emit(logger, number, text, attributes, time_ns=time_ns)
     except Exception:  # bad arguments must not break the instrument code calling us
         return
 

@@ -25,13 +25,17 @@ from typing import Any
 from labtel.sdk import encoding
 from labtel.sdk.encoding import LogRecordData
 from labtel.sdk.spool import Spool
-from labtel.sdk.transport import SendError, Transport
+from labtel.sdk.transport import Accepted, SendError, Transport
 
 log = logging.getLogger("labtel.sdk")
 
 _SCOPE_VERSION = ""
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 30.0
+BATCH_MAX_BYTES = 3 << 20
+"""Encoded bytes of one request, at most: below the collector's 4 MiB OTLP/gRPC message limit
+(and its 20 MiB OTLP/HTTP body limit)."""
+_SPOOL_STRIKES = 3
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,13 @@ class Pipeline:
         batch_max_records: int = 512,
         batch_interval_s: float = 1.0,
         queue_max_records: int = 100_000,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
     ) -> None:
         self._resource = encoding.resource(resource)
         self._transport_factory = transport_factory
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._batch_max = batch_max_records
+        self._batch_max_bytes = batch_max_bytes
         self._interval_s = batch_interval_s
         self._queue_max = queue_max_records
         self._attributes = encoding.AttributeEncoder()
@@ -82,6 +88,9 @@ class Pipeline:
         self._busy = False
         self._flush_requests = 0
         self._closed = False
+        self._auth_warned = False
+        self._partial_warned = False
+        self._strikes: dict[str, int] = {}
         self._start()
         _PIPELINES.add(self)
 
@@ -106,6 +115,7 @@ class Pipeline:
         self._wake = threading.Event()
         self._busy = False
         self._flush_requests = 0
+        self._strikes = {}
         self._start()
 
     def shutdown(self, timeout_s: float = 5.0) -> FlushResult:
@@ -187,28 +197,55 @@ class Pipeline:
     def _drain_queue(self) -> None:
         queue = self._queue
         while queue:
-            batch: list[LogRecordData] = []
-            while queue and len(batch) < self._batch_max:
-                batch.append(queue.popleft())
-            self._in_flight = len(batch)
+            batch = self._next_batch()
             try:
-                self._deliver(self._encode(batch), len(batch))
+                if batch:
+                    self._deliver(self._request(batch), len(batch))
             finally:
                 self._in_flight = 0
 
-    def _encode(self, batch: list[LogRecordData]) -> bytes:
-        by_scope: dict[str, list[bytes]] = {}
+    def _next_batch(self) -> list[tuple[str, bytes]]:
+        """Records off the queue, each encoded on its own (one that cannot be is rejected alone),
+        up to `batch_max_records` and `batch_max_bytes`: [(scope, encoded record), ...]."""
+        queue = self._queue
         encode = encoding.log_record
         attributes = self._attributes
-        for record in batch:
-            by_scope.setdefault(record.scope, []).append(encode(record, attributes))
-        scopes = []
-        for name, records in by_scope.items():
-            scope = self._scopes.get(name)
-            if scope is None:
-                scope = self._scopes[name] = encoding.scope(name, _SCOPE_VERSION)
-            scopes.append((scope, records))
+        batch: list[tuple[str, bytes]] = []
+        size = 0
+        while queue and len(batch) < self._batch_max:
+            record = queue[0]
+            try:
+                encoded = encode(record, attributes)
+                self._scope(record.scope)
+            except Exception as error:
+                queue.popleft()
+                self._reject_unencodable(record, error)
+                continue
+            if batch and size + len(encoded) > self._batch_max_bytes:
+                break  # the next request starts with it
+            queue.popleft()
+            batch.append((record.scope, encoded))
+            size += len(encoded) + 8
+            self._in_flight = len(batch)
+        return batch
+
+    def _reject_unencodable(self, record: LogRecordData, error: Exception) -> None:
+        self.rejected += 1
+        log.warning("labtel.sdk: a record could not be encoded and is not sent (%r): %s", record.body, error)
+
+    def _request(self, batch: list[tuple[str, bytes]]) -> bytes:
+        by_scope: dict[str, list[bytes]] = {}
+        for name, encoded in batch:
+            by_scope.setdefault(name, []).append(encoded)
+        scopes = [(self._scope(name), records) for name, records in by_scope.items()]
         return encoding.logs_request(self._resource, scopes)
+
+    def _scope(self, name: str) -> bytes:
+        """The encoded instrumentation scope `name` (cached)."""
+        scope = self._scopes.get(name)
+        if scope is None:
+            scope = self._scopes[name] = encoding.scope(name, _SCOPE_VERSION)
+        return scope
 
     def _collector_down(self) -> bool:
         return time.monotonic() < self._down_until
@@ -221,30 +258,69 @@ class Pipeline:
             self._spool_or_drop(data, records)
 
     def _send(self, data: bytes, records: int) -> bool:
-        """Send one request; True when the collector took it (or refused it for good)."""
+        """Send one request; True when it is settled: the collector took it, refused it for good,
+        or took the parts of a request too large for it."""
         try:
             if self._transport is None:
                 self._transport = self._transport_factory()
-            self._transport.send(data)
+            answer = self._transport.send(data)
         except SendError as error:
+            if error.too_large:
+                return self._send_split(data, records, error)
             if not error.retryable:
                 self.rejected += records
                 log.warning("labtel.sdk: the collector refused %d records: %s", records, error)
                 return True
+            if error.auth and not self._auth_warned:
+                self._auth_warned = True
+                log.warning(
+                    "labtel.sdk: the collector refused the API key (%s); events are kept in the spool "
+                    "and sent once it accepts the key (check LABTEL_API_KEY / headers)",
+                    error,
+                )
             self._drop_transport()  # a fresh connection for the next try
-            self._down_until = time.monotonic() + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+            self._back_off()
             return False
         except Exception as error:  # a transport that cannot even be built: treat as away
             log.debug("labtel.sdk: send failed: %s", error)
-            self._down_until = time.monotonic() + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+            self._back_off()
             return False
-        self.delivered += records
+        self._took(records, answer)
+        return True
+
+    def _back_off(self) -> None:
+        self._down_until = time.monotonic() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+
+    def _took(self, records: int, answer: Accepted) -> None:
+        """The collector took a request: its records are delivered, but for those its partial
+        success rejected."""
+        rejected = min(max(answer.rejected, 0), records)
+        self.delivered += records - rejected
+        if rejected:
+            self.rejected += rejected
+            if not self._partial_warned:
+                self._partial_warned = True
+                log.warning(
+                    "labtel.sdk: the collector rejected %d of %d records: %s", rejected, records, answer.message
+                )
+        self._auth_warned = False
         self._backoff_s = _BACKOFF_START_S
         self._down_until = 0.0
         if self.dropped > self._dropped_reported:
             self._report_drops()
+
+    def _send_split(self, data: bytes, records: int, error: SendError) -> bool:
+        """A request over the collector's size limit: send it in halves; a single record too
+        large on its own is rejected (counted, not spooled)."""
+        parts = encoding.split_request(data)
+        if not parts:
+            self.rejected += records
+            log.warning("labtel.sdk: a record of %d bytes is too large for the collector: %s", len(data), error)
+            return True
+        for part, count in parts:
+            if not self._send(part, count):
+                self._spool_or_drop(part, count)
         return True
 
     def _drop_transport(self) -> None:
@@ -258,16 +334,39 @@ class Pipeline:
             self.dropped += records
 
     def _drain_spool(self) -> None:
+        """Send spooled requests, oldest first, until the collector fails one. A request it keeps
+        failing while the ones behind it pass (a poisoned request) is set aside after
+        `_SPOOL_STRIKES` such failures, so it never blocks the others."""
+        skip: set[str] = set()
         while not self._collector_down():
-            claimed = self._spool.claim_oldest()
+            claimed = self._spool.claim_oldest(skip)
             if claimed is None:
                 return
             claim, data, records = claimed
             if self._send(data, records):
                 self._spool.done(claim)
-            else:
-                self._spool.release(claim)
+                continue
+            self._spool.release(claim)
+            name = self._spool.name_of(claim)
+            skip.add(name)
+            behind = self._spool.claim_oldest(skip)
+            if behind is None:
                 return
+            if not self._send(behind[1], behind[2]):
+                self._spool.release(behind[0])
+                return  # the collector is away: it is not this request's fault
+            self._spool.done(behind[0])
+            strikes = self._strikes[name] = self._strikes.get(name, 0) + 1
+            if strikes >= _SPOOL_STRIKES:
+                self._strikes.pop(name, None)
+                if self._spool.set_aside(name):
+                    self.rejected += records
+                    log.warning(
+                        "labtel.sdk: the collector keeps failing a spooled request of %d records while "
+                        "accepting others; it is set aside as %s.failed",
+                        records,
+                        name,
+                    )
 
     def _report_drops(self) -> None:
         lost = self.dropped - self._dropped_reported
@@ -307,8 +406,12 @@ def _after_fork_in_child() -> None:
         pipeline.after_fork()
 
 
+def _exit_timeout_s() -> float:
+    return float(os.environ.get("LABTEL_EXIT_FLUSH_TIMEOUT_S", "5"))
+
+
 def _at_exit() -> None:
-    timeout_s = float(os.environ.get("LABTEL_EXIT_FLUSH_TIMEOUT_S", "5"))
+    timeout_s = _exit_timeout_s()
     for pipeline in list(_PIPELINES):
         with contextlib.suppress(Exception):  # best effort at interpreter exit
             pipeline.shutdown(timeout_s=timeout_s)

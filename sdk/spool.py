@@ -75,11 +75,14 @@ class Spool:
             self._count(path, +1)
             return True
 
-    def claim_oldest(self) -> tuple[Path, bytes, int] | None:
-        """Take the oldest request for sending: (claim, data, records), or None when empty."""
+    def claim_oldest(self, skip: set[str] | frozenset[str] = frozenset()) -> tuple[Path, bytes, int] | None:
+        """Take the oldest request (but those named in `skip`) for sending: (claim, data,
+        records), or None when there is none."""
         with self._lock:
             self._open()
             for path in sorted(self.directory.glob("*.otlp")):
+                if path.name in skip:
+                    continue
                 claim = path.with_name(f"{path.name}.sending-{os.getpid()}")
                 try:
                     path.rename(claim)
@@ -99,6 +102,23 @@ class Spool:
             back = claim.with_name(claim.name.split(".sending-")[0])
             claim.rename(back)
             self._count(back, +1)
+
+    @staticmethod
+    def name_of(claim: Path) -> str:
+        """The name of the request a claim holds."""
+        return claim.name.split(".sending-")[0]
+
+    def set_aside(self, name: str) -> bool:
+        """Stop sending the request `name` (kept beside the spool as `<name>.failed`); False
+        when it is not there any more."""
+        with self._lock:
+            path = self.directory / name
+            try:
+                path.rename(path.with_name(f"{name}.failed"))
+            except OSError:
+                return False
+            self._count(path.with_name(f"{name}.failed"), -1)
+            return True
 
 
 def _records_in(name: str) -> int:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import gzip
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlparse
 
 import grpc
 import requests
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 _RETRYABLE_GRPC = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.OUT_OF_RANGE,
@@ -22,20 +25,60 @@ _RETRYABLE_GRPC = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL,
 }
+_AUTH_GRPC = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 _RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+_AUTH_HTTP = {401, 403}
 
 
 class SendError(Exception):
     """A request was not delivered. `retryable`: the collector may take it later; otherwise it
-    refused the data for good (the records are counted as rejected)."""
+    refused the data for good (the records are counted as rejected). `too_large`: the request
+    is over the collector's size limit (sent in smaller parts, it may pass). `auth`: the
+    collector refused the API key (retryable: the key may be fixed)."""
 
-    def __init__(self, message: str, retryable: bool) -> None:
+    def __init__(self, message: str, retryable: bool, too_large: bool = False, auth: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.too_large = too_large
+        self.auth = auth
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The collector's answer to a request it took: how many of its records it still rejected
+    (an OTLP partial success), and why."""
+
+    rejected: int = 0
+    message: str = ""
+
+
+def accepted(response: bytes) -> Accepted:
+    """The partial success of an ExportLogsServiceResponse (nothing rejected when empty or unreadable)."""
+    if not response:
+        return Accepted()
+    try:
+        partial = ExportLogsServiceResponse.FromString(response).partial_success
+    except DecodeError:
+        return Accepted()
+    return Accepted(int(partial.rejected_log_records), partial.error_message)
+
+
+def _has_retry_info(error: grpc.RpcError) -> bool:
+    """Whether a gRPC error carries a RetryInfo (the collector asks to come back later, as
+    opposed to gRPC's own refusal of a message over its size limit)."""
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            try:
+                details = status_pb2.Status.FromString(value).details
+            except DecodeError:
+                return False
+            return any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details)
+    return False
 
 
 class Transport(TypingProtocol):
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes) -> Accepted: ...
 
     def close(self) -> None: ...
 
@@ -67,15 +110,18 @@ class GrpcTransport:
         self._metadata = tuple(headers.items())
         self._timeout_s = timeout_s
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> Accepted:
         try:
-            self._call(data, timeout=self._timeout_s, metadata=self._metadata)
+            response = self._call(data, timeout=self._timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-            raise SendError(
-                f"{code.name}: {error.details() if hasattr(error, 'details') else error}",
-                retryable=code in _RETRYABLE_GRPC,
-            ) from None
+            message = f"{code.name}: {error.details() if hasattr(error, 'details') else error}"
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                too_large = not _has_retry_info(error)
+                raise SendError(message, retryable=not too_large, too_large=too_large) from None
+            auth = code in _AUTH_GRPC
+            raise SendError(message, retryable=auth or code in _RETRYABLE_GRPC, auth=auth) from None
+        return accepted(response)
 
     def close(self) -> None:
         self._channel.close()
@@ -96,7 +142,7 @@ class HttpTransport:
         self._headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip", **headers}
         self._timeout_s = timeout_s
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> Accepted:
         try:
             response = self._session.post(
                 self._url,
@@ -107,10 +153,14 @@ class HttpTransport:
             )
         except (requests.RequestException, OSError) as error:  # OSError: e.g. an unreadable CA bundle
             raise SendError(str(error), retryable=True) from None
-        if response.status_code != 200:
-            raise SendError(
-                f"HTTP {response.status_code}: {response.text[:300]}", retryable=response.status_code in _RETRYABLE_HTTP
-            )
+        status = response.status_code
+        if status != 200:
+            message = f"HTTP {status}: {response.text[:300]}"
+            if status == 413:
+                raise SendError(message, retryable=False, too_large=True)
+            auth = status in _AUTH_HTTP
+            raise SendError(message, retryable=auth or status in _RETRYABLE_HTTP, auth=auth)
+        return accepted(response.content)
 
     def close(self) -> None:
         self._session.close()

@@ -4,6 +4,7 @@ OpenAPI security scheme; a compatibility client with a key; the warning of open 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from typer.testing import CliRunner
 
+import labtel.sdk as lab
 from labtel.cli import app
 from labtel.sdk.settings import SdkSettings, request_headers, resolve
 from labtel.sdk.transport import SendError, make_transport
@@ -244,8 +246,40 @@ def test_labtel_sdk_sends_its_api_key(server: LabtelServer, protocol: str, monke
     bare = resolve(SdkSettings(endpoint=endpoint, protocol=protocol))  # type: ignore[arg-type]
     with pytest.raises(SendError) as refused:
         make_transport(protocol, endpoint, request_headers(bare), 10).send(body)
-    assert not refused.value.retryable  # a missing key is not cured by retrying
+    assert refused.value.auth
+    assert refused.value.retryable  # kept (spooled) until the key is fixed
     assert stored(server, service) == 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_labtel_sdk_keeps_what_a_refused_key_sent(
+    server: LabtelServer, protocol: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = f"sdk-refused-{protocol}-{time.time_ns()}"
+    options: dict[str, Any] = {
+        "service_name": service,
+        "endpoint": f"http://{server.grpc}" if protocol == "grpc" else server.http,
+        "protocol": protocol,
+        "spool_dir": tmp_path / "spool",
+        "batch_interval_s": 0.05,
+        "metrics": False,
+        "traces": False,
+    }
+    lab.configure(api_key="labtel_expired", **options)
+    try:
+        with caplog.at_level(logging.WARNING, logger="labtel.sdk"):
+            for i in range(3):
+                lab.get_logger("keyed").info("while the key is wrong", i=i)
+            away = lab.flush(3)
+            lab.flush(3)
+        assert (away.delivered, away.pending, away.dropped, away.rejected) == (0, 3, 0, 0)
+        assert len([r for r in caplog.records if "refused the API key" in r.getMessage()]) == 1
+        lab.configure(api_key=INGEST.token, **options)  # the key fixed: the spooled events go
+        back = lab.flush(10)
+        assert (back.delivered, back.pending) == (3, 0)
+        assert stored(server, service) == 3
+    finally:
+        lab.shutdown()
 
 
 def test_cli_query_commands_take_a_token(server: LabtelServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,265 @@
+"""labtel.sdk delivery against a real collector: what is stored is what was logged, when it was
+logged; bad values, oversized requests and partial successes lose nothing uncounted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import labtel.sdk as lab
+from labtel.sdk import encoding
+from labtel.sdk.logger import ORIGINAL_TIME
+from labtel.sdk.spool import Spool
+from tests.helpers import LabtelServer, wait_for, write_config
+
+
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabtelServer]:
+    """One collector for the module (default limits: 4 MiB gRPC messages, 64 KiB attribute values)."""
+    tmp = tmp_path_factory.mktemp("collector")
+    running = LabtelServer(config=write_config(tmp / "otel-config.yaml", tmp / "data"), workdir=tmp).start()
+    yield running
+    running.kill()
+
+
+def configure(server: LabtelServer, spool: Path, protocol: str = "grpc", **options: Any) -> str:
+    """Point the SDK at `server` with a fresh service name (its spool in `spool`); returns the name."""
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    lab.configure(
+        service_name=service,
+        endpoint=f"http://{server.grpc}" if protocol == "grpc" else server.http,
+        protocol=protocol,
+        spool_dir=spool,
+        batch_interval_s=0.05,
+        metrics=False,
+        traces=False,
+        **options,
+    )
+    return service
+
+
+@pytest.fixture
+def sdk(collector: LabtelServer, tmp_path: Path) -> Iterator[tuple[LabtelServer, str]]:
+    service = configure(collector, tmp_path / "spool")
+    yield collector, service
+    lab.shutdown()
+
+
+def stored(server: LabtelServer, service: str, count: int) -> list[dict[str, Any]]:
+    """The events of `service` once `count` of them are stored."""
+    return wait_for(
+        lambda: (e := server.all_events(service=service, limit=1000)) and len(e) >= count and e,
+        what=f"{count} events of {service}",
+    )
+
+
+def by_body(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["body"]: e for e in events}
+
+
+def test_values_are_stored_as_they_were_when_logged(sdk: tuple[LabtelServer, str]) -> None:
+    server, service = sdk
+    log = lab.get_logger("drv")
+    handler = lab.capture_stdlib(logging.INFO, logger="incubator")
+    status = {"temp_c": 0, "door": "closed"}
+    readings: list[int] = []
+    seen = {"v"}
+    try:
+        for step in range(3):
+            status["temp_c"] = 20 + step
+            readings.append(step)
+            seen.add(str(step))
+            log.info(f"status {step}", status=status, readings=readings, seen=seen)
+            logging.getLogger("incubator").info(f"stdlib {step}", extra={"readings": readings})
+            lab.mlog(f"mlog {step}", metadata={"status": status})
+            with lab.device_io(device="incubator", operation=f"read {step}", status=status):
+                pass
+        status["temp_c"] = 99
+        readings.append(99)
+        result = lab.flush(10)
+    finally:
+        logging.getLogger("incubator").removeHandler(handler)
+    assert (result.delivered, result.pending, result.rejected) == (12, 0, 0)
+    events = by_body(stored(server, service, 12))
+    for step in range(3):
+        wanted = list(range(step + 1))
+        attributes = events[f"status {step}"]["attributes"]
+        assert attributes["status"] == f'{{"temp_c":{20 + step},"door":"closed"}}'
+        assert attributes["readings"] == str(wanted).replace(" ", "")
+        assert len(attributes["seen"].split(",")) == step + 2
+        assert events[f"stdlib {step}"]["attributes"]["readings"] == str(wanted).replace(" ", "")
+        assert events[f"mlog {step}"]["attributes"]["status"] == f'{{"temp_c":{20 + step},"door":"closed"}}'
+        io = next(e for e in events.values() if e["attributes"].get("lab.device.operation") == f"read {step}")
+        assert io["attributes"]["status"] == f'{{"temp_c":{20 + step},"door":"closed"}}'
+
+
+def test_a_value_that_cannot_be_rendered_loses_nothing(sdk: tuple[LabtelServer, str]) -> None:
+    server, service = sdk
+
+    class Weird:
+        def __str__(self) -> str:
+            raise RuntimeError("cannot render")
+
+    log = lab.get_logger("robust")
+    log.info("before")
+    log.info("odd value", obj=Weird())
+    log.info("after")
+    assert lab.flush(10).delivered == 3
+    events = by_body(stored(server, service, 3))
+    assert events["odd value"]["attributes"]["obj"] == "<unrepresentable Weird: RuntimeError>"
+
+
+def test_one_bad_string_or_time_loses_no_other_record(sdk: tuple[LabtelServer, str]) -> None:
+    server, service = sdk
+    log = lab.get_logger("drv")
+    for i in range(3):
+        log.info("good", i=i)
+    log.info("wrote file", path=os.fsdecode(b"scan_\xff.tif"))  # a file name that is not UTF-8
+    logged = time.time_ns()
+    lab.mlog("imported old", created_at="1960-01-01T00:00:00Z")
+    lab.mlog("imported future", created_at="2300-01-01T00:00:00Z")
+    lab.mlog("not a time", created_at="yesterday-ish")
+    lab.get_logger(42).info("a scope name that is not text")  # type: ignore[arg-type]  # cannot be encoded
+    for i in range(3):
+        log.info("good after", i=i)
+    result = lab.flush(10)
+    assert (result.delivered, result.rejected, result.pending) == (10, 1, 0)
+    events = stored(server, service, 10)
+    assert sorted(e["body"] for e in events if e["body"].startswith("good")) == ["good"] * 3 + ["good after"] * 3
+    named = by_body(events)
+    assert named["wrote file"]["attributes"]["path"] == "scan_\\udcff.tif"
+    old, future = named["imported old"], named["imported future"]
+    assert old["attributes"][ORIGINAL_TIME] == "1960-01-01T00:00:00+00:00"
+    assert future["attributes"][ORIGINAL_TIME] == "2300-01-01T00:00:00+00:00"
+    assert named["not a time"]["attributes"][ORIGINAL_TIME] == "yesterday-ish"
+    for event in (old, future, named["not a time"]):
+        assert abs(int(event["time_unix_nano"]) - logged) < 60e9  # kept at the time it was logged
+
+
+def test_requests_stay_below_the_collectors_message_limit(sdk: tuple[LabtelServer, str], tmp_path: Path) -> None:
+    server, service = sdk
+    log = lab.get_logger("spectra")
+    for i in range(600):  # 6 MB in one 512-record batch would be over the 4 MiB gRPC limit
+        log.info("spectrum", i=i, points="0.125," * 1700)
+    log.info("camera frame", image=b"\x00" * 5_000_000)  # too large for any request
+    log.info("small after")
+    result = lab.flush(30)
+    assert (result.delivered, result.rejected, result.pending, result.dropped) == (601, 1, 0, 0)
+    assert not list((tmp_path / "spool").glob("*.otlp*"))  # nothing was spooled
+    events = stored(server, service, 601)
+    assert len(events) == 601
+    assert "camera frame" not in by_body(events)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_request_over_the_limit_is_split(
+    protocol: str, tmp_path: Path, server_factory: Any, collector: LabtelServer
+) -> None:
+    """Requests under labtel's own cap that a collector with lower limits refuses are sent in parts."""
+    config = write_config(
+        tmp_path / "otel-config.yaml",
+        tmp_path / "data",
+        grpc_extra=", max_recv_msg_size_mib: 1",
+        http_extra=", max_request_body_size: 1048576",
+    )
+    small = server_factory(config=config, workdir=tmp_path).start()
+    service = configure(small, tmp_path / "spool", protocol)
+    try:
+        log = lab.get_logger("spectra")
+        for i in range(250):  # 2.5 MB: one request of labtel's, four of this collector's
+            log.info("spectrum", i=i, points="0.125," * 1700)
+        log.info("large alone", points="1," * 600_000)  # 1.2 MB: over this collector's limit alone
+        result = lab.flush(30)
+        assert (result.delivered, result.rejected, result.pending) == (250, 1, 0)
+        assert not list((tmp_path / "spool").glob("*.otlp*"))
+        assert sorted(int(e["attributes"]["i"]) for e in stored(small, service, 250)) == list(range(250))
+    finally:
+        lab.shutdown()
+
+
+def test_a_spooled_request_too_large_does_not_block_the_others(collector: LabtelServer, tmp_path: Path) -> None:
+    """The spool an earlier version left: a 5 MB request first, small ones behind it."""
+    spool_dir = tmp_path / "spool"
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    resource = encoding.resource({"service.name": service})
+    scope = encoding.scope("old")
+    attributes = encoding.AttributeEncoder()
+
+    def request(count: int, size: int) -> bytes:
+        records = [
+            encoding.log_record(
+                encoding.LogRecordData(time.time_ns(), 9, "INFO", f"old {size}", {"pad": "x" * size}, "old"), attributes
+            )
+            for _ in range(count)
+        ]
+        return encoding.logs_request(resource, [(scope, records)])
+
+    old = Spool(spool_dir, 1 << 30)
+    assert old.put(request(512, 10_000), 512)
+    assert old.put(request(5, 10), 5)
+    lab.configure(service_name=service, endpoint=f"http://{collector.grpc}", spool_dir=spool_dir, metrics=False)
+    try:
+        result = lab.flush(30)
+        assert (result.delivered, result.pending) == (517, 0)
+        assert len(stored(collector, service, 517)) == 517
+    finally:
+        lab.shutdown()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_records_a_partial_success_rejects_are_counted(
+    protocol: str, collector: LabtelServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = configure(collector, tmp_path / "spool", protocol)
+    try:
+        log = lab.get_logger("limits")
+        log.info("fine 1")
+        log.info("over the value limit", blob="x" * 70_000)  # the collector's limit: 64 KiB
+        log.info("fine 2")
+        with caplog.at_level(logging.WARNING, logger="labtel.sdk"):
+            result = lab.flush(10)
+        assert (result.delivered, result.rejected, result.pending) == (2, 1, 0)
+        assert [r for r in caplog.records if "rejected 1 of 3" in r.getMessage()]
+        assert sorted(e["body"] for e in stored(collector, service, 2)) == ["fine 1", "fine 2"]
+    finally:
+        lab.shutdown()
+
+
+def test_a_spooled_request_the_collector_keeps_failing_is_set_aside(tmp_path: Path) -> None:
+    """A request that fails while the ones behind it pass blocks them only a few times."""
+    from labtel.sdk.pipeline import Pipeline
+    from labtel.sdk.transport import Accepted, SendError
+
+    poison = encoding.logs_request(encoding.resource({"service.name": "p"}), [])
+
+    class Picky:
+        def send(self, data: bytes) -> Accepted:
+            if data == poison:
+                raise SendError("INTERNAL: cannot store this", retryable=True)
+            return Accepted()
+
+        def close(self) -> None:
+            pass
+
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    spool.put(poison, 3)
+    pipeline = Pipeline({"service.name": "p"}, Picky, tmp_path / "spool", 1 << 20, batch_interval_s=0.01)
+    try:
+        for sent in range(1, 11):  # the application keeps logging: its records queue behind the poison
+            pipeline.emit(encoding.LogRecordData(time.time_ns(), 9, "INFO", f"r{sent}", {}, "s"))
+            pipeline.flush(2)
+            if not list((tmp_path / "spool").glob("*.otlp")):
+                break
+        result = pipeline.result()
+    finally:
+        pipeline.shutdown(1)
+    assert (result.delivered, result.rejected, result.pending) == (sent, 3, 0)
+    assert sent == 3  # set aside at its third failure while the others passed
+    assert len(list((tmp_path / "spool").glob("*.failed"))) == 1
