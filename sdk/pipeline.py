@@ -13,6 +13,7 @@ import atexit
 import collections
 import contextlib
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -116,6 +117,8 @@ class Pipeline:
         self._busy = False
         self._flush_requests = 0
         self._strikes = {}
+        # The parent's export thread may have held the spool's lock at the fork: a fresh one.
+        self._spool = Spool(self._spool.directory, self._spool.max_bytes)
         self._start()
 
     def shutdown(self, timeout_s: float = 5.0) -> FlushResult:
@@ -417,5 +420,26 @@ def _at_exit() -> None:
             pipeline.shutdown(timeout_s=timeout_s)
 
 
+def _flush_at_worker_exit() -> None:
+    """A multiprocessing worker (fork, forkserver) ends with os._exit(): atexit handlers do not
+    run, multiprocessing's finalizers do. Deliver what it logged."""
+    timeout_s = _exit_timeout_s()
+    for pipeline in list(_PIPELINES):
+        with contextlib.suppress(Exception):
+            pipeline.flush(timeout_s=timeout_s)
+
+
+def _register_worker_finalizer(_: object = None) -> None:
+    multiprocessing.util.Finalize(None, _flush_at_worker_exit, exitpriority=10)
+
+
+class _Registration:
+    """What multiprocessing's after-fork registry holds on to (it keeps its entries weakly)."""
+
+
+_REGISTRATION = _Registration()
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
+_register_worker_finalizer()
+# A worker clears the finalizers it inherited, then runs the after-fork hooks: register again.
+multiprocessing.util.register_after_fork(_REGISTRATION, _register_worker_finalizer)

@@ -1,9 +1,11 @@
 """labtel.sdk delivery against a real collector: what is stored is what was logged, when it was
-logged; bad values, oversized requests and partial successes lose nothing uncounted."""
+logged; bad values, oversized requests, refused keys and partial successes lose nothing
+uncounted; forked and multiprocessing children deliver."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 import uuid
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 import labtel.sdk as lab
-from labtel.sdk import encoding
+from labtel.sdk import core, encoding
 from labtel.sdk.logger import ORIGINAL_TIME
 from labtel.sdk.spool import Spool
 from tests.helpers import LabtelServer, wait_for, write_config
@@ -230,6 +232,52 @@ def test_records_a_partial_success_rejects_are_counted(
         assert sorted(e["body"] for e in stored(collector, service, 2)) == ["fine 1", "fine 2"]
     finally:
         lab.shutdown()
+
+
+def test_a_forked_child_does_not_inherit_a_held_spool_lock(sdk: tuple[LabtelServer, str]) -> None:
+    server, service = sdk
+    spool_lock = core.state().pipeline._spool._lock
+    with spool_lock:  # as if the export thread held it at the fork
+        pid = os.fork()
+        if pid == 0:
+            try:
+                lab.get_logger("child").info("from the child")
+                os._exit(0 if lab.flush(10).delivered == 1 else 3)
+            except BaseException:
+                os._exit(4)
+    deadline = time.monotonic() + 20
+    while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited == (0, 0):
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child hung on the spool lock")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
+    assert [e["body"] for e in stored(server, service, 1)] == ["from the child"]
+
+
+def _worker(endpoint: str, service: str, spool: str) -> None:
+    """A multiprocessing worker that logs and returns without flushing."""
+    if core._state is None:  # forkserver: a fresh interpreter
+        lab.configure(service_name=service, endpoint=endpoint, spool_dir=Path(spool), metrics=False, traces=False)
+    lab.get_logger("worker").info("from the worker", pid=os.getpid())
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_multiprocessing_workers_deliver_what_they_logged_last(
+    method: str, sdk: tuple[LabtelServer, str], tmp_path: Path
+) -> None:
+    server, service = sdk
+    endpoint = f"http://{server.grpc}"
+    process = multiprocessing.get_context(method).Process(
+        target=_worker, args=(endpoint, service, str(tmp_path / "worker-spool"))
+    )
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    [event] = stored(server, service, 1)
+    assert event["body"] == "from the worker"
+    assert event["attributes"]["pid"] != str(os.getpid())
 
 
 def test_a_spooled_request_the_collector_keeps_failing_is_set_aside(tmp_path: Path) -> None:
