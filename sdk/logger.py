@@ -138,11 +138,15 @@ def build_record(
 def emit(
     scope: str, severity: int, body: Any, fields: Mapping[str, Any], time_ns: int | None = None, exc_info: Any = None
 ) -> None:
-    """Queue one record for delivery; never raises (a failure here is not the caller's problem)."""
+    """Queue one record for delivery, with the fields of `context()` / `run()` (the explicit
+    `fields` win); never raises (a failure here is not the caller's problem)."""
     try:
         sdk = core.state()
         if severity < sdk.min_severity:
             return
+        bound = structlog.contextvars.get_contextvars()
+        if bound:
+            fields = {**bound, **fields}
         sdk.pipeline.emit(build_record(scope, severity, body, fields, time_ns, exc_info))
     except Exception:
         logging.getLogger("labtel.sdk").debug("labtel.sdk could not emit a record", exc_info=True)

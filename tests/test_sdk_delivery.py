@@ -234,6 +234,29 @@ def test_records_a_partial_success_rejects_are_counted(
         lab.shutdown()
 
 
+def test_events_outside_structlog_carry_the_context(sdk: tuple[LabtelServer, str]) -> None:
+    server, service = sdk
+    handler = lab.capture_stdlib(logging.INFO, logger="ctxlib")
+    try:
+        with lab.context(experiment_id="exp-5", node_id="ot2"), lab.run(run_id="run-5"):
+            lab.mlog("via mlog")
+            lab.mlog("explicit wins", node_id="other")
+            logging.getLogger("ctxlib").info("via stdlib")
+            lab.health_check_failed("extraction", "pressure", message="via health check")
+            with lab.phase("measure"):
+                pass
+        assert lab.flush(10).pending == 0
+    finally:
+        logging.getLogger("ctxlib").removeHandler(handler)
+    events = stored(server, service, 8)
+    named = by_body(events)
+    for event in events:
+        assert event["experiment_id"] == "exp-5", event["body"]
+        assert event["run_id"] == "run-5", event["body"]
+    assert named["via mlog"]["node_id"] == "ot2"
+    assert named["explicit wins"]["node_id"] == "other"
+
+
 def test_a_forked_child_does_not_inherit_a_held_spool_lock(sdk: tuple[LabtelServer, str]) -> None:
     server, service = sdk
     spool_lock = core.state().pipeline._spool._lock
