@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from pydantic import ValidationError
 
 from labtel.sdk import resource as resource_detection
 from labtel.sdk._version import __version__
@@ -93,8 +94,11 @@ def configure(
     spool_max_bytes, metrics_interval_s, traces, metrics. Calling it again replaces the setup
     (what the previous one had queued is delivered first).
     """
+    unknown = sorted(set(options) - set(SdkSettings.model_fields))
+    if unknown:
+        raise TypeError(f"configure() got an unexpected keyword argument {unknown[0]!r}")
     given = {"service_name": service_name, "endpoint": endpoint, "protocol": protocol, "lab_name": lab_name, **options}
-    settings = resolve(SdkSettings(**{k: v for k, v in given.items() if v is not None}))
+    settings = resolve(_settings({k: v for k, v in given.items() if v is not None}))
     global _state
     with _lock:
         if _state is not None:
@@ -102,6 +106,29 @@ def configure(
             _state = None
         _state = _build(settings, resource or {})
         return _state
+
+
+def _settings(given: dict[str, Any]) -> SdkSettings:
+    """The settings from `given` and the environment. A bad argument raises; a bad `LABTEL_*`
+    variable is named in one warning and its setting takes its default, so logging calls go on
+    the same way everywhere (and never raise)."""
+    try:
+        return SdkSettings(**given)
+    except ValidationError as error:
+        bad = {str(problem["loc"][0]): problem["msg"] for problem in error.errors() if problem["loc"]}
+        if not bad or set(bad) & set(given):
+            raise
+    fields = SdkSettings.model_fields
+    for name, problem in sorted(bad.items()):
+        variable = f"LABTEL_{name.upper()}"
+        log.warning(
+            "labtel.sdk: %s=%r is not valid (%s); using the default, %r",
+            variable,
+            os.environ.get(variable, os.environ.get(variable.lower(), "")),
+            problem,
+            fields[name].default,
+        )
+    return SdkSettings(**given, **{name: fields[name].default for name in bad})
 
 
 def _build(settings: SdkSettings, extra_resource: dict[str, Any]) -> Sdk:

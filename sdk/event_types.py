@@ -3,7 +3,7 @@ types. Parsed case-insensitively; any other string is a valid event type too."""
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 
 class LabEventType(StrEnum):
@@ -125,10 +125,11 @@ MADSCI_EVENT_TYPES: tuple[LabEventType, ...] = tuple(LabEventType)[
 
 
 def event_type_value(value: object) -> str:
-    """The stored form of an event type: a catalog member's value, else the string lower-cased."""
+    """The stored form of an event type: a catalog member's value, else the string (an Enum
+    member's value) lower-cased."""
     if isinstance(value, LabEventType):
         return value.value
-    text = str(value)
+    text = str(value.value if isinstance(value, Enum) else value)
     try:
         return LabEventType(text).value
     except ValueError:

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Protocol = Literal["grpc", "http"]
+LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
+"""The level names `level` takes (case-insensitive)."""
 
 
 class SdkSettings(BaseSettings):
@@ -23,7 +25,7 @@ class SdkSettings(BaseSettings):
     endpoint: str | None = Field(None, description="Collector address, e.g. http://localhost:4317")
     protocol: Protocol | None = None
     lab_name: str | None = None
-    level: str = Field("debug", description="Lowest level sent: debug, info, warning, error, critical")
+    level: str = Field("debug", description="Lowest level sent: trace, debug, info, warning, error, critical")
     console: bool = Field(False, description="Also print events to stderr")
     headers: str | None = Field(None, description="Extra request headers: k=v,k=v (e.g. authorization)")
     api_key: str | None = Field(
@@ -41,6 +43,13 @@ class SdkSettings(BaseSettings):
     metrics_interval_s: float = Field(10.0, gt=0)
     traces: bool = Field(True, description="Export spans (labtel.sdk.span and OTel instrumentation)")
     metrics: bool = Field(True, description="Export metrics (device I/O, lifecycle)")
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in LEVELS:
+            raise ValueError(f"unknown level {value!r}; one of {', '.join(LEVELS)}")
+        return value
 
 
 def _env(*names: str) -> str | None:
@@ -77,6 +86,8 @@ def resolve(settings: SdkSettings) -> SdkSettings:
         protocol = "http" if endpoint and (endpoint.rstrip("/").endswith(":4318") or "/v1/" in endpoint) else "grpc"
     if not endpoint:
         endpoint = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
+    elif "://" not in endpoint:
+        endpoint = f"http://{endpoint}"  # `localhost:4318`: plain HTTP, as OTLP exporters take it
     headers = settings.headers or _env("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
     certificate = settings.certificate_file or _env(
         "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"

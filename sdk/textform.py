@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 _CONTROL_ESCAPE = re.compile(r"\\u00([0-9a-f]{2})")
@@ -74,6 +75,8 @@ def json_text(value: Any) -> str:
         return "{" + ",".join(json_string(str(k)) + ":" + json_text(v) for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple, set, frozenset)):
         return "[" + ",".join(json_text(item) for item in value) + "]"
+    if isinstance(value, Enum):
+        return json_text(value.value)
     return json_string(str(value))
 
 

@@ -334,3 +334,69 @@ def test_a_spooled_request_the_collector_keeps_failing_is_set_aside(tmp_path: Pa
     assert (result.delivered, result.rejected, result.pending) == (sent, 3, 0)
     assert sent == 3  # set aside at its third failure while the others passed
     assert len(list((tmp_path / "spool").glob("*.failed"))) == 1
+
+
+def test_a_bad_setting_in_the_environment_warns_once_and_logging_goes_on(
+    collector: LabtelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    for name, value in {
+        "LABTEL_SERVICE_NAME": service,
+        "LABTEL_ENDPOINT": f"http://{collector.grpc}",
+        "LABTEL_SPOOL_DIR": str(tmp_path / "spool"),
+        "LABTEL_BATCH_INTERVAL_S": "0.05",
+        "LABTEL_METRICS": "false",
+        "LABTEL_PROTOCOL": "grpcc",
+        "LABTEL_LEVEL": "verbose",
+    }.items():
+        monkeypatch.setenv(name, value)
+    lab.shutdown()
+    handler = lab.capture_stdlib(logging.INFO, logger="badenv")
+    try:
+        with caplog.at_level(logging.WARNING, logger="labtel.sdk"):
+            lab.get_logger("badenv").info("via structlog")
+            with lab.span("a span"):
+                lab.mlog("via mlog")
+            logging.getLogger("badenv").info("via stdlib")
+            result = lab.flush(10)
+        assert (result.delivered, result.pending) == (3, 0)
+        warned = [r.getMessage() for r in caplog.records if "is not valid" in r.getMessage()]
+        assert len(warned) == 2
+        assert "LABTEL_LEVEL='verbose'" in warned[0]
+        assert "LABTEL_PROTOCOL='grpcc'" in warned[1]
+        assert sorted(e["body"] for e in stored(collector, service, 3)) == ["via mlog", "via stdlib", "via structlog"]
+    finally:
+        logging.getLogger("badenv").removeHandler(handler)
+        lab.shutdown()
+
+
+def test_configure_refuses_unknown_arguments_and_levels(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="'levle'"):
+        lab.configure(levle="error")
+    with pytest.raises(ValueError, match="unknown level 'verbose'"):
+        lab.configure(level="verbose", spool_dir=tmp_path)
+
+
+def test_enum_values_and_an_endpoint_without_a_scheme(collector: LabtelServer, tmp_path: Path) -> None:
+    from enum import Enum
+
+    class EventType(str, Enum):  # noqa: UP042  # as application code (MADSci) defines them
+        WORKFLOW_COMPLETE = "workflow_complete"
+
+    class Color(Enum):
+        RED = "red"
+
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    bare = collector.http.split("://", 1)[1]  # `127.0.0.1:4318`, as people write it
+    lab.configure(service_name=service, endpoint=bare, protocol="http", spool_dir=tmp_path, metrics=False, traces=False)
+    try:
+        lab.get_logger("enums").info(
+            "done", event_type=EventType.WORKFLOW_COMPLETE, color=Color.RED, colors=[Color.RED]
+        )
+        assert lab.flush(10).delivered == 1
+        [event] = stored(collector, service, 1)
+    finally:
+        lab.shutdown()
+    assert (event["event_type"], event["event_name"]) == ("workflow_complete", "workflow_complete")
+    assert event["attributes"]["color"] == "red"
+    assert event["attributes"]["colors"] == '["red"]'
