@@ -410,7 +410,12 @@ def _after_fork_in_child() -> None:
 
 
 def _exit_timeout_s() -> float:
-    return float(os.environ.get("LABTEL_EXIT_FLUSH_TIMEOUT_S", "5"))
+    """Seconds the flush at exit may take: $LABTEL_EXIT_FLUSH_TIMEOUT_S, 5 by default (and when
+    the variable is not a number, rather than losing the last records)."""
+    try:
+        return float(os.environ.get("LABTEL_EXIT_FLUSH_TIMEOUT_S", "5"))
+    except ValueError:
+        return 5.0
 
 
 def _at_exit() -> None:
