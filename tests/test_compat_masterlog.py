@@ -98,13 +98,46 @@ def test_batch_route_answers_accepted_and_ids(server: LabtelServer) -> None:
     body = answer.json()
     assert body["accepted"] == 3
     assert len({e["id"] for e in body["events"]}) == 3
-    bad = httpx.post(
+    mixed = httpx.post(
         f"{server.api}/api/v1/logs/batch",
-        json={"logs": [{"severity": "loud"}]},
+        json={"logs": [{"body": "usable", "tags": ["route-test"]}, {"severity": "loud"}, "not an event"]},
         headers={"Authorization": f"Bearer {KEY}"},
     )
+    assert mixed.status_code == 200  # a 4xx would have the client send the stored event again
+    assert mixed.json()["accepted"] == 1
+    assert [(e["index"], "severity" in e["error"]) for e in mixed.json()["errors"]] == [(1, True), (2, False)]
+    bad = httpx.post(f"{server.api}/api/v1/logs", json={"severity": "loud"}, headers={"Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 422
     assert "severity" in bad.json()["detail"]
+
+
+def test_unusable_fields_do_not_hold_up_a_batch(server: LabtelServer) -> None:
+    # master-log-client keeps a batch that was not answered 2xx and sends it again at every flush:
+    # an event with a field labtel cannot use is stored without it, and the batch answered stored.
+    client = MasterLogClient(api_key=KEY, endpoint=server.api, async_mode=True, flush_interval_seconds=0.3)
+    try:
+        client.info("before", tags=["poison-test"])
+        client.info("bad time", tags=["poison-test"], created_at="2026-12-01 10:00 CET")
+        client.info("bad ttl", tags=["poison-test"], ttl_seconds=0)
+        client.info("after", tags=["poison-test"])
+        flushed = client.flush(timeout_seconds=30)
+        assert flushed.ok, flushed.error
+        client.info("later", tags=["poison-test"])
+        assert client.flush(timeout_seconds=30).ok
+        time.sleep(1)  # a batch kept by the client would be sent again by now
+    finally:
+        assert client.shutdown(timeout_seconds=30).ok
+    server.wait_until_stored()
+    events = {e["body"]: e for e in events_tagged(server, "poison-test")}
+    assert sorted(events) == ["after", "bad time", "bad ttl", "before", "later"]
+    assert len(events_tagged(server, "poison-test")) == 5  # each once
+    bad_time = events["bad time"]["attributes"]
+    assert bad_time["master_log.created_at"] == "2026-12-01 10:00 CET"
+    assert "created_at" in bad_time["master_log.errors"]
+    assert events["bad time"]["timestamp"][:10] == events["before"]["timestamp"][:10]  # the arrival time
+    bad_ttl = events["bad ttl"]["attributes"]
+    assert (bad_ttl["master_log.ttl_seconds"], "lab.ttl_seconds" in bad_ttl) == ("0", False)
+    assert "ttl_seconds" in bad_ttl["master_log.errors"]
 
 
 def test_keys_are_checked(server: LabtelServer) -> None:

@@ -4,7 +4,9 @@ Inside `labtel serve` the records go through the logs pipeline (group commit, wr
 exactly as an OTLP Export call does, so a success means they are durable. When the API runs
 alone (`labtel api`) they are inserted directly with `Storage.insert_otlp`, which returns only
 once ClickHouse has stored them. A storage failure is an `HTTPException` 503 with Retry-After;
-records the storage refuses as invalid are a 400.
+records the storage refuses as invalid are a 400. When the pipeline stores some records of a
+write and refuses others, `write` returns what was refused, so a route can answer a success
+that says so (a 4xx would make a client send the stored ones again).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, Payload
+from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, PartialSuccess, Payload
 from labtel.collector.otlp.records import Record, Scalar, logs_request
 from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage.client import Storage, StorageError
@@ -82,10 +84,11 @@ class EventWriter:
         self.storage = storage
         self.pipeline = pipeline
 
-    async def write(self, records: list[Record], scope: str) -> None:
-        """Store `records`; returns once they are durable. Raises HTTPException 503 (retry) or 400."""
+    async def write(self, records: list[Record], scope: str) -> PartialSuccess | None:
+        """Store `records`; returns once they are durable, with what the pipeline refused of them
+        when it stored the others. Raises HTTPException 503 (retry), or 400 when none was stored."""
         if not records:
-            return
+            return None
         data = encode(records, scope)
         if self.pipeline is not None:
             try:
@@ -94,13 +97,9 @@ class EventWriter:
                 raise HTTPException(400, f"the events were refused: {error.message}") from None
             except ExportUnavailable as error:
                 raise unavailable(error.message, error.retry_after_s) from None
-            if partial is not None:
-                raise HTTPException(
-                    422,
-                    f"{partial.rejected} of {len(records)} events were refused ({partial.message}); "
-                    "the others are stored, do not send them again",
-                )
-            return
+            if partial is not None and partial.rejected >= len(records):
+                raise HTTPException(400, f"the events were refused: {partial.message}")
+            return partial
         try:
             await run_in_threadpool(self.storage.insert_otlp, "logs", data, f"compat-{uuid.uuid4()}")
         except ClickHouseError as error:
@@ -109,6 +108,7 @@ class EventWriter:
             raise unavailable(f"storage refused the insert: {str(error).splitlines()[0]}") from None
         except (StorageError, OSError) as error:
             raise unavailable(str(error)) from None
+        return None
 
 
 def unavailable(message: str, retry_after_s: float = 2.0) -> HTTPException:

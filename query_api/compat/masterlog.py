@@ -42,7 +42,8 @@ MAX_BATCH = 10_000
 
 
 class MasterLogError(ValueError):
-    """An event the client sent cannot be stored as it is; the message says which field."""
+    """An event that cannot be stored at all (not a JSON object, or an unknown severity); the
+    message says which field."""
 
 
 def _time(value: Any, name: str) -> int:
@@ -56,14 +57,31 @@ def _time(value: Any, name: str) -> int:
         raise MasterLogError(str(error)) from None
 
 
+def _positive_seconds(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _client_block(metadata: dict[str, Any]) -> Any:
+    """Take the client's `python_client` block (or `_python_client`) out of the metadata."""
+    return metadata.pop("python_client", None) if "_python_client" not in metadata else metadata.pop("_python_client")
+
+
 def to_record(event: Any, index: int = 0) -> tuple[dict[str, Any], Record]:
-    """One posted Master Log event as (the event as answered, with its id; its labtel record)."""
+    """One posted Master Log event as (the event as answered, with its id; its labtel record).
+
+    Only an event that is not an object or has an unknown severity is refused (MasterLogError).
+    A field labtel cannot use is left out or defaulted instead, and the event stored: an
+    unreadable `created_at` becomes the arrival time, a bad `ttl_seconds` / `expires_at` does not
+    expire the event; the value as sent is kept in `master_log.<field>` and the problems are
+    listed in `master_log.errors` and in the answer's `errors`."""
     where = f"logs[{index}]." if index >= 0 else ""
     if not isinstance(event, Mapping):
         raise MasterLogError(f"{where or 'the body'}: expected a JSON object")
     severity = str(event.get("severity", "info")).strip().lower()
     if severity not in SEVERITIES:
         raise MasterLogError(f"{where}severity: {severity!r} is not one of {', '.join(SEVERITIES)}")
+    problems: list[str] = []
+    kept: dict[str, Any] = {}
     body = event.get("body", "")
     body = body if isinstance(body, str) else compact_json(body)
     title = event.get("title") or (body.strip().splitlines()[0][:120] if body.strip() else "Python log event")
@@ -71,13 +89,15 @@ def to_record(event: Any, index: int = 0) -> tuple[dict[str, Any], Record]:
     if isinstance(tags, str):
         tags = tags.split(",")
     if not isinstance(tags, list):
-        raise MasterLogError(f"{where}tags: expected a list of strings")
+        problems.append(f"{where}tags: expected a list of strings; left out")
+        kept["tags"], tags = tags, []
     tags = sorted({str(t).strip() for t in tags if str(t).strip()})
     metadata = event.get("metadata") or {}
     if not isinstance(metadata, Mapping):
-        raise MasterLogError(f"{where}metadata: expected a JSON object")
+        problems.append(f"{where}metadata: expected a JSON object; kept whole in master_log.metadata only")
+        kept["metadata"], metadata = metadata, {}
     user = dict(metadata)
-    client = user.pop("python_client", None) if "_python_client" not in user else user.pop("_python_client")
+    client = _client_block(user)
     event_id = str(uuid.uuid4())
     attributes: dict[str, Any] = {
         semconv.LAB_EVENT_ID: event_id,
@@ -86,17 +106,33 @@ def to_record(event: Any, index: int = 0) -> tuple[dict[str, Any], Record]:
         "severity": severity,
         "tags": compact_json(tags),
     }
-    if user:
-        attributes["master_log.metadata"] = compact_json(user)
+    if user or "metadata" in kept:
+        attributes["master_log.metadata"] = compact_json(kept.get("metadata", user))
     ttl = event.get("ttl_seconds")
-    if ttl is not None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
-            raise MasterLogError(f"{where}ttl_seconds: expected a positive number of seconds")
+    if ttl is not None and _positive_seconds(ttl):
         attributes[semconv.LAB_TTL_SECONDS] = ttl
+    elif ttl is not None:
+        problems.append(f"{where}ttl_seconds: expected a positive number of seconds; left out")
+        kept["ttl_seconds"] = ttl
     if event.get("expires_at") is not None:
-        _time(event["expires_at"], f"{where}expires_at")
-        attributes[semconv.LAB_EXPIRES_AT] = str(event["expires_at"])
-    time_ns = _time(event["created_at"], f"{where}created_at") if event.get("created_at") else time.time_ns()
+        try:
+            _time(event["expires_at"], f"{where}expires_at")
+            attributes[semconv.LAB_EXPIRES_AT] = str(event["expires_at"])
+        except MasterLogError as error:
+            problems.append(f"{error}; left out")
+            kept["expires_at"] = event["expires_at"]
+    time_ns = time.time_ns()
+    if event.get("created_at"):
+        try:
+            time_ns = _time(event["created_at"], f"{where}created_at")
+        except MasterLogError as error:
+            problems.append(f"{error}; the event's time is its arrival")
+            kept["created_at"] = event["created_at"]
+    for key, value in kept.items():
+        if key != "metadata":
+            attributes[f"master_log.{key}"] = value if isinstance(value, str) else compact_json(value)
+    if problems:
+        attributes["master_log.errors"] = compact_json(problems)
     for key, value in flatten(user).items():
         attributes.setdefault(key, value)
     resource: dict[str, Any] = {}
@@ -107,7 +143,9 @@ def to_record(event: Any, index: int = 0) -> tuple[dict[str, Any], Record]:
         resource[semconv.SERVICE_NAME] = str(client.get("process_name") or "master-log")
     else:
         resource[semconv.SERVICE_NAME] = "master-log"
-    answer = {"id": event_id, "severity": severity, "title": str(title), "tags": tags}
+    answer: dict[str, Any] = {"id": event_id, "severity": severity, "title": str(title), "tags": tags}
+    if problems:
+        answer["errors"] = problems
     return answer, Record(
         body=body,
         time_ns=time_ns,

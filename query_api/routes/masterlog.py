@@ -29,13 +29,30 @@ def _authorize(request: Request, authorization: str | None) -> None:
 
 
 async def _store(request: Request, events: list[Any], batch: bool) -> dict[str, Any]:
-    try:
-        converted = [to_record(e, i if batch else -1) for i, e in enumerate(events)]
-    except MasterLogError as error:
-        raise HTTPException(422, str(error)) from None
+    """Store the events; answers `{accepted, events, errors?}`. A batch is never refused for some
+    of its events: master-log-client would send all of it again at every flush, forever. Events
+    that cannot be stored at all are listed in `errors` (`index`, `error`) and left out."""
+    answers, records, errors = [], [], []
+    for index, event in enumerate(events):
+        try:
+            answer, record = to_record(event, index if batch else -1)
+        except MasterLogError as error:
+            if not batch:
+                raise HTTPException(422, str(error)) from None
+            errors.append({"index": index, "error": str(error)})
+            continue
+        answers.append(answer)
+        records.append(record)
     writer: EventWriter = request.app.state.compat_writer
-    await writer.write([record for _, record in converted], SCOPE)
-    return {"accepted": len(converted), "events": [answer for answer, _ in converted]}
+    partial = await writer.write(records, SCOPE)
+    accepted = len(records)
+    if partial is not None:
+        accepted -= partial.rejected
+        errors.append({"index": None, "error": f"{partial.rejected} of the events were refused: {partial.message}"})
+    result: dict[str, Any] = {"accepted": accepted, "events": answers}
+    if errors:
+        result["errors"] = errors
+    return result
 
 
 @router.post("/logs", summary="Store one Master Log event; answers {accepted, events: [{id, ...}]}")
@@ -48,7 +65,7 @@ async def post_log(
     return await _store(request, [event], batch=False)
 
 
-@router.post("/logs/batch", summary='Store Master Log events ({"logs": [...]}); all or none')
+@router.post("/logs/batch", summary='Store Master Log events ({"logs": [...]}); unusable ones are listed in errors')
 async def post_batch(
     request: Request,
     batch: Annotated[dict[str, Any], Body()],
