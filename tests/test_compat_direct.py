@@ -52,3 +52,15 @@ def test_storage_failure_is_503_with_retry_after(
         assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 1
     finally:
         failing.close()
+
+
+def test_direct_inserts_fit_the_storage_limits(storage: Storage) -> None:
+    client = TestClient(create_app(storage))
+    data = {f"k{i}": i for i in range(150)} | {"readings": list(range(20_000))}
+    posted = client.post("/madsci/event", json={"event_data": data})
+    assert posted.status_code == 200, posted.text
+    assert client.get(f"/madsci/event/{posted.json()['_id']}").json()["event_data"] == data
+    logged = client.post("/api/v1/logs", json={"body": "z" * 2_000_000, "metadata": data})
+    assert logged.status_code == 200, logged.text
+    (row,) = storage.rows(f"SELECT length(Body) AS n FROM {storage.names.logs} WHERE ServiceName = 'master-log'")
+    assert row["n"] <= 1024 * 1024

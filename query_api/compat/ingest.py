@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -22,15 +23,19 @@ from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, PartialSuccess, Payload
+from labtel.collector.otlp.limits import RecordLimits
 from labtel.collector.otlp.records import Record, Scalar, logs_request
 from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage.client import Storage, StorageError
 from labtel.collector.storage.schema import EXACT_PATH_ERROR
 from labtel.sdk import __version__
 
-MAX_ATTRIBUTES = 256
-"""Flattened keys per event beyond which the rest stays in the whole JSON copy only."""
 MAX_DEPTH = 6
+TRUNCATED = "lab.truncated"
+"""Set by `fit`: what was cut to fit the storage's limits (a JSON list: "body", attribute names)."""
+LEFT_OUT = "lab.attributes_left_out"
+"""Set by `add_flattened`: how many of the event's keys are not attributes (they are in its whole JSON copy)."""
+MARKERS = (TRUNCATED, LEFT_OUT)
 
 
 def compact_json(value: Any) -> str:
@@ -51,21 +56,79 @@ def scalar(value: Any) -> Scalar:
 
 def flatten(value: Any, prefix: str = "", out: dict[str, Scalar] | None = None, depth: int = 0) -> dict[str, Scalar]:
     """A JSON object as attributes: nested objects joined with dots (`a.b`), lists and deeper
-    objects as compact JSON; at most MAX_ATTRIBUTES keys."""
+    objects as compact JSON (`add_flattened` keeps them within the storage's limits)."""
     out = {} if out is None else out
     if not isinstance(value, Mapping):
         if prefix:
             out[prefix] = scalar(value)
         return out
     for key, item in value.items():
-        if len(out) >= MAX_ATTRIBUTES:
-            break
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(item, Mapping) and item and depth < MAX_DEPTH:
             flatten(item, name, out, depth + 1)
         else:
             out[name] = scalar(item)
     return out
+
+
+def fits(text: str, limit: int) -> bool:
+    """Whether `text` is at most `limit` bytes as UTF-8 (how the storage measures values)."""
+    return len(text) * 4 <= limit or len(text.encode("utf-8", "surrogatepass")) <= limit
+
+
+def add_flattened(attributes: dict[str, Scalar], value: Any, limits: RecordLimits) -> None:
+    """Add a JSON object's keys to `attributes` as `flatten` names them (those already set stay),
+    as many as the record may hold: up to `max_attributes_per_record` less the MARKERS slots, and
+    none longer than `max_attribute_value_length`. How many were left out is LEFT_OUT; they are
+    still in the event's whole JSON copy, so nothing is lost, but selectors do not see them."""
+    room = limits.max_attributes_per_record - len(MARKERS)
+    left_out = 0
+    for key, item in flatten(value).items():
+        if key in attributes:
+            continue
+        if len(attributes) >= room or (isinstance(item, str) and not fits(item, limits.max_attribute_value_length)):
+            left_out += 1
+        else:
+            attributes[key] = item
+    if left_out:
+        attributes[LEFT_OUT] = left_out
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, ending in a marker that says how long it was
+    (`text` itself when it fits)."""
+    if fits(text, limit):
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    marker = f"…[cut: {len(data)} bytes]".encode()[:limit]
+    return data[: limit - len(marker)].decode("utf-8", "ignore") + marker.decode("utf-8", "ignore")
+
+
+def fit(record: Record, limits: RecordLimits) -> Record:
+    """The record within the storage's limits, so that it is stored, never refused for them (the
+    routes keep whole copies within the limits themselves; this catches the rest): a text value
+    or body over its length limit is cut (`cut`) and attributes over the count are left out, the
+    last first (flattened keys come last); TRUNCATED names what was cut or left out."""
+    truncated: list[str] = []
+    attributes: dict[str, Scalar] = {}
+    for key, value in record.attributes.items():
+        if isinstance(value, str) and not fits(value, limits.max_attribute_value_length):
+            value = cut(value, limits.max_attribute_value_length)
+            truncated.append(key)
+        attributes[key] = value
+    body = record.body
+    if not fits(body, limits.max_body_length):
+        body = cut(body, limits.max_body_length)
+        truncated.insert(0, "body")
+    room = limits.max_attributes_per_record - 1
+    if len(attributes) > room:
+        names = list(attributes)
+        truncated += names[room:]
+        attributes = {name: attributes[name] for name in names[:room]}
+    if not truncated:
+        return record
+    attributes[TRUNCATED] = cut(compact_json(truncated), limits.max_attribute_value_length)
+    return replace(record, body=body, attributes=attributes)
 
 
 def encode(records: list[Record], scope: str) -> bytes:
@@ -84,12 +147,17 @@ class EventWriter:
         self.storage = storage
         self.pipeline = pipeline
 
+    @property
+    def limits(self) -> RecordLimits:
+        """What one record may hold to be stored (the exporter's `limits`)."""
+        return self.storage.names.limits
+
     async def write(self, records: list[Record], scope: str) -> PartialSuccess | None:
         """Store `records`; returns once they are durable, with what the pipeline refused of them
         when it stored the others. Raises HTTPException 503 (retry), or 400 when none was stored."""
         if not records:
             return None
-        data = encode(records, scope)
+        data = encode([fit(record, self.limits) for record in records], scope)
         if self.pipeline is not None:
             try:
                 partial = await self.pipeline.consume(Payload(LOGS, data, len(records)))

@@ -14,9 +14,11 @@ An event posted by MADSci's `EventClient` becomes an ordinary labtel event:
 - `source` (OwnershipInfo) → `lab.<x>.id` (`lab.node.id`, `lab.workflow.id`, `lab.user.id`, …)
   so the lab columns fill; kept whole in `madsci.source`.
 - `event_data` → kept whole as JSON in `madsci.event_data`; an object's keys are also attributes
-  of the same name (nested objects joined with dots, lists as JSON), and the ids among them
+  of the same name (nested objects joined with dots, lists as JSON; as many as the storage's
+  `limits` leave room for, the rest counted in `lab.attributes_left_out`), and the ids among them
   (`node_id`, `workflow_id`, …) fill the `lab.*.id` attributes `source` left empty. The body is
-  `event_data.message`, or the text, or the JSON.
+  `event_data.message`, or the text, or the JSON. JSON longer than an attribute value may be is
+  the body instead (`madsci.event_data_in_body`), read back from there.
 - `trace_id` / `span_id` → the record's trace context when they are OTel ids.
 
 Read back, any labtel event is a MADSci event: ids other than ULIDs are left out of `source`,
@@ -37,8 +39,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
-from labtel.query_api.compat.ingest import compact_json, flatten
+from labtel.query_api.compat.ingest import add_flattened, compact_json, fits
 from labtel.query_api.models import Event
 from labtel.query_api.params import ParamError, format_time_ns, parse_time_ns
 from labtel.query_api.selector import stdlib_level_to_severity
@@ -52,6 +55,7 @@ ATTR_LEVEL = "madsci.log_level"
 ATTR_ALERT = "madsci.alert"
 ATTR_TIMESTAMP = "madsci.event_timestamp"
 ATTR_DATA = "madsci.event_data"
+ATTR_DATA_IN_BODY = "madsci.event_data_in_body"
 ATTR_SOURCE = "madsci.source"
 
 LEVELS = {"NOTSET": 0, "DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
@@ -155,8 +159,8 @@ def _trace(value: Any, length: int) -> bytes:
     return b""
 
 
-def to_record(event: Mapping[str, Any], zone: tzinfo) -> tuple[str, Record]:
-    """A posted MADSci event (its JSON) as a labtel record; returns (event_id, record)."""
+def to_record(event: Mapping[str, Any], zone: tzinfo, limits: RecordLimits = DEFAULT_LIMITS) -> tuple[str, Record]:
+    """A posted MADSci event (its JSON) as a labtel record within `limits`; returns (event_id, record)."""
     event_id = str(event.get("_id") or event.get("event_id") or "").strip() or new_ulid()
     if len(event_id) > 256:
         raise MadsciError("event_id: longer than 256 characters")
@@ -188,8 +192,13 @@ def to_record(event: Mapping[str, Any], zone: tzinfo) -> tuple[str, Record]:
         semconv.LAB_EVENT_TYPE: effective,
         ATTR_LEVEL: level,
         ATTR_ALERT: bool(event.get("alert", False)),
-        ATTR_DATA: compact_json(data),
     }
+    data_json = compact_json(data)
+    in_body = not fits(data_json, limits.max_attribute_value_length)
+    if in_body:  # the body may hold more than an attribute
+        attributes[ATTR_DATA_IN_BODY] = True
+    else:
+        attributes[ATTR_DATA] = data_json
     if effective != sent_type:
         attributes[ATTR_TYPE] = sent_type
     if isinstance(stamp, str) and stamp:
@@ -202,9 +211,10 @@ def to_record(event: Mapping[str, Any], zone: tzinfo) -> tuple[str, Record]:
         for key in OWNERSHIP:
             if data.get(key) not in (None, "") and not isinstance(data[key], Mapping | list):
                 attributes.setdefault(ownership_attribute(key), str(data[key]))
-        for key, value in flatten(data).items():
-            attributes.setdefault(key, value)
-    if isinstance(data, Mapping) and isinstance(data.get("message"), str):
+        add_flattened(attributes, data, limits)
+    if in_body:
+        body = data_json
+    elif isinstance(data, Mapping) and isinstance(data.get("message"), str):
         body = data["message"]
     elif isinstance(data, str):
         body = data
@@ -239,8 +249,8 @@ def _iso_utc(ns: int) -> str:
 def to_madsci(event: Event, archived_at_ns: int = 0) -> dict[str, Any]:
     """A stored labtel event as a MADSci Event document (what MADSci's server answers)."""
     attributes = event.attributes
-    if semconv.LAB_EVENT_ID in attributes and ATTR_DATA in attributes:
-        data = _loads(attributes[ATTR_DATA])
+    if semconv.LAB_EVENT_ID in attributes and (ATTR_DATA in attributes or ATTR_DATA_IN_BODY in attributes):
+        data = _loads(attributes.get(ATTR_DATA, event.body))
         source = _loads(attributes.get(ATTR_SOURCE, "{}")) or {}
         event_type = attributes.get(ATTR_TYPE) or event.event_type
         level = int(attributes.get(ATTR_LEVEL, level_of(event.severity_number)) or 0)

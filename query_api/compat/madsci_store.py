@@ -65,7 +65,7 @@ class MadsciStore:
 
     async def post(self, event: dict[str, Any]) -> tuple[str, bool]:
         """Store a posted event unless its id is known; returns (event_id, stored now)."""
-        event_id, record = to_record(event, self.zone)
+        event_id, record = to_record(event, self.zone, self.writer.limits)
         while event_id in self._pending:
             await asyncio.shield(self._pending[event_id])
         if event_id in self._recent:

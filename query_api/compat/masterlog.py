@@ -18,8 +18,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
-from labtel.query_api.compat.ingest import compact_json, flatten
+from labtel.query_api.compat.ingest import add_flattened, compact_json
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import semconv
 
@@ -66,8 +67,10 @@ def _client_block(metadata: dict[str, Any]) -> Any:
     return metadata.pop("python_client", None) if "_python_client" not in metadata else metadata.pop("_python_client")
 
 
-def to_record(event: Any, index: int = 0) -> tuple[dict[str, Any], Record]:
-    """One posted Master Log event as (the event as answered, with its id; its labtel record).
+def to_record(event: Any, index: int = 0, limits: RecordLimits = DEFAULT_LIMITS) -> tuple[dict[str, Any], Record]:
+    """One posted Master Log event as (the event as answered, with its id; its labtel record
+    within `limits`: metadata keys as many as there is room for, a whole copy longer than an
+    attribute may be cut, see `labtel.query_api.compat.ingest.fit`).
 
     Only an event that is not an object or has an unknown severity is refused (MasterLogError).
     A field labtel cannot use is left out or defaulted instead, and the event stored: an
@@ -133,8 +136,7 @@ def to_record(event: Any, index: int = 0) -> tuple[dict[str, Any], Record]:
             attributes[f"master_log.{key}"] = value if isinstance(value, str) else compact_json(value)
     if problems:
         attributes["master_log.errors"] = compact_json(problems)
-    for key, value in flatten(user).items():
-        attributes.setdefault(key, value)
+    add_flattened(attributes, user, limits)
     resource: dict[str, Any] = {}
     if isinstance(client, Mapping):
         for key, name in CLIENT_RESOURCE.items():

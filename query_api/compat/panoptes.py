@@ -1,8 +1,9 @@
 """PANOPTES telemetry compatibility: PANOPTES' telemetry server semantics over ClickHouse.
 
 - Events are labtel events (service `panoptes-telemetry`): `lab.event.type` and `panoptes.type`
-  are the type, `panoptes.data` / `panoptes.meta` the data and meta as JSON (a data object's keys
-  are also attributes), `panoptes.seq`, `panoptes.stream` (site or run), `panoptes.ts` (the
+  are the type, the body and `panoptes.data` the data as JSON (`panoptes.data` only when it is
+  short enough for an attribute), `panoptes.meta` the meta (a data object's keys are also
+  attributes, as many as the storage's limits leave room for), `panoptes.seq`, `panoptes.stream` (site or run), `panoptes.ts` (the
   envelope's text), `panoptes.day` (the site day key) and `lab.run.id` while a run is active. The
   event time is the client's `ts` when given.
 - `seq` counts per stream and survives restarts: blocks of numbers are reserved in
@@ -38,7 +39,7 @@ from labtel.collector.otlp.records import Record
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import PANOPTES_CURRENT, PANOPTES_RUNS, PANOPTES_SEQ
 from labtel.collector.storage.schema import NOT_EXPIRED
-from labtel.query_api.compat.ingest import EventWriter, compact_json, flatten
+from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json, fits
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import __version__, semconv
 
@@ -52,6 +53,14 @@ def utc_iso_z(ns: int) -> str:
     """A UTC ISO 8601 time with milliseconds and a trailing Z, as PANOPTES writes `ts`."""
     moment = datetime.fromtimestamp(ns / 1e9, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _loads(text: str) -> Any:
+    """Stored JSON, or the text itself when it is not JSON (a copy cut to fit the storage's limits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
 
 
 def site_day_key(moment: datetime) -> str:
@@ -228,15 +237,16 @@ class Panoptes:
                 "panoptes.seq": seq,
                 "panoptes.ts": envelope["ts"],
                 "panoptes.day": site_day_key(datetime.fromtimestamp(now / 1e9, self.zone)),
-                "panoptes.data": compact_json(data),
                 "panoptes.meta": compact_json(meta),
             }
+            body = compact_json(data)
+            if fits(body, self.writer.limits.max_attribute_value_length):
+                attributes["panoptes.data"] = body  # else the body alone holds it
             if run is not None:
                 attributes[semconv.LAB_RUN_ID] = run.run_id
-            for key, value in flatten(data).items():
-                attributes.setdefault(key, value)
+            add_flattened(attributes, data, self.writer.limits)
             record = Record(
-                body=compact_json(data),
+                body=body,
                 time_ns=time_ns,
                 attributes=attributes,
                 resource={semconv.SERVICE_NAME: SERVICE},
@@ -286,7 +296,8 @@ class Panoptes:
             params["run"] = run_id
         rows = self.storage.rows(
             "SELECT toUInt64OrZero(LogAttributes['panoptes.seq']) AS seq, LogAttributes['panoptes.ts'] AS ts, "
-            "LogAttributes['panoptes.type'] AS type, LogAttributes['panoptes.data'] AS data, "
+            "LogAttributes['panoptes.type'] AS type, "
+            "if(mapContains(LogAttributes, 'panoptes.data'), LogAttributes['panoptes.data'], Body) AS data, "
             f"LogAttributes['panoptes.meta'] AS meta FROM {self.storage.names.logs} WHERE {where} AND {NOT_EXPIRED} "
             "ORDER BY seq, Timestamp",
             parameters=params,
@@ -294,7 +305,7 @@ class Panoptes:
         lines = []
         for r in rows:
             line = {"seq": r["seq"], "ts": r["ts"], "stream": stream, "type": r["type"]}
-            line |= {"data": orjson.loads(r["data"] or "null"), "meta": orjson.loads(r["meta"] or "{}")}
+            line |= {"data": _loads(r["data"] or "null"), "meta": _loads(r["meta"] or "{}")}
             lines.append(orjson.dumps(line) + b"\n")
         return b"".join(lines)
 

@@ -32,10 +32,11 @@ async def _store(request: Request, events: list[Any], batch: bool) -> dict[str, 
     """Store the events; answers `{accepted, events, errors?}`. A batch is never refused for some
     of its events: master-log-client would send all of it again at every flush, forever. Events
     that cannot be stored at all are listed in `errors` (`index`, `error`) and left out."""
+    writer: EventWriter = request.app.state.compat_writer
     answers, records, errors = [], [], []
     for index, event in enumerate(events):
         try:
-            answer, record = to_record(event, index if batch else -1)
+            answer, record = to_record(event, index if batch else -1, writer.limits)
         except MasterLogError as error:
             if not batch:
                 raise HTTPException(422, str(error)) from None
@@ -43,7 +44,6 @@ async def _store(request: Request, events: list[Any], batch: bool) -> dict[str, 
             continue
         answers.append(answer)
         records.append(record)
-    writer: EventWriter = request.app.state.compat_writer
     partial = await writer.write(records, SCOPE)
     accepted = len(records)
     if partial is not None:
