@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from labtel.collector.alerts.engine import AlertEngine
 from labtel.collector.storage.client import Storage
 from labtel.query_api.app import create_app
+from tests.alerting import FakeClock, alerts_config
 from tests.conftest import make_storage
 
 
@@ -64,3 +66,18 @@ def test_direct_inserts_fit_the_storage_limits(storage: Storage) -> None:
     assert logged.status_code == 200, logged.text
     (row,) = storage.rows(f"SELECT length(Body) AS n FROM {storage.names.logs} WHERE ServiceName = 'master-log'")
     assert row["n"] <= 1024 * 1024
+
+
+def test_a_madsci_alert_fires_the_default_alert_rule(storage: Storage) -> None:
+    clock = FakeClock()
+    config = alerts_config(notifiers={"webhook/ops": {"url": "http://127.0.0.1:9/hook"}}, group_wait="30s")
+    engine = AlertEngine("alerts", config, storage, clock)
+    engine.load()
+    client = TestClient(create_app(storage))
+    for alert in (True, False):  # at WARNING, under the default rule's alert_level (ERROR)
+        event = {"event_type": "node_status_update", "log_level": 30, "alert": alert, "event_data": f"alert={alert}"}
+        assert client.post("/madsci/event", json=event).status_code == 200
+    assert engine.evaluate().deliver == []  # grouped: nothing before group_wait
+    clock.advance(31)
+    [fired] = engine.evaluate().deliver
+    assert (fired.rule, [e.body for e in fired.events]) == ("default", ["alert=True"])

@@ -10,7 +10,8 @@ An event posted by MADSci's `EventClient` becomes an ordinary labtel event:
   `event_data.event_type` names one (MADSci's client puts `event_type=` keywords there), that
   one. The type as sent is kept in `madsci.event_type` when it differs.
 - `log_level` (stdlib levels) → OTel severity (DEBUG 5, INFO 9, WARNING 13, ERROR 17,
-  CRITICAL 21) and `madsci.log_level`; `alert` → `madsci.alert`.
+  CRITICAL 21) and `madsci.log_level`; `alert` → `madsci.alert`, and `lab.alert` when true (so
+  labtel's alert rules fire for it whatever its level, as MADSci's server alerts).
 - `source` (OwnershipInfo) → `lab.<x>.id` (`lab.node.id`, `lab.workflow.id`, `lab.user.id`, …)
   so the lab columns fill; kept whole in `madsci.source`.
 - `event_data` → kept whole as JSON in `madsci.event_data`; an object's keys are also attributes
@@ -39,6 +40,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from labtel.collector.alerts.rules import LAB_ALERT
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
 from labtel.query_api.compat.ingest import add_flattened, compact_json, fits
@@ -193,6 +195,8 @@ def to_record(event: Mapping[str, Any], zone: tzinfo, limits: RecordLimits = DEF
         ATTR_LEVEL: level,
         ATTR_ALERT: bool(event.get("alert", False)),
     }
+    if attributes[ATTR_ALERT]:
+        attributes[LAB_ALERT] = True
     data_json = compact_json(data)
     in_body = not fits(data_json, limits.max_attribute_value_length)
     if in_body:  # the body may hold more than an attribute
