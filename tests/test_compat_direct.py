@@ -81,3 +81,14 @@ def test_a_madsci_alert_fires_the_default_alert_rule(storage: Storage) -> None:
     clock.advance(31)
     [fired] = engine.evaluate().deliver
     assert (fired.rule, [e.body for e in fired.events]) == ("default", ["alert=True"])
+
+
+def test_an_event_id_posted_again_after_a_purge_is_stored_again(storage: Storage) -> None:
+    client = TestClient(create_app(storage))
+    event_id = "01JJ4S0WNGEF5FQAZG5KDGPURG"
+    assert client.post("/madsci/event", json={"_id": event_id, "event_data": "first"}).status_code == 200
+    assert client.post("/madsci/events/archive", json={"event_ids": [event_id]}).json()["archived_count"] == 1
+    assert client.delete("/madsci/events/archived", params={"older_than_days": 0}).json()["deleted_count"] == 1
+    assert client.get(f"/madsci/event/{event_id}").status_code == 404
+    assert client.post("/madsci/event", json={"_id": event_id, "event_data": "again"}).status_code == 200
+    assert client.get(f"/madsci/event/{event_id}").json()["event_data"] == "again"

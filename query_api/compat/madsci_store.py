@@ -193,7 +193,8 @@ class MadsciStore:
         return self._keyed([events[i] for i in ids if i in events])
 
     def purge(self, older_than_days: int) -> int:
-        """Delete archived events archived more than `older_than_days` days ago, for good."""
+        """Delete archived events archived more than `older_than_days` days ago, for good; their
+        ids are forgotten, so posting one again stores it again."""
         old = (
             f"SELECT EventId FROM {self.archive} GROUP BY EventId "
             "HAVING max(ArchivedAt) < fromUnixTimestamp64Nano({cutoff:Int64})"
@@ -202,8 +203,15 @@ class MadsciStore:
         count = int(self.storage.command(f"SELECT count() FROM ({old})", parameters=params))
         if count:
             names = self.storage.names
+            purged = self.storage.rows(
+                f"SELECT DISTINCT LogAttributes['{semconv.LAB_EVENT_ID}'] AS id FROM {names.logs} "
+                f"WHERE EventId IN ({old})",
+                parameters=params,
+            )
             self.storage.command(delete_rows(names, names.logs_store, f"EventId IN ({old})"), parameters=params)
             self.storage.command(f"DELETE FROM {self.archive} WHERE EventId IN ({old})", parameters=params)
+            for row in purged:
+                self._recent.pop(row["id"], None)
         return count
 
     # --- backups ---------------------------------------------------------------------------
