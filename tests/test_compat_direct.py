@@ -92,3 +92,18 @@ def test_an_event_id_posted_again_after_a_purge_is_stored_again(storage: Storage
     assert client.get(f"/madsci/event/{event_id}").status_code == 404
     assert client.post("/madsci/event", json={"_id": event_id, "event_data": "again"}).status_code == 200
     assert client.get(f"/madsci/event/{event_id}").json()["event_data"] == "again"
+
+
+def test_naive_madsci_times_follow_the_local_zones_daylight_saving(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/Chicago")  # no compat.madsci.timezone: the server's zone
+    client = TestClient(create_app(storage))
+    assert client.get("/madsci/settings").json()["naive_timestamp_timezone"] == "America/Chicago"
+    for stamp in ("2026-07-01T12:00:00", "2026-01-15T12:00:00"):
+        assert client.post("/madsci/event", json={"event_timestamp": stamp, "event_data": stamp}).status_code == 200
+    rows = storage.rows(f"SELECT Body, toString(Timestamp) AS ts FROM {storage.names.logs} ORDER BY Timestamp")
+    assert [(r["Body"], r["ts"][:19]) for r in rows] == [
+        ("2026-01-15T12:00:00", "2026-01-15 18:00:00"),  # CST, UTC-6
+        ("2026-07-01T12:00:00", "2026-07-01 17:00:00"),  # CDT, UTC-5
+    ]

@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
@@ -79,6 +79,7 @@ _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$", re.IGNORECASE)
 _HEX = re.compile(r"^[0-9a-f]+$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MAX_SELECTOR_TEXT = 64 * 1024
+LOCALTIME, TIMEZONE_FILE = "/etc/localtime", "/etc/timezone"
 
 
 class MadsciError(ValueError):
@@ -98,10 +99,52 @@ def ownership_attribute(field: str) -> str:
 
 def naive_zone(name: str) -> tzinfo:
     """The zone naive MADSci timestamps are in: the configured one, else the server's local zone."""
-    if name:
-        return ZoneInfo(name)
+    return ZoneInfo(name) if name else local_zone()
+
+
+def _iana(name: str) -> ZoneInfo | None:
+    """The IANA zone a name or a zoneinfo file path (`/usr/share/zoneinfo/Europe/Madrid`) names."""
+    name = name.strip().removeprefix(":")
+    if "zoneinfo/" in name:
+        name = name.rsplit("zoneinfo/", 1)[1]
+    try:
+        return ZoneInfo(name) if name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def local_zone() -> tzinfo:
+    """The server's local zone with its daylight saving rules: the IANA zone `$TZ` names, else
+    the one `/etc/localtime` links to (or holds), else `/etc/timezone`'s; only when none is an
+    IANA zone, today's fixed offset."""
+    tz = os.environ.get("TZ")
+    if tz is not None:
+        zone = _iana(tz)
+    else:
+        zone = _iana(os.path.realpath(LOCALTIME)) or _iana(_read(TIMEZONE_FILE))
+        if zone is None and os.path.isfile(LOCALTIME):
+            try:
+                with open(LOCALTIME, "rb") as file:
+                    zone = ZoneInfo.from_file(file, key=_read(TIMEZONE_FILE) or "localtime")
+            except (OSError, ValueError):
+                zone = None
+    if zone is not None:
+        return zone
     local = datetime.now().astimezone().tzinfo
     return local if local is not None else UTC
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def zone_name(zone: tzinfo) -> str:
+    """A zone's IANA name (`America/Chicago`), else how it prints (a fixed offset's `UTC-05:00`)."""
+    return str(getattr(zone, "key", None) or zone)
 
 
 def parse_madsci_time(value: str, zone: tzinfo, name: str) -> int:
@@ -353,8 +396,3 @@ def _times(value: Any, zone: tzinfo) -> Any:
         except ParamError as error:
             raise MadsciError(str(error)) from None
     return value
-
-
-def server_zone_name() -> str:
-    """The name of the server's local zone, for messages (TZ, else the offset's name)."""
-    return os.environ.get("TZ") or str(datetime.now().astimezone().tzinfo)

@@ -19,8 +19,8 @@ from labtel.query_api.compat.madsci import (
     madsci_selector,
     parse_madsci_time,
     selector_from_text,
-    server_zone_name,
     severity_of,
+    zone_name,
 )
 from labtel.query_api.compat.madsci_reports import (
     ANALYSIS_TYPES,
@@ -93,7 +93,7 @@ def settings(request: Request) -> dict[str, Any]:
         "collection_name": names.logs_table,
         "alert_level": LEVELS["ERROR"],
         "email_alerts": None,
-        "naive_timestamp_timezone": request.app.state.config.compat.madsci.timezone or server_zone_name(),
+        "naive_timestamp_timezone": zone_name(store.zone),
         "retention_enabled": False,
         "backup_enabled": True,
         "backup_dir": store.backup_dir,
