@@ -107,3 +107,33 @@ def test_naive_madsci_times_follow_the_local_zones_daylight_saving(
         ("2026-01-15T12:00:00", "2026-01-15 18:00:00"),  # CST, UTC-6
         ("2026-07-01T12:00:00", "2026-07-01 17:00:00"),  # CDT, UTC-5
     ]
+
+
+def test_madsci_selectors_match_fields_where_documents_read_them(storage: Storage) -> None:
+    client = TestClient(create_app(storage))
+    alert, text, archived = "01JJ4S0WNGEF5FQAZG5KDGALRT", "01JJ4S0WNGEF5FQAZG5KDGTEXT", "01JJ4S0WNGEF5FQAZG5KDGARCH"
+    for event in (
+        {"_id": alert, "alert": True, "event_data": {"message": "boom"}},
+        {"_id": text, "event_data": "Event message or data"},
+        {"_id": archived, "event_data": {"message": "old"}},
+    ):
+        assert client.post("/madsci/event", json=event).status_code == 200
+    assert client.post("/madsci/events/archive", json={"event_ids": [archived]}).status_code == 200
+    logged = client.post("/api/v1/logs", json={"body": "not a MADSci event"}).json()["events"][0]["id"]
+
+    def ids(selector: dict[str, object]) -> set[str]:
+        answer = client.post("/madsci/events/query", json=selector)
+        assert answer.status_code == 200, answer.text
+        return set(answer.json())
+
+    everything = {alert, text, archived, logged}
+    assert ids({}) == everything
+    assert ids({"archived": True}) == {archived}
+    assert ids({"archived": False}) == ids({"archived": {"$ne": True}}) == everything - {archived}
+    assert ids({"alert": True}) == {alert}
+    assert ids({"alert": False}) == everything - {alert}
+    assert ids({"event_data": "Event message or data"}) == {text}
+    assert ids({"event_data.service": "master-log"}) == ids({"event_data": {"service": "master-log"}}) == {logged}
+    assert ids({"event_data.message": "not a MADSci event"}) == {logged}
+    assert ids({"event_data.message": "boom"}) == {alert}
+    assert client.get(f"/madsci/event/{logged}").json()["event_data"]["service"] == "master-log"

@@ -347,10 +347,10 @@ def selector_from_text(text: str) -> Any:
         raise MadsciError("selector: neither JSON nor a Python literal of a selector") from None
 
 
-def madsci_selector(selector: Any, zone: tzinfo, depth: int = 0) -> dict[str, Any]:
+def madsci_selector(selector: Any, zone: tzinfo, depth: int = 0, prefix: str = "") -> dict[str, Any]:
     """A MongoDB selector over MADSci's documents as a labtel selector: sub-documents become
-    dotted fields (`{"source": {"node_id": x}}` → `source.node_id`), `_id` / `event_id` match the
-    MADSci id (`lab.event.id`) or labtel's id, naive `event_timestamp` values are in `zone`."""
+    dotted fields (`{"source": {"node_id": x}}` → `source.node_id`), and each field is matched
+    where `to_madsci` reads it from (`madsci_field`). `archived` stays for `MadsciStore.query`."""
     if not isinstance(selector, Mapping):
         raise MadsciError("selector: expected a JSON object")
     if depth > 12:
@@ -363,17 +363,78 @@ def madsci_selector(selector: Any, zone: tzinfo, depth: int = 0) -> dict[str, An
         elif key.startswith("$"):
             out[key] = value
         elif isinstance(value, Mapping) and value and not any(str(k).startswith("$") for k in value):
-            for sub_key, sub_value in madsci_selector(value, zone, depth + 1).items():
-                out[f"{key}.{sub_key}" if not sub_key.startswith("$") else sub_key] = sub_value
-        elif key in ("_id", "event_id"):
-            out.setdefault("$and", []).append(
-                {"$or": [{f"attributes.{semconv.LAB_EVENT_ID}": value}, {"event_id": _uuid_or_none(value)}]}
-            )
-        elif key == "event_timestamp":
-            out[key] = _times(value, zone)
+            for sub_key, sub_value in madsci_selector(value, zone, depth + 1, f"{prefix}{key}.").items():
+                if sub_key == "$and":
+                    out.setdefault("$and", []).extend(sub_value)
+                else:
+                    out[sub_key] = sub_value
         else:
-            out[key] = value
+            madsci_field(prefix + key, value, zone, out)
     return out
+
+
+READ_FROM_COLUMNS = {
+    "event_data.message": "body",
+    "event_data.event_type": "event_type",
+    "event_data.service": "service",
+}
+"""`event_data` keys that other labtel events read back with, from their columns (`to_madsci`)."""
+NOT_MADSCI = {
+    "$nor": [
+        {
+            f"attributes.{semconv.LAB_EVENT_ID}": {"$exists": True},
+            "$or": [
+                {f"attributes.{ATTR_DATA}": {"$exists": True}},
+                {f"attributes.{ATTR_DATA_IN_BODY}": {"$exists": True}},
+            ],
+        }
+    ]
+}
+"""Events that did not come as MADSci events (`to_madsci` makes their documents up)."""
+
+
+def madsci_field(name: str, value: Any, zone: tzinfo, out: dict[str, Any]) -> None:
+    """Add the labtel selector of one MADSci document field to `out`: `_id` / `event_id` match
+    the MADSci id (`lab.event.id`) or labtel's id; naive `event_timestamp` values are in `zone`;
+    `alert` is `madsci.alert`; a whole `event_data` that is not an object is its JSON text
+    (`madsci.event_data`); `event_data.message` / `.event_type` / `.service` of other labtel
+    events are their body, type and service."""
+    if name in ("_id", "event_id"):
+        out.setdefault("$and", []).append(
+            {"$or": [{f"attributes.{semconv.LAB_EVENT_ID}": value}, {"event_id": _uuid_or_none(value)}]}
+        )
+    elif name == "event_timestamp":
+        out[name] = _times(value, zone)
+    elif name == "alert":
+        out[f"attributes.{ATTR_ALERT}"] = {"$ne": True} if value is False else value
+    elif name == "event_data":
+        out[f"attributes.{ATTR_DATA}"] = _json_operand(value)
+    elif name in READ_FROM_COLUMNS:
+        out.setdefault("$and", []).append(
+            {
+                "$or": [
+                    {f"attributes.{name.removeprefix('event_data.')}": value},
+                    {**NOT_MADSCI, READ_FROM_COLUMNS[name]: value},
+                ]
+            }
+        )
+    else:
+        out[name] = value
+
+
+def _json_operand(value: Any) -> Any:
+    """A selector value on `event_data` as one on its stored JSON text."""
+    if not isinstance(value, Mapping):
+        return compact_json(value)
+    converted: dict[str, Any] = {}
+    for op, operand in value.items():
+        if op in ("$eq", "$ne"):
+            converted[op] = compact_json(operand)
+        elif op in ("$in", "$nin") and isinstance(operand, list):
+            converted[op] = [compact_json(v) for v in operand]
+        else:
+            converted[op] = operand
+    return converted
 
 
 def _uuid_or_none(value: Any) -> Any:

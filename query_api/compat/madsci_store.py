@@ -38,6 +38,7 @@ from labtel.query_api.compat.ingest import EventWriter
 from labtel.query_api.compat.madsci import SCOPE, SERVICE, to_madsci, to_record
 from labtel.query_api.events import EVENT_COLUMNS, EventFilter, get_event, list_events, row_to_event
 from labtel.query_api.models import Event
+from labtel.query_api.selector import SelectorError
 from labtel.sdk import semconv
 
 RECENT_IDS = 100_000
@@ -146,9 +147,29 @@ class MadsciStore:
         return {doc["_id"]: doc for doc in self.documents(events).values()}
 
     def query(self, selector: dict[str, Any], limit: int) -> dict[str, Any]:
-        """MADSci's `POST /events/query`: every event matching the selector (archived too), newest first."""
-        events, _ = list_events(self.storage, EventFilter(selector=selector or None), limit, None)
+        """MADSci's `POST /events/query`: every event matching the selector (archived too, unless
+        it says `archived: false`), newest first."""
+        selector, archived = self._archived_condition(selector)
+        flt = EventFilter(selector=selector or None)
+        flt.conditions.extend(archived)
+        events, _ = list_events(self.storage, flt, limit, None)
         return self._keyed(events)
+
+    def _archived_condition(self, selector: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The selector without a top-level `archived` field, and that field as SQL on the archive
+        table (archived events are listed there, not marked in `otel_logs`)."""
+        if "archived" not in selector:
+            return selector, []
+        value = selector["archived"]
+        if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$eq", "$ne"):
+            op, operand = next(iter(value.items()))
+            wanted = bool(operand) == (op == "$eq")
+        elif isinstance(value, bool):
+            wanted = value
+        else:
+            raise SelectorError('archived: compare with true or false, e.g. {"archived": false}')
+        rest = {k: v for k, v in selector.items() if k != "archived"}
+        return rest, [f"EventId {'' if wanted else 'NOT '}IN (SELECT EventId FROM {self.archive})"]
 
     # --- archive ---------------------------------------------------------------------------
 
