@@ -137,3 +137,14 @@ def test_madsci_selectors_match_fields_where_documents_read_them(storage: Storag
     assert ids({"event_data.message": "not a MADSci event"}) == {logged}
     assert ids({"event_data.message": "boom"}) == {alert}
     assert client.get(f"/madsci/event/{logged}").json()["event_data"]["service"] == "master-log"
+
+
+def test_a_posted_madsci_event_is_answered_as_it_reads_back(storage: Storage) -> None:
+    client = TestClient(create_app(storage))
+    event = {"event_type": "EventType.NODE_ERROR", "log_level": "ERROR", "event_data": {"message": "lid stuck"}}
+    answer = client.post("/madsci/event", json=event | {"source": {"node_id": "01JJ4S0WNGEF5FQAZG5KDGNODE"}}).json()
+    assert (answer["event_type"], answer["log_level"], answer["alert"]) == ("node_error", 40, False)
+    assert answer["_id"]
+    assert answer["event_timestamp"].endswith("Z")
+    assert answer == client.get(f"/madsci/event/{answer['_id']}").json()
+    assert client.post("/madsci/event", json={**event, "_id": answer["_id"]}).json() == answer  # a known id

@@ -44,7 +44,7 @@ from labtel.collector.alerts.rules import LAB_ALERT
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
 from labtel.query_api.compat.ingest import add_flattened, compact_json, fits
-from labtel.query_api.models import Event
+from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns, parse_time_ns
 from labtel.query_api.selector import stdlib_level_to_severity
 from labtel.sdk import semconv
@@ -327,6 +327,40 @@ def to_madsci(event: Event, archived_at_ns: int = 0) -> dict[str, Any]:
         "archived": archived_at_ns > 0,
         "archived_at": _iso_utc(archived_at_ns) if archived_at_ns > 0 else None,
     }
+
+
+def posted_document(event_id: str, record: Record) -> dict[str, Any]:
+    """The document a posted event reads back as (`to_madsci` of its record, its attributes as
+    storage keeps them: text), answered before storage may show it."""
+    attributes = {
+        k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in record.attributes.items()
+    }
+    stamp = format_time_ns(record.time_ns)
+    event = Event(
+        event_id=event_id,
+        timestamp=stamp,
+        time_unix_nano=record.time_ns,
+        observed_timestamp=stamp,
+        observed_time_unix_nano=record.time_ns,
+        severity_text="",
+        severity_number=record.severity_number,
+        body=record.body,
+        service_name=SERVICE,
+        event_type=attributes.get(semconv.LAB_EVENT_TYPE, "unknown"),
+        event_name=record.event_name,
+        node_id="",
+        run_id="",
+        workflow_id="",
+        experiment_id="",
+        trace_id=record.trace_id.hex(),
+        span_id=record.span_id.hex(),
+        trace_flags=0,
+        attributes=attributes,
+        resource={},
+        resource_schema_url="",
+        scope=Scope(name=SCOPE),
+    )
+    return to_madsci(event)
 
 
 # --- selectors ---------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import MADSCI_ARCHIVE
 from labtel.collector.storage.schema import NOT_EXPIRED, delete_rows
 from labtel.query_api.compat.ingest import EventWriter
-from labtel.query_api.compat.madsci import SCOPE, SERVICE, to_madsci, to_record
+from labtel.query_api.compat.madsci import SCOPE, SERVICE, posted_document, to_madsci, to_record
 from labtel.query_api.events import EVENT_COLUMNS, EventFilter, get_event, list_events, row_to_event
 from labtel.query_api.models import Event
 from labtel.query_api.selector import SelectorError
@@ -64,25 +64,31 @@ class MadsciStore:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def post(self, event: dict[str, Any]) -> tuple[str, bool]:
-        """Store a posted event unless its id is known; returns (event_id, stored now)."""
+    async def post(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Store a posted event unless its id is known; returns its document as it reads back
+        (for a known id, the stored event's)."""
         event_id, record = to_record(event, self.zone, self.writer.limits)
         while event_id in self._pending:
             await asyncio.shield(self._pending[event_id])
         if event_id in self._recent:
-            return event_id, False
+            return await self._known(event_id, record)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[event_id] = future
         try:
             if await run_in_threadpool(self.stored, event_id):
                 self._remember(event_id)
-                return event_id, False
+                return await self._known(event_id, record)
             await self.writer.write([record], SCOPE)
             self._remember(event_id)
-            return event_id, True
+            return posted_document(event_id, record)
         finally:
             del self._pending[event_id]
             future.set_result(None)
+
+    async def _known(self, event_id: str, record: Record) -> dict[str, Any]:
+        """The stored document of a known id (the posted one while storage does not show it yet)."""
+        found = await run_in_threadpool(self.find, event_id)
+        return found if found is not None else posted_document(event_id, record)
 
     def _remember(self, event_id: str) -> None:
         self._recent[event_id] = None

@@ -111,18 +111,14 @@ def definition(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/event", summary="Log an event (MADSci Event JSON); a known event_id is not stored again")
+@router.post(
+    "/event", summary="Log an event (MADSci Event JSON); answers it as stored; a known event_id is not stored again"
+)
 async def post_event(request: Request, event: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
-    store = _store(request)
     try:
-        event_id, _ = await store.post(event)
+        return await _store(request).post(event)
     except MadsciError as error:
         raise HTTPException(422, str(error)) from None
-    answer = {k: v for k, v in event.items() if k != "event_id"}
-    answer["_id"] = event_id
-    answer.setdefault("archived", False)
-    answer.setdefault("archived_at", None)
-    return answer
 
 
 @router.get("/event/{event_id}", summary="One event by its id", responses={404: {"description": "no such event"}})
