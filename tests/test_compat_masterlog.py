@@ -3,6 +3,7 @@ sends, background batching with `flush()` results, API keys, and the fields as l
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -162,3 +163,15 @@ def test_ttl_expires_events(server: LabtelServer) -> None:
     remaining = events_tagged(server, "ttl-test")
     assert [e["attributes"]["lab.event.id"] for e in remaining] == [kept.event_id]
     assert remaining[0]["attributes"]["lab.expires_at"] == "2100-01-01T00:00:00Z"
+
+
+def test_the_client_block_is_told_from_the_users_metadata(server: LabtelServer) -> None:
+    client = MasterLogClient(api_key=KEY, endpoint=server.api, async_mode=False)
+    own_under = client.info("own _python_client", tags=["block-test"], metadata={"_python_client": {"mine": 1}})
+    own_plain = client.info("own python_client", tags=["block-test"], metadata={"python_client": "mine"})
+    assert own_under.ok
+    assert own_plain.ok
+    for result, kept in ((own_under, {"_python_client": {"mine": 1}}), (own_plain, {"python_client": "mine"})):
+        (stored,) = server.all_events(**{"attr.lab.event.id": result.event_id})
+        assert stored["attributes"]["master_log.metadata"] == json.dumps(kept, separators=(",", ":"))
+        assert stored["resource"]["master_log.library"] == "master-log-client"

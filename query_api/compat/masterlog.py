@@ -4,10 +4,11 @@ Fields, as labtel's own `mlog` stores them: `severity` (trace, debug, info, warn
 → OTel severity and a MADSci-style type (`log_info`, …); `body` → the body; `title` → `title`;
 `tags` → `tags` (a JSON list, sorted, without duplicates); `metadata` → its keys as attributes
 (nested objects joined with dots) and kept whole in `master_log.metadata`, except the client's
-`python_client` block (or `_python_client`), which describes the sender and becomes resource
-attributes (`host.name`, `host.fqdn`, `process.pid`, `process.command`, `service.name`, …);
-`ttl_seconds` / `expires_at` → `lab.ttl_seconds` / `lab.expires_at` (storage deletes the event
-then); `created_at` → the event's time. Each event gets an id (`lab.event.id`), answered back.
+`python_client` block (`_python_client` when the user has a `python_client` key), which
+describes the sender and becomes resource attributes (`host.name`, `host.fqdn`, `process.pid`,
+`process.command`, `service.name`, …); `ttl_seconds` / `expires_at` → `lab.ttl_seconds` /
+`lab.expires_at` (storage deletes the event then); `created_at` → the event's time. Each event
+gets an id (`lab.event.id`), answered back.
 """
 
 from __future__ import annotations
@@ -62,9 +63,20 @@ def _positive_seconds(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-def _client_block(metadata: dict[str, Any]) -> Any:
-    """Take the client's `python_client` block (or `_python_client`) out of the metadata."""
-    return metadata.pop("python_client", None) if "_python_client" not in metadata else metadata.pop("_python_client")
+def _is_client_block(value: Any) -> bool:
+    """Whether a metadata value is master-log-client's description of the sender."""
+    return isinstance(value, Mapping) and {"hostname", "pid"} <= set(value)
+
+
+def _client_block(metadata: dict[str, Any]) -> Mapping[str, Any] | None:
+    """Take the client's block out of the metadata. master-log-client sends it as
+    `python_client`, or as `_python_client` when the user's metadata has a `python_client` of its
+    own; so the first of these that is a client block is taken, and the other stays, the user's."""
+    for key in ("_python_client", "python_client") if "python_client" in metadata else ():
+        if _is_client_block(metadata.get(key)):
+            block: Mapping[str, Any] = metadata.pop(key)
+            return block
+    return None
 
 
 def to_record(event: Any, index: int = 0, limits: RecordLimits = DEFAULT_LIMITS) -> tuple[dict[str, Any], Record]:
