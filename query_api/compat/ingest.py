@@ -120,8 +120,8 @@ def fit(record: Record, limits: RecordLimits) -> Record:
     if not fits(body, limits.max_body_length):
         body = cut(body, limits.max_body_length)
         truncated.insert(0, "body")
-    room = limits.max_attributes_per_record - 1
-    if len(attributes) > room:
+    room = limits.max_attributes_per_record - 1  # and one for TRUNCATED
+    if len(attributes) > limits.max_attributes_per_record or (truncated and len(attributes) > room):
         names = list(attributes)
         truncated += names[room:]
         attributes = {name: attributes[name] for name in names[:room]}
