@@ -2,8 +2,8 @@
 
 Components are declared under `receivers`, `processors`, `exporters` and `extensions` as
 `type[/name]`, and wired by `service.pipelines`. Values may reference the environment with
-`${env:VAR}` or `${env:VAR:-default}`. Anything unknown or invalid is rejected at start-up with
-a message that names the offending key.
+`${env:VAR}` or `${env:VAR:-default}` (the text as is, never re-parsed as YAML). Anything unknown
+or invalid is rejected at start-up with a message that names the offending key.
 """
 
 from __future__ import annotations
@@ -595,42 +595,55 @@ def component_type(component_id: str) -> str:
 
 # --- environment substitution -------------------------------------------------------------
 
-_ENV_REF = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_REF = re.compile(
+    r"\$\$"
+    r"|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
+    r"|\$\{([A-Za-z][A-Za-z0-9+.\-]*):(?!-)[^}]*\}"
+)
 
 
-def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
+def expand_env(value: Any, environ: Mapping[str, str] | None = None, where: str = "") -> Any:
     """Replace `${env:VAR}` / `${env:VAR:-default}` in every string of a loaded YAML tree.
 
-    A string that is exactly one reference takes the YAML type of the substituted text, so
-    `port: ${env:PORT}` becomes an integer, as in the OpenTelemetry Collector. `$$` is a `$`.
+    Substitution happens after YAML parsing, so the variable's text is used exactly as it is
+    (never parsed as YAML again): a string field such as a password gets it unchanged, and a
+    number or boolean field has it converted by its own validation (`port: ${env:PORT}`).
+    `$$` is a `$`. An unset variable without a default, or another provider than `env`
+    (`${file:...}`), is a ConfigError naming the key (`where`) and the reference.
     """
     env = os.environ if environ is None else environ
     if isinstance(value, dict):
-        return {key: expand_env(item, env) for key, item in value.items()}
+        return {key: expand_env(item, env, _join(where, key)) for key, item in value.items()}
     if isinstance(value, list):
-        return [expand_env(item, env) for item in value]
+        return [expand_env(item, env, _join(where, index)) for index, item in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        name, default = match.group(1), match.group(2)
+        name, default, provider = match.group(1), match.group(2), match.group(3)
+        prefix = f"{where}: " if where else ""
+        if provider is not None:
+            raise ConfigError(
+                f"{prefix}{match.group(0)!r} uses the provider {provider!r}; labtel substitutes only "
+                "${env:VAR} and ${env:VAR:-default}"
+            )
         found = env.get(name)
+        if found is None and default is None:
+            raise ConfigError(
+                f"{prefix}the environment variable {name} is not set; set it or give a default: ${{env:{name}:-...}}"
+            )
         if found is None or (found == "" and default is not None):
-            return default if default is not None else ""
+            return default or ""
         return found
 
-    whole = _ENV_REF.fullmatch(value)
-    expanded = _ENV_REF.sub(replace, value)
-    if whole and whole.group(0) != "$$":
-        try:
-            typed = yaml.safe_load(expanded)
-        except yaml.YAMLError:
-            return expanded
-        if isinstance(typed, (str, int, float, bool)):
-            return typed
-    return expanded
+    return _ENV_REF.sub(replace, value)
+
+
+def _join(where: str, key: object) -> str:
+    """The dotted config path of `key` inside `where`, as error messages name it."""
+    return f"{where}.{key}" if where else str(key)
 
 
 # --- loading --------------------------------------------------------------------------------

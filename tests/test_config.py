@@ -50,7 +50,7 @@ def test_env_substitution_with_defaults_and_types() -> None:
     assert expand_env("${env:MISSING:-fallback}", env) == "fallback"
     assert expand_env("${env:EMPTY:-fallback}", env) == "fallback"
     assert expand_env("${DB}", env) == "lab"
-    assert expand_env("${env:PORT}", env) == 4999  # a whole-value reference takes its YAML type
+    assert expand_env("${env:PORT}", env) == "4999"  # the text as is; the field's validation types it
     assert expand_env("localhost:${env:PORT}", env) == "localhost:4999"
     assert expand_env("cost: $$5", env) == "cost: $5"
     assert expand_env({"a": ["${env:DB}"]}, env) == {"a": ["lab"]}
@@ -60,6 +60,60 @@ def test_env_substitution_with_defaults_and_types() -> None:
     )
     assert config.receivers["otlp"].protocols.grpc.endpoint == "0.0.0.0:5317"  # type: ignore[union-attr]
     assert config.exporters["clickhouse"].database == "observatory"
+
+
+@pytest.mark.parametrize(
+    "secret", ["12345", "007", "on", "yes", "12:30", "0x1F", "pa ss #1", "'quoted'", "&anc secret", "[a, b]", "~"]
+)
+def test_env_values_reach_string_fields_exactly_as_written(secret: str) -> None:
+    config = load_config(
+        REPO / "otel-config.yaml",
+        environ={"LABTEL_CLICKHOUSE_PASSWORD": secret, "LABTEL_CLICKHOUSE_USER": secret},
+    )
+    exporter = config.exporters["clickhouse"]
+    assert exporter.password.get_secret_value() == secret
+    assert exporter.username == secret
+
+
+def test_env_values_are_typed_by_numeric_and_boolean_fields(tmp_path: Path) -> None:
+    config = minimal()
+    config["exporters"] = {
+        "clickhouse": {
+            "endpoint": "chdb://./data",
+            "database": "${env:DB}",
+            "async_insert": "${env:ASYNC}",
+            "sending_queue": {"num_consumers": "${env:CONSUMERS}"},
+        }
+    }
+    path = tmp_path / "otel-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config(path, environ={"DB": "2024", "ASYNC": "off", "CONSUMERS": "3"})
+    exporter = loaded.exporters["clickhouse"]
+    assert exporter.database == "2024"
+    assert exporter.async_insert is False
+    assert exporter.sending_queue.num_consumers == 3
+    with pytest.raises(ConfigError, match=r"exporters\.clickhouse\.sending_queue\.num_consumers"):
+        load_config(path, environ={"DB": "x", "ASYNC": "on", "CONSUMERS": "many"})
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("${env:LABTEL_NOT_SET}", "exporters.clickhouse.password: the environment variable LABTEL_NOT_SET is not set"),
+        ("x${env:LABTEL_NOT_SET}", "the environment variable LABTEL_NOT_SET is not set"),
+        (
+            "${file:/run/secrets/pw}",
+            "exporters.clickhouse.password: '${file:/run/secrets/pw}' uses the provider 'file'",
+        ),
+    ],
+)
+def test_unset_variables_and_other_providers_are_named(value: str, message: str) -> None:
+    config = minimal()
+    config["exporters"] = {"clickhouse": {"password": value}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(expand_env(config, {}))
+    assert message in str(caught.value)
+    assert expand_env("$${file:x} ${env:LABTEL_NOT_SET:-}", {}) == "${file:x} "
 
 
 @pytest.mark.parametrize(
