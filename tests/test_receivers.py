@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from labtel.collector.otlp.framing import FramingError, count_records
+from labtel.collector.otlp.jsonfmt import OTLPJSONError, json_to_protobuf
 from labtel.collector.otlp.signals import LOGS, METRICS
 from tests.helpers import LabtelServer, log_record, logs_request, write_config
 
@@ -150,3 +152,38 @@ def test_many_concurrent_exports_are_all_stored(server: LabtelServer) -> None:
     assert len(page) == 1
     seen = len(server.all_events(limit=1000))
     assert seen == 64 * 50
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":"Tip rack empty"}]}]}]}', "logRecords[0].body"),
+        (
+            b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"attributes":[{"key":"k","value":"plain"}]}]}]}]}',
+            "logRecords[0].attributes[0].value: expected an object, got a string",
+        ),
+        (b'{"resourceLogs":[{"resource":"lab-1"}]}', "resourceLogs[0].resource"),
+        (b'{"resourceLogs":[{"scopeLogs":[{"scope":["a"]}]}]}', "scopeLogs[0].scope: expected an object, got a list"),
+    ],
+)
+def test_json_with_a_value_where_an_object_belongs_is_named(body: bytes, where: str) -> None:
+    with pytest.raises(OTLPJSONError, match=re.escape(where)):
+        json_to_protobuf(LOGS, body)
+
+
+def test_json_of_the_wrong_type_is_refused_and_unknown_fields_ignored(server: LabtelServer) -> None:
+    wrong = (
+        b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":"Tip rack empty"},'
+        b'{"body":{"stringValue":"ok"},"attributes":[{"key":"k","value":"plain string"}]}]}]}]}'
+    )
+    response = post(server, wrong, "application/json")
+    assert response.status_code == 400
+    assert "logRecords[0].body: expected an object, got a string" in response.json()["message"]
+    unknown = (
+        b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"kept"},"newField":"x",'
+        b'"attributes":[{"key":"k","value":{"stringValue":"v"},"extra":{"a":1}}]}]}]}]}'
+    )
+    assert post(server, unknown, "application/json").status_code == 200
+    server.wait_until_stored()
+    [event] = server.all_events()
+    assert (event["body"], event["attributes"]["k"]) == ("kept", "v")

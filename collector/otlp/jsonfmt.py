@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from labtel.collector.otlp.signals import Signal
 
@@ -75,6 +76,54 @@ def _nested(obj: dict[str, Any], path: tuple[str, ...], where: str) -> Iterator[
                 yield from _nested(child, rest, f"{where}.{key}[{n}]")
 
 
+def _fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """A message's fields by their JSON and proto names, as ParseDict accepts them."""
+    known = _FIELDS.get(descriptor.full_name)
+    if known is None:
+        known = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
+        _FIELDS[descriptor.full_name] = known
+    return known
+
+
+_FIELDS: dict[str, dict[str, FieldDescriptor]] = {}
+
+
+def _check_objects(tree: dict[str, Any], descriptor: Descriptor) -> None:
+    """Refuse a known message field that does not hold an object (or a list of objects).
+
+    ParseDict with ignore_unknown_fields would read a string such as `"body": "text"` as a list
+    of unknown field names and drop it silently; a wrong type is not an unknown field. Unknown
+    fields stay ignored; scalar types are ParseDict's to check.
+    """
+    pending: list[tuple[dict[str, Any], Descriptor, str]] = [(tree, descriptor, "$")]
+    while pending:
+        obj, message, where = pending.pop()
+        fields = _fields(message)
+        found: list[tuple[dict[str, Any], Descriptor, str]] = []
+        for key, value in obj.items():
+            field = fields.get(key)
+            if field is None or field.message_type is None or value is None:
+                continue
+            at = f"{where}.{key}" if where != "$" else key
+            if field.is_repeated:
+                if not isinstance(value, list):
+                    raise OTLPJSONError(f"{at}: expected a list, got {_json_type(value)}")
+                children = [(child, f"{at}[{n}]") for n, child in enumerate(value)]
+            else:
+                children = [(value, at)]
+            for child, child_at in children:
+                if not isinstance(child, dict):
+                    raise OTLPJSONError(f"{child_at}: expected an object, got {_json_type(child)}")
+                found.append((child, field.message_type, child_at))
+        pending.extend(reversed(found))  # the first problem in document order is reported
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    return names.get(type(value), "an object" if isinstance(value, dict) else type(value).__name__)
+
+
 def json_to_protobuf(signal: Signal, body: bytes) -> bytes:
     """Convert an OTLP/JSON request body into the serialized protobuf request."""
     try:
@@ -102,6 +151,7 @@ def json_to_protobuf(signal: Signal, body: bytes) -> bytes:
                         for field in fields:
                             _hex_to_base64(child, field, at)
     message = signal.request_type()
+    _check_objects(tree, cast(Descriptor, message.DESCRIPTOR))
     try:
         json_format.ParseDict(tree, message, ignore_unknown_fields=True)
     except (json_format.ParseError, binascii.Error, ValueError, TypeError) as error:
