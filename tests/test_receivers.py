@@ -187,3 +187,21 @@ def test_json_of_the_wrong_type_is_refused_and_unknown_fields_ignored(server: La
     server.wait_until_stored()
     [event] = server.all_events()
     assert (event["body"], event["attributes"]["k"]) == ("kept", "v")
+
+
+def test_every_gzip_member_is_read_and_trailing_bytes_refused(small_server: LabtelServer) -> None:
+    server = small_server
+    first, second = (logs_request([log_record(name)]).SerializeToString() for name in ("member-1", "member-2"))
+    gzipped = {"Content-Encoding": "gzip"}
+    assert post(server, gzip.compress(first) + gzip.compress(second), **gzipped).status_code == 200
+    response = post(server, gzip.compress(first) + b"GARBAGE", **gzipped)
+    assert response.status_code == 400
+    assert "7 bytes after the end of the gzip body" in status_pb2.Status.FromString(response.content).message
+    assert post(server, gzip.compress(first) + gzip.compress(second)[:-4], **gzipped).status_code == 400
+    half = logs_request([log_record("h" * 30_000)]).SerializeToString()  # two fit, four do not (100000)
+    assert post(server, gzip.compress(half) * 2, **gzipped).status_code == 200
+    response = post(server, gzip.compress(half) * 4, **gzipped)
+    assert response.status_code == 413
+    assert "decompressed" in status_pb2.Status.FromString(response.content).message
+    server.wait_until_stored()
+    assert stored_bodies(server) == ["h" * 30_000] * 2 + ["member-1", "member-2"]

@@ -32,6 +32,7 @@ from labtel.collector.servers import HttpServer
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+_GZIP_MAGIC = b"\x1f\x8b"  # how every gzip member starts
 
 
 class _HttpError(Exception):
@@ -59,16 +60,34 @@ async def read_body(request: Request, limit: int) -> bytes:
     raw = b"".join(chunks)
     if encoding in ("identity", ""):
         return raw
-    decompressor = zlib.decompressobj(wbits=47 if encoding == "gzip" else 15)
-    try:
-        body = decompressor.decompress(raw, limit + 1)
-    except zlib.error as error:
-        raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"cannot decompress {encoding} body: {error}") from None
-    if len(body) > limit or decompressor.unconsumed_tail:
-        raise _HttpError(413, code_pb2.RESOURCE_EXHAUSTED, f"decompressed request body exceeds {limit} bytes")
-    if not decompressor.eof:
-        raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"truncated {encoding} body")
-    return body
+    return decompress(raw, encoding, limit)
+
+
+def decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip (every member, as Go's gzip reader reads them) or deflate body, refusing more than
+    `limit` bytes decompressed (413) and anything but another gzip member after the end (400)."""
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    wbits = 47 if encoding == "gzip" else 15  # the first member: gzip or zlib header
+    while True:
+        decompressor = zlib.decompressobj(wbits=wbits)
+        try:
+            part = decompressor.decompress(rest, limit - size + 1)
+        except zlib.error as error:
+            raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"cannot decompress {encoding} body: {error}") from None
+        size += len(part)
+        if size > limit or decompressor.unconsumed_tail:
+            raise _HttpError(413, code_pb2.RESOURCE_EXHAUSTED, f"decompressed request body exceeds {limit} bytes")
+        if not decompressor.eof:
+            raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"truncated {encoding} body")
+        parts.append(part)
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding != "gzip" or not rest.startswith(_GZIP_MAGIC):
+            raise _HttpError(400, code_pb2.INVALID_ARGUMENT, f"{len(rest)} bytes after the end of the {encoding} body")
+        wbits = 31  # later members: gzip only
 
 
 async def metrics_endpoint(request: Request) -> Response:
