@@ -520,9 +520,49 @@ class PipelineConfig(StrictModel):
     exporters: list[str] = Field(min_length=1)
 
 
+class TelemetryLogsConfig(StrictModel):
+    """`service.telemetry.logs`: the collector's own log level (None: as `--log-level` says)."""
+
+    level: Literal["debug", "info", "warn", "error"] | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class TelemetryMetricsConfig(StrictModel):
+    """`service.telemetry.metrics`: the collector's own metrics, stored every `interval` beside
+    the lab's (the Collector's levels; `none` stores none)."""
+
+    level: Literal["none", "basic", "normal", "detailed"] = "basic"
+    interval: Duration = timedelta(seconds=15)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("interval")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("the interval must be at least 1s")
+        return value
+
+
 class ServiceTelemetryConfig(StrictModel):
-    logs: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
+    """`service.telemetry`: the collector's own logs and metrics."""
+
+    logs: TelemetryLogsConfig = TelemetryLogsConfig()
+    metrics: TelemetryMetricsConfig = TelemetryMetricsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: ({} if value is None else value) for key, value in data.items()}
+        return data
 
 
 class ServiceConfig(StrictModel):

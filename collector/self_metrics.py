@@ -25,7 +25,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, S
 from prometheus_client import CollectorRegistry
 
 from labtel.collector import telemetry
-from labtel.collector.durations import parse_duration
+from labtel.collector.config import TelemetryMetricsConfig
 from labtel.collector.storage.client import Storage
 from labtel.sdk import __version__
 
@@ -118,12 +118,11 @@ class SelfMetrics:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, storage: Storage, settings: dict[str, Any]) -> SelfMetrics | None:
+    def from_settings(cls, storage: Storage, settings: TelemetryMetricsConfig) -> SelfMetrics | None:
         """The storer `service.telemetry.metrics` asks for, or None for `level: none`."""
-        if str(settings.get("level", "basic")).lower() == "none":
+        if settings.level == "none":
             return None
-        interval = settings.get("interval")
-        return cls(storage, parse_duration(str(interval)) if interval else DEFAULT_INTERVAL)
+        return cls(storage, settings.interval)
 
     def store_once(self) -> None:
         """Insert one snapshot now (a storage failure is logged and the next snapshot tried)."""

@@ -148,6 +148,9 @@ class Service:
         """Each logs pipeline's entry and exporters: the compatibility routes write through one."""
         self._started: list[Lifecycle] = []
         self._authenticators: dict[str, Authenticator] = {}
+        level = config.service.telemetry.logs.level
+        if level is not None:  # service.telemetry.logs.level, as `--log-level` sets it
+            logging.getLogger().setLevel(level.upper().replace("WARN", "WARNING"))
         self._build(extensions, base_dir)
 
     def _authenticator(self, settings: AuthSettings | None) -> Authenticator | None:

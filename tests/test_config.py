@@ -225,3 +225,34 @@ def test_cli_reports_a_missing_pipeline(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "service.pipelines: missing" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize(
+    ("telemetry", "message"),
+    [
+        ({"metrics": {"interval": "banana"}}, "service.telemetry.metrics.interval: invalid duration 'banana'"),
+        ({"metrics": {"intervall": "1s"}}, "service.telemetry.metrics.intervall: unknown key"),
+        ({"metrics": {"level": "nonsense"}}, "service.telemetry.metrics.level: Input should be 'none', 'basic'"),
+        ({"metrics": {"interval": "100ms"}}, "service.telemetry.metrics.interval: the interval must be at least 1s"),
+        ({"logs": {"level": "loud"}}, "service.telemetry.logs.level: Input should be 'debug'"),
+        ({"traces": {}}, "service.telemetry.traces: unknown key"),
+    ],
+)
+def test_service_telemetry_is_checked_like_the_rest(telemetry: dict[str, object], message: str) -> None:
+    service = {"telemetry": telemetry, "pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["clickhouse"]}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(minimal(service=service))
+    assert message in str(caught.value)
+
+
+def test_service_telemetry_is_typed() -> None:
+    pipelines = {"logs": {"receivers": ["otlp"], "exporters": ["clickhouse"]}}
+    telemetry = {"logs": {"level": "WARN"}, "metrics": {"level": "None", "interval": "30s"}}
+    config = parse_config(minimal(service={"telemetry": telemetry, "pipelines": pipelines}))
+    assert config.service.telemetry.logs.level == "warn"
+    assert (config.service.telemetry.metrics.level, config.service.telemetry.metrics.interval) == (
+        "none",
+        timedelta(seconds=30),
+    )
+    defaults = parse_config(minimal(service={"telemetry": {"metrics": None}, "pipelines": pipelines}))
+    assert defaults.service.telemetry.metrics.interval == timedelta(seconds=15)
