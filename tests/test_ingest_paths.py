@@ -461,3 +461,42 @@ def test_zero_timestamps_fall_back_to_observed_then_now(storage: Storage) -> Non
     assert rows["observed"]["ts"] == rows["observed"]["obs"] == 1_760_000_000_000_000_000
     assert rows["neither"]["ts"] == rows["neither"]["obs"]
     assert abs(rows["neither"]["now"] - rows["neither"]["ts"]) < 600 * 10**9
+
+
+def _with_schema_url(signal: str, where: str, url: str) -> bytes:
+    """A one-record request of `signal` whose resource or scope (`where`) has schema_url `url`."""
+    from tests.metrics_requests import metrics_request
+
+    if signal == "logs":
+        request: Any = logs_request([log_record("schema url")])
+        resource, scope = request.resource_logs[0], request.resource_logs[0].scope_logs[0]
+    elif signal == "traces":
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        request = ExportTraceServiceRequest.FromString(spans_request("schema url", {}, {}, {}))
+        resource, scope = request.resource_spans[0], request.resource_spans[0].scope_spans[0]
+    else:
+        request = metrics_request("schema-url")
+        resource, scope = request.resource_metrics[0], request.resource_metrics[0].scope_metrics[0]
+    (resource if where == "resource" else scope).schema_url = url
+    data: bytes = request.SerializeToString()
+    return data
+
+
+def test_invalid_utf8_in_a_schema_url_is_refused_on_both_paths(chdb_path: Any) -> None:
+    from labtel.collector.otlp.signals import SIGNALS
+
+    exporter = fresh_exporter(chdb_path)
+    marker = "https://example.org/ZZZZZZZZ"
+    for signal in ("logs", "traces", "metrics"):
+        for where in ("resource", "scope"):
+            valid = _with_schema_url(signal, where, marker)
+            data = valid.replace(b"ZZZZZZZZ", b"\xff\xfe\xff\xfe" * 2)
+            with pytest.raises(Exception, match=EXACT_PATH_ERROR):  # the fast path sends it to triage
+                exporter.storage.insert_otlp(signal, data, uuid.uuid4().hex)
+            payload = Payload(SIGNALS[signal], data, count_records(SIGNALS[signal], data))
+            [verdict] = exporter.store([payload], uuid.uuid4().hex)
+            assert verdict is not None, (signal, where)  # and the exact path rejects it: a 400
+            valid_payload = Payload(SIGNALS[signal], valid, payload.records)
+            assert exporter.store([valid_payload], uuid.uuid4().hex) == [None]
+    assert exporter.storage.rows(f"SELECT count() AS n FROM {exporter.storage.names.logs}") == [{"n": 2}]

@@ -140,7 +140,7 @@ def metric_view_select(source: str) -> str:
         # OTLP: a histogram has one more bucket than bounds, or no buckets at all.
         "arrayExists(dp -> length(dp.bucket_counts) NOT IN (0, length(dp.explicit_bounds) + 1), histogram_points)",
         _invalid_utf8(
-            ["MetricName", "MetricDescription", "MetricUnit", "ScopeName", "ScopeVersion"],
+            ["MetricName", "MetricDescription", "MetricUnit", "ScopeName", "ScopeVersion", "resource_url", "scope_url"],
             [f"arrayFlatten({array})" for array in _key_value_strings("attribute_lists")],
         ),
     ]

@@ -337,14 +337,14 @@ def logs_view_select(source: str, limits: RecordLimits = DEFAULT_LIMITS) -> str:
         [
             "request_refused",
             _has_list("resource.attributes"),
-            _invalid_utf8([], _key_value_strings("resource.attributes")),
+            _invalid_utf8(["resource_url"], _key_value_strings("resource.attributes")),
         ]
     )
     scope_checks = " OR ".join(
         [
             "resource_refused",
             _has_list("scope.attributes"),
-            _invalid_utf8(["scope.name", "scope.version"], _key_value_strings("scope.attributes")),
+            _invalid_utf8(["scope.name", "scope.version", "scope_url"], _key_value_strings("scope.attributes")),
         ]
     )
     checks = [
@@ -406,7 +406,7 @@ def traces_view_select(source: str) -> str:
     Built like the logs view: resource and scope columns once per resource and scope. Scope
     attributes are not stored in `otel_traces`, so they are neither rendered nor checked."""
     resource_checks = " OR ".join(
-        [_has_list("resource.attributes"), _invalid_utf8([], _key_value_strings("resource.attributes"))]
+        [_has_list("resource.attributes"), _invalid_utf8(["resource_url"], _key_value_strings("resource.attributes"))]
     )
     checks = [
         "scope_refused",
@@ -460,7 +460,7 @@ FROM (
         ServiceName,
         scope.name AS ScopeName,
         scope.version AS ScopeVersion,
-        resource_refused OR {_invalid_utf8(["scope.name", "scope.version"])} AS scope_refused,
+        resource_refused OR {_invalid_utf8(["scope.name", "scope.version", "scope_url"])} AS scope_refused,
         spans
     FROM (
         SELECT
@@ -469,9 +469,10 @@ FROM (
             {resource_checks} AS resource_refused,
             scopes
         FROM {source}
-        ARRAY JOIN resource_spans.resource AS resource, resource_spans.scope_spans AS scopes
+        ARRAY JOIN resource_spans.resource AS resource, resource_spans.schema_url AS resource_url,
+            resource_spans.scope_spans AS scopes
     )
-    ARRAY JOIN scopes.scope AS scope, scopes.spans AS spans
+    ARRAY JOIN scopes.scope AS scope, scopes.schema_url AS scope_url, scopes.spans AS spans
 )
 ARRAY JOIN spans AS s"""
 
