@@ -29,7 +29,7 @@ from labtel.collector.otlp.signals import LOGS, TRACES
 from labtel.collector.otlp.values import format_double, json_string, value_text
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.schema import EXACT_PATH_ERROR
+from labtel.collector.storage.schema import EXACT_PATH_ERROR, MAX_TIME_NANOS, MAX_TIME_TEXT
 from tests.conftest import make_storage
 from tests.helpers import any_value, log_record, logs_request
 from tests.strategies import scalars, text
@@ -500,3 +500,28 @@ def test_invalid_utf8_in_a_schema_url_is_refused_on_both_paths(chdb_path: Any) -
             valid_payload = Payload(SIGNALS[signal], valid, payload.records)
             assert exporter.store([valid_payload], uuid.uuid4().hex) == [None]
     assert exporter.storage.rows(f"SELECT count() AS n FROM {exporter.storage.names.logs}") == [{"n": 2}]
+
+
+def test_times_after_2106_are_refused_by_the_fast_path(storage: Storage) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tests.metrics_requests import metrics_request
+
+    last = logs_request([log_record("the last storable second", time_ns=MAX_TIME_NANOS)])
+    storage.insert_otlp("logs", last.SerializeToString(), uuid.uuid4().hex)
+    assert storage.rows(
+        "SELECT toUnixTimestamp64Nano(Timestamp) AS ns, toString(TimestampTime) AS seconds, "
+        f"toString(toDate(Timestamp)) AS day FROM {storage.names.logs}"
+    ) == [{"ns": MAX_TIME_NANOS, "seconds": "2106-02-07 06:28:15", "day": "2106-02-07"}]
+    later = MAX_TIME_NANOS + 10**9
+    span = ExportTraceServiceRequest.FromString(spans_request("ends late", {}, {}, {}))
+    span.resource_spans[0].scope_spans[0].spans[0].end_time_unix_nano = later
+    requests = {
+        "logs": logs_request([log_record("too late", time_ns=later)]).SerializeToString(),
+        "traces": span.SerializeToString(),
+        "metrics": metrics_request("too-late", at_ns=later).SerializeToString(),
+    }
+    for signal, data in requests.items():
+        with pytest.raises(Exception, match=EXACT_PATH_ERROR):
+            storage.insert_otlp(signal, data, uuid.uuid4().hex)
+    assert MAX_TIME_TEXT == "2106-02-07T06:28:15Z"

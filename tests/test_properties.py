@@ -22,6 +22,7 @@ from labtel.collector.otlp.signals import LOGS
 from labtel.collector.otlp.values import value_text
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import MAX_TIME_NANOS
 from labtel.query_api.app import create_app
 from labtel.query_api.selector import translate
 from tests.conftest import make_storage
@@ -53,7 +54,7 @@ record_strategy = st.fixed_dictionaries(
         "severity": st.integers(min_value=0, max_value=24),
         "trace_id": st.one_of(st.just(b""), st.binary(min_size=16, max_size=16)),
         "span_id": st.one_of(st.just(b""), st.binary(min_size=8, max_size=8)),
-        "time_ns": st.integers(min_value=1, max_value=2**63 - 1),
+        "time_ns": st.integers(min_value=1, max_value=MAX_TIME_NANOS),
     }
 )
 

@@ -23,9 +23,9 @@ from labtel.collector.storage.schema import (
     _BATCH,
     _KEY_VALUES,
     _MAP,
-    _MAX_NANOS,
     _RESOURCE,
     _SCOPE,
+    MAX_TIME_NANOS,
     METRIC_TYPES,
     SchemaNames,
     _checked,
@@ -134,9 +134,9 @@ def metric_view_select(source: str) -> str:
     times = _concat("arrayMap(dp -> greatest(dp.start_time_unix_nano, dp.time_unix_nano), {points})", METRIC_TYPES)
     checks = [
         _has_list("attribute_lists", nested=True),
-        f"arrayExists(t -> t > {_MAX_NANOS}, {times})",
+        f"arrayExists(t -> t > {MAX_TIME_NANOS}, {times})",
         "arrayExists(e -> length(e.trace_id) NOT IN (0, 16) OR length(e.span_id) NOT IN (0, 8) "
-        f"OR e.time_unix_nano > {_MAX_NANOS}, exemplars)",
+        f"OR e.time_unix_nano > {MAX_TIME_NANOS}, exemplars)",
         # OTLP: a histogram has one more bucket than bounds, or no buckets at all.
         "arrayExists(dp -> length(dp.bucket_counts) NOT IN (0, length(dp.explicit_bounds) + 1), histogram_points)",
         _invalid_utf8(

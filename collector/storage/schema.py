@@ -282,7 +282,13 @@ _SEVERITY_TEXTS = [
         for n in range(1, 5)
     ),
 ]
-_MAX_NANOS = 2**63 - 1
+MAX_TIME_NANOS = (2**32 - 1) * 10**9
+"""The latest time labtel stores, 2106-02-07T06:28:15Z (MAX_TIME_TEXT), in Unix nanoseconds: the
+last second a ClickHouse DateTime (32-bit) holds. Later times would fit the DateTime64(9)
+`Timestamp` columns but wrap or clamp where they become seconds (the logs' partition key and
+TimestampTime, the trace-id lookup's Start and End, the metrics' TimeUnix, the TTL), so both
+ingest paths refuse them."""
+MAX_TIME_TEXT = "2106-02-07T06:28:15Z"
 _BATCH = "getSetting('insert_deduplication_token')"
 """Each insert names its batch in this setting; rows keep it, so a replay can tell what landed."""
 _SPAN_KINDS = [
@@ -350,7 +356,7 @@ def logs_view_select(source: str, limits: RecordLimits = DEFAULT_LIMITS) -> str:
     checks = [
         "scope_refused",
         "length(lr.trace_id) NOT IN (0, 16) OR length(lr.span_id) NOT IN (0, 8)",
-        f"lr.time_unix_nano > {_MAX_NANOS} OR lr.observed_time_unix_nano > {_MAX_NANOS}",
+        f"lr.time_unix_nano > {MAX_TIME_NANOS} OR lr.observed_time_unix_nano > {MAX_TIME_NANOS}",
         "lr.severity_number < 0 OR lr.severity_number > 24",
         *view_checks("lr", limits),
     ]
@@ -412,8 +418,8 @@ def traces_view_select(source: str) -> str:
         "scope_refused",
         "length(s.trace_id) != 16 OR length(s.span_id) != 8 OR length(s.parent_span_id) NOT IN (0, 8)",
         "arrayExists(ln -> length(ln.trace_id) != 16 OR length(ln.span_id) != 8, s.links)",
-        f"s.start_time_unix_nano > {_MAX_NANOS} OR s.end_time_unix_nano > {_MAX_NANOS}",
-        f"arrayExists(t -> t > {_MAX_NANOS}, s.events.time_unix_nano)",
+        f"s.start_time_unix_nano > {MAX_TIME_NANOS} OR s.end_time_unix_nano > {MAX_TIME_NANOS}",
+        f"arrayExists(t -> t > {MAX_TIME_NANOS}, s.events.time_unix_nano)",
         "s.kind < 0 OR s.kind > 5 OR s.status.code < 0 OR s.status.code > 2",
         _has_list("s.attributes"),
         _has_list("s.events.attributes", nested=True),
