@@ -86,9 +86,14 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def record_export(signal: str, transport: str, records: int, outcome: str, started: float) -> None:
-    """Count one answered Export call: outcome is accepted, rejected (bad data) or refused (retry)."""
+def record_export(signal: str, transport: str, records: int, outcome: str, started: float, rejected: int = 0) -> None:
+    """Count one answered Export call: outcome is accepted, rejected (bad data) or refused (retry).
+
+    `rejected` of an accepted call's records were refused (an OTLP partial success): they count
+    as rejected records, the others under `outcome`."""
     RECEIVED_REQUESTS.labels(signal, transport, outcome).inc()
-    if records:
-        RECEIVED_RECORDS.labels(signal, transport, outcome).inc(records)
+    if records - rejected:
+        RECEIVED_RECORDS.labels(signal, transport, outcome).inc(records - rejected)
+    if rejected:
+        RECEIVED_RECORDS.labels(signal, transport, "rejected").inc(rejected)
     EXPORT_LATENCY.labels(signal, transport).observe(time.perf_counter() - started)

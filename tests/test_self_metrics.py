@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import httpx
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 from labtel.collector import telemetry
+from labtel.collector.otlp.signals import LOGS
 from labtel.collector.self_metrics import SERVICE_NAME, SelfMetrics
 from labtel.collector.storage.client import Storage
 from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config
@@ -54,3 +57,32 @@ def test_a_running_collector_stores_its_metrics(tmp_path: Path, server_factory: 
         )
 
     wait_for(stored, timeout=30, what="the collector's own metrics")
+
+
+def test_receivers_count_partial_successes_and_empty_exports(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    config = write_config(
+        tmp_path / "otel-config.yaml", tmp_path / "data", exporter_extra="    limits: {max_body_length: 100}"
+    )
+    server = server_factory(config=config, workdir=tmp_path).start()
+    one_too_long = logs_request([log_record("fits"), log_record("x" * 101)]).SerializeToString()
+
+    def counted(metric: str, transport: str, outcome: str) -> float:
+        return server.metric(f'labtel_{metric}_total{{outcome="{outcome}",signal="logs",transport="{transport}"}}')
+
+    response = httpx.post(
+        f"{server.http}/v1/logs", content=one_too_long, headers={"Content-Type": "application/x-protobuf"}
+    )
+    assert response.status_code == 200
+    with grpc.insecure_channel(server.grpc) as channel:
+        export = channel.unary_unary(LOGS.grpc_method, request_serializer=None, response_deserializer=None)
+        assert (
+            ExportLogsServiceResponse.FromString(export(one_too_long, timeout=30)).partial_success.rejected_log_records
+            == 1
+        )
+        assert export(b"", timeout=30) == b""
+    for transport in ("http", "grpc"):
+        assert counted("receiver_records", transport, "accepted") == 1
+        assert counted("receiver_records", transport, "rejected") == 1
+    assert counted("receiver_requests", "grpc", "accepted") == 2  # the partial success and the empty export

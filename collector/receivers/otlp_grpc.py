@@ -69,7 +69,8 @@ class OTLPGrpcReceiver:
             except FramingError as error:
                 telemetry.record_export(signal.name, "grpc", 0, "rejected", started)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            if records == 0:
+            if records == 0:  # an empty export: accepted, and counted as the HTTP receiver counts it
+                telemetry.record_export(signal.name, "grpc", 0, "accepted", started)
                 return b""
             try:
                 partial = await consumer.consume(Payload(signal, request, records))
@@ -83,7 +84,8 @@ class OTLPGrpcReceiver:
                     error.message,
                     trailing_metadata=(("grpc-status-details-bin", retry_status(error.message, error.retry_after_s)),),
                 )
-            telemetry.record_export(signal.name, "grpc", records, "accepted", started)
+            rejected = partial.rejected if partial is not None else 0
+            telemetry.record_export(signal.name, "grpc", records, "accepted", started, rejected)
             if partial is not None:  # some records broke a limit: OTLP partial success
                 return bytes(signal.response(partial.rejected, partial.message).SerializeToString())
             return b""  # an empty Export*ServiceResponse: everything was accepted

@@ -185,7 +185,8 @@ class OTLPHttpReceiver:
                 outcome = {503: "refused", 401: "unauthorized", 403: "unauthorized"}.get(error.status, "rejected")
                 telemetry.record_export(signal.name, "http", records, outcome, started)
                 return _status_response(error, answer_type)
-            telemetry.record_export(signal.name, "http", records, "accepted", started)
+            rejected = partial.rejected if partial is not None else 0
+            telemetry.record_export(signal.name, "http", records, "accepted", started, rejected)
             response = signal.response() if partial is None else signal.response(partial.rejected, partial.message)
             if answer_type == JSON:
                 return Response(protobuf_to_json(response), 200, media_type=JSON)
