@@ -57,8 +57,9 @@ def _exception_from(exc_info: Any) -> BaseException | None:
     return None
 
 
-_MAX_TIME_NS = 2**63 - 1
-"""The latest time storage holds (2262-04-11): OTLP times are unsigned, from 1970 on."""
+_MAX_TIME_NS = (2**32 - 1) * 10**9
+"""The latest time the collector stores (2106-02-07T06:28:15Z, the last second of a ClickHouse
+DateTime): OTLP times are unsigned, from 1970 on."""
 ORIGINAL_TIME = "labtel.sdk.original_time"
 """The attribute keeping an event time that storage cannot hold (the record has the time it was logged)."""
 
@@ -108,7 +109,7 @@ def build_record(
     now = time.time_ns()
     if time_ns is not None and not 0 < time_ns <= _MAX_TIME_NS:
         attributes[ORIGINAL_TIME] = _time_text(time_ns)
-        time_ns = now  # storable times are 1970 to 2262: the event is kept, at the time it was logged
+        time_ns = now  # storable times are 1970 to 2106: the event is kept, at the time it was logged
     if span is _INVALID_SPAN or not span.is_valid:
         return LogRecordData(
             time_ns or now,

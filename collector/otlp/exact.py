@@ -23,9 +23,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, log_record_problem
 from labtel.collector.otlp.signals import LOGS, METRICS, TRACES, Signal
 from labtel.collector.otlp.values import value_json
+from labtel.collector.storage.schema import MAX_TIME_NANOS, MAX_TIME_TEXT
 
-MAX_NANOS = 2**63 - 1
-"""The latest time a DateTime64(9) holds (2262-04-11)."""
+MAX_NANOS = MAX_TIME_NANOS
+"""The latest time labtel stores (2106-02-07T06:28:15Z, the last second of a DateTime)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _check_id(value: bytes, sizes: tuple[int, ...], where: str) -> None:
 
 def _check_time(value: int, where: str) -> None:
     if value > MAX_NANOS:
-        raise _Invalid(f"{where}: {value} ns is beyond the latest storable time (year 2262)")
+        raise _Invalid(f"{where}: {value} ns is beyond the latest storable time ({MAX_TIME_TEXT})")
 
 
 def _logs(request: Message, rejections: _Rejections) -> int:
