@@ -47,7 +47,10 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError(f"invalid duration {value!r}: use forms like '200ms', '5s', '1h30m' or '30d'")
     if sign < 0:
         raise ValueError(f"duration {value!r} must not be negative")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too long: at most {timedelta.max.days}d") from None
 
 
 def format_duration(value: timedelta) -> str:

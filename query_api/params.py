@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+
+from labtel.collector.durations import format_duration, parse_duration
 
 SEVERITY_NAMES = {
     "TRACE": 1,
@@ -18,14 +20,41 @@ SEVERITY_NAMES = {
     "FATAL": 21,
 }
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
+MIN_TIME_NS = 0
+"""The earliest instant a time parameter means: OTLP times are unsigned, no event is earlier."""
+MAX_TIME_NS = 2**63 - 1
+"""The latest instant storage holds (2262-04-11T23:47:16.854775807Z, the end of Int64 nanoseconds)."""
+MAX_EPOCH_SECONDS = 10**11
+"""Epoch seconds from here on (the year 5138) are taken for a mistake: milliseconds, microseconds or
+nanoseconds given where seconds are expected."""
 
 
 class ParamError(ValueError):
     """A query parameter cannot be understood; the message says which and why."""
 
 
+def clamp_time_ns(ns: int) -> int:
+    """An instant within what storage holds: earlier is 1970-01-01, later is MAX_TIME_NS (2262), so
+    `end=9999-12-31` means "no upper bound" instead of wrapping around Int64."""
+    return min(max(ns, MIN_TIME_NS), MAX_TIME_NS)
+
+
+def epoch_seconds_ns(seconds: Decimal, name: str) -> int:
+    """Epoch seconds as Unix nanoseconds, clamped to what storage holds; a 400 naming `name` for a
+    number so large it must be milliseconds, microseconds or nanoseconds."""
+    if abs(seconds) >= MAX_EPOCH_SECONDS:
+        digits = len(str(int(abs(seconds))))
+        unit = "milliseconds" if digits <= 14 else "microseconds" if digits <= 17 else "nanoseconds"
+        raise ParamError(
+            f"{name}: {int(seconds)} is not a time: epoch seconds expected, and this looks like {unit}; "
+            "divide it, or use RFC 3339 (2026-11-24T08:00:00Z)"
+        )
+    return clamp_time_ns(int(Decimal(seconds) * 1_000_000_000))
+
+
 def parse_time_ns(value: str, name: str) -> int:
-    """An instant as Unix nanoseconds, from RFC 3339 / ISO 8601 (naive means UTC) or epoch seconds."""
+    """An instant as Unix nanoseconds, from RFC 3339 / ISO 8601 (naive means UTC) or epoch seconds,
+    clamped to what storage holds (clamp_time_ns)."""
     text = value.strip()
     try:
         seconds = Decimal(text)
@@ -33,7 +62,7 @@ def parse_time_ns(value: str, name: str) -> int:
         pass
     else:
         if seconds.is_finite():
-            return int(seconds * 1_000_000_000)
+            return epoch_seconds_ns(seconds, name)
     iso = text.replace(" ", "T")
     if iso.endswith(("Z", "z")):
         iso = iso[:-1] + "+00:00"
@@ -50,7 +79,27 @@ def parse_time_ns(value: str, name: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) * 1_000_000_000 + fraction_ns
+    return clamp_time_ns(int(moment.timestamp()) * 1_000_000_000 + fraction_ns)
+
+
+def parse_duration_ns(value: str, name: str, maximum_ns: int = MAX_TIME_NS) -> int:
+    """A duration parameter (`15m`, `24h`, `7d`) as nanoseconds; a 400 naming `name` when it is not one
+    or longer than `maximum_ns`."""
+    try:
+        ns = int(parse_duration(value).total_seconds() * 1_000_000_000)
+    except ValueError as error:
+        raise ParamError(f"{name}: {error}") from None
+    if ns > maximum_ns:
+        raise ParamError(
+            f"{name}: {value!r} is too long; at most {format_duration(timedelta(microseconds=maximum_ns // 1000))}"
+        )
+    return ns
+
+
+def since_ns(value: str, now_ns: int, name: str = "since") -> int:
+    """The instant `value` (a duration) before `now_ns`, clamped to what storage holds: `since=1000y`
+    means from the beginning."""
+    return clamp_time_ns(now_ns - parse_duration_ns(value, name, maximum_ns=2**64))
 
 
 def format_time_ns(ns: int) -> str:

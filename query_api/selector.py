@@ -18,9 +18,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.query_api.params import ParamError, clamp_time_ns, epoch_seconds_ns, parse_time_ns
 from labtel.sdk import semconv
 
 MAX_BYTES = 64 * 1024
@@ -291,14 +292,24 @@ def _compare(op: str, value: Any, source: str, column: Column | None, key: str |
     return f"{column.sql} {op} {state.param(_scalar(value), 'String')}"
 
 
+NANOSECONDS_FROM = 10**17
+"""Numbers from here on (1973 as nanoseconds) compare with times as Unix nanoseconds; smaller ones
+are epoch seconds (params.epoch_seconds_ns: milliseconds and microseconds are refused)."""
+
+
 def _time_ns(value: Any) -> int:
+    """A time of a selector as Unix nanoseconds, clamped to what storage holds (params.clamp_time_ns)."""
     if isinstance(value, bool):
         raise SelectorError("times are RFC 3339 strings or epoch seconds")
-    if isinstance(value, (int, float)):
-        return int(value * 1_000_000_000) if abs(value) < 1e12 else int(value)
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1e9)
     try:
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise SelectorError("numbers must be finite")
+            if abs(value) >= NANOSECONDS_FROM:
+                return clamp_time_ns(int(value))
+            return epoch_seconds_ns(Decimal(str(value)), "time")
+        if isinstance(value, datetime):
+            return clamp_time_ns(int(value.timestamp() * 1e9))
         return parse_time_ns(str(value), "time")
     except ParamError as error:
         raise SelectorError(str(error)) from None

@@ -11,10 +11,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from labtel.collector.alerts.history import STATUSES, list_alerts
-from labtel.collector.durations import parse_duration
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
-from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.query_api.params import ParamError, parse_time_ns, since_ns
 
 if TYPE_CHECKING:
     from labtel.collector.exporters.alerts import AlertsExporter
@@ -50,7 +49,7 @@ def alerts(
     try:
         start_ms = _ms(start, "start")
         if since is not None:
-            start_ms = int(time.time() * 1000 - parse_duration(since).total_seconds() * 1000)
+            start_ms = since_ns(since, time.time_ns()) // 1_000_000
         end_ms = _ms(end, "end")
     except (ParamError, ValueError) as error:
         raise HTTPException(400, str(error)) from None

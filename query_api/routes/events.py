@@ -10,12 +10,11 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from labtel.collector.durations import parse_duration
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.events import EventFilter, get_event, list_events, search_tokens
 from labtel.query_api.models import Event, EventPage
-from labtel.query_api.params import ParamError, parse_hex_id, parse_severity, parse_time_ns
+from labtel.query_api.params import ParamError, parse_hex_id, parse_severity, parse_time_ns, since_ns
 from labtel.query_api.selector import SelectorError
 
 router = APIRouter(tags=["events"])
@@ -97,7 +96,7 @@ def event_filter(
     try:
         start_ns = parse_time_ns(start, "start") if start else None
         if since:
-            start_ns = time.time_ns() - int(parse_duration(since).total_seconds() * 1e9)
+            start_ns = since_ns(since, time.time_ns())
         return EventFilter(
             start_ns=start_ns,
             end_ns=parse_time_ns(end, "end") if end else None,
@@ -117,8 +116,6 @@ def event_filter(
         )
     except (ParamError, SelectorError) as error:
         raise HTTPException(400, str(error)) from None
-    except ValueError as error:  # a bad duration in `since`
-        raise HTTPException(400, f"since: {error}") from None
 
 
 Order = Literal["desc", "asc"]

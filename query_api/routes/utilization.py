@@ -13,14 +13,14 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 
-from labtel.collector.durations import parse_duration
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.events import EventFilter
-from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.query_api.params import MAX_TIME_NS, ParamError, parse_duration_ns, parse_time_ns, since_ns
 from labtel.query_api.routes.events import event_filter
 from labtel.query_api.utilization import (
     KEYS,
+    MAX_SPAN_NS,
     SECOND,
     TIMESERIES_GROUPS,
     UNITS,
@@ -47,12 +47,8 @@ where they end. Without `start`, the range is the 7 days before `end` (default: 
 
 
 def _duration_ns(value: str | None, name: str, default_ns: int) -> int:
-    if value is None:
-        return default_ns
-    try:
-        return int(parse_duration(value).total_seconds() * SECOND)
-    except ValueError as error:
-        raise ParamError(f"{name}: {error}") from None
+    """A setting's duration, at most as long as a report's range can be."""
+    return default_ns if value is None else parse_duration_ns(value, name, maximum_ns=MAX_SPAN_NS)
 
 
 def _day_start(value: str | None) -> int:
@@ -88,11 +84,12 @@ def utilization_scope(
         now = time.time_ns()
         end_ns = parse_time_ns(end, "end") if end else now
         if since:
-            start_ns = now - _duration_ns(since, "since", 0)
+            start_ns = since_ns(since, now)
         else:
             start_ns = parse_time_ns(start, "start") if start else end_ns - DEFAULT_RANGE_NS
         if end_ns <= start_ns:
             raise ParamError("end: must be after start")
+        lookback_ns = _duration_ns(lookback, "lookback", 24 * 3600 * SECOND)
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
@@ -103,7 +100,7 @@ def utilization_scope(
             now_ns=now,
             tz=tz,
             day_start_s=_day_start(day_start),
-            lookback_ns=_duration_ns(lookback, "lookback", 24 * 3600 * SECOND),
+            lookback_ns=min(lookback_ns, MAX_TIME_NS - end_ns),  # no event is stored later: end + lookback fits Int64
             open_limit_ns=_duration_ns(open_limit, "open_limit", 3600 * SECOND),
             gap_ns=_duration_ns(gap, "gap", 1800 * SECOND),
             nodes=tuple(node or ()),
