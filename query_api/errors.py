@@ -10,33 +10,48 @@ from fastapi.responses import JSONResponse
 
 from labtel.collector.storage.client import StorageError
 
-# ClickHouse error codes caused by what the client asked (a pattern, a type, a name, a value).
-_CLIENT_CODES = {
-    *(6, 25, 26, 27, 32, 36, 38, 41, 42, 43, 44, 46, 47, 53, 60, 62, 69, 70, 72, 81, 130, 184, 190),
-    *(215, 386, 395, 427, 456, 457),  # 395: throwIf, the query's own error
+# ClickHouse error codes of storage being unreachable, overloaded or broken: try again later. Any
+# other error the server raises while running a request's query is the query's own (a bad pattern,
+# type, name or value, division by zero, an unsupported clause): a 400, never the same again.
+_RETRY_CODES = {
+    *(3, 74, 75, 76, 173, 198, 202, 203, 209, 210, 225, 236, 242, 243, 252, 279, 285, 319, 394, 425),
+    *(439, 516, 999, 1000, 1001, 1002),
 }
 _REFUSED_CODES = {164, 446, 497}  # READONLY, FUNCTION_NOT_ALLOWED, ACCESS_DENIED
 _LIMIT_CODES = {158, 241, 306, 307, 396}  # 306: recursion too deep (WITH RECURSIVE)
 _TIMEOUT_CODES = {159, 160}
 _CODE = re.compile(r"Code: (\d+)")
-_TRAILER = re.compile(r"\s*\((?:version [^)]*|[A-Z_]+)\)\.?\s*$")
+_TRAILER = re.compile(r"\s*\((?:version [^)]*|[A-Z_0-9]+)\)\.?\s*$")
+_SANDBOX_SETTINGS = re.compile(r" SETTINGS readonly = 1(?:, \w+ = (?:'[^']*'|[\w.+-]+))*")
+"""The SETTINGS clause the SQL sandbox appends, which ClickHouse repeats in its messages."""
+_CANONICAL = re.compile(r":? In scope SELECT formatQuery\(.*\) AS q")
+"""The sandbox's call of formatQuery around the user's SQL, repeated in a syntax error."""
+
+
+def _message(text: str) -> str:
+    """ClickHouse's message without its code, name and version trailers and the sandbox's wrappers."""
+    first = text.splitlines()[0] if text else ""
+    message = first.split("DB::Exception: ")[-1]
+    message = _CANONICAL.sub("", _SANDBOX_SETTINGS.sub("", message))
+    while (shorter := _TRAILER.sub("", message)) != message:
+        message = shorter
+    return message.strip()
 
 
 def describe(error: Exception) -> tuple[int, str]:
     """The HTTP status and message for a storage error."""
     text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
     codes = [int(c) for c in _CODE.findall(text)]
     code = codes[-1] if codes else 0
-    message = _TRAILER.sub("", first.split("DB::Exception: ")[-1]).strip()
-    if code in _CLIENT_CODES:
-        return 400, message
+    message = _message(text) or type(error).__name__
     if code in _REFUSED_CODES:
         return 403, f"not allowed: {message}"
     if code in _LIMIT_CODES:
         return 413, f"the query exceeds a limit: {message}"
     if code in _TIMEOUT_CODES:
         return 408, f"the query took too long: {message}"
+    if code and code not in _RETRY_CODES:
+        return 400, message
     return 503, f"storage error, try again: {message}"
 
 

@@ -10,15 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import clickhouse_connect
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi.testclient import TestClient
 
 from labtel.collector.config import QueryApiConfig, SqlSandboxConfig
 from labtel.collector.storage import migrations
-from labtel.collector.storage.client import Storage
+from labtel.collector.storage.client import Storage, StorageError
 from labtel.query_api.app import create_app
+from labtel.query_api.errors import describe
 from tests.conftest import make_storage
 from tests.helpers import log_record, logs_request
 
@@ -256,3 +259,46 @@ def test_bad_queries_are_400_with_the_reason(client: TestClient) -> None:
     assert client.post("/sql", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
     assert client.post("/sql", json={"query": "SELECT 1"}).status_code == 400
     assert client.post("/sql", content=b"SELECT '\xff'", headers={"Content-Type": "text/plain"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("query", "fmt", "reason"),
+    [
+        ("SELECT intDiv(1, 0)", None, "Division by zero"),
+        ("SELECT 1 AS a, 2 AS a", None, "Multiple expressions"),
+        ("SELECT quantile(2)(number) FROM numbers(3)", None, "Quantile level"),
+        ("SELECT toFixedString('abc', 2)", None, "String too long"),
+        ("SELECT toDecimal32(1e20, 2)", None, "Decimal convert overflow"),
+        ("SELECT repeat('a', 10000000000)", None, "Too large string size"),
+        ("SELECT 1 WHERE 'abc'", None, "Invalid type for filter"),
+        ("SELECT count() FROM otel_logs FINAL", None, "FINAL"),
+        ("SELECT count() FROM otel_logs SAMPLE 0.1", None, "sampling"),
+        ("SELECT NULL AS x", "parquet", "Parquet"),
+        ("SELEC 1", None, "Syntax error"),
+    ],
+)
+def test_errors_of_the_query_itself_are_400_without_the_sandbox_internals(
+    client: TestClient, query: str, fmt: str | None, reason: str
+) -> None:
+    response = sql(client, query, **({"format": fmt} if fmt else {}))
+    assert response.status_code == 400, response.text
+    assert "Retry-After" not in response.headers
+    detail = response.json()["detail"]
+    assert reason in detail
+    for internal in ("SETTINGS readonly", "max_result_rows", "formatQuery", "(version", "storage error"):
+        assert internal not in detail
+    assert not detail.endswith(")"), detail  # no "(ILLEGAL_DIVISION)" / "(UNKNOWN_TYPE)" trailers
+
+
+def test_storage_that_cannot_answer_is_still_503() -> None:
+    with pytest.raises(ClickHouseError) as refused:  # a real connection refused, from the real client
+        clickhouse_connect.get_client(host="127.0.0.1", port=1, connect_timeout=2)
+    assert describe(refused.value)[0] == 503
+    assert describe(StorageError("cannot open embedded ClickHouse"))[0] == 503
+    overloaded = (
+        "Code: 202. DB::Exception: Too many simultaneous queries. Maximum: 100. (TOO_MANY_SIMULTANEOUS_QUERIES)"
+    )
+    assert describe(ClickHouseError(overloaded)) == (
+        503,
+        "storage error, try again: Too many simultaneous queries. Maximum: 100.",
+    )
