@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from labtel.collector.storage.client import Storage
 from labtel.query_api.events import EventFilter
-from labtel.query_api.params import ParamError, format_time_ns
+from labtel.query_api.params import MAX_TIME_NS, ParamError, format_time_ns
 
 GROUPS = {
     "event_type": "EventType",
@@ -24,6 +24,7 @@ GROUPS = {
 }
 MAX_GROUPS = 50
 MAX_BUCKETS = 10_000
+HOUR_NS = 3600 * 1_000_000_000
 _FIXED = re.compile(r"^(\d+)(s|m|h)$")
 _CALENDAR = {"1d": "toStartOfDay", "1w": "toMonday", "1mo": "toStartOfMonth"}
 
@@ -37,11 +38,27 @@ class Bucket:
     calendar: str = ""
 
     def sql(self, tz_param: str, time: str = "Timestamp") -> str:
-        """The start of the bucket holding `time` (a column or expression)."""
+        """The start of the bucket holding `time` (a column or expression). Widths that divide a day
+        are aligned to local time in the zone (1h, 3h: on the zone's hours; 20m: on its hours and
+        minutes past them, also where the offset is 5:30 or 5:45); others (5h, 90m) to the Unix epoch."""
         if self.calendar:
             day = f"{self.calendar}({time}, {tz_param})"
             return f"toDateTime({day}, {tz_param})" if self.calendar != "toStartOfDay" else day
+        if self.seconds % 3600 == 0 and 86_400 % self.seconds == 0:  # the hours of a local day
+            return f"toStartOfInterval({time}, toIntervalHour({self.seconds // 3600}), {tz_param})"
+        if self.seconds % 60 == 0 and 3600 % self.seconds == 0:  # minutes past a local hour
+            minutes = self.seconds // 60
+            return (
+                f"addMinutes(toStartOfHour({time}, {tz_param}), "
+                f"intDiv(toMinute({time}, {tz_param}), {minutes}) * {minutes})"
+            )
         return f"toStartOfInterval({time}, toIntervalSecond({self.seconds}), {tz_param})"
+
+    def sample_step_ns(self) -> int:
+        """How far apart instants may be so that each bucket holds one: buckets of local hours are an
+        hour shorter on the day clocks go forward."""
+        width = self.seconds or 86_400
+        return max(min(width, 900), width - 3600) * 1_000_000_000
 
 
 def parse_bucket(text: str) -> Bucket:
@@ -61,17 +78,40 @@ def parse_timezone(name: str) -> ZoneInfo:
         raise ParamError(f"tz: {name!r} is not a time zone, e.g. UTC or Europe/Madrid") from None
 
 
-def bucket_starts(bucket: Bucket, start_ns: int, end_ns: int, tz: ZoneInfo) -> list[int]:
+def sampled_starts(
+    storage: Storage, expression: str, start_ns: int, end_ns: int, step_ns: int, parameters: dict[str, Any]
+) -> list[int]:
+    """The bucket starts, in order, that the SQL `expression` (of an instant `t`) gives the instants
+    from `start_ns` on, `step_ns` apart, and the last one before `end_ns`: the SQL that puts events
+    in buckets, so bucket starts and counts agree across DST changes and odd offsets."""
+    end_ns = min(end_ns, MAX_TIME_NS)  # no instant is later
+    samples = (end_ns - start_ns - 1) // step_ns + 2
+    rows = storage.rows(
+        f"SELECT arraySort(groupUniqArray(toUnixTimestamp64Nano(toDateTime64({expression}, 9)))) AS b FROM ("
+        "SELECT fromUnixTimestamp64Nano(least({sample_start:Int64} + toInt64(number) * {sample_step:Int64}, "
+        "{sample_last:Int64})) AS t FROM numbers({samples:UInt64}))",
+        parameters={
+            **parameters,
+            "sample_start": start_ns,
+            "sample_step": step_ns,
+            "sample_last": max(start_ns, end_ns - 1),
+            "samples": max(1, samples),
+        },
+    )
+    return [int(b) for b in rows[0]["b"]]
+
+
+def bucket_starts(storage: Storage, bucket: Bucket, start_ns: int, end_ns: int, tz: ZoneInfo) -> list[int]:
     """Every bucket start from the one holding `start_ns` up to `end_ns` (so empty ones show)."""
     moment = datetime.fromtimestamp(start_ns / 1e9, tz)
     if bucket.seconds:
-        offset = moment.utcoffset() or timedelta(0)
-        local = int(start_ns // 1_000_000_000 + offset.total_seconds())
-        first = (local - local % bucket.seconds - int(offset.total_seconds())) * 1_000_000_000
-        count = (end_ns - first + bucket.seconds * 1_000_000_000 - 1) // (bucket.seconds * 1_000_000_000)
+        count = (end_ns - start_ns) // (bucket.seconds * 1_000_000_000) + 1
         if count > MAX_BUCKETS:
             raise ParamError(f"bucket: {bucket.text} makes {count} buckets in this range; at most {MAX_BUCKETS}")
-        return [first + i * bucket.seconds * 1_000_000_000 for i in range(int(count))]
+        expression = bucket.sql("{tz:String}", "t")
+        starts = sampled_starts(storage, expression, start_ns, end_ns, bucket.sample_step_ns(), {"tz": str(tz)})
+        # past 2106 ClickHouse's DateTime of an hour start overflows: such starts are left out
+        return [t for t in starts if start_ns - bucket.seconds * 1_000_000_000 - HOUR_NS <= t < end_ns]
     day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
     if bucket.calendar == "toMonday":
         day -= timedelta(days=day.weekday())
@@ -91,7 +131,6 @@ def bucket_starts(bucket: Bucket, start_ns: int, end_ns: int, tz: ZoneInfo) -> l
     return starts
 
 
-HOUR_NS = 3600 * 1_000_000_000
 HOURLY_GROUPS = ("event_type", "service", "severity", "none")
 """The groups the hourly counts projection of the logs table holds (schema.HOURLY_COUNTS)."""
 
@@ -197,7 +236,7 @@ def count_events(
     if bucket is None:
         return result
     counts: dict[int, dict[str, int]] = {
-        t: dict.fromkeys(groups, 0) for t in bucket_starts(bucket, start_ns, end_ns, tz)
+        t: dict.fromkeys(groups, 0) for t in bucket_starts(storage, bucket, start_ns, end_ns, tz)
     }
     for row in rows:
         slot = counts.setdefault(row["t"], dict.fromkeys(groups, 0))

@@ -30,8 +30,8 @@ from typing import Any
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import not_expired
 from labtel.query_api.events import EventFilter
-from labtel.query_api.params import MAX_TIME_NS, ParamError, format_time_ns
-from labtel.query_api.stats import GROUPS, HOUR_NS, MAX_BUCKETS, Bucket, parse_bucket
+from labtel.query_api.params import ParamError, format_time_ns
+from labtel.query_api.stats import GROUPS, HOUR_NS, MAX_BUCKETS, Bucket, parse_bucket, sampled_starts
 
 SECOND = 1_000_000_000
 PERIODS = {"hour": "1h", "day": "1d", "week": "1w", "month": "1mo"}
@@ -249,19 +249,12 @@ def bucket_bounds(storage: Storage, scope: Scope, bucket: Bucket) -> list[int]:
     same SQL that puts events in buckets (so both agree across DST changes and odd offsets)."""
     step = 900 * SECOND  # every bucket start lies on a quarter hour, in any time zone
     reach = max(32 * 86_400, bucket.seconds + 3600) * SECOND  # past the end: where the last bucket ends
-    steps = (scope.end_ns - scope.start_ns + reach) // step + 1
-    if steps > MAX_STEPS:
+    if (scope.end_ns - scope.start_ns + reach) // step + 1 > MAX_STEPS:
         raise ParamError("start/end: utilization reports cover at most ten years")
-    steps = min(steps, (MAX_TIME_NS - scope.start_ns) // step + 1)  # instants storage can hold
     expression = bucket_sql(bucket, "t", scope.day_start_s)
-    rows = storage.rows(
-        f"SELECT arraySort(groupUniqArray(toUnixTimestamp64Nano(toDateTime64({expression}, 9)))) AS b "
-        "FROM (SELECT fromUnixTimestamp64Nano({start:Int64} + toInt64(number) * {step:Int64}) AS t "
-        "FROM numbers({steps:UInt64}))",
-        parameters={**scope.parameters(), "step": step, "steps": steps},
-    )
+    sampled = sampled_starts(storage, expression, scope.start_ns, scope.end_ns + reach, step, scope.parameters())
     # past 2106 ClickHouse's DateTime of an hour or day start overflows: such starts are left out
-    starts: list[int] = [int(b) for b in rows[0]["b"] if int(b) >= scope.start_ns - reach]
+    starts = [b for b in sampled if b >= scope.start_ns - reach]
     bounds = [b for b in starts if b < scope.end_ns]
     bounds.append(next((b for b in starts if b >= scope.end_ns), scope.end_ns))  # at 2262: the range's end
     if len(bounds) - 1 > MAX_BUCKETS:

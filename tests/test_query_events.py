@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +17,8 @@ from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import MAX_TIME_NANOS
 from labtel.query_api.app import create_app
+from labtel.query_api.params import parse_time_ns
+from labtel.query_api.stats import parse_bucket
 from tests.conftest import make_storage
 from tests.helpers import log_record, logs_request
 
@@ -322,3 +326,49 @@ def test_hourly_counts_come_from_the_projection_and_equal_counting_rows(storage:
     ):
         sql, params = _count_sql(storage, EventFilter(), group_by, parse_bucket(width), ZoneInfo(zone), start, end)
         assert b"p_counts_hourly" not in storage.raw(f"EXPLAIN {sql}", None, parameters=params)
+
+
+@pytest.mark.parametrize(
+    ("width", "zone", "start", "end"),
+    [
+        ("1h", "Asia/Kolkata", "2026-12-03T00:00:00Z", "2026-12-03T03:00:00Z"),
+        ("20m", "Asia/Kathmandu", "2026-12-03T00:00:00Z", "2026-12-03T03:00:00Z"),
+        ("3h", "Europe/Madrid", "2026-10-24T18:00:00Z", "2026-10-26T06:00:00Z"),  # clocks go back
+        ("3h", "America/New_York", "2026-03-07T18:00:00Z", "2026-03-09T06:00:00Z"),  # clocks go forward
+        ("5h", "Europe/Madrid", "2026-12-03T00:00:00Z", "2026-12-04T00:00:00Z"),
+    ],
+)
+def test_fixed_buckets_in_a_zone_are_one_alignment_for_counts_and_empty_buckets(
+    storage: Storage, width: str, zone: str, start: str, end: str
+) -> None:
+    # An event every minute: every bucket holds some, none is a zero beside its twin.
+    first, last = parse_time_ns(start, "start"), parse_time_ns(end, "end")
+    every = 60 * 1_000_000_000
+    insert(storage, [log_record(f"e{t}", time_ns=t) for t in range(first, last, every)], service="aligned")
+    params = {"service": "aligned", "group_by": "none", "bucket": width, "tz": zone, "start": start, "end": end}
+    with TestClient(create_app(storage)) as client:
+        result = client.get("/stats", params=params).json()
+    starts = [b["t_unix_nano"] for b in result["buckets"]]
+    counts = [b["counts"][""] for b in result["buckets"]]
+    assert starts == sorted(set(starts))
+    assert all(counts), list(zip([b["t"] for b in result["buckets"]], counts, strict=True))
+    assert sum(counts) == result["total"] == len(range(first, last, every))
+    seconds = parse_bucket(width).seconds
+    if 86_400 % seconds == 0:  # widths that divide a day begin on the zone's own hours and minutes
+        local = [datetime.fromtimestamp(t / 1e9, ZoneInfo(zone)) for t in starts[1:]]
+        assert all((m.hour * 3600 + m.minute * 60) % seconds == 0 for m in local), local
+
+
+def test_utilization_hours_follow_the_zone(storage: Storage) -> None:
+    with TestClient(create_app(storage)) as client:
+        periods = client.get(
+            "/utilization/periods",
+            params={
+                "bucket": "hour",
+                "tz": "Asia/Kolkata",
+                "start": "2026-12-03T00:00:00Z",
+                "end": "2026-12-03T03:00Z",
+            },
+        ).json()["periods"]
+    assert [p["start"][11:16] for p in periods] == ["23:30", "00:30", "01:30", "02:30"]  # local 05:00, 06:00, ...
+
