@@ -108,8 +108,10 @@ def format_time_ns(ns: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:09d}Z"
 
 
-def parse_severity(value: str, name: str) -> int:
-    """A severity number (1-24), or a level name such as WARN or error."""
+def parse_severity(value: str, name: str, top: bool = False) -> int:
+    """A severity number (1-24), or a level name such as WARN or error: the bottom of the name's
+    range of four (WARN 13), or with `top` its top (WARN 16: WARN2-WARN4 included), as a maximum
+    means it. NOTICE is the one number 10."""
     text = value.strip()
     if text.isdigit():
         number = int(text)
@@ -119,7 +121,7 @@ def parse_severity(value: str, name: str) -> int:
     named = SEVERITY_NAMES.get(text.upper())
     if named is None:
         raise ParamError(f"{name}: {value!r} is not a severity; use 1-24 or {', '.join(SEVERITY_NAMES)}")
-    return named
+    return named + 3 if top and named % 4 == 1 else named
 
 
 def parse_hex_id(value: str, length: int, name: str) -> str:

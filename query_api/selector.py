@@ -6,9 +6,9 @@
 Field names are labtel's columns and MADSci's event fields (`event_type`, `log_level`,
 `event_timestamp`, `source.<x>_id`, `event_data.<key>`), `attributes.<key>` / `resource.<key>` for
 the attribute maps (keys may contain dots), and any other name is a log attribute. Operators:
-$eq $ne $gt $gte $lt $lte $in $nin $regex ($options i) $exists $not, and $and $or $nor. Values
-and keys only ever travel as server-side parameters; an unsupported operator is an error that
-names it.
+$eq $ne $gt $gte $lt $lte $in $nin $regex ($options i, m, s) $exists $not, and $and $or $nor. Values
+and keys only ever travel as server-side parameters (the text values of $in / $nin as one array, so
+thousands of them fit); an unsupported operator is an error that names it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Column:
     """A real column: how to compare values of it."""
 
     sql: str
-    kind: str  # "string", "number", "time", "severity", "uuid"
+    kind: str  # "string", "hex" (stored lower-case), "number", "time", "severity", "uuid", "event_type"
 
 
 COLUMNS: dict[str, Column] = {
@@ -65,8 +65,8 @@ COLUMNS: dict[str, Column] = {
     "event_name": Column("EventName", "string"),
     "event_id": Column("EventId", "uuid"),
     "_id": Column("EventId", "uuid"),
-    "trace_id": Column("TraceId", "string"),
-    "span_id": Column("SpanId", "string"),
+    "trace_id": Column("TraceId", "hex"),
+    "span_id": Column("SpanId", "hex"),
     "node_id": Column("NodeId", "string"),
     "run_id": Column("RunId", "string"),
     "workflow_id": Column("WorkflowId", "string"),
@@ -170,6 +170,7 @@ def _field(name: str, value: Any, state: Translation, depth: int) -> str:
         unknown = [k for k in value if k not in FIELD_OPERATORS]
         if unknown:
             raise SelectorError(f"unsupported operator {unknown[0]}")
+        _options_need_regex(value)
         parts = []
         for operator, operand in value.items():
             if operator == "$options":
@@ -177,6 +178,43 @@ def _field(name: str, value: Any, state: Translation, depth: int) -> str:
             parts.append(_operator(operator, operand, value, source, column, key, state, depth))
         return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
     return _operator("$eq", value, {}, source, column, key, state, depth)
+
+
+def _any_of(values: list[Any], source: str, column: Column | None, key: str | None, state: Translation) -> str:
+    """SQL: the field equals one of `values`, as the OR of `$eq` each would be. Text values (and
+    numbers of number columns) go as one array parameter, so thousands of them keep the query small;
+    the others are a comparison each."""
+    kind = column.kind if column is not None else "attribute"
+    texts: list[str] = []
+    numbers: list[float] = []
+    rest: list[Any] = []
+    for value in values:
+        if isinstance(value, str) and kind in ("attribute", "string", "hex", "uuid", "event_type"):
+            texts.append(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and kind in ("number", "severity"):
+            if not math.isfinite(value):
+                raise SelectorError("numbers must be finite")
+            numbers.append(stdlib_level_to_severity(float(value)) if kind == "severity" else float(value))
+        else:
+            rest.append(value)
+    parts = [_compare("=", v, source, column, key, state) for v in rest]
+    if texts:
+        if kind in ("hex", "uuid"):
+            texts = [v.lower() for v in texts]
+        elif kind == "event_type":
+            from labtel.sdk.event_types import event_type_value
+
+            texts = [event_type_value(v) for v in texts]
+        parts.append(f"{_text(source, column, key, state)} IN {state.param(texts, 'Array(String)')}")
+    if numbers:
+        assert column is not None
+        parts.append(f"{column.sql} IN {state.param(numbers, 'Array(Float64)')}")
+    return "(" + " OR ".join(parts) + ")"
+
+
+def _options_need_regex(expression: Mapping[str, Any]) -> None:
+    if "$options" in expression and "$regex" not in expression:
+        raise SelectorError('$options needs $regex beside it, e.g. {"$regex": "^ot2", "$options": "i"}')
 
 
 def _operator(
@@ -193,6 +231,7 @@ def _operator(
     if operator == "$not":
         if not isinstance(operand, Mapping) or not operand:
             raise SelectorError('$not takes an operator expression, e.g. {"$not": {"$regex": "x"}}')
+        _options_need_regex(operand)
         inner = [
             _operator(op, v, operand, source, column, key, state, depth + 1)
             for op, v in operand.items()
@@ -205,20 +244,34 @@ def _operator(
     if operator == "$regex":
         if not isinstance(operand, str):
             raise SelectorError("$regex takes a string")
-        options = siblings.get("$options", "")
-        pattern = ("(?i)" if "i" in str(options) else "") + operand
+        pattern = _flags(siblings.get("$options", "")) + operand
         return f"match({_text(source, column, key, state)}, {state.param(pattern, 'String')})"
     if operator in ("$in", "$nin"):
         if not isinstance(operand, list):
             raise SelectorError(f"{operator} takes a list")
         if not operand:
             return "0" if operator == "$in" else "1"
-        alternatives = [_compare("=", v, source, column, key, state) for v in operand]
-        joined = "(" + " OR ".join(alternatives) + ")"
+        joined = _any_of(operand, source, column, key, state)
         return joined if operator == "$in" else f"NOT {joined}"
     if operator not in COMPARISONS:
         raise SelectorError(f"unsupported operator {operator}")
     return _compare(COMPARISONS[operator], operand, source, column, key, state)
+
+
+REGEX_OPTIONS = "ims"
+"""The $options letters, RE2 flags of the same names: i any case, m ^ and $ at line breaks, s . matches a line break
+(as it always does in ClickHouse's `match`)."""
+
+
+def _flags(options: Any) -> str:
+    """The RE2 flags group for a $options string ('' for none); letters RE2 lacks (x) are an error."""
+    if not isinstance(options, str):
+        raise SelectorError('$options takes a string of letters, e.g. "i"')
+    unknown = sorted({letter for letter in options if letter not in REGEX_OPTIONS})
+    if unknown:
+        raise SelectorError(f"$options: {', '.join(unknown)} not supported; use i, m and s")
+    flags = "".join(dict.fromkeys(options))
+    return f"(?{flags})" if flags else ""
 
 
 def _attribute(source: str, key: str, state: Translation) -> str:
@@ -229,7 +282,7 @@ def _present(source: str, column: Column | None, key: str | None, state: Transla
     if key is not None:
         return f"mapContains({source}, {state.param(key, 'String')})"
     assert column is not None
-    if column.kind in ("string", "event_type"):
+    if column.kind in ("string", "hex", "event_type"):
         return f"{column.sql} != ''"
     return "1"
 
@@ -238,7 +291,7 @@ def _text(source: str, column: Column | None, key: str | None, state: Translatio
     if key is not None:
         return _attribute(source, key, state)
     assert column is not None
-    return column.sql if column.kind in ("string", "event_type") else f"toString({column.sql})"
+    return column.sql if column.kind in ("string", "hex", "event_type") else f"toString({column.sql})"
 
 
 def _scalar(value: Any) -> str:
@@ -247,6 +300,22 @@ def _scalar(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+INT128 = 2**127
+"""Integers within ±2^127 compare exactly with attributes that are integers (toInt128OrNull)."""
+
+
+def _numeric(target: str, op: str, value: float, state: Translation) -> str:
+    """SQL: the text attribute `target` compared as a number with `value`, NULL where it is none.
+    An integer compares exactly with an integer attribute (Float64 would make ids beyond 2^53
+    equal to their neighbours), and as Float64 with any other number ("120.5", "1e3")."""
+    if not math.isfinite(float(value)):
+        raise SelectorError("numbers must be finite")
+    as_float = f"toFloat64OrNull({target}) {op} {state.param(float(value), 'Float64')}"
+    if isinstance(value, int) and abs(value) < INT128:
+        return f"coalesce(toInt128OrNull({target}) {op} {state.param(value, 'Int128')}, {as_float})"
+    return as_float
 
 
 def _compare(op: str, value: Any, source: str, column: Column | None, key: str | None, state: Translation) -> str:
@@ -261,21 +330,22 @@ def _compare(op: str, value: Any, source: str, column: Column | None, key: str |
                 else "0"
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(float(value)):
-                raise SelectorError("numbers must be finite")
-            number = f"toFloat64OrNull({target})"
+            numeric = _numeric(target, op, value, state)
             if op in ("=", "!="):
                 text_test = f"{target} {op} {state.param(_scalar(value), 'String')}"
-                numeric = f"{number} {op} {state.param(float(value), 'Float64')}"
                 return (
                     f"({text_test} OR ifNull({numeric}, 0))" if op == "=" else f"({text_test} AND ifNull({numeric}, 1))"
                 )
-            return f"ifNull({number} {op} {state.param(float(value), 'Float64')}, 0)"
+            return f"ifNull({numeric}, 0)"
         return f"{target} {op} {state.param(_scalar(value), 'String')}"
     assert column is not None
     kind = column.kind
     if value is None:
-        return f"{column.sql} {'=' if op == '=' else '!='} ''" if kind == "string" else ("0" if op == "=" else "1")
+        return (
+            f"{column.sql} {'=' if op == '=' else '!='} ''"
+            if kind in ("string", "hex")
+            else ("0" if op == "=" else "1")
+        )
     if kind == "time":
         return f"{column.sql} {op} fromUnixTimestamp64Nano({state.param(_time_ns(value), 'Int64')})"
     if kind in ("number", "severity"):
@@ -283,8 +353,8 @@ def _compare(op: str, value: Any, source: str, column: Column | None, key: str |
             raise SelectorError(f"{column.sql} compares with numbers")
         level = stdlib_level_to_severity(float(value)) if kind == "severity" else float(value)
         return f"{column.sql} {op} {state.param(level, 'Float64')}"
-    if kind == "uuid":
-        return f"toString({column.sql}) {op} {state.param(str(value).lower(), 'String')}"
+    if kind in ("uuid", "hex"):  # ids as GET /events takes them (parse_hex_id): any case
+        return f"{_text(source, column, None, state)} {op} {state.param(_scalar(value).lower(), 'String')}"
     if kind == "event_type":
         from labtel.sdk.event_types import event_type_value
 

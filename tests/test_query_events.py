@@ -372,3 +372,18 @@ def test_utilization_hours_follow_the_zone(storage: Storage) -> None:
         ).json()["periods"]
     assert [p["start"][11:16] for p in periods] == ["23:30", "00:30", "01:30", "02:30"]  # local 05:00, 06:00, ...
 
+
+def test_a_severity_name_as_maximum_means_the_top_of_its_range(storage: Storage) -> None:
+    insert(storage, [log_record(f"s{n}", severity=n) for n in range(9, 25)], service="levels")
+    with TestClient(create_app(storage)) as client:
+
+        def numbers(**params: str) -> list[int]:
+            response = client.get("/events", params={"service": "levels", "limit": 100, **params})
+            assert response.status_code == 200, response.text
+            return sorted(e["severity_number"] for e in response.json()["events"])
+
+        assert numbers(severity_min="WARN", severity_max="WARN") == [13, 14, 15, 16]  # WARN to WARN4
+        assert numbers(severity_max="error") == list(range(9, 21))
+        assert numbers(severity_min="ERROR", severity_max="FATAL") == list(range(17, 25))
+        assert numbers(severity_max="14") == [9, 10, 11, 12, 13, 14]  # numbers are exact
+        assert numbers(severity_max="NOTICE") == [9, 10]

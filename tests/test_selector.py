@@ -212,3 +212,126 @@ def test_limits_are_named() -> None:
         translate(deep)
     with pytest.raises(SelectorError, match=r"\(max_selector_conditions\)"):
         translate({"a": {"$in": [1]}, "$and": [{"b": i} for i in range(300)]})
+
+
+def test_trace_and_span_ids_match_in_any_case(chdb_path: Path) -> None:
+    storage = make_storage(chdb_path)
+    migrations.migrate(storage)
+    trace, span = bytes.fromhex("ABCDEF0123456789ABCDEF0123456789"), bytes.fromhex("0123456789ABCDEF")
+    records = [log_record("traced", trace_id=trace, span_id=span), log_record("untraced")]
+    storage.insert_otlp(
+        "logs", logs_request(records, resource={"service.name": "traced"}).SerializeToString(), uuid.uuid4().hex
+    )
+    upper_trace, upper_span = trace.hex().upper(), span.hex().upper()
+    try:
+        with TestClient(create_app(storage)) as client:
+            by_get = client.get("/events", params={"trace_id": upper_trace, "span_id": upper_span}).json()["events"]
+            assert [e["body"] for e in by_get] == ["traced"]
+            for selector in (
+                {"trace_id": upper_trace},
+                {"span_id": upper_span, "trace_id": {"$in": [upper_trace, "x"]}},
+                {"trace_id": {"$eq": upper_trace.lower()}},
+            ):
+                assert bodies(client, selector) == ["traced"], selector
+            assert bodies(client, {"service": "traced", "trace_id": {"$ne": upper_trace}}) == ["untraced"]
+    finally:
+        storage.command(f"DROP DATABASE IF EXISTS `{storage.names.database}`")
+
+
+def test_an_unwrapped_selector_is_refused_saying_where_it_goes(client: TestClient) -> None:
+    response = client.post("/events/query", json={"body": {"$regex": "ot2"}})
+    assert response.status_code == 422
+    message = response.json()["detail"][0]["msg"]
+    assert "unknown key 'body'" in message
+    assert '"selector"' in message
+    assert client.post("/events/query", json={"selector": {"body": {"$regex": "ot2"}}, "limit": 1}).status_code == 200
+
+
+def test_lab_id_spellings_filter_too(client: TestClient) -> None:
+    by_id = client.get("/events", params={"node_id": "ot2_1", "order": "asc"})
+    assert [e["body"] for e in by_id.json()["events"]] == ["ot2 transfer ok", "ot2 transfer slow"]
+    assert client.get("/events", params={"run_id": "nope"}).json()["events"] == []
+    both = client.get("/events", params={"node_id": "ot2_1", "node": "pf400_1"})
+    assert both.status_code == 400
+    assert "node_id" in both.json()["detail"]
+
+
+def test_regex_options_m_and_s_work_and_others_are_named(chdb_path: Path) -> None:
+    storage = make_storage(chdb_path)
+    migrations.migrate(storage)
+    records = [log_record("first line\nsecond line"), log_record("one line")]
+    storage.insert_otlp(
+        "logs", logs_request(records, resource={"service.name": "lines"}).SerializeToString(), uuid.uuid4().hex
+    )
+    try:
+        with TestClient(create_app(storage)) as own:
+            for selector, expected in (
+                ({"body": {"$regex": "^second", "$options": "m"}}, ["first line\nsecond line"]),
+                ({"body": {"$regex": "^second"}}, []),
+                ({"body": {"$regex": "line.second", "$options": "s"}}, ["first line\nsecond line"]),
+                ({"body": {"$regex": "line.second"}}, ["first line\nsecond line"]),  # ClickHouse's default
+                ({"body": {"$regex": "^SECOND", "$options": "mi"}}, ["first line\nsecond line"]),
+            ):
+                assert bodies(own, {"service": "lines", **selector}) == expected, selector
+            for selector, message in (
+                ({"body": {"$regex": "x", "$options": "x"}}, "$options: x not supported"),
+                ({"body": {"$regex": "x", "$options": "iqz"}}, "$options: q, z not supported"),
+                ({"attributes.k": {"$options": "i"}}, "$options needs $regex"),
+                ({"body": {"$not": {"$options": "i"}}}, "$options needs $regex"),
+            ):
+                response = own.post("/events/query", json={"selector": selector})
+                assert response.status_code == 400, selector
+                assert message in response.json()["detail"]
+                assert "SELECT" not in response.json()["detail"]
+    finally:
+        storage.command(f"DROP DATABASE IF EXISTS `{storage.names.database}`")
+
+
+def test_large_integer_attributes_compare_exactly(chdb_path: Path) -> None:
+    storage = make_storage(chdb_path)
+    migrations.migrate(storage)
+    barcodes = ["123456789012345678", "123456789012345679", "120.0", "9007199254740993"]
+    records = [log_record(f"b{i}", {"barcode": code}) for i, code in enumerate(barcodes)]
+    storage.insert_otlp(
+        "logs", logs_request(records, resource={"service.name": "ids"}).SerializeToString(), uuid.uuid4().hex
+    )
+    try:
+        with TestClient(create_app(storage)) as own:
+            for value, expected in (
+                (123456789012345678, ["b0"]),
+                (123456789012345679, ["b1"]),
+                (9007199254740992, []),  # 2^53: a neighbour of b3 as Float64
+                (120, ["b2"]),  # "120.0" is still the number 120
+                ({"$gt": 123456789012345678}, ["b1"]),
+                ({"$ne": 123456789012345678}, ["b1", "b2", "b3"]),
+                ({"$in": [123456789012345679, 9007199254740993]}, ["b1", "b3"]),
+            ):
+                selector = {"service": "ids", "barcode": value}
+                assert sorted(bodies(own, selector)) == expected, value
+            for text, expected in (("123456789012345678", ["b0"]), (">=123456789012345678", ["b0", "b1"])):
+                found = own.get("/events", params={"service": "ids", "attr.barcode": text}).json()["events"]
+                assert sorted(e["body"] for e in found) == expected, text
+    finally:
+        storage.command(f"DROP DATABASE IF EXISTS `{storage.names.database}`")
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ({"status": {"$in": [*(str(i) for i in range(8000)), "failed"]}}, ["reader failed"]),  # 55 KB as JSON
+        ({"node_id": {"$in": [*(f"node {i}" for i in range(4000)), "pf400_1"]}}, ["arm cancelled"]),
+        ({"event_type": {"$in": [*(f"t{i}" for i in range(3000)), "MANAGER_ERROR"]}}, ["lab critical"]),
+        ({"severity": {"$in": list(range(14, 3000))}}, ["reader failed", "lab critical"]),
+        ({"log_level": {"$in": [40, 50]}}, ["reader failed", "lab critical"]),
+        (
+            {"status": {"$nin": [*(f"v{i}" for i in range(3000)), "succeeded", None]}},
+            ["reader failed", "arm cancelled"],
+        ),
+        (
+            {"duration_ms": {"$in": ["40", 2500, None]}},
+            ["ot2 transfer slow", "reader failed", "arm cancelled", "lab critical"],
+        ),
+    ],
+)
+def test_in_takes_thousands_of_values(client: TestClient, selector: dict[str, Any], expected: list[str]) -> None:
+    assert bodies(client, selector) == expected

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
@@ -25,10 +26,33 @@ ATTRIBUTE_FILTERS = """Filter on any attribute with `attr.<key>` (log attributes
 `attr.status=in:failed,cancelled`. Numbers compare as numbers; anything else as text."""
 
 _PREFIXES = {"attr.": "attributes.", "resource.": "resource."}
+ID_ALIASES = {"node_id": "node", "run_id": "run", "workflow_id": "workflow", "experiment_id": "experiment"}
+"""The lab columns' names in events and selectors, taken as the filters' own names."""
+
+
+def _aliased(request: Request, values: dict[str, str | None]) -> dict[str, str | None]:
+    """The lab column filters with `node_id=` ... taken for `node=` ...; both at once is a 400."""
+    found = dict(values)
+    for alias, name in ID_ALIASES.items():
+        given = request.query_params.get(alias)
+        if given is None:
+            continue
+        if found[name] is not None and found[name] != given:
+            raise ParamError(f"{alias}: the same filter as {name}; give one of them")
+        found[name] = given
+    return found
+
+
 _OPERATORS = {">=": "$gte", "<=": "$lte", "!=": "$ne", ">": "$gt", "<": "$lt", "=": "$eq"}
 
 
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
 def _typed(text: str) -> Any:
+    """A parameter's value as a number where it is one: an integer exactly (ids beyond 2^53), else a float."""
+    if _INTEGER.match(text.strip()):
+        return int(text)
     try:
         number = float(text)
     except ValueError:
@@ -78,13 +102,15 @@ def event_filter(
     severity_min: Annotated[
         str | None, Query(description="Minimum severity: 1-24 or TRACE/DEBUG/INFO/WARN/ERROR/FATAL")
     ] = None,
-    severity_max: Annotated[str | None, Query(description="Maximum severity")] = None,
+    severity_max: Annotated[
+        str | None, Query(description="Maximum severity: 1-24, or a name meaning the top of its range (WARN: 16)")
+    ] = None,
     service: Annotated[str | None, Query(description="service.name")] = None,
     event_type: Annotated[str | None, Query(description="lab.event.type (case-insensitive)")] = None,
-    node: Annotated[str | None, Query(description="lab.node.id")] = None,
-    run: Annotated[str | None, Query(description="lab.run.id")] = None,
-    workflow: Annotated[str | None, Query(description="lab.workflow.id")] = None,
-    experiment: Annotated[str | None, Query(description="lab.experiment.id")] = None,
+    node: Annotated[str | None, Query(description="lab.node.id (or node_id=)")] = None,
+    run: Annotated[str | None, Query(description="lab.run.id (or run_id=)")] = None,
+    workflow: Annotated[str | None, Query(description="lab.workflow.id (or workflow_id=)")] = None,
+    experiment: Annotated[str | None, Query(description="lab.experiment.id (or experiment_id=)")] = None,
     trace_id: Annotated[str | None, Query(description="32-digit hex trace id")] = None,
     span_id: Annotated[str | None, Query(description="16-digit hex span id")] = None,
     q: Annotated[
@@ -94,6 +120,7 @@ def event_filter(
 ) -> EventFilter:
     """The filters of a request; `attr.<key>` / `resource.<key>` parameters included."""
     try:
+        lab = _aliased(request, {"node": node, "run": run, "workflow": workflow, "experiment": experiment})
         start_ns = parse_time_ns(start, "start") if start else None
         if since:
             start_ns = since_ns(since, time.time_ns())
@@ -101,13 +128,13 @@ def event_filter(
             start_ns=start_ns,
             end_ns=parse_time_ns(end, "end") if end else None,
             severity_min=parse_severity(severity_min, "severity_min") if severity_min else None,
-            severity_max=parse_severity(severity_max, "severity_max") if severity_max else None,
+            severity_max=parse_severity(severity_max, "severity_max", top=True) if severity_max else None,
             service=service,
             event_type=event_type,
-            node=node,
-            run=run,
-            workflow=workflow,
-            experiment=experiment,
+            node=lab["node"],
+            run=lab["run"],
+            workflow=lab["workflow"],
+            experiment=lab["experiment"],
             trace_id=parse_hex_id(trace_id, 32, "trace_id") if trace_id else None,
             span_id=parse_hex_id(span_id, 16, "span_id") if span_id else None,
             tokens=search_tokens(q) if q else [],
@@ -148,6 +175,21 @@ def _page(storage: Storage, flt: EventFilter, limit: int, cursor: str | None, or
 class EventQuery(BaseModel):
     """A selector query, MongoDB-style, with paging."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        """A body with other keys is most likely a selector sent unwrapped: say where it goes."""
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                raise ValueError(
+                    f'unknown key {unknown[0]!r}: the selector goes under "selector", e.g. '
+                    f'{{"selector": {{"{unknown[0]}": ...}}, "limit": 100}}; other keys: limit, cursor, order'
+                )
+        return data
+
     selector: dict[str, Any] = Field(
         default_factory=dict,
         description='e.g. {"log_level": {"$gte": 40}, "source.node_id": "ot2_1"}; see the selector guide',
@@ -162,7 +204,7 @@ class EventQuery(BaseModel):
     "/events/query",
     response_model=EventPage,
     summary="Events matching a MongoDB-style selector",
-    description="Operators: $eq $ne $gt $gte $lt $lte $in $nin $regex ($options: i) $exists $not $and $or $nor. "
+    description="Operators: $eq $ne $gt $gte $lt $lte $in $nin $regex ($options: i, m, s) $exists $not $and $or $nor. "
     "Fields: event columns (timestamp, log_level, severity, event_type, service, node_id, run_id, workflow_id, "
     "experiment_id, trace_id, body ...), MADSci's source.<x>_id and event_data.<key>, attributes.<key>, "
     "resource.<key>; any other name is a log attribute. An unsupported operator is a 400 naming it.",
