@@ -51,6 +51,7 @@ BOTH = ["recent 0", "recent 1"]
         ({"start": "2300-01-01"}, []),
         ({"start": "1e10"}, []),
         ({"start": "1900-01-01T00:00:00Z", "end": "9999-12-31T23:59:59Z"}, BOTH),
+        ({"since": "999999999d"}, BOTH),  # from the beginning
         ({"end": "1900-01-01T00:00:00Z"}, []),
     ],
 )
@@ -116,7 +117,7 @@ CASES = [
     *((route, {"end": "1796126400000"}, "milliseconds") for route in ROUTES),
     *((route, {"gap": "1000000000d"}, "gap") for route in UTILIZATION),
     *((route, {"lookback": "1000000000d"}, "lookback") for route in UTILIZATION),
-    *((route, {"open_limit": "100000d"}, "open_limit") for route in UTILIZATION),
+    *((route, {"open_limit": "100000d"}, "open_limit: '100000d' is too long; at most 13343d") for route in UTILIZATION),
     ("/series", {"name": "x", "step": "1000000000d"}, "step"),
     ("/series", {"name": "x", "start": "1796126400000"}, "milliseconds"),
     ("/alerts", {"end": "1e15"}, "microseconds"),
