@@ -149,6 +149,13 @@ class HttpServerConfig(_EndpointModel):
     tls: TLSServerSetting | None = None
 
 
+def _empty_as_defaults(data: Any) -> Any:
+    """A section's keys given with no value (`grpc:`) as empty mappings: their defaults."""
+    if isinstance(data, dict):
+        return {key: ({} if value is None else value) for key, value in data.items()}
+    return data
+
+
 class OTLPProtocols(StrictModel):
     grpc: GrpcServerConfig | None = None
     http: HttpServerConfig | None = None
@@ -157,9 +164,7 @@ class OTLPProtocols(StrictModel):
     @classmethod
     def _empty_means_defaults(cls, data: Any) -> Any:
         # `grpc:` with no value enables the protocol with its defaults, as in the Collector.
-        if isinstance(data, dict):
-            return {key: ({} if value is None else value) for key, value in data.items()}
-        return data
+        return _empty_as_defaults(data)
 
     @model_validator(mode="after")
     def _at_least_one(self) -> OTLPProtocols:
@@ -560,9 +565,7 @@ class ServiceTelemetryConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_means_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {key: ({} if value is None else value) for key, value in data.items()}
-        return data
+        return _empty_as_defaults(data)
 
 
 class ServiceConfig(StrictModel):
