@@ -103,8 +103,13 @@ def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
 
 
 def _fail(error: ApiError) -> typer.Exit:
-    err.print(f"[red]labtel:[/red] {error}")
+    err.print(Text.assemble(("labtel:", "red"), f" {error}"))
     return typer.Exit(1)
+
+
+def _note(message: str, style: str = "dim") -> None:
+    """Print a line of `message` to stderr as it is: what it holds (a path, a server's answer) is never markup."""
+    err.print(Text(message, style=style))
 
 
 def filter_params(
@@ -180,10 +185,7 @@ def events_table(events: list[dict[str, Any]]) -> Table:
         table.add_row(
             shown[11:] if one_day else shown,
             _severity(event),
-            event["service_name"],
-            event["event_type"],
-            event["node_id"],
-            event["body"],
+            *(Text(str(event[key])) for key in ("service_name", "event_type", "node_id", "body")),
         )
     return table
 
@@ -219,7 +221,7 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
                 else:
                     console.print(event_line(event))
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
-            err.print("[dim]labtel: connection lost; reconnecting...[/dim]")
+            _note("labtel: connection lost; reconnecting...")
             time.sleep(1)
 
 
@@ -257,7 +259,7 @@ def events(
         else:
             out().print(events_table(latest))
             if page["next_cursor"]:
-                err.print(f"[dim]the latest {len(latest)}; --limit or --since for more[/dim]")
+                _note(f"the latest {len(latest)}; --limit or --since for more")
         if follow_:
             tail = [p for p in params if p[0] not in ("since", "start", "end")]
             if latest:  # go on from the last event shown (events of the same instant are skipped once)
@@ -305,16 +307,17 @@ def sql(
     result = response.json()
     table = Table(header_style="bold")
     for column in result["meta"]:
-        table.add_column(f"{column['name']}\n[dim]{column['type']}[/dim]", overflow="fold")
+        table.add_column(Text.assemble(column["name"], "\n", (column["type"], "dim")), overflow="fold")
     for row in result["data"]:
         table.add_row(*(_cell(value) for value in row.values()))
     out().print(table)
     elapsed = result.get("statistics", {}).get("elapsed", 0.0)
-    err.print(f"[dim]{result['rows']} row(s) in {elapsed * 1000:.1f} ms[/dim]")
+    _note(f"{result['rows']} row(s) in {elapsed * 1000:.1f} ms")
 
 
-def _cell(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def _cell(value: Any) -> Text:
+    """A value of a result as a table cell, shown as it is (text in brackets is data, not markup)."""
+    return Text(value if isinstance(value, str) else json.dumps(value))
 
 
 def _write(data: bytes, output: Path | None) -> None:
@@ -323,7 +326,7 @@ def _write(data: bytes, output: Path | None) -> None:
         sys.stdout.buffer.flush()
     else:
         output.write_bytes(data)
-        err.print(f"[dim]{len(data):,} bytes written to {output}[/dim]")
+        _note(f"{len(data):,} bytes written to {output}")
 
 
 def export(
@@ -370,7 +373,7 @@ def export(
             ):
                 task = progress.add_task("export", total=None)
                 written = _copy(response, file, lambda n: progress.advance(task, n))
-        err.print(f"[green]{written:,} bytes[/green] written to {output}")
+        err.print(Text.assemble((f"{written:,} bytes", "green"), f" written to {output}"))
     except requests.ConnectionError:
         raise _fail(ApiError(f"cannot reach the query API at {base}: is `labtel serve` running?")) from None
     except ApiError as error:
@@ -462,7 +465,7 @@ def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str, 
              str(n["actions"]), str(n["failed"]), f"{n['mean_action_s']:.1f}", f"{n['p95_action_s']:.1f}"]
             for n in result["nodes"]
         ] + [
-            ["[bold]all[/bold]", "", _hours(lab["busy_s"]), _hours(lab["idle_s"]), _percent_cell(lab["utilization_percent"]),
+            [Text("all", style="bold"), "", _hours(lab["busy_s"]), _hours(lab["idle_s"]), _percent_cell(lab["utilization_percent"]),
              str(lab["actions"]), str(lab["failed"]), "", ""]
         ]  # fmt: skip
         columns = [("node", NAME), ("workcell", NAME)]
@@ -511,14 +514,14 @@ def _figures(*headers: str) -> list[tuple[str, str]]:
 
 def report_table(title: str, columns: list[tuple[str, str]], rows: list[list[str | Text]], width: int) -> Table:
     """A report as a rich table of `columns` (header, kind) that fits a terminal `width` wide (when
-    even the figures cannot all fit whole, they fold too)."""
-    cells = [[Text.from_markup(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
+    even the figures cannot all fit whole, they fold too). Text cells are shown as they are, never as markup."""
+    cells = [[Text(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
     needed = [max([len(name)] + [row[index].cell_len for row in cells]) for index, (name, _) in enumerate(columns)]
     room = width - 3 * len(columns) - 1  # less the borders and padding
     names = sum(kind == NAME for _, kind in columns)
     fixed = sum(need for need, (_, kind) in zip(needed, columns, strict=True) if kind != NAME)
     whole = fixed + names * NAME_MIN_WIDTH <= room
-    table = Table(title=title, header_style="bold")
+    table = Table(title=Text(title), header_style="bold")
     for need, (name, kind) in zip(needed, columns, strict=True):
         if kind == TIME:
             table.add_column(name, no_wrap=whole, overflow="fold")

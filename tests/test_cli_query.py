@@ -170,3 +170,39 @@ def test_follow_prints_events_as_they_arrive(server: LabtelServer) -> None:
     finally:
         process.kill()
         process.wait(10)
+
+
+def test_event_data_is_shown_as_it_is_never_as_markup(server: LabtelServer) -> None:
+    bodies = ["vial [/b] closed", "[info] pump started", "[bold]x[/bold]"]
+    send(server, bodies, service="svc[/x]")
+    wide = {"COLUMNS": "200"}
+
+    table = runner.invoke(app, ["events", "--api", server.api, "-n", "3"], env=wide)
+    assert table.exit_code == 0, table.output
+    for text in [*bodies, "svc[/x]"]:
+        assert text in table.stdout, text
+
+    result = runner.invoke(app, ["sql", "SELECT '[/x] bad' AS `[b]s`", "--api", server.api], env=wide)
+    assert result.exit_code == 0, result.output
+    assert "[/x] bad" in result.stdout
+    assert "[b]s" in result.stdout
+
+    refused = runner.invoke(app, ["sql", "SELECT * FROM `[/x]`", "--api", server.api], env=wide)
+    assert refused.exit_code == 1
+    assert "[/x]" in refused.output  # the server's message, whole
+    assert "Traceback" not in refused.output
+
+
+def test_utilization_names_are_shown_as_they_are() -> None:
+    lab = {"busy_s": 1.0, "idle_s": 2.0, "utilization_percent": 33.3, "actions": 1, "failed": 0}
+    nodes = [
+        {"node": name, "workcell": "wc[/x]", "busy_s": 1.0, "idle_s": 2.0, "utilization_percent": 33.3,
+         "actions": 1, "failed": 0, "mean_action_s": 1.0, "p95_action_s": 1.0}
+        for name in ("arm[/b]", "[bold]reader")
+    ]  # fmt: skip
+    result = {"start": "2026-08-06T00:00:00Z", "until": "2026-08-07T00:00:00Z", "nodes": nodes, "lab": lab}
+    console = Console(width=200, record=True, color_system=None)
+    console.print(_utilization_table("nodes", result, "user", "node", 200))
+    text = console.export_text()
+    for name in ("arm[/b]", "[bold]reader", "nodes of wc[/x]", "all"):
+        assert name in text, name
