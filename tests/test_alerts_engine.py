@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from labtel.collector.alerts.delivery import Dispatcher
 from labtel.collector.alerts.engine import AlertEngine
 from labtel.collector.alerts.history import list_alerts
+from labtel.collector.alerts.notifiers import build_notifier
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
-from tests.alerting import FakeClock, alerts_config, store_events
+from tests.alerting import FakeClock, alerts_config, free_port, store_events
 from tests.conftest import make_storage
 
 MINUTE = 60.0
@@ -288,7 +290,7 @@ def test_a_restart_neither_loses_nor_repeats_alerts(fresh_storage: Storage, svc:
     [again] = restarted.evaluate().deliver
     assert [e.body for e in again.events] == ["waiting in a group"]  # not lost; "before" not repeated
     pending = restarted.history.pending()
-    assert {a.alert_id for a in pending} == {sent.alert_id, again.alert_id}  # deliveries resume after a restart
+    assert {a.alert_id for a, _ in pending} == {sent.alert_id, again.alert_id}  # deliveries resume after a restart
 
 
 def test_an_aggregate_still_firing_after_a_restart_resolves_once(storage: Storage, svc: str) -> None:
@@ -315,3 +317,31 @@ def test_an_aggregate_still_firing_after_a_restart_resolves_once(storage: Storag
     clock.advance(2)
     [resolved] = restarted.evaluate().deliver
     assert (resolved.kind, resolved.group_key) == ("resolved", "node_id=n1")
+
+
+async def test_an_alert_no_notifier_delivered_suppresses_nothing(fresh_storage: Storage, svc: str) -> None:
+    storage = fresh_storage
+    clock = FakeClock()
+    refused = {"webhook/ops": {"url": f"http://127.0.0.1:{free_port()}/hook", "retry": {"max_attempts": 1}}}
+    settings: dict[str, object] = {"group_wait": "0s", "repeat_interval": "1h", "notifiers": refused}
+    engine = engine_for(storage, clock, svc, **settings)
+    notifiers = {name: build_notifier(name, c) for name, c in engine.config.notifiers.items()}
+    sender = Dispatcher(svc, notifiers, engine.history, storage, lambda: "", clock, undelivered=engine.undelivered)
+    error = {"severity": 17, "attributes": {"lab.node.id": "ot2_1", "lab.event.type": "node_error"}}
+
+    store_events(storage, [{**error, "body": "first"}], service=svc)
+    [first] = engine.evaluate().deliver
+    [failed] = await sender.deliver(first)
+    assert failed.status == "failed"
+    clock.advance(MINUTE)
+    store_events(storage, [{**error, "body": "second"}], service=svc)
+    [second] = engine.evaluate().deliver  # the key was never notified: not suppressed
+    assert [e.body for e in second.events] == ["second"]
+    await sender.deliver(second)
+
+    clock.advance(MINUTE)
+    restarted = engine_for(storage, clock, svc, **settings)  # the history says the same after a restart
+    store_events(storage, [{**error, "body": "third"}], service=svc)
+    [third] = restarted.evaluate().deliver
+    assert [e.body for e in third.events] == ["third"]
+    assert list_alerts(storage, exporter=svc, status="suppressed") == []

@@ -4,7 +4,9 @@ moves, back-off without sleeping, and failed deliveries stored as events."""
 
 from __future__ import annotations
 
+import asyncio
 import email
+import time
 import uuid
 from collections.abc import Iterator
 from email import policy
@@ -300,3 +302,39 @@ async def test_test_notifications_go_to_the_named_notifiers(store: Storage) -> N
     assert request.body["subject"].startswith("TEST (INFO): test")
     rows: list[dict[str, Any]] = list_alerts(store, exporter=exporter, kind="test")
     assert [r["alert_id"] for r in rows] == [sent.alert_id]
+
+
+class Stalls(Sleeps):
+    """Back-off that never ends: the collector stops while a notifier waits to retry."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.Event().wait()
+
+
+async def test_a_restart_mid_delivery_sends_only_to_the_notifiers_left(store: Storage) -> None:
+    exporter = f"resume-{uuid.uuid4().hex[:6]}"
+    history = History(store, exporter)
+    with webhook_receiver() as fast, webhook_receiver(responses=[500]) as slow:
+        config = alerts_config(notifiers={"webhook/fast": {"url": fast.url}, "webhook/slow": {"url": slow.url}})
+        sent = alert(["webhook/fast", "webhook/slow"], exporter=exporter)
+        history.record([(sent, "pending")])
+        stalls = Stalls()
+        delivering = asyncio.create_task(dispatcher(config, store, FakeClock(), stalls, exporter).deliver(sent))
+        deadline = time.monotonic() + 10
+        while not (stalls.delays and history.pending()[0][1]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # until the slow one waits to retry and the fast one's outcome is stored
+        [(_, settled)] = history.pending()
+        assert [(d.notifier, d.status) for d in settled] == [("webhook/fast", "delivered")]
+        delivering.cancel()  # the collector stops
+
+        [(resumed, settled)] = history.pending()
+        deliveries = await dispatcher(config, store, FakeClock(), Sleeps(), exporter).deliver(resumed, settled)
+        slow.wait(2)
+    assert len(fast.received) == 1  # not sent again
+    assert [(d.notifier, d.status) for d in deliveries] == [
+        ("webhook/fast", "delivered"),
+        ("webhook/slow", "delivered"),
+    ]
+    [row] = list_alerts(store, exporter=exporter)
+    assert row["status"] == "delivered"

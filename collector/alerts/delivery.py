@@ -99,6 +99,7 @@ class Dispatcher:
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         workers: int = 2,
+        undelivered: Callable[[Alert], None] | None = None,
     ) -> None:
         self.exporter = exporter
         self.notifiers = notifiers
@@ -107,12 +108,14 @@ class Dispatcher:
         self.base_url = base_url
         self.clock = clock
         self.sleep = sleep
+        self.undelivered = undelivered
+        """Told (in a thread) of each alert no notifier delivered, so its keys do not suppress later alerts."""
         self._limits = {
             name: RateLimiter(n.config.rate_limit.count, n.config.rate_limit.per.total_seconds(), clock)
             for name, n in notifiers.items()
         }
         self._held: dict[str, int] = {}
-        self._queue: asyncio.Queue[Alert] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Alert, Sequence[Delivery]]] = asyncio.Queue()
         self._threads = ThreadPoolExecutor(max(2, len(notifiers) + 1), thread_name_prefix=f"{exporter}-send")
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,9 +136,9 @@ class Dispatcher:
         self._tasks = []
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, alert: Alert) -> None:
-        """Queue an alert for delivery; returns at once."""
-        self._queue.put_nowait(alert)
+    def submit(self, alert: Alert, settled: Sequence[Delivery] = ()) -> None:
+        """Queue an alert for delivery (but not to the notifiers `settled` already); returns at once."""
+        self._queue.put_nowait((alert, settled))
 
     @property
     def queued(self) -> int:
@@ -143,9 +146,9 @@ class Dispatcher:
 
     async def _work(self) -> None:
         while True:
-            alert = await self._queue.get()
+            alert, settled = await self._queue.get()
             try:
-                await self.deliver(alert)
+                await self.deliver(alert, settled)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -156,11 +159,30 @@ class Dispatcher:
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
-    async def deliver(self, alert: Alert) -> list[Delivery]:
-        """Send an alert through each of its notifiers, record how it went, report failures."""
-        names = [n for n in alert.notifiers if n in self.notifiers]
-        deliveries = list(await asyncio.gather(*(self._deliver_and_report(alert, name) for name in names)))
-        await self._blocking(self.history.record, [(alert, overall_status(deliveries))], deliveries)
+    async def deliver(self, alert: Alert, settled: Sequence[Delivery] = ()) -> list[Delivery]:
+        """Send an alert through each of its notifiers but those `settled` before a restart,
+        record how it went, report failures.
+
+        Each notifier's outcome is in the history as soon as it is known (the alert stays
+        `pending` while others are sending), so a restart sends only to the notifiers left."""
+        order = [n for n in alert.notifiers if n in self.notifiers]
+        deliveries = [d for d in settled if d.notifier in order]
+        names = [n for n in order if n not in {d.notifier for d in deliveries}]
+        recording = asyncio.Lock()  # one write at a time: each later version holds more outcomes
+
+        async def settle(name: str) -> None:
+            delivery = await self._deliver_and_report(alert, name)
+            async with recording:
+                deliveries.append(delivery)
+                if len(deliveries) < len(order):
+                    await self._blocking(self.history.record, [(alert, "pending")], list(deliveries))
+
+        await asyncio.gather(*(settle(name) for name in names))
+        deliveries.sort(key=lambda d: order.index(d.notifier))
+        status = overall_status(deliveries)
+        await self._blocking(self.history.record, [(alert, status)], deliveries)
+        if status in ("failed", "rate_limited") and self.undelivered is not None:
+            await self._blocking(self.undelivered, alert)
         self.delivered = [*self.delivered[-99:], (alert, deliveries)]
         return deliveries
 

@@ -31,7 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 from labtel.collector.alerts.config import AlertsExporterConfig
-from labtel.collector.alerts.history import History, iso_time, new_alert_id
+from labtel.collector.alerts.history import Delivery, History, iso_time, new_alert_id
 from labtel.collector.alerts.model import Alert, EventBrief
 from labtel.collector.alerts.rules import (
     CompiledRule,
@@ -110,8 +110,9 @@ class AlertEngine:
 
     # --- start ----------------------------------------------------------------------------
 
-    def load(self) -> list[Alert]:
-        """Read the engine's memory from the history; returns alerts whose delivery was pending."""
+    def load(self) -> list[tuple[Alert, list[Delivery]]]:
+        """Read the engine's memory from the history; returns alerts whose delivery was pending,
+        each with the deliveries that had settled."""
         with self._lock:
             lookback_ms = int(self.config.lookback.total_seconds() * 1000)
             saved = self.history.watermark()
@@ -131,6 +132,14 @@ class AlertEngine:
                     self._firing[(alert.rule, alert.group_key)] = Firing(alert, alert.fired_at, alert.fired_at)
             self._loaded = True
             return self.history.pending()
+
+    def undelivered(self, alert: Alert) -> None:
+        """No notifier delivered `alert`: its de-duplication keys were not notified after all,
+        so they suppress nothing (unless a later alert notified them since)."""
+        with self._lock:
+            for key in alert.dedup_keys:
+                if self._notified.get(key) == alert.fired_at:
+                    del self._notified[key]
 
     # --- evaluating -----------------------------------------------------------------------
 

@@ -90,6 +90,20 @@ class Delivery:
         }
 
 
+def _deliveries(text: str) -> list[Delivery]:
+    """Deliveries as the history stores them (`Delivery.as_dict`, as JSON)."""
+    return [
+        Delivery(
+            d["notifier"],
+            d["status"],
+            d["attempts"],
+            d["error"],
+            datetime.fromisoformat(d["at"]).timestamp() if d["at"] else 0.0,
+        )
+        for d in (orjson.loads(text) if text else [])
+    ]
+
+
 def overall_status(deliveries: Sequence[Delivery]) -> str:
     """An alert's status from its deliveries: all delivered, none delivered, or some."""
     if not deliveries:
@@ -217,7 +231,7 @@ class History:
         rows = self.storage.rows(
             "SELECT key, toUnixTimestamp64Milli(max(FiredAt)) AS ms "
             f"FROM {self.table} FINAL ARRAY JOIN DedupKeys AS key "
-            "WHERE Exporter = {e:String} AND Kind = 'firing' AND Status != 'suppressed' "
+            "WHERE Exporter = {e:String} AND Kind = 'firing' AND Status NOT IN ('suppressed', 'failed', 'rate_limited') "
             "AND FiredAt > fromUnixTimestamp64Milli({since:Int64}) GROUP BY key",
             parameters={"e": self.exporter, "since": int(since * 1000)},
         )
@@ -234,14 +248,18 @@ class History:
         )
         return [Alert.from_json(str(row["details"]), []) for row in rows if row["kind"] == "firing"]
 
-    def pending(self) -> list[Alert]:
-        """Alerts whose delivery had not finished (the collector stopped first)."""
+    def pending(self) -> list[tuple[Alert, list[Delivery]]]:
+        """Alerts whose delivery had not finished (the collector stopped first), each with the
+        outcomes of the notifiers that had settled (not to be sent again)."""
         rows = self.storage.rows(
-            "SELECT Details, arrayMap(x -> toString(x), EventIds) AS ids "
+            "SELECT Details, arrayMap(x -> toString(x), EventIds) AS ids, Deliveries "
             f"FROM {self.table} FINAL WHERE Exporter = {{e:String}} AND Status = 'pending' ORDER BY FiredAt",
             parameters={"e": self.exporter},
         )
-        return [Alert.from_json(str(row["Details"]), [str(i) for i in row["ids"]]) for row in rows]
+        return [
+            (Alert.from_json(str(row["Details"]), [str(i) for i in row["ids"]]), _deliveries(str(row["Deliveries"])))
+            for row in rows
+        ]
 
 
 def list_alerts(

@@ -36,7 +36,9 @@ class AlertsExporter:
         self.storage = storage
         self.engine = AlertEngine(name, config, storage, clock)
         notifiers = {n: build_notifier(n, c) for n, c in config.notifiers.items()}
-        self.dispatcher = Dispatcher(name, notifiers, self.engine.history, storage, self.base_url, clock)
+        self.dispatcher = Dispatcher(
+            name, notifiers, self.engine.history, storage, self.base_url, clock, undelivered=self.engine.undelivered
+        )
         self._api_url: Callable[[], str] = lambda: ""
         self._wake = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-engine")
@@ -73,8 +75,8 @@ class AlertsExporter:
         while True:
             try:
                 if not loaded:
-                    for alert in await loop.run_in_executor(self._thread, self.engine.load):
-                        self.dispatcher.submit(alert)  # pending when the collector last stopped
+                    for alert, settled in await loop.run_in_executor(self._thread, self.engine.load):
+                        self.dispatcher.submit(alert, settled)  # pending when the collector last stopped
                     loaded = True
                 result = await loop.run_in_executor(self._thread, self.engine.evaluate)
             except asyncio.CancelledError:
