@@ -338,3 +338,31 @@ async def test_a_restart_mid_delivery_sends_only_to_the_notifiers_left(store: St
     ]
     [row] = list_alerts(store, exporter=exporter)
     assert row["status"] == "delivered"
+
+
+async def test_webhook_errors_never_show_the_url_s_secret_path(store: Storage) -> None:
+    exporter = f"secret-{uuid.uuid4().hex[:6]}"
+    once = {"max_attempts": 1}
+    with webhook_receiver(responses=[500]) as hook:
+        config = alerts_config(
+            notifiers={
+                "webhook/answers": {"url": f"{hook.url}/T0/B1/SECRET?token=SECRET2", "retry": once},
+                "webhook/refused": {"url": f"http://127.0.0.1:{free_port()}/hook/SECRET", "retry": once},
+            }
+        )
+        sent = alert(["webhook/answers", "webhook/refused"], exporter=exporter)
+        deliveries = await dispatcher(config, store, FakeClock(), Sleeps(), exporter).deliver(sent)
+        hook.wait(1)
+    assert [d.status for d in deliveries] == ["failed", "failed"]
+    assert deliveries[0].error.startswith(f"POST {hook.url.removesuffix('/hook')}: HTTP 500")
+    assert deliveries[1].error.startswith("POST http://127.0.0.1:")
+    [row] = list_alerts(store, exporter=exporter)
+    events = store.rows(
+        f"SELECT Body, LogAttributes['exception.message'] AS message FROM {store.names.logs} "
+        "WHERE LogAttributes['lab.alert.id'] = {id:String}",
+        parameters={"id": sent.alert_id},
+    )
+    assert len(events) == 2
+    shown = [d.error for d in deliveries] + [d["error"] for d in row["deliveries"]]
+    shown += [e["Body"] for e in events] + [e["message"] for e in events]
+    assert all("SECRET" not in text and "/hook" not in text for text in shown), shown

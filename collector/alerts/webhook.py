@@ -4,6 +4,7 @@ takes (Slack: `text` and Block Kit `blocks`; Teams: a message with an Adaptive C
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -106,6 +107,24 @@ def teams_payload(alert: Alert, base_url: str, subject: str) -> dict[str, Any]:
 PAYLOADS = {"json": json_payload, "slack": slack_payload, "teams": teams_payload}
 
 
+def redacted(url: str) -> str:
+    """A webhook URL as errors show it: scheme and host only (Slack's and Teams' paths are secrets,
+    and errors reach `read` users in GET /alerts, in events and in the log)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def scrubbed(text: str, url: str) -> str:
+    """`text` (an exception's, an answer's) without the URL's secret parts: its path, query and user."""
+    parts = urlsplit(url)
+    query = f"?{parts.query}" if parts.query else ""
+    text = text.replace(url, redacted(url))
+    secrets = [parts.path + query, parts.path, parts.query, parts.netloc.rpartition("@")[0]]
+    for secret in sorted({s for s in secrets if len(s) > 1}, key=len, reverse=True):
+        text = text.replace(secret, "/…" if secret.startswith("/") else "…")
+    return text
+
+
 class WebhookNotifier:
     """POSTs each alert as JSON to `url`."""
 
@@ -128,12 +147,13 @@ class WebhookNotifier:
                 timeout=self.config.timeout.total_seconds(),
             )
         except requests.RequestException as error:
-            raise DeliveryError(f"POST {self.config.url}: {error}") from None
+            raise DeliveryError(f"POST {redacted(self.config.url)}: {scrubbed(str(error), self.config.url)}") from None
         if response.status_code < 300:
             return
         retry_after = response.headers.get("Retry-After", "")
+        answer = scrubbed(response.text[:200], self.config.url)
         raise DeliveryError(
-            f"POST {self.config.url}: HTTP {response.status_code} {response.text[:200]}".strip(),
+            f"POST {redacted(self.config.url)}: HTTP {response.status_code} {answer}".strip(),
             retryable=response.status_code >= 500 or response.status_code in _RETRYABLE,
             retry_after_s=float(retry_after) if retry_after.isdigit() else None,
         )
