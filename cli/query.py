@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -83,23 +84,46 @@ def _base(api: str) -> str:
     return (api if "://" in api else f"http://{api}").rstrip("/")
 
 
+def _where(url: str) -> str:
+    return url.split("/", 3)[:3][-1]
+
+
 def _check(response: requests.Response) -> requests.Response:
+    """The response, if it is the query API's answer to the request; else an ApiError saying what it is."""
     if response.status_code >= 400:
         try:
-            detail = response.json().get("detail", response.text)
+            answer = response.json()
         except ValueError:
-            detail = response.text
+            answer = None
+        detail = answer.get("detail", response.text) if isinstance(answer, dict) else response.text
         raise ApiError(f"{response.status_code}: {detail}")
+    if response.headers.get("Content-Type", "").startswith("text/html"):
+        raise ApiError(f"{_where(response.url)} answered with an HTML page, not the query API: check --api")
     return response
+
+
+def _broken(error: requests.RequestException, url: str) -> ApiError:
+    """What a failed request (no answer, or an answer cut short) means, in one line."""
+    if isinstance(error, requests.ConnectionError):
+        return ApiError(f"cannot reach the query API at {_where(url)}: is `labtel serve` running?")
+    if isinstance(error, requests.Timeout):
+        return ApiError(f"the query API at {_where(url)} did not answer in time")
+    return ApiError(f"the connection to the query API at {_where(url)} broke off: {type(error).__name__}")
 
 
 def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
     try:
         return _check(session.request(method, url, timeout=kwargs.pop("timeout", 60), **kwargs))
-    except requests.ConnectionError:
-        raise ApiError(
-            f"cannot reach the query API at {url.split('/', 3)[:3][-1]}: is `labtel serve` running?"
-        ) from None
+    except requests.RequestException as error:
+        raise _broken(error, url) from None
+
+
+def _json(response: requests.Response) -> Any:
+    """The JSON of an answer, or an ApiError when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(f"{_where(response.url)} answered with something other than JSON: check --api") from None
 
 
 def _fail(error: ApiError) -> typer.Exit:
@@ -247,7 +271,7 @@ def events(
     base = _base(api)
     params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
     try:
-        page = _request("GET", f"{base}/events", params=[*params, ("limit", str(limit))]).json()
+        page = _json(_request("GET", f"{base}/events", params=[*params, ("limit", str(limit))]))
         latest = list(reversed(page["events"]))
         if as_json:
             for event in latest:
@@ -299,12 +323,12 @@ def sql(
         response = _request(
             "POST", f"{base}/sql", json={"sql": text, "parameters": parameters, "format": wanted}, timeout=600
         )
+        if fmt != "table":
+            _write(response.content, output)
+            return
+        result = _json(response)
     except ApiError as error:
         raise _fail(error) from None
-    if fmt != "table":
-        _write(response.content, output)
-        return
-    result = response.json()
     table = Table(header_style="bold")
     for column in result["meta"]:
         table.add_column(Text.assemble(column["name"], "\n", (column["type"], "dim")), overflow="fold")
@@ -324,9 +348,12 @@ def _write(data: bytes, output: Path | None) -> None:
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
-    else:
+        return
+    try:
         output.write_bytes(data)
-        _note(f"{len(data):,} bytes written to {output}")
+    except OSError as error:
+        raise ApiError(f"cannot write {output}: {error.strerror or error}") from None
+    _note(f"{len(data):,} bytes written to {output}")
 
 
 def export(
@@ -359,8 +386,9 @@ def export(
             if str(output) == "-":
                 _copy(response, sys.stdout.buffer, None)
                 return
+            partial = output.with_name(f".{output.name}.part")  # renamed to `output` once complete
             with (
-                output.open("wb") as file,
+                _written(partial, output) as file,
                 Progress(
                     SpinnerColumn(),
                     TextColumn(f"exporting to {output}"),
@@ -374,10 +402,25 @@ def export(
                 task = progress.add_task("export", total=None)
                 written = _copy(response, file, lambda n: progress.advance(task, n))
         err.print(Text.assemble((f"{written:,} bytes", "green"), f" written to {output}"))
-    except requests.ConnectionError:
-        raise _fail(ApiError(f"cannot reach the query API at {base}: is `labtel serve` running?")) from None
+    except requests.RequestException as error:
+        raise _fail(_broken(error, base)) from None
+    except OSError as error:
+        raise _fail(ApiError(f"cannot write {output}: {error.strerror or error}")) from None
     except ApiError as error:
         raise _fail(error) from None
+
+
+@contextlib.contextmanager
+def _written(partial: Path, output: Path) -> Iterator[BinaryIO]:
+    """A file to write at `partial`, renamed to `output` when the block ends well and removed when
+    it fails: an export cut short leaves no file that looks whole."""
+    try:
+        with partial.open("wb") as file:
+            yield file
+        partial.replace(output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _copy(response: requests.Response, file: BinaryIO, advance: Any) -> int:
@@ -443,12 +486,12 @@ def utilization(
         params.append(("format", "csv"))
     try:
         response = _request("GET", f"{_base(api)}/utilization/{chosen}", params=params, timeout=600)
+        if as_csv:
+            sys.stdout.write(response.text)
+            return
+        result = _json(response)
     except ApiError as error:
         raise _fail(error) from None
-    if as_csv:
-        sys.stdout.write(response.text)
-        return
-    result = response.json()
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return

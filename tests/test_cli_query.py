@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -206,3 +209,71 @@ def test_utilization_names_are_shown_as_they_are() -> None:
     text = console.export_text()
     for name in ("arm[/b]", "[bold]reader", "nodes of wc[/x]", "all"):
         assert name in text, name
+
+
+@contextmanager
+def raw_api(answer: bytes) -> Iterator[str]:
+    """A server that answers every request with the bytes `answer` and closes the connection
+    (an answer cut short when it promises more); yields its address."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def http_answer(status: str, content_type: str, body: bytes, chunked_cut: bool = False) -> bytes:
+    if chunked_cut:  # one chunk, then the connection drops
+        return f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + (
+            f"{len(body):x}\r\n".encode() + body + b"\r\n"
+        )
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def test_broken_or_foreign_answers_are_one_line_errors(tmp_path: Path) -> None:
+    commands = {
+        "events": ["events"],
+        "sql": ["sql", "SELECT 1"],
+        "sql csv": ["sql", "SELECT 1", "-F", "csv"],
+        "export": ["export", "-o", str(tmp_path / "cut.parquet")],
+        "utilization": ["utilization"],
+    }
+    answers = {
+        "broke off": http_answer("200 OK", "application/json", b'{"events": [', chunked_cut=True),
+        "HTML page": http_answer("200 OK", "text/html", b"<html><body>login page</body></html>"),
+        "500: [1, 2]": http_answer("500 Internal Server Error", "application/json", b"[1, 2]"),
+    }
+    for said, answer in answers.items():
+        with raw_api(answer) as api:
+            for name, command in commands.items():
+                result = runner.invoke(app, [*command, "--api", api])
+                assert result.exit_code == 1, (said, name, result.output)
+                assert said in result.stderr, (said, name, result.stderr)
+                assert "Traceback" not in result.output
+                assert "<html>" not in result.stdout
+    assert list(tmp_path.iterdir()) == []  # an export cut short leaves no file
+
+
+def test_an_unwritable_output_is_a_one_line_error(server: LabtelServer, tmp_path: Path) -> None:
+    missing = tmp_path / "no such dir"
+    for command in (
+        ["export", "-o", str(missing / "e.parquet")],
+        ["sql", "SELECT 1", "-F", "csv", "-o", str(missing / "s.csv")],
+    ):
+        result = runner.invoke(app, [*command, "--api", server.api])
+        assert result.exit_code == 1, result.output
+        assert "cannot write" in result.stderr
+        assert "Traceback" not in result.output
