@@ -233,21 +233,56 @@ def migrate(
     )
 
 
+def _period(value: str | None) -> str | None:
+    """A --backfill or --duration: a duration longer than zero."""
+    from labtel.collector.durations import parse_duration
+
+    if value is not None:
+        try:
+            longer = parse_duration(value).total_seconds() > 0
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+        if not longer:
+            raise typer.BadParameter(f"{value!r}: a duration longer than zero, e.g. 10m, 24h or 7d")
+    return value
+
+
+def _instant(value: str | None) -> str | None:
+    """A --start: RFC 3339 or epoch seconds."""
+    from labtel.query_api.params import parse_time_ns
+
+    if value is not None:
+        try:
+            parse_time_ns(value, "start")
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _protocol(value: str) -> str:
+    if value not in ("grpc", "http"):
+        raise typer.BadParameter(f"{value!r}: grpc or http")
+    return value
+
+
 @app.command()
 def demo(
     backfill: Annotated[
-        str | None, typer.Option(help="Simulate this past period as fast as possible, e.g. 1d, 7d")
+        str | None, typer.Option(help="Simulate this past period as fast as possible, e.g. 1d, 7d", callback=_period)
     ] = None,
     speed: Annotated[
-        float, typer.Option(help="Accelerated replay: simulated seconds per wall second (60 = an hour a minute)")
+        float,
+        typer.Option(min=1.0, help="Accelerated replay: simulated seconds per wall second (60 = an hour a minute)"),
     ] = 1.0,
     duration: Annotated[
-        str | None, typer.Option(help="Wall-clock length of an accelerated or real-time run, e.g. 10m")
+        str | None,
+        typer.Option(help="Wall-clock length of an accelerated or real-time run, e.g. 10m", callback=_period),
     ] = None,
     live: Annotated[bool, typer.Option("--live", help="After a backfill, keep the labs running in real time")] = False,
-    rate: Annotated[float, typer.Option(help="Load mode: events per second, timestamped now")] = 0.0,
+    rate: Annotated[float, typer.Option(min=0.0, help="Load mode: events per second, timestamped now")] = 0.0,
     start: Annotated[
-        str | None, typer.Option(help="Start of the simulated period (RFC 3339); default: now minus the period")
+        str | None,
+        typer.Option(help="Start of the simulated period (RFC 3339); default: now minus the period", callback=_instant),
     ] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same events")] = 42,
     worlds: Annotated[
@@ -257,7 +292,7 @@ def demo(
     endpoint: Annotated[
         str, typer.Option(envvar="LABTEL_ENDPOINT", help="Collector OTLP endpoint")
     ] = "http://localhost:4317",
-    protocol: Annotated[str, typer.Option(help="grpc or http")] = "grpc",
+    protocol: Annotated[str, typer.Option(help="grpc or http", callback=_protocol)] = "grpc",
     truth: Annotated[Path | None, typer.Option(help="Write the simulation's ground truth (JSON) here")] = None,
     print_items: Annotated[
         bool, typer.Option("--print", help="Print the events as JSON lines instead of sending them")

@@ -64,7 +64,8 @@ class Emitter:
         self._transport = transport
         self._endpoint = endpoint
         self._protocol = protocol
-        self._spool_dir = spool_dir
+        self.spool_dir = spool_dir
+        """Where each service's pipeline spools what it could not send yet."""
         self._demo_id = demo_id
         self._pipelines: dict[str, Pipeline] = {}
         self._tracers: dict[str, tuple[TracerProvider, _PresetIds]] = {}
@@ -90,7 +91,7 @@ class Emitter:
             found = self._pipelines[service] = Pipeline(
                 self._resource(service),
                 self._transport or (lambda: make_transport(protocol, endpoint, {}, 30.0)),
-                self._spool_dir / service,
+                self.spool_dir / service,
                 1 << 30,
                 batch_max_records=2000,
                 batch_interval_s=0.2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,25 +20,47 @@ from labtel.demo.emitter import Emitter
 from labtel.demo.runner import WORLDS, Window, accelerated_window, backfill_window, play, simulate, write_truth
 from labtel.demo.sim import SECOND
 
+_PORTS = {"grpc": 4317, "http": 4318}
+_ENDPOINT_VARIABLES = {"grpc": "LABTEL_GRPC_ENDPOINT", "http": "LABTEL_HTTP_ENDPOINT"}
+"""Where the default config's OTLP receivers listen, by protocol."""
 
-def _listening(endpoint: str) -> bool:
+
+def _address(endpoint: str, protocol: str) -> tuple[str, int]:
+    """The host and port of a collector endpoint (the protocol's OTLP port when it names none)."""
     parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    return parsed.hostname or "localhost", parsed.port or _PORTS.get(protocol, 4317)
+
+
+def _listening(endpoint: str, protocol: str = "grpc") -> bool:
     try:
-        with socket.create_connection((parsed.hostname or "localhost", parsed.port or 4317), timeout=1.0):
+        with socket.create_connection(_address(endpoint, protocol), timeout=1.0):
             return True
     except OSError:
         return False
 
 
-def _start_server(console: Any) -> subprocess.Popen[bytes]:
+def _start_server(console: Any, endpoint: str, protocol: str) -> subprocess.Popen[bytes]:
+    """`labtel serve` with its `protocol` receiver at `endpoint` (the default config's receivers
+    take their addresses from the environment); stopped again if it listens elsewhere."""
+    host, port = _address(endpoint, protocol)
     ready = Path(tempfile.mkdtemp(prefix="labtel-demo-")) / "ready.json"
-    process = subprocess.Popen([sys.executable, "-m", "labtel.cli", "serve", "--ready-file", str(ready)])
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("labtel demo: could not start `labtel serve`")
-        time.sleep(0.1)
-    console.print(f"labtel demo: started labtel serve: {json.loads(ready.read_text())['listeners']}")
+    env = {**os.environ, _ENDPOINT_VARIABLES.get(protocol, "LABTEL_GRPC_ENDPOINT"): f"{host}:{port}"}
+    process = subprocess.Popen([sys.executable, "-m", "labtel.cli", "serve", "--ready-file", str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit("labtel demo: could not start `labtel serve`")
+            time.sleep(0.1)
+        listeners = json.loads(ready.read_text())["listeners"]
+    finally:
+        shutil.rmtree(ready.parent, ignore_errors=True)
+    if not _listening(endpoint, protocol):
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        raise SystemExit(f"labtel demo: `labtel serve` does not listen at {endpoint} (its config sets other addresses)")
+    console.print(f"labtel demo: started labtel serve: {listeners}")
     return process
 
 
@@ -85,12 +108,13 @@ def main(
     server = None
     emitter = None
     if not print_items:
-        if serve and not _listening(endpoint):
-            server = _start_server(console)
+        if serve and not _listening(endpoint, protocol):
+            server = _start_server(console, endpoint, protocol)
         emitter = Emitter(
             endpoint, protocol, Path(tempfile.mkdtemp(prefix="labtel-demo-spool-")), demo_id=f"seed-{seed}"
         )
     previous = signal.getsignal(signal.SIGINT)
+    undelivered = 0
     try:
         for index, window in enumerate(windows):
             items, truth = simulate(window, seed + index, worlds, nodes)
@@ -113,6 +137,7 @@ def main(
                     f"{time.monotonic() - started:.1f} s; delivered {result.delivered}, "
                     f"pending {result.pending}, dropped {result.dropped}"
                 )
+                undelivered += result.pending + result.dropped + result.rejected
             if truth_path is not None:
                 write_truth(truth, truth_path)
     except KeyboardInterrupt:
@@ -121,9 +146,13 @@ def main(
         signal.signal(signal.SIGINT, previous)
         if emitter is not None:
             emitter.close()
+            shutil.rmtree(emitter.spool_dir, ignore_errors=True)  # what is left in it would never be sent
         if server is not None:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
+    if undelivered:
+        console.print(f"[red]labtel demo: {undelivered} items not delivered to {endpoint}[/red]")
+        return 1
     return 0
 
 

@@ -157,9 +157,8 @@ def test_demo_starts_a_collector_when_none_listens(tmp_path: Path) -> None:
             return int(sock.getsockname()[1])
 
     grpc, http, api = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "LABTEL_GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
+    env = {  # the gRPC receiver's address comes from --endpoint
+        **{k: v for k, v in os.environ.items() if k != "LABTEL_GRPC_ENDPOINT"},
         "LABTEL_HTTP_ENDPOINT": f"127.0.0.1:{http}",
         "LABTEL_API_ENDPOINT": f"127.0.0.1:{api}",
     }
@@ -180,10 +179,49 @@ def test_demo_starts_a_collector_when_none_listens(tmp_path: Path) -> None:
         text=True,
         timeout=300,
         cwd=tmp_path,
-        env=env,
+        env={**env, "TMPDIR": str(tmp_path)},
     )
     output = " ".join(result.stderr.split())
     assert result.returncode == 0, output
     assert "started labtel serve" in output
     assert "pending 0, dropped 0" in output
     assert (tmp_path / "labtel-data").is_dir()  # the collector it started stored the events, then stopped
+    assert list(tmp_path.glob("labtel-demo-*")) == []  # no spool or ready file left behind
+
+
+def test_demo_fails_when_nothing_was_delivered(tmp_path: Path) -> None:
+    import os
+
+    from tests.alerting import free_port
+
+    result = subprocess.run(
+        [sys.executable, "-m", "labtel.cli", "demo", "--backfill", "1h", "--worlds", "geochronology", "--no-serve",
+         "--endpoint", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 1, output
+    assert "delivered 0" in output
+    assert "not delivered to 127.0.0.1:" in output
+    assert list(tmp_path.glob("labtel-demo-spool-*")) == []  # no spool left behind
+
+
+def test_demo_options_are_checked() -> None:
+    from typer.testing import CliRunner
+
+    from labtel.cli import app
+
+    for options, named in [
+        (["--backfill", "5x"], "--backfill"),
+        (["--duration", "5x"], "--duration"),
+        (["--backfill", "0"], "--backfill"),
+        (["--backfill", "1h", "--start", "notatime"], "--start"),
+        (["--protocol", "ftp"], "--protocol"),
+        (["--speed", "0"], "--speed"),
+        (["--speed", "-5"], "--speed"),
+        (["--rate", "-3"], "--rate"),
+    ]:
+        result = CliRunner().invoke(app, ["demo", *options, "--print"])
+        assert result.exit_code == 2, (options, result.output)
+        assert named in result.output, options
+        assert result.exception is None or isinstance(result.exception, SystemExit), options
