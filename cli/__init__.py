@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from labtel.cli import keys, query
 from labtel.sdk import __version__
@@ -24,7 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
+"""Messages, each on one line however wide the terminal (or none: a log, CI)."""
 
 ConfigOption = Annotated[
     Path | None,
@@ -61,7 +63,7 @@ def _load(config_path: Path | None, data_dir: Path | None):  # type: ignore[no-u
     try:
         config = load_config(path)
     except ConfigError as error:
-        console.print(f"[red]labtel: configuration error in {path}:[/red] {error}")
+        console.print(f"[red]labtel: configuration error in {escape(str(path))}:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
     if data_dir is not None:
         endpoint = embedded_endpoint(data_dir)
@@ -117,10 +119,10 @@ def _serve(
         service = Service(config, extensions=extensions)
         asyncio.run(_run_until_signalled(service, ready_file, what))
     except ConfigError as error:
-        console.print(f"[red]labtel: configuration error:[/red] {error}")
+        console.print(f"[red]labtel: configuration error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
     except (OSError, StorageError) as error:
-        console.print(f"[red]labtel: cannot start:[/red] {_explain(error)}")
+        console.print(f"[red]labtel: cannot start:[/red] {escape(_explain(error))}")
         raise typer.Exit(1) from None
 
 
@@ -186,7 +188,7 @@ def api(
     try:
         asyncio.run(_run_until_signalled(service, ready_file, "query API"))
     except OSError as error:
-        console.print(f"[red]labtel: cannot start:[/red] {_explain(error)}")
+        console.print(f"[red]labtel: cannot start:[/red] {escape(_explain(error))}")
         raise typer.Exit(1) from None
 
 
@@ -219,7 +221,7 @@ def migrate(
         report = migrations.migrate(storage)
         changed = migrations.reconcile_ttl(storage, {s: exporter.signal_ttl(s) for s in SIGNALS})
     except (StorageError, Exception) as error:
-        console.print(f"[red]labtel: migration failed:[/red] {_explain(error)}")
+        console.print(f"[red]labtel: migration failed:[/red] {escape(_explain(error))}")
         raise typer.Exit(1) from None
     finally:
         storage.close()

@@ -17,7 +17,8 @@ from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+"""Messages: each on one line however wide the terminal (or none: a log, CI), as a terminal folds it."""
 
 
 def out() -> Console:
@@ -302,14 +303,27 @@ def sql(
     ],
     api: ApiOption = DEFAULT_API,
     token: TokenOption = None,
-    fmt: Annotated[str, typer.Option("--format", "-F", help="table, json, csv, tsv, ndjson, parquet, arrow")] = "table",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result to this file")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-F",
+            help="table, json, csv, tsv, ndjson, parquet, arrow, arrow-stream (default: table, csv with -o)",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the result to this file (CSV unless -F says)")
+    ] = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="A {name:Type} placeholder's value: name=value")
     ] = None,
 ) -> None:
     """Run read-only SQL through the query API's sandbox (POST /sql)."""
     use_token(token)
+    if fmt == "table" and output is not None:
+        raise typer.BadParameter("a table is for the terminal: with --output choose csv, parquet, ...", param_hint="-F")
+    fmt = fmt or ("csv" if output is not None else "table")
     text = sys.stdin.read() if query == "-" else query
     parameters = {}
     for item in param or []:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from rich.markup import escape
+
 from labtel.collector.durations import parse_duration
 from labtel.demo.emitter import Emitter
 from labtel.demo.runner import WORLDS, Window, accelerated_window, backfill_window, play, simulate, write_truth
@@ -60,7 +62,7 @@ def _start_server(console: Any, endpoint: str, protocol: str) -> subprocess.Pope
         process.send_signal(signal.SIGTERM)
         process.wait(60)
         raise SystemExit(f"labtel demo: `labtel serve` does not listen at {endpoint} (its config sets other addresses)")
-    console.print(f"labtel demo: started labtel serve: {listeners}")
+    console.print(f"labtel demo: started labtel serve: {escape(str(listeners))}")
     return process
 
 
@@ -93,7 +95,9 @@ def main(
     os.environ.setdefault("OTEL_PYTHON_LOG_LEVEL", "error")  # exporter retries are reported by the summary
     unknown = set(worlds) - set(WORLDS)
     if unknown:
-        console.print(f"[red]labtel demo: unknown world(s) {sorted(unknown)}; choose from {', '.join(WORLDS)}[/red]")
+        console.print(
+            f"[red]labtel demo: unknown world(s) {escape(str(sorted(unknown)))}; choose from {', '.join(WORLDS)}[/red]"
+        )
         return 2
     windows: list[Window] = []
     wall_s = parse_duration(duration).total_seconds() if duration else None
@@ -151,7 +155,7 @@ def main(
             server.send_signal(signal.SIGTERM)
             server.wait(60)
     if undelivered:
-        console.print(f"[red]labtel demo: {undelivered} items not delivered to {endpoint}[/red]")
+        console.print(f"[red]labtel demo: {undelivered} items not delivered to {escape(endpoint)}[/red]")
         return 1
     return 0
 

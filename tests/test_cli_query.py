@@ -277,3 +277,23 @@ def test_an_unwritable_output_is_a_one_line_error(server: LabtelServer, tmp_path
         assert result.exit_code == 1, result.output
         assert "cannot write" in result.stderr
         assert "Traceback" not in result.output
+
+
+def test_a_long_error_stays_on_one_line_without_a_terminal() -> None:
+    detail = "the query API refused this request for a reason that takes many words to explain " * 3
+    answer = http_answer("400 Bad Request", "application/json", json.dumps({"detail": detail.strip()}).encode())
+    with raw_api(answer) as api:
+        result = runner.invoke(app, ["events", "--api", api], env={"COLUMNS": "80"})
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"labtel: 400: {detail.strip()}"]
+
+
+def test_sql_output_file_is_csv_unless_a_format_is_given(server: LabtelServer, tmp_path: Path) -> None:
+    target = tmp_path / "one.csv"
+    written = runner.invoke(app, ["sql", "SELECT 1 AS n", "-o", str(target), "--api", server.api])
+    assert written.exit_code == 0, written.output
+    assert target.read_text() == '"n"\n1\n'
+    assert written.stdout == ""
+    refused = runner.invoke(app, ["sql", "SELECT 1", "-F", "table", "-o", str(target), "--api", server.api])
+    assert refused.exit_code == 2
+    assert "a table is for the terminal" in refused.output
