@@ -77,6 +77,10 @@ _SEVERITY_STYLES = {
 }
 
 
+MAX_LIMIT = 1000
+"""The most events `labtel events` shows at once (a page of GET /events)."""
+
+
 class ApiError(Exception):
     """The query API could not be reached or refused the request."""
 
@@ -97,6 +101,8 @@ def _check(response: requests.Response) -> requests.Response:
         except ValueError:
             answer = None
         detail = answer.get("detail", response.text) if isinstance(answer, dict) else response.text
+        if response.status_code == 401:
+            detail = f"{detail} (give an API key: --token or $LABTEL_API_KEY)"
         raise ApiError(f"{response.status_code}: {detail}")
     if response.headers.get("Content-Type", "").startswith("text/html"):
         raise ApiError(f"{_where(response.url)} answered with an HTML page, not the query API: check --api")
@@ -263,7 +269,7 @@ def events(
     severity: SeverityOption = None,
     query: SearchOption = None,
     attribute: AttributeOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of the latest")] = 30,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="How many of the latest")] = 30,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing events as they arrive")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
 ) -> None:
@@ -284,7 +290,8 @@ def events(
         else:
             out().print(events_table(latest))
             if page["next_cursor"]:
-                _note(f"the latest {len(latest)}; --limit or --since for more")
+                more = "--limit or --since" if limit < MAX_LIMIT else "--since, --start and --end, or `labtel export`,"
+                _note(f"the latest {len(latest)}; {more} for more")
         if follow_:
             tail = [p for p in params if p[0] not in ("since", "start", "end")]
             if latest:  # go on from the last event shown (events of the same instant are skipped once)

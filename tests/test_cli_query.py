@@ -297,3 +297,21 @@ def test_sql_output_file_is_csv_unless_a_format_is_given(server: LabtelServer, t
     refused = runner.invoke(app, ["sql", "SELECT 1", "-F", "table", "-o", str(target), "--api", server.api])
     assert refused.exit_code == 2
     assert "a table is for the terminal" in refused.output
+
+
+def test_hints_name_what_helps(tmp_path: Path) -> None:
+    refused = http_answer("401 Unauthorized", "application/json", b'{"detail": "an API key is required"}')
+    with raw_api(refused) as api:
+        result = runner.invoke(app, ["events", "--api", api])
+    assert result.exit_code == 1
+    assert "--token or $LABTEL_API_KEY" in result.stderr
+
+    event = {"timestamp": "2026-08-06T07:06:40Z", "severity_text": "INFO", "service_name": "s", "event_type": "",
+             "node_id": "", "body": "b", "time_unix_nano": 1, "event_id": "e"}  # fmt: skip
+    page = json.dumps({"events": [event], "next_cursor": "more"}).encode()
+    with raw_api(http_answer("200 OK", "application/json", page)) as api:
+        some = runner.invoke(app, ["events", "--api", api, "-n", "10"])
+        most = runner.invoke(app, ["events", "--api", api, "-n", "1000"])
+    assert "--limit or --since for more" in some.stderr
+    assert "--limit" not in most.stderr  # -n 1000 is the most
+    assert "`labtel export`" in most.stderr
