@@ -3,6 +3,7 @@ grouping, de-duplication, thresholds, silence detection, resolve, and restarts."
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,3 +346,29 @@ async def test_an_alert_no_notifier_delivered_suppresses_nothing(fresh_storage: 
     [third] = restarted.evaluate().deliver
     assert [e.body for e in third.events] == ["third"]
     assert list_alerts(storage, exporter=svc, status="suppressed") == []
+
+
+def test_labtel_s_own_delivery_failures_reach_only_rules_that_name_them(storage: Storage, svc: str) -> None:
+    clock = FakeClock()
+    rules = [
+        {"name": "errors", "min_severity": "ERROR"},
+        {"name": "burst", "match": {"log_level": {"$gte": 40}}, "threshold": {"count": 0}, "group_by": ["service"]},
+        {"name": "own_failures", "match": {"event_type": "alert_delivery_failed"}},
+    ]
+    engine = engine_for(storage, clock, svc, group_wait="0s", alert_level="off", rules=rules)
+    now = time.time_ns() - NS  # before the engine's clock
+    failure = {
+        "body": "not delivered",
+        "severity": 17,
+        "time_ns": now,
+        "attributes": {"lab.event.type": "alert_delivery_failed"},
+    }
+    store_events(storage, [failure], service="labtel-alerts")
+    store_events(storage, [{"body": "pump stalled", "severity": 17, "time_ns": now}], service=svc)
+    alerts = engine.evaluate().deliver
+    by_rule = {alert.rule: alert for alert in alerts if alert.rule != "burst"}
+    assert [e.body for e in by_rule["errors"].events] == ["pump stalled"]
+    assert [e.body for e in by_rule["own_failures"].events] == ["not delivered"]
+    bursts = [alert.group_key for alert in alerts if alert.rule == "burst"]
+    assert f"service={svc}" in bursts
+    assert "service=labtel-alerts" not in bursts

@@ -28,7 +28,8 @@ import re
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from labtel.collector.alerts import templates
 from labtel.collector.durations import Duration
@@ -164,6 +165,12 @@ class RateLimitConfig(_Section):
     count: int = Field(20, ge=0)
     per: Duration = timedelta(minutes=10)
 
+    @model_validator(mode="after")
+    def _a_window(self) -> RateLimitConfig:
+        if self.count > 0 and self.per <= timedelta(0):
+            raise ValueError("per must be longer than 0s (count: 0 turns the limit off)")
+        return self
+
 
 class DeliveryRetryConfig(_Section):
     """Attempts and back-off of one delivery; after the last attempt the failure is an event."""
@@ -284,9 +291,23 @@ class AlertsExporterConfig(_Section):
                 raise ValueError(
                     f"{notifier_id}: unknown notifier type {kind!r}; labtel knows: {', '.join(NOTIFIER_TYPES)}"
                 )
-            parsed[str(notifier_id)] = (
-                body if isinstance(body, _NotifierConfig) else NOTIFIER_TYPES[kind].model_validate(body or {})
-            )
+            try:
+                parsed[str(notifier_id)] = (
+                    body if isinstance(body, _NotifierConfig) else NOTIFIER_TYPES[kind].model_validate(body or {})
+                )
+            except ValidationError as error:  # its errors keep the notifier's name in their location
+                raise ValidationError.from_exception_data(
+                    error.title,
+                    [
+                        InitErrorDetails(
+                            type=item["type"],
+                            loc=(str(notifier_id), *item["loc"]),
+                            input=item["input"],
+                            ctx=item.get("ctx", {}),
+                        )
+                        for item in error.errors()
+                    ],
+                ) from None
         return parsed
 
     @model_validator(mode="after")

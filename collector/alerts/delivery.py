@@ -26,7 +26,7 @@ from labtel.collector.alerts.engine import Clock
 from labtel.collector.alerts.history import Delivery, History, new_alert_id, overall_status
 from labtel.collector.alerts.model import Alert
 from labtel.collector.alerts.notifiers import DeliveryError, Notifier
-from labtel.collector.alerts.rules import DELIVERY_FAILED
+from labtel.collector.alerts.rules import DELIVERY_FAILED, FAILURE_SERVICE
 from labtel.collector.otlp.records import Record, logs_request
 from labtel.collector.storage.client import Storage
 from labtel.sdk import __version__, semconv
@@ -34,8 +34,6 @@ from labtel.sdk import __version__, semconv
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
-FAILURE_SERVICE = "labtel-alerts"
-"""The service name of the events labtel stores about its own failed deliveries."""
 
 
 class RateLimiter:

@@ -24,6 +24,8 @@ LAB_ALERT = "lab.alert"
 FLAG_ATTRIBUTES = (LAB_ALERT, "alert")
 DELIVERY_FAILED = "alert_delivery_failed"
 """The event type of the event stored when a notification could not be delivered."""
+FAILURE_SERVICE = "labtel-alerts"
+"""The service name of the events labtel stores about its own failed deliveries."""
 
 FLAGGED_SQL = " OR ".join(f"lower(LogAttributes['{key}']) IN ('true', '1', 'yes')" for key in FLAG_ATTRIBUTES)
 
@@ -165,6 +167,9 @@ def _user_rule(config: AlertsExporterConfig, rule: RuleConfig, index: int) -> Co
     if rule.min_severity is not None:
         parameters[f"{prefix}_severity"] = rule.min_severity
         parts.append(f"SeverityNumber >= {{{prefix}_severity:UInt8}}")
+    if not _names_own_failures(rule.match):  # a broken notifier must not feed itself
+        parameters.update({f"{prefix}_failed": DELIVERY_FAILED, f"{prefix}_own": FAILURE_SERVICE})
+        parts.append(f"NOT (EventType = {{{prefix}_failed:String}} AND ServiceName = {{{prefix}_own:String}})")
     kind = rule.kind
     default_group: list[str] = ["node_id"] if kind == "silence" else list(config.group_by)
     group_by = tuple(rule.group_by if rule.group_by is not None else default_group)
@@ -189,6 +194,16 @@ def _user_rule(config: AlertsExporterConfig, rule: RuleConfig, index: int) -> Co
         config=rule,
         description=description,
     )
+
+
+def _names_own_failures(match: Any) -> bool:
+    """Whether a selector names labtel's own delivery failures (their event type or service)
+    anywhere: only such a rule sees them."""
+    if isinstance(match, Mapping):
+        return any(_names_own_failures(value) for value in match.values())
+    if isinstance(match, list | tuple):
+        return any(_names_own_failures(value) for value in match)
+    return match in (DELIVERY_FAILED, FAILURE_SERVICE)
 
 
 def merged_parameters(rules: list[CompiledRule]) -> dict[str, Any]:
