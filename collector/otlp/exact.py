@@ -25,9 +25,6 @@ from labtel.collector.otlp.signals import LOGS, METRICS, TRACES, Signal
 from labtel.collector.otlp.values import value_json
 from labtel.collector.storage.schema import MAX_TIME_NANOS, MAX_TIME_TEXT
 
-MAX_NANOS = MAX_TIME_NANOS
-"""The latest time labtel stores (2106-02-07T06:28:15Z, the last second of a DateTime)."""
-
 
 @dataclass(frozen=True)
 class Triage:
@@ -78,7 +75,7 @@ def _check_id(value: bytes, sizes: tuple[int, ...], where: str) -> None:
 
 
 def _check_time(value: int, where: str) -> None:
-    if value > MAX_NANOS:
+    if value > MAX_TIME_NANOS:  # the latest time labtel stores, 2106-02-07T06:28:15Z
         raise _Invalid(f"{where}: {value} ns is beyond the latest storable time ({MAX_TIME_TEXT})")
 
 

@@ -41,6 +41,11 @@ def _utf8_length(text: str, limit: int) -> int:
     return len(text) if len(text) * 4 <= limit else len(text.encode("utf-8", "surrogatepass"))
 
 
+def fits(text: str, limit: int) -> bool:
+    """Whether `text` is at most `limit` bytes as UTF-8 (how the storage measures values)."""
+    return _utf8_length(text, limit) <= limit
+
+
 def _depth(value: AnyValue) -> int:
     """Levels of arrays and key-value lists in a value (a scalar is 0)."""
     kind = value.WhichOneof("value")

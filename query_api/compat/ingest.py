@@ -23,7 +23,7 @@ from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from labtel.collector.component import Consumer, ExportRejected, ExportUnavailable, PartialSuccess, Payload
-from labtel.collector.otlp.limits import RecordLimits
+from labtel.collector.otlp.limits import RecordLimits, fits
 from labtel.collector.otlp.records import Record, Scalar, logs_request
 from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage.client import Storage, StorageError
@@ -69,11 +69,6 @@ def flatten(value: Any, prefix: str = "", out: dict[str, Scalar] | None = None, 
         else:
             out[name] = scalar(item)
     return out
-
-
-def fits(text: str, limit: int) -> bool:
-    """Whether `text` is at most `limit` bytes as UTF-8 (how the storage measures values)."""
-    return len(text) * 4 <= limit or len(text.encode("utf-8", "surrogatepass")) <= limit
 
 
 def add_flattened(attributes: dict[str, Scalar], value: Any, limits: RecordLimits) -> None:

@@ -41,9 +41,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from labtel.collector.alerts.rules import LAB_ALERT
-from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
+from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, fits
 from labtel.collector.otlp.records import Record
-from labtel.query_api.compat.ingest import add_flattened, compact_json, fits
+from labtel.query_api.compat.ingest import add_flattened, compact_json
 from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns, parse_time_ns
 from labtel.query_api.selector import stdlib_level_to_severity

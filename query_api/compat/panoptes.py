@@ -35,11 +35,12 @@ import orjson
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from labtel.collector.otlp.limits import fits
 from labtel.collector.otlp.records import Record
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import PANOPTES_CURRENT, PANOPTES_RUNS, PANOPTES_SEQ
 from labtel.collector.storage.schema import NOT_EXPIRED
-from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json, fits
+from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import __version__, semconv
 
