@@ -129,10 +129,11 @@ class SmtpReceiver:
 
 
 @contextmanager
-def smtp_receiver() -> Iterator[SmtpReceiver]:
+def smtp_receiver(port: int | None = None) -> Iterator[SmtpReceiver]:
+    """A real SMTP server on `port` (a free one by default: a test can let a port be down first)."""
     from aiosmtpd.controller import Controller
 
-    receiver = SmtpReceiver(port=free_port())
+    receiver = SmtpReceiver(port=port or free_port())
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:

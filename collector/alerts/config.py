@@ -179,6 +179,13 @@ class DeliveryRetryConfig(_Section):
     initial_interval: Duration = timedelta(seconds=2)
     max_interval: Duration = timedelta(minutes=2)
 
+    def interval(self, failed: int) -> float:
+        """Seconds to wait after the `failed`-th failed attempt in a row: `initial_interval`
+        doubling each time, at most `max_interval`. A delivery waits so between its attempts;
+        the engine, after a whole delivery failed, waits as if it had gone on trying."""
+        doubled = self.initial_interval.total_seconds() * 2.0 ** min(max(failed - 1, 0), 60)
+        return min(doubled, self.max_interval.total_seconds())
+
 
 class _NotifierConfig(_Section):
     subject: str = templates.DEFAULT_SUBJECT

@@ -6,7 +6,8 @@ stops mid-delivery sends them after its restart. Each notifier of an alert is tr
 `retry.max_attempts` times, `initial_interval` doubling up to `max_interval` apart. A notifier
 over its `rate_limit` holds the message back (recorded as `rate_limited`) and its next message
 says how many it held back. When the last attempt fails, an `alert_delivery_failed` event is
-stored, so the failure is visible (and alertable) like any other event.
+stored, so the failure is visible (and alertable) like any other event, and the engine is told
+(`undelivered`): a threshold or silence alert, firing or resolved, is then made again later.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from labtel.collector.alerts.engine import Clock
-from labtel.collector.alerts.history import Delivery, History, new_alert_id, overall_status
+from labtel.collector.alerts.history import UNDELIVERED, Delivery, History, new_alert_id, overall_status
 from labtel.collector.alerts.model import Alert
 from labtel.collector.alerts.notifiers import DeliveryError, Notifier
 from labtel.collector.alerts.rules import DELIVERY_FAILED, FAILURE_SERVICE
@@ -107,7 +108,8 @@ class Dispatcher:
         self.clock = clock
         self.sleep = sleep
         self.undelivered = undelivered
-        """Told (in a thread) of each alert no notifier delivered, so its keys do not suppress later alerts."""
+        """Told (in a thread) of each alert no notifier delivered: its keys do not suppress later
+        alerts, and a threshold or silence alert is made again (AlertEngine.undelivered)."""
         self._limits = {
             name: RateLimiter(n.config.rate_limit.count, n.config.rate_limit.per.total_seconds(), clock)
             for name, n in notifiers.items()
@@ -179,7 +181,7 @@ class Dispatcher:
         deliveries.sort(key=lambda d: order.index(d.notifier))
         status = overall_status(deliveries)
         await self._blocking(self.history.record, [(alert, status)], deliveries)
-        if status in ("failed", "rate_limited") and self.undelivered is not None:
+        if status in UNDELIVERED and self.undelivered is not None:
             await self._blocking(self.undelivered, alert)
         self.delivered = [*self.delivered[-99:], (alert, deliveries)]
         return deliveries
@@ -205,7 +207,6 @@ class Dispatcher:
             return Delivery(name, "rate_limited", 0, "over the rate limit", self.clock())
         held = self._held.pop(name, 0)
         message = replace(alert, held_back=held) if held else alert
-        delay = retry.initial_interval.total_seconds()
         limit = retry.max_attempts if attempts is None else attempts
         for attempt in range(1, limit + 1):
             try:
@@ -216,10 +217,9 @@ class Dispatcher:
                     if held:
                         self._held[name] = self._held.get(name, 0) + held
                     return Delivery(name, "failed", attempt, error.message, self.clock())
-                wait = min(max(delay, error.retry_after_s or 0.0), retry.max_interval.total_seconds())
+                wait = min(max(retry.interval(attempt), error.retry_after_s or 0.0), retry.max_interval.total_seconds())
                 log.info("%s: %s failed (attempt %d), retrying in %.1fs: %s", self.exporter, name, attempt, wait, error)
                 await self.sleep(wait)
-                delay = min(delay * 2, retry.max_interval.total_seconds())
         raise AssertionError("unreachable: the last attempt returns")
 
     async def test(self, names: Sequence[str]) -> tuple[Alert, list[Delivery]]:

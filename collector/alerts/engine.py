@@ -11,12 +11,15 @@ within `repeat_interval` (recorded as suppressed).
 
 Aggregate rules, every `aggregate_interval`, over event time: a threshold rule fires per group
 with more than `count` matching events within `within`; a silence rule fires per group (node)
-with no matching event for `for`. Both resolve when the condition clears.
+with no matching event for `for`. Both resolve when the condition clears. An aggregate's alert
+(firing or resolved) that no notifier delivered is made again at a later evaluation, after the
+notifiers' own retry back-off continued (at least `aggregate_interval`, at most
+`repeat_interval`); once one is delivered, a firing group repeats every `repeat_interval`.
 
 All time is the engine's `clock` (tests drive it); insert times are ClickHouse's. What the
 engine knows survives a restart: the checkpoint never passes events still waiting in a group,
-and handled events, notified keys, firing aggregates and pending deliveries are read back from
-the history.
+and handled events, notified keys, firing aggregates (and whether their last notice was
+delivered) and pending deliveries are read back from the history.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from labtel.collector.alerts.config import AlertsExporterConfig
-from labtel.collector.alerts.history import Delivery, History, iso_time, new_alert_id
+from labtel.collector.alerts.history import UNDELIVERED, Delivery, History, iso_time, new_alert_id
 from labtel.collector.alerts.model import Alert, EventBrief
 from labtel.collector.alerts.rules import (
     CompiledRule,
@@ -73,6 +76,20 @@ class Firing:
     alert: Alert
     since: float
     notified_at: float
+    failures: int = 0
+    """Alerts of this group in a row that no notifier delivered, this one included once reported."""
+    retry_at: float | None = None
+    """When no notifier delivered `alert`: when to make it again (else `repeat_interval` applies)."""
+
+
+@dataclass
+class UnsentResolve:
+    """A resolved notice that no notifier delivered, made again while its group stays resolved."""
+
+    alert: Alert
+    failures: int
+    retry_at: float | None
+    """When to make it again; None while the latest copy is on its way."""
 
 
 @dataclass
@@ -94,6 +111,7 @@ class AlertEngine:
         self.rules = compile_rules(config)
         self.event_rules = [r for r in self.rules if r.kind == "event"]
         self.aggregate_rules = [r for r in self.rules if r.kind != "event"]
+        self._aggregate_rule = {r.name: r for r in self.aggregate_rules}
         self.history = History(storage, name)
         self._lock = threading.RLock()
         self._loaded = False
@@ -105,6 +123,7 @@ class AlertEngine:
         self._groups: dict[tuple[str, str], OpenGroup] = {}
         self._notified: dict[str, float] = {}
         self._firing: dict[tuple[str, str], Firing] = {}
+        self._unsent_resolves: dict[tuple[str, str], UnsentResolve] = {}
         self._next_aggregates = 0.0
         self._last_alert: dict[str, float] = {}
 
@@ -126,20 +145,62 @@ class AlertEngine:
             self._saved_watermark = saved
             longest = max((r.repeat_interval for r in self.rules), default=timedelta(0))
             self._notified = self.history.last_fired(self.clock() - longest.total_seconds())
-            by_name = {r.name: r for r in self.aggregate_rules}
-            for alert in self.history.firing_aggregates():
-                if alert.rule in by_name:
-                    self._firing[(alert.rule, alert.group_key)] = Firing(alert, alert.fired_at, alert.fired_at)
+            now = self.clock()
+            for alert, status in self.history.open_aggregates():
+                if alert.rule not in self._aggregate_rule:
+                    continue
+                group = (alert.rule, alert.group_key)
+                unsent = status in UNDELIVERED  # sent again at the first evaluation
+                if alert.kind == "firing":
+                    firing = Firing(alert, alert.fired_at, alert.fired_at)
+                    if unsent:
+                        firing.failures, firing.retry_at = 1, now
+                    self._firing[group] = firing
+                elif unsent:
+                    self._unsent_resolves[group] = UnsentResolve(alert, 1, now)
             self._loaded = True
             return self.history.pending()
 
     def undelivered(self, alert: Alert) -> None:
         """No notifier delivered `alert`: its de-duplication keys were not notified after all,
-        so they suppress nothing (unless a later alert notified them since)."""
+        so they suppress nothing (unless a later alert notified them since); a threshold or
+        silence alert, firing or resolved, is made again after a back-off (unless its group
+        changed state since)."""
         with self._lock:
             for key in alert.dedup_keys:
                 if self._notified.get(key) == alert.fired_at:
                     del self._notified[key]
+            rule = self._aggregate_rule.get(alert.rule)
+            if rule is None or alert.rule_type != rule.kind:
+                return
+            group = (alert.rule, alert.group_key)
+            firing = self._firing.get(group)
+            if alert.kind == "firing":
+                if firing is not None and firing.alert.alert_id == alert.alert_id:
+                    firing.failures += 1
+                    firing.retry_at = self.clock() + self._retry_delay(rule, alert, firing.failures)
+            elif alert.kind == "resolved" and firing is None:
+                unsent = self._unsent_resolves.get(group)
+                if unsent is None:
+                    unsent = self._unsent_resolves[group] = UnsentResolve(alert, 0, None)
+                if unsent.alert.alert_id == alert.alert_id:
+                    unsent.failures += 1
+                    unsent.retry_at = self.clock() + self._retry_delay(rule, alert, unsent.failures)
+
+    def _retry_delay(self, rule: CompiledRule, alert: Alert, failures: int) -> float:
+        """Seconds until an aggregate's alert is made again after its `failures`-th undelivered
+        one in a row: each notifier's `retry` back-off continued past the attempts already made
+        (the slowest notifier's), at least `aggregate_interval`, at most `repeat_interval`."""
+        backoff = max(
+            (
+                self.config.notifiers[name].retry.interval(failures * self.config.notifiers[name].retry.max_attempts)
+                for name in alert.notifiers
+                if name in self.config.notifiers
+            ),
+            default=0.0,
+        )
+        floor = self.config.aggregate_interval.total_seconds()
+        return min(max(backoff, floor), max(rule.repeat_interval.total_seconds(), floor))
 
     # --- evaluating -----------------------------------------------------------------------
 
@@ -299,6 +360,24 @@ class AlertEngine:
                     alerts += self._silence(rule, now)
             except Exception:
                 log.exception("%s: evaluating rule %s failed", self.name, rule.name)
+        return alerts + self._resend_resolves(now)
+
+    def _resend_resolves(self, now: float) -> list[Alert]:
+        """New copies of the resolved notices no notifier delivered whose back-off has passed
+        (a group that fires again has dropped its notice, and a copy sent `repeat_interval` ago
+        is forgotten: had it failed, the engine would have been told)."""
+        alerts: list[Alert] = []
+        for group, unsent in list(self._unsent_resolves.items()):
+            rule = self._aggregate_rule[group[0]]
+            sent_long_ago = (
+                unsent.retry_at is None and now - unsent.alert.fired_at >= rule.repeat_interval.total_seconds()
+            )
+            if group in self._firing or sent_long_ago:
+                del self._unsent_resolves[group]
+            elif unsent.retry_at is not None and now >= unsent.retry_at:
+                unsent.alert = replace(unsent.alert, alert_id=new_alert_id(), fired_at=now)
+                unsent.retry_at = None
+                alerts.append(unsent.alert)
         return alerts
 
     def _group_select(self, rule: CompiledRule, parameters: dict[str, Any]) -> str:
@@ -398,10 +477,18 @@ class AlertEngine:
     def _transition(
         self, rule: CompiledRule, key: str, now: float, summary: str, value: float | None, events: list[EventBrief]
     ) -> Alert | None:
-        """A firing alert when a group's condition starts to hold, or again after `repeat_interval`."""
-        firing = self._firing.get((rule.name, key))
-        if firing is not None and now - firing.notified_at < rule.repeat_interval.total_seconds():
-            return None
+        """A firing alert when a group's condition starts to hold, again after `repeat_interval`,
+        or, when no notifier delivered the last one, again once its retry is due."""
+        group = (rule.name, key)
+        firing = self._firing.get(group)
+        if firing is not None:
+            if firing.retry_at is not None:
+                if now < firing.retry_at:
+                    return None
+            elif now - firing.notified_at < rule.repeat_interval.total_seconds():
+                return None
+        # "still" only when someone heard of it: the last alert was delivered, or was a retry of a repeat
+        repeat = firing is not None and (firing.retry_at is None or firing.alert.repeat)
         alert = Alert(
             alert_id=new_alert_id(),
             exporter=self.name,
@@ -411,15 +498,18 @@ class AlertEngine:
             level=rule.level,
             group_key=key,
             fired_at=now,
-            summary=summary if firing is None else f"still: {summary}",
+            summary=f"still: {summary}" if repeat else summary,
             notifiers=list(rule.notifiers),
             events=events,
             event_ids=[e.event_id for e in events],
             event_count=int(value) if rule.kind == "threshold" and value is not None else len(events),
             dedup_keys=[f"{rule.name}|{key}"],
             value=value,
+            repeat=repeat,
         )
-        self._firing[(rule.name, key)] = Firing(alert, firing.since if firing else now, now)
+        failures = firing.failures if firing is not None and firing.retry_at is not None else 0
+        self._firing[group] = Firing(alert, firing.since if firing else now, now, failures)
+        self._unsent_resolves.pop(group, None)  # firing again: that resolve is out of date
         return alert
 
     def _resolve(
@@ -478,6 +568,7 @@ class AlertEngine:
                         "value": f.alert.value,
                         "alert_id": f.alert.alert_id,
                         "summary": f.alert.summary,
+                        "retry_at": iso_time(f.retry_at) if f.retry_at is not None else None,
                     }
                     for (name, key), f in self._firing.items()
                     if name == rule.name

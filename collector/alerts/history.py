@@ -5,8 +5,8 @@ to which notifiers, and how delivery went; plus the engine's checkpoint.
 `pending`, or `suppressed` / `recorded` when nothing is to be sent) and written again, with a
 higher `Version`, when delivery is settled (ReplacingMergeTree keeps the newest). Reading with
 FINAL gives each alert once. The history is also the engine's memory across restarts: which
-events were handled, which keys fired when (de-duplication), which aggregates are firing, and
-which deliveries were still pending. `labtel_alert_state` holds the scan checkpoint.
+events were handled, which keys fired when (de-duplication), which aggregates are firing (and
+whether their last notice reached anyone), and which deliveries were still pending. `labtel_alert_state` holds the scan checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ STATUSES = ("pending", "delivered", "partial", "failed", "rate_limited", "suppre
 """`pending`: to be sent; `delivered` / `partial` / `failed`: how sending went; `rate_limited`:
 held back by every notifier's rate limit; `suppressed`: a duplicate within the repeat interval,
 not sent; `recorded`: kept without notifiers."""
+UNDELIVERED = ("failed", "rate_limited")
+"""The statuses of an alert that no notifier delivered."""
 
 
 def history_tables(names: SchemaNames) -> list[str]:
@@ -237,16 +239,21 @@ class History:
         )
         return {str(row["key"]): int(row["ms"]) / 1000 for row in rows}
 
-    def firing_aggregates(self) -> list[Alert]:
-        """The latest firing alert of each threshold / silence rule and key that has not resolved."""
+    def open_aggregates(self) -> list[tuple[Alert, str]]:
+        """The latest alert of each threshold / silence rule and key, with its status, when it
+        is firing (not resolved since) or is a resolved notice no notifier delivered (to send again)."""
         rows = self.storage.rows(
             "SELECT Rule, GroupKey, argMax(Kind, (FiredAt, Version)) AS kind, "
-            "argMax(Details, (FiredAt, Version)) AS details "
+            "argMax(Status, (FiredAt, Version)) AS status, argMax(Details, (FiredAt, Version)) AS details "
             f"FROM {self.table} FINAL WHERE Exporter = {{e:String}} AND RuleType IN ('threshold', 'silence') "
             "AND Kind IN ('firing', 'resolved') GROUP BY Rule, GroupKey",
             parameters={"e": self.exporter},
         )
-        return [Alert.from_json(str(row["details"]), []) for row in rows if row["kind"] == "firing"]
+        return [
+            (Alert.from_json(str(row["details"]), []), str(row["status"]))
+            for row in rows
+            if row["kind"] == "firing" or row["status"] in UNDELIVERED
+        ]
 
     def pending(self) -> list[tuple[Alert, list[Delivery]]]:
         """Alerts whose delivery had not finished (the collector stopped first), each with the

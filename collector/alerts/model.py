@@ -62,6 +62,8 @@ class Alert:
     max_inserted_ms: int = 0
     value: float | None = None
     """The measured value of an aggregate rule: the count, or the seconds of silence."""
+    repeat: bool = False
+    """An aggregate's alert saying its condition still holds: an earlier alert of it was delivered."""
     held_back: int = 0
     """Messages this notifier held back by its rate limit since its last message (set per delivery)."""
 
