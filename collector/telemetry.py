@@ -74,7 +74,8 @@ WAL_APPENDS = Counter(
 )
 WAL_QUARANTINED = Counter(
     "labtel_wal_quarantined",
-    "Logged batches set aside because they could not be stored",
+    "Write-ahead log files set aside in quarantine/: a logged batch that cannot be read or stored "
+    "(whole), or the requests of one that storage refused (the others stored)",
     ["exporter"],
     registry=REGISTRY,
 )

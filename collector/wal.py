@@ -4,7 +4,8 @@ One file per batch: a header (batch id, signal, record count, request sizes, che
 concatenated requests. A file is written under a temporary name, fsynced, renamed and its
 directory fsynced, so after a crash a batch is either wholly in the log or not at all. It is
 deleted once the batch is stored. Files that fail their checksum are moved to `quarantine/`,
-never silently dropped.
+never silently dropped, and so are the requests of a batch that storage refuses: there a smaller
+file of the same name holds only them, its header naming why (`reasons`, one per request).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class WriteAheadLog:
         self._bytes = 0
         self._seq = 0
         self._full = False
+        self.quarantined_on_load = 0
+        """Files set aside while opening the log (unreadable headers)."""
         directory.mkdir(parents=True, exist_ok=True)
         _hold(directory)
         self._load()
@@ -142,6 +145,7 @@ class WriteAheadLog:
                 entry = self._read_header(path)
             except (OSError, ValueError, KeyError) as error:
                 self._quarantine(path, str(error))
+                self.quarantined_on_load += 1
                 continue
             self._entries[entry.batch_id] = entry
             self._bytes += entry.size
@@ -170,34 +174,58 @@ class WriteAheadLog:
             path.stat().st_size,
         )
 
+    @property
+    def quarantine_directory(self) -> Path:
+        """Where files set aside are kept for an operator."""
+        return self.directory / "quarantine"
+
     def _quarantine(self, path: Path, reason: str) -> None:
-        target = self.directory / "quarantine"
+        target = self.quarantine_directory
         target.mkdir(exist_ok=True)
         path.replace(target / path.name)
         log.error("write-ahead log: moved %s to quarantine: %s", path.name, reason)
 
     def quarantine(self, entry: WALEntry, reason: str) -> None:
         """Set a batch aside that cannot be stored (kept on disk for an operator)."""
-        with self._lock:
-            if self._entries.pop(entry.batch_id, None) is not None:
-                self._bytes -= entry.size
+        self._forget(entry.batch_id)
         self._quarantine(entry.path, reason)
+
+    def quarantine_requests(
+        self, entry: WALEntry, requests: Sequence[bytes], records: int, reasons: Sequence[str]
+    ) -> Path:
+        """Set aside the requests of a batch that storage refuses (`records` records, `reasons`
+        one per request), the batch's other requests being stored: they are written durably
+        to a smaller WAL file of the entry's name in `quarantine/`, then the entry is forgotten.
+        Written again after a crash in between, the file is the same."""
+        target = self.quarantine_directory
+        target.mkdir(exist_ok=True)
+        header, data = _encode(entry.batch_id, entry.signal, requests, records, reasons=list(reasons))
+        path = target / entry.path.name
+        self._write(path, header, data)
+        self._forget(entry.batch_id)
+        entry.path.unlink(missing_ok=True)
+        log.error(
+            "write-ahead log: set aside %d of the %d requests (%d records) of %s in quarantine: %s",
+            len(requests),
+            len(entry.sizes),
+            records,
+            entry.path.name,
+            "; ".join(reasons),
+        )
+        return path
+
+    def _forget(self, batch_id: str) -> WALEntry | None:
+        with self._lock:
+            entry = self._entries.pop(batch_id, None)
+            if entry is not None:
+                self._bytes -= entry.size
+        return entry
 
     # --- writing -------------------------------------------------------------------------
 
     def append(self, batch_id: str, signal: str, requests: Sequence[bytes], records: int) -> WALEntry:
         """Log a batch durably (fsynced) and return its entry; raises WALFull."""
-        data = b"".join(requests)
-        header = orjson.dumps(
-            {
-                "batch_id": batch_id,
-                "signal": signal,
-                "records": records,
-                "sizes": [len(r) for r in requests],
-                "created": time.time(),
-                "crc32": zlib.crc32(data),
-            }
-        )
+        header, data = _encode(batch_id, signal, requests, records)
         size = len(_MAGIC) + len(header) + 1 + len(data)
         with self._lock:
             if not self.has_room(size):
@@ -206,19 +234,9 @@ class WriteAheadLog:
             self._seq += 1
             self._bytes += size  # reserved now, so concurrent appends respect the bound
         path = self.directory / f"{seq:016d}-{signal}-{batch_id}.wal"
-        tmp = path.with_suffix(".tmp")
         try:
-            with tmp.open("wb") as file:
-                file.write(_MAGIC + header + b"\n")
-                file.write(data)
-                file.flush()
-                if self.fsync:
-                    os.fsync(file.fileno())
-            tmp.replace(path)
-            if self.fsync:
-                self._fsync_directory()
+            self._write(path, header, data)
         except BaseException:
-            tmp.unlink(missing_ok=True)
             with self._lock:
                 self._bytes -= size
             raise
@@ -229,16 +247,48 @@ class WriteAheadLog:
 
     def remove(self, batch_id: str) -> None:
         """Forget a batch that is now stored."""
-        with self._lock:
-            entry = self._entries.pop(batch_id, None)
-            if entry is None:
-                return
-            self._bytes -= entry.size
-        entry.path.unlink(missing_ok=True)
+        entry = self._forget(batch_id)
+        if entry is not None:
+            entry.path.unlink(missing_ok=True)
 
-    def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
+    def _write(self, path: Path, header: bytes, data: bytes) -> None:
+        """Write a file whole or not at all: under a temporary name, fsynced, renamed."""
+        tmp = path.with_suffix(".tmp")
+        try:
+            with tmp.open("wb") as file:
+                file.write(_MAGIC + header + b"\n")
+                file.write(data)
+                file.flush()
+                if self.fsync:
+                    os.fsync(file.fileno())
+            tmp.replace(path)
+            if self.fsync:
+                self._fsync_directory(path.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _fsync_directory(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _encode(
+    batch_id: str, signal: str, requests: Sequence[bytes], records: int, **extra: object
+) -> tuple[bytes, bytes]:
+    """A WAL file's header line (without its newline) and data: the concatenated requests."""
+    data = b"".join(requests)
+    header = {
+        "batch_id": batch_id,
+        "signal": signal,
+        "records": records,
+        "sizes": [len(r) for r in requests],
+        "created": time.time(),
+        "crc32": zlib.crc32(data),
+        **extra,
+    }
+    return orjson.dumps(header), data

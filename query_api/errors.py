@@ -9,18 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from labtel.collector.storage.client import StorageError
+from labtel.collector.storage.errors import RETRY_CODES, TIMEOUT_CODES, error_code
 
-# ClickHouse error codes of storage being unreachable, overloaded or broken: try again later. Any
+# Storage being unreachable, overloaded or broken (RETRY_CODES) is a 503: try again later. Any
 # other error the server raises while running a request's query is the query's own (a bad pattern,
 # type, name or value, division by zero, an unsupported clause): a 400, never the same again.
-_RETRY_CODES = {
-    *(3, 74, 75, 76, 173, 198, 202, 203, 209, 210, 225, 236, 242, 243, 252, 279, 285, 319, 394, 425),
-    *(439, 516, 999, 1000, 1001, 1002),
-}
 _REFUSED_CODES = {164, 446, 497}  # READONLY, FUNCTION_NOT_ALLOWED, ACCESS_DENIED
 _LIMIT_CODES = {158, 241, 306, 307, 396}  # 306: recursion too deep (WITH RECURSIVE)
-_TIMEOUT_CODES = {159, 160}
-_CODE = re.compile(r"Code: (\d+)")
 _TRAILER = re.compile(r"\s*\((?:version [^)]*|[A-Z_0-9]+)\)\.?\s*$")
 _SANDBOX_SETTINGS = re.compile(r" SETTINGS readonly = 1(?:, \w+ = (?:'[^']*'|[\w.+-]+))*")
 """The SETTINGS clause the SQL sandbox appends, which ClickHouse repeats in its messages."""
@@ -41,16 +36,15 @@ def _message(text: str) -> str:
 def describe(error: Exception) -> tuple[int, str]:
     """The HTTP status and message for a storage error."""
     text = str(error).strip()
-    codes = [int(c) for c in _CODE.findall(text)]
-    code = codes[-1] if codes else 0
+    code = error_code(error)
     message = _message(text) or type(error).__name__
     if code in _REFUSED_CODES:
         return 403, f"not allowed: {message}"
     if code in _LIMIT_CODES:
         return 413, f"the query exceeds a limit: {message}"
-    if code in _TIMEOUT_CODES:
+    if code in TIMEOUT_CODES:
         return 408, f"the query took too long: {message}"
-    if code and code not in _RETRY_CODES:
+    if code and code not in RETRY_CODES:
         return 400, message
     return 503, f"storage error, try again: {message}"
 

@@ -244,3 +244,27 @@ def log_record(
     record.body.CopyFrom(any_value(body))
     record.attributes.extend(kv(k, v) for k, v in (attributes or {}).items())
     return record
+
+
+def wrong_wire_type_request(body: str) -> bytes:
+    """A request whose record repeats its body (field 5, a message) as a varint: protobuf readers
+    take that for an unknown field, ClickHouse refuses the whole insert."""
+    plain = logs_request([log_record(body)], resource={"service.name": "odd"})
+    resource_logs = plain.resource_logs[0]
+    record = resource_logs.scope_logs[0].log_records[0].SerializeToString() + _varint(5 << 3) + _varint(7)
+    scope_logs = _field(2, record)
+    return _field(1, _field(1, resource_logs.resource.SerializeToString()) + _field(2, scope_logs))
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)

@@ -14,7 +14,9 @@ from typing import Any
 
 import grpc
 import httpx
+import orjson
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
@@ -27,9 +29,12 @@ from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.exporters.clickhouse import ClickHouseExporter
 from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage import migrations
-from labtel.collector.wal import WriteAheadLog
+from labtel.collector.storage.client import Storage, StorageError
+from labtel.collector.storage.errors import error_code, transient
+from labtel.collector.telemetry import REGISTRY
+from labtel.collector.wal import WALEntry, WriteAheadLog
 from tests.conftest import make_storage
-from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config
+from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config, wrong_wire_type_request
 
 EXPORT = LOGS.grpc_method
 
@@ -139,6 +144,187 @@ def test_replay_recognizes_batches_that_already_landed(chdb_path: Path, tmp_path
     exporter.replay(broken)
     assert len(wal) == 0
     assert (tmp_path / "wal" / "quarantine" / broken.path.name).exists()
+
+
+def replayer(storage: Storage, wal: WriteAheadLog) -> ClickHouseExporter:
+    """An exporter replaying `wal`, named apart so that its self-metrics are its own."""
+    return ClickHouseExporter(f"replay-{uuid.uuid4().hex[:8]}", ClickHouseExporterConfig(), storage, wal)
+
+
+def quarantined(exporter: ClickHouseExporter) -> float:
+    return REGISTRY.get_sample_value("labtel_wal_quarantined_total", {"exporter": exporter.name}) or 0.0
+
+
+def stored_requests(storage: Storage, batch_id: str) -> dict[str, int]:
+    """Rows of a batch per marked request (the test.request resource attribute)."""
+    rows = storage.rows(
+        f"SELECT ResourceAttributes['test.request'] AS marker, count() AS n FROM {storage.names.logs} "
+        "WHERE IngestBatch = {b:String} GROUP BY marker",
+        parameters={"b": batch_id},
+    )
+    return {row["marker"]: row["n"] for row in rows}
+
+
+def read_quarantined(path: Path) -> tuple[dict[str, Any], list[bytes]]:
+    """A quarantined WAL file's header and requests (checksum verified)."""
+    header = orjson.loads(path.read_bytes().split(b"\n", 2)[1])
+    entry = WriteAheadLog._read_header(path)
+    return header, entry.requests(entry.read())
+
+
+GOOD = {"good-a": 10, "good-b": 15, "good-c": 5}
+REFUSED = wrong_wire_type_request("storage refuses this one")  # passes Python's checks, not ClickHouse's
+
+
+def mixed_batch(wal: WriteAheadLog, batch_id: str) -> WALEntry:
+    """A logged batch of four requests, the third of which storage refuses."""
+    a, b, c = (marked_request(marker, n) for marker, n in GOOD.items())
+    return wal.append(batch_id, "logs", [a, b, REFUSED, c], sum(GOOD.values()) + 1)
+
+
+def test_replay_sets_aside_only_the_request_storage_refuses(storage: Storage, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="Code: "):
+        storage.insert_otlp("logs", REFUSED, "alone")  # storage is up and refuses it
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    exporter = replayer(storage, wal)
+    entry = mixed_batch(wal, "mixed")
+    logged = entry.path.read_bytes()
+
+    exporter.replay(entry)
+    assert stored_requests(storage, "mixed") == GOOD  # each good request once, under the batch's id
+    assert len(wal) == 0
+    assert not entry.path.exists()
+    [aside] = (tmp_path / "wal" / "quarantine").iterdir()
+    assert aside.name == entry.path.name
+    header, requests = read_quarantined(aside)
+    assert requests == [REFUSED]
+    assert (header["batch_id"], header["signal"], header["records"]) == ("mixed", "logs", 1)
+    [reason] = header["reasons"]
+    assert reason.startswith("request 3 of 4: storage refused it: ")
+    assert "Code: " in reason
+    assert quarantined(exporter) == 1  # files set aside
+    replayed = {"exporter": exporter.name, "signal": "logs", "path": "replay"}
+    assert REGISTRY.get_sample_value("labtel_exporter_stored_records_total", replayed) == 30
+
+    # A restart finds nothing left to store.
+    reopened = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    assert reopened.entries() == []
+    # A crash after the quarantine file was written but before the entry was deleted: the
+    # entry is replayed again, and its good requests are still stored once.
+    entry.path.write_bytes(logged)
+    again = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    restarted = replayer(storage, again)
+    for left in again.entries():
+        restarted.replay(left)
+    assert stored_requests(storage, "mixed") == GOOD
+    assert len(again) == 0
+    [aside_again] = (tmp_path / "wal" / "quarantine").iterdir()
+    assert read_quarantined(aside_again)[1] == [REFUSED]
+
+
+def test_replay_keeps_the_whole_batch_while_storage_is_away(storage: Storage, tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    exporter = replayer(storage, wal)
+    entry = mixed_batch(wal, "outage")
+    logged = entry.path.read_bytes()
+    fault = tmp_path / "fault"
+    fault.touch()
+    storage._fault_file = str(fault)  # writes (and pings) fail as if storage were away
+    try:
+        for _ in range(12):  # more than a refused batch gets: an outage is never a refusal
+            with pytest.raises(StorageError, match="injected storage fault"):
+                exporter.replay(entry)
+    finally:
+        storage._fault_file = None
+    assert [e.batch_id for e in wal.entries()] == ["outage"]
+    assert entry.path.read_bytes() == logged
+    assert not (tmp_path / "wal" / "quarantine").exists()
+    assert quarantined(exporter) == 0
+    assert stored_requests(storage, "outage") == {}
+
+    exporter.replay(entry)  # storage is back
+    assert stored_requests(storage, "outage") == GOOD
+    assert len(wal) == 0
+    assert quarantined(exporter) == 1
+
+
+def test_replay_keeps_the_batch_when_storage_goes_away_request_by_request(
+    storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    exporter = replayer(storage, wal)
+    entry = mixed_batch(wal, "midway")
+    fault = tmp_path / "fault"
+    storage._fault_file = str(fault)
+    insert, calls = storage.insert_otlp, []
+
+    def insert_then_fail(signal: str, data: bytes, batch_id: str, *, deduplicate: bool = True) -> None:
+        calls.append(deduplicate)
+        if len(calls) == 3:
+            fault.touch()  # storage goes away after the batch was refused and one request stored
+        insert(signal, data, batch_id, deduplicate=deduplicate)
+
+    monkeypatch.setattr(storage, "insert_otlp", insert_then_fail)
+    with pytest.raises(StorageError, match="injected storage fault"):
+        exporter.replay(entry)
+    assert calls == [True, False, False]  # the batch, then request by request without dedup
+    assert stored_requests(storage, "midway") == {"good-a": 10}
+    assert [e.batch_id for e in wal.entries()] == ["midway"]
+    assert not (tmp_path / "wal" / "quarantine").exists()
+
+    fault.unlink()
+    exporter.replay(entry)  # the partial rows are replaced, not doubled
+    assert stored_requests(storage, "midway") == GOOD
+    assert len(wal) == 0
+    assert quarantined(exporter) == 1
+
+
+def test_replay_keeps_a_batch_storage_refuses_with_a_code_of_being_overloaded(
+    storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    exporter = replayer(storage, wal)
+    entry = mixed_batch(wal, "overloaded")
+    calls = []
+
+    def too_many_parts(signal: str, data: bytes, batch_id: str, *, deduplicate: bool = True) -> None:
+        calls.append(len(data))
+        raise DatabaseError("Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)")
+
+    monkeypatch.setattr(storage, "insert_otlp", too_many_parts)
+    for _ in range(12):
+        with pytest.raises(DatabaseError, match="TOO_MANY_PARTS"):
+            exporter.replay(entry)
+    assert calls == [sum(entry.sizes)] * 12  # never split: storage is up but overloaded
+    assert [e.batch_id for e in wal.entries()] == ["overloaded"]
+    assert not (tmp_path / "wal" / "quarantine").exists()
+
+
+def test_a_batch_whose_every_request_is_refused_is_set_aside_whole_after_retries(
+    storage: Storage, tmp_path: Path
+) -> None:
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    exporter = replayer(storage, wal)
+    entry = wal.append("refused", "logs", [REFUSED, wrong_wire_type_request("and this one")], 2)
+    logged = entry.path.read_bytes()
+    for _ in range(7):
+        with pytest.raises(Exception, match="Code: "):
+            exporter.replay(entry)
+        assert len(wal) == 1
+    exporter.replay(entry)  # the 8th refusal
+    assert len(wal) == 0
+    assert (tmp_path / "wal" / "quarantine" / entry.path.name).read_bytes() == logged
+    assert quarantined(exporter) == 1
+    assert storage.batch_rows("logs", "refused") == 0
+
+
+def test_storage_errors_tell_an_outage_from_a_refusal() -> None:
+    assert transient(OperationalError("connection refused"))
+    assert transient(DatabaseError("Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)"))
+    assert transient(DatabaseError("Code: 159. DB::Exception: Timeout exceeded (TIMEOUT_EXCEEDED)"))
+    assert not transient(DatabaseError("Code: 395. DB::Exception: labtel: record needs validation"))
+    assert not transient(DatabaseError("Code: 60. DB::Exception: Table x doesn't exist. (UNKNOWN_TABLE)"))
+    assert error_code(DatabaseError("Code: 444. DB::Exception: Code: 27. DB::Exception: x")) == 27
 
 
 def test_wal_survives_reopening_and_drops_incomplete_writes(tmp_path: Path) -> None:

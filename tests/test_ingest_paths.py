@@ -31,7 +31,7 @@ from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import EXACT_PATH_ERROR, MAX_TIME_NANOS, MAX_TIME_TEXT
 from tests.conftest import make_storage
-from tests.helpers import any_value, log_record, logs_request
+from tests.helpers import any_value, log_record, logs_request, wrong_wire_type_request
 from tests.strategies import scalars, text
 
 one_level = st.one_of(scalars, st.lists(scalars, max_size=4), st.dictionaries(text, scalars, max_size=4))
@@ -261,30 +261,6 @@ def test_invalid_requests_in_a_batch_are_rejected_and_the_rest_stored(chdb_path:
     assert verdicts[3] is not None
     assert "ExportLogsServiceRequest" in verdicts[3]
     assert [r["Body"] for r in stored_logs(exporter.storage)] == ["good one", "good one"]
-
-
-def wrong_wire_type_request(body: str) -> bytes:
-    """A request whose record repeats its body (field 5, a message) as a varint: protobuf readers
-    take that for an unknown field, ClickHouse refuses the whole insert."""
-    plain = logs_request([log_record(body)], resource={"service.name": "odd"})
-    resource_logs = plain.resource_logs[0]
-    record = resource_logs.scope_logs[0].log_records[0].SerializeToString() + _varint(5 << 3) + _varint(7)
-    scope_logs = _field(2, record)
-    return _field(1, _field(1, resource_logs.resource.SerializeToString()) + _field(2, scope_logs))
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def test_a_field_of_the_wrong_wire_type_is_dropped_not_the_batch(chdb_path: Any) -> None:

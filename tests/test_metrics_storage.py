@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
@@ -24,7 +25,7 @@ from labtel.collector.otlp.jsonfmt import json_to_protobuf
 from labtel.collector.otlp.signals import METRICS
 from labtel.collector.otlp.values import value_json
 from labtel.collector.storage import migrations, schema
-from labtel.collector.storage.client import Storage
+from labtel.collector.storage.client import Storage, StorageError
 from labtel.collector.storage.schema import METRIC_TYPES, SchemaNames
 from labtel.collector.wal import WriteAheadLog
 from labtel.query_api.histogram_quantile import histogram_quantile
@@ -317,6 +318,58 @@ def test_replay_counts_data_points_across_the_tables(store: Storage, tmp_path: P
     assert len(wal) == 0
     store.delete_batch("metrics", "m-lost")
     assert store.batch_rows("metrics", "m-lost") == 0
+
+
+def test_replay_sets_aside_only_the_metrics_request_storage_refuses(store: Storage, tmp_path: Path) -> None:
+    """Across the five tables too: the refused request leaves no rows, the others land once."""
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    replayer = exporter(store, wal)
+    first, second = metrics_request("split-a").SerializeToString(), metrics_request("split-b").SerializeToString()
+    late = metrics_request("split-late")
+    late.resource_metrics[0].scope_metrics[0].metrics[1].sum.data_points[0].time_unix_nano = 2**63
+    refused = late.SerializeToString()  # logged as is: ClickHouse's checks refuse it
+    entry = wal.append("m-split", "metrics", [first, refused, second], 18)
+    replayer.replay(entry)
+    assert store.batch_rows("metrics", "m-split") == 12
+    services = {r["ServiceName"] for kind in METRIC_TYPES for r in rows(store, kind, "m-split")}
+    assert services == {"split-a", "split-b"}
+    assert len(wal) == 0
+    aside = tmp_path / "wal" / "quarantine" / entry.path.name
+    kept = WriteAheadLog._read_header(aside)
+    assert (kept.records, kept.requests(kept.read())) == (6, [refused])
+
+
+def test_replay_clears_a_batch_whose_refused_request_left_rows(
+    store: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should a refused request leave rows in some of the five tables, they cannot be told from
+    the others' (one batch id): the batch is cleared and kept, to be tried again."""
+    wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
+    replayer = exporter(store, wal)
+    first, second = metrics_request("torn-a").SerializeToString(), metrics_request("torn-b").SerializeToString()
+    entry = wal.append("m-torn", "metrics", [first, second], 12)
+    insert = store.insert_otlp
+
+    def second_tears(signal: str, data: bytes, batch_id: str, *, deduplicate: bool = True) -> None:
+        if data == second or data == first + second:
+            if data == second:
+                insert(signal, gauge_only, batch_id, deduplicate=deduplicate)  # one table written, then refused
+            raise DatabaseError(
+                "Code: 395. DB::Exception: refused after one table (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)"
+            )
+        insert(signal, data, batch_id, deduplicate=deduplicate)
+
+    only = metrics_request("torn-b")
+    del only.resource_metrics[0].scope_metrics[0].metrics[1:]
+    gauge_only = only.SerializeToString()
+    monkeypatch.setattr(store, "insert_otlp", second_tears)
+    with pytest.raises(StorageError, match="after storing part of it"):
+        replayer.replay(entry)
+    assert store.batch_rows("metrics", "m-torn") == 0
+    assert [e.batch_id for e in wal.entries()] == ["m-torn"]
+    monkeypatch.setattr(store, "insert_otlp", insert)
+    replayer.replay(entry)
+    assert store.batch_rows("metrics", "m-torn") == 12
 
 
 def test_metrics_tables_are_configurable(chdb_path: Path) -> None:

@@ -9,7 +9,9 @@ Acknowledging a batch: when it is stored, or, with a write-ahead log configured,
 validated and fsynced to the log because the insert failed or is taking longer than
 `wal_ack_after`. Logged batches are stored later by the replayer, with back-off, exactly once:
 every row keeps its batch id, so a batch that already landed (wholly or partly) is recognized.
-When storage fails and the log is full, callers are pushed back (retry later).
+A logged batch that storage refuses (up, but not taking it) is stored request by request and
+only the requests it refuses are set aside in the log's quarantine/. When storage fails and the
+log is full, callers are pushed back (retry later).
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.signals import SIGNALS, Signal
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage, StorageError
+from labtel.collector.storage.errors import transient
 from labtel.collector.wal import WALEntry, WALFull, WriteAheadLog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _QUARANTINE_AFTER = 8
-"""Replays of one batch that may fail while storage is otherwise healthy before it is set aside."""
+"""Replays of one batch that may fail while storage is otherwise healthy, refusing every request
+of it, before it is set aside whole (a batch of which storage refuses only some requests has
+those set aside at once, the others stored)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class ClickHouseExporter:
         self._replayer: asyncio.Task[None] | None = None
         self._closing = False
         telemetry.STORAGE_UP.labels(name).set(1)
+        if wal is not None and wal.quarantined_on_load:
+            telemetry.WAL_QUARANTINED.labels(name).inc(wal.quarantined_on_load)
         self._publish_wal()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -328,7 +335,8 @@ class ClickHouseExporter:
                 delay = retry.initial_interval.total_seconds()
 
     def replay(self, entry: WALEntry) -> None:
-        """Store one logged batch exactly once (blocking)."""
+        """Store one logged batch exactly once (blocking); raises when it is kept to be tried
+        again (storage is away, or refuses every request of it)."""
         assert self.wal is not None
         try:
             data = entry.read()
@@ -336,6 +344,7 @@ class ClickHouseExporter:
             self.wal.quarantine(entry, str(error))
             telemetry.WAL_QUARANTINED.labels(self.name).inc()
             return
+        signal = SIGNALS[entry.signal]
         stored = self.storage.batch_rows(entry.signal, entry.batch_id)
         if stored != entry.records:
             if stored:
@@ -348,26 +357,99 @@ class ClickHouseExporter:
                 )
                 self.storage.delete_batch(entry.signal, entry.batch_id)
             try:
-                self._timed_insert(SIGNALS[entry.signal], data, entry.batch_id, deduplicate=not stored)
+                self._timed_insert(signal, data, entry.batch_id, deduplicate=not stored, failure=None)
             except Exception as error:
-                if not self.storage.ping():
-                    telemetry.STORAGE_UP.labels(self.name).set(0)
-                    raise
-                attempts = self._replay_failures.get(entry.batch_id, 0) + 1
-                self._replay_failures[entry.batch_id] = attempts
-                if attempts < _QUARANTINE_AFTER:
-                    raise
-                self.wal.quarantine(entry, f"storage refused it {attempts} times: {_short(error)}")
-                telemetry.WAL_QUARANTINED.labels(self.name).inc()
+                self._replay_refused(entry, signal, data, error)
                 return
             telemetry.STORED_RECORDS.labels(self.name, entry.signal, "replay").inc(entry.records)
         self._replay_failures.pop(entry.batch_id, None)
         self.wal.remove(entry.batch_id)
 
+    def _replay_refused(self, entry: WALEntry, signal: Signal, data: bytes, error: Exception) -> None:
+        """Storing a logged batch failed. Storage away: it is kept (raises). Storage refusing it:
+        its requests are stored one by one, as on the live path, and only those refused are set
+        aside (a smaller WAL file in quarantine/); when every one is refused, storage is more
+        likely at fault than the data, so the batch is kept (raises) and set aside whole only
+        after `_QUARANTINE_AFTER` tries."""
+        assert self.wal is not None
+        if self._replay_away(signal, error):
+            raise error
+        requests = entry.requests(data)
+        try:
+            refusals = self._replay_one_by_one(entry, signal, requests) if len(requests) > 1 else {0: error}
+        except _PartlyRefused as partly:
+            refusals, error = dict.fromkeys(range(len(requests)), partly), partly
+        if len(refusals) == len(requests):
+            self._discard_partial(signal, entry.batch_id)
+            attempts = self._replay_failures.get(entry.batch_id, 0) + 1
+            self._replay_failures[entry.batch_id] = attempts
+            if attempts < _QUARANTINE_AFTER:
+                raise error
+            self.wal.quarantine(entry, f"storage refused it {attempts} times: {_short(error)}")
+        else:
+            stored = self.storage.batch_rows(entry.signal, entry.batch_id)
+            telemetry.STORED_RECORDS.labels(self.name, entry.signal, "replay").inc(stored)
+            if not refusals:
+                self.wal.remove(entry.batch_id)  # refused whole, stored request by request
+                self._replay_failures.pop(entry.batch_id, None)
+                return
+            reasons = [
+                f"request {index + 1} of {len(requests)}: storage refused it: {_short(refusals[index])}"
+                for index in sorted(refusals)
+            ]
+            self.wal.quarantine_requests(
+                entry, [requests[index] for index in sorted(refusals)], max(entry.records - stored, 0), reasons
+            )
+        self._replay_failures.pop(entry.batch_id, None)
+        telemetry.WAL_QUARANTINED.labels(self.name).inc()
+
+    def _replay_one_by_one(self, entry: WALEntry, signal: Signal, requests: Sequence[bytes]) -> dict[int, Exception]:
+        """Insert a logged batch's requests one at a time under its batch id, so that a replay
+        after a crash still finds (and replaces) them; `deduplicate=False`, the id being used for
+        each. Returns storage's refusals by request index; raises when storage is away (the
+        batch is kept), or _PartlyRefused when a refused request left rows in some of a
+        signal's tables (the batch is cleared: its rows cannot be told apart)."""
+        self._discard_partial(signal, entry.batch_id)
+        tables = len(self.storage.names.storage_tables(signal.name))
+        rows = 0
+        refusals: dict[int, Exception] = {}
+        for index, request in enumerate(requests):
+            try:
+                self._timed_insert(signal, request, entry.batch_id, deduplicate=False, failure=None)
+            except Exception as failure:
+                if self._replay_away(signal, failure):
+                    raise
+                refusals[index] = failure
+                if tables > 1 and self.storage.batch_rows(signal.name, entry.batch_id) != rows:
+                    self.storage.delete_batch(signal.name, entry.batch_id)
+                    raise _PartlyRefused(
+                        f"storage refused request {index + 1} of {len(requests)} after storing part of it: "
+                        f"{_short(failure)}"
+                    ) from failure
+                continue
+            if tables > 1:
+                rows = self.storage.batch_rows(signal.name, entry.batch_id)
+        return refusals
+
+    def _replay_away(self, signal: Signal, error: Exception) -> bool:
+        """Whether a failed insert of a logged batch says storage is away or overloaded (the
+        batch is kept for a later try, never set aside) rather than refusing the data; the
+        failure is counted as such."""
+        away = not self.storage.ping()
+        if away:
+            telemetry.STORAGE_UP.labels(self.name).set(0)
+        away = away or transient(error)
+        telemetry.INSERTS.labels(self.name, signal.name, "failed" if away else "refused").inc()
+        return away
+
     def _publish_wal(self) -> None:
         if self.wal is not None:
             telemetry.WAL_BYTES.labels(self.name).set(self.wal.size_bytes)
             telemetry.WAL_BATCHES.labels(self.name).set(len(self.wal))
+
+
+class _PartlyRefused(StorageError):
+    """Storage refused a request of a batch after storing part of it (in some of a signal's tables)."""
 
 
 def _short(error: Exception) -> str:
