@@ -4,6 +4,8 @@ Stored values are text. These tests hold the SQL rendering (labtel.collector.sto
 the Python rendering (labtel.collector.otlp.values) to each other on random values, and check that
 a record stores identically whichever path it took. Records holding only scalar values take the
 fast path; a record holding an array or key-value list value sends its batch to the exact path.
+Both store an attribute list that repeats a key (OTLP forbids it, senders still do) with the key
+once, holding its last value, and `ServiceName` is the resource's last `service.name`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import math
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from labtel.collector import telemetry
 from labtel.collector.component import ExportUnavailable, Payload
@@ -31,17 +34,30 @@ from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import EXACT_PATH_ERROR, MAX_TIME_NANOS, MAX_TIME_TEXT
 from tests.conftest import make_storage
-from tests.helpers import any_value, log_record, logs_request, wrong_wire_type_request
+from tests.helpers import any_value, kv, log_record, logs_request, wrong_wire_type_request
 from tests.strategies import scalars, text
 
 one_level = st.one_of(scalars, st.lists(scalars, max_size=4), st.dictionaries(text, scalars, max_size=4))
 attributes = st.dictionaries(st.text(min_size=1, max_size=12), one_level, max_size=6)
 
 
+def pairs(column: str) -> str:
+    """SQL: a stored Map as its (key, value) entries, in order: a repeated key shows (the dict a
+    client reads a Map into keeps one of them)."""
+    return f"CAST({column}, 'Array(Tuple(String, String))')"
+
+
+def last_wins(attributes: Iterable[KeyValue]) -> list[tuple[str, str]]:
+    """The entries labtel stores for an attribute list: each key once with its last value, by key."""
+    return sorted({kv.key: value_text(kv.value) for kv in attributes}.items())
+
+
 def stored_logs(storage: Storage) -> list[dict[str, Any]]:
     return storage.rows(
         f"SELECT Body, LogAttributes, ResourceAttributes, ScopeAttributes, TraceId, SpanId, SeverityText, "
-        f"SeverityNumber, toUnixTimestamp64Nano(Timestamp) AS ts, ScopeName, ServiceName, EventType, NodeId "
+        f"SeverityNumber, toUnixTimestamp64Nano(Timestamp) AS ts, ScopeName, ServiceName, EventType, NodeId, "
+        f"{pairs('LogAttributes')} AS log_pairs, {pairs('ResourceAttributes')} AS resource_pairs, "
+        f"{pairs('ScopeAttributes')} AS scope_pairs, ResourceAttributes['service.name'] AS service_attribute "
         f"FROM {storage.names.logs} ORDER BY ts, Body"
     )
 
@@ -118,8 +134,16 @@ def test_json_strings_escape_like_clickhouse(storage: Storage) -> None:
 
 
 CORPUS: list[dict[str, Any]] = [
-    {"body": "plain", "attributes": {"s": "x", "i": 7, "d": 2.5, "b": True, "raw": b"\x00\xff"}},
-    {"body": 42, "attributes": {"tags": ["imaging", "m31"], "mixed": [1, "two", 3.0, False, b"\x01"]}},
+    {
+        "body": "plain",
+        "attributes": {"s": "x", "i": 7, "d": 2.5, "b": True, "raw": b"\x00\xff"},
+        "repeated": [("s", "y"), ("i", [7])],  # a scalar repeated as a scalar, and as a list
+    },
+    {
+        "body": 42,
+        "attributes": {"tags": ["imaging", "m31"], "mixed": [1, "two", 3.0, False, b"\x01"]},
+        "repeated": [("tags", "a scalar now")],  # a list repeated as a scalar
+    },
     {"body": ["list", "body"], "attributes": {"limits": {"min": -1.5, "max": 1e21, "name": "ra/dec"}}},
     {"body": {"kv": "body", "n": 1}, "attributes": {"empty_list": [], "empty_map": {}}},
     {"body": "deep", "attributes": {"matrix": [[1, 2], [3, 4]], "tree": {"a": {"b": {"c": "d"}}}}},
@@ -132,23 +156,40 @@ CORPUS: list[dict[str, Any]] = [
 ]
 
 
+def repeat_keys(request: ExportLogsServiceRequest, repeated: Sequence[tuple[str, Any]] = ()) -> None:
+    """Make every attribute list of a one-record request repeat a key, the last value being the one
+    to store: `service.name` ("corpus") in the resource, `scope.k` in the scope, and in the record
+    `lab.node.id` (a column is read from it), then the `repeated` pairs."""
+    resource_logs = request.resource_logs[0]
+    resource_logs.resource.attributes.append(kv("service.name", "corpus"))
+    scope_logs = resource_logs.scope_logs[0]
+    scope_logs.scope.attributes.extend([kv("scope.k", "first"), kv("scope.k", "last")])
+    record = scope_logs.log_records[0]
+    stale = next(a.value.string_value for a in record.attributes if a.key == "lab.node.id")
+    record.attributes.append(kv("lab.node.id", stale.removeprefix("stale-")))
+    record.attributes.extend(kv(key, value) for key, value in repeated)
+
+
 def corpus_requests() -> list[ExportLogsServiceRequest]:
-    return [
+    requests = [
         logs_request(
             [
                 log_record(
                     item["body"],
-                    {**item["attributes"], "lab.node.id": f"node-{i}"},
+                    {**item["attributes"], "lab.node.id": f"stale-node-{i}"},
                     time_ns=1_750_000_000_000_000_000 + i * 1000,
                     severity=1 + i,
                     trace_id=bytes([i + 1]) * 16,
                     span_id=bytes([i + 1]) * 8,
                 )
             ],
-            resource={"service.name": "corpus", "lab.node.id": "resource-node", "depth": {"x": [1]}},
+            resource={"service.name": "stale", "lab.node.id": "resource-node", "depth": {"x": [1]}},
         )
         for i, item in enumerate(CORPUS)
     ]
+    for request, item in zip(requests, CORPUS, strict=True):
+        repeat_keys(request, item.get("repeated", []))
+    return requests
 
 
 def payloads(requests: Sequence[ExportLogsServiceRequest]) -> list[Payload]:
@@ -174,12 +215,18 @@ def test_fast_and_exact_paths_store_identical_rows(chdb_path: Any) -> None:
     rows_together, rows_alone = stored_logs(together.storage), stored_logs(alone.storage)
     assert len(rows_together) == len(CORPUS)
     assert rows_together == rows_alone
-    for row, request in zip(rows_alone, requests, strict=True):
-        record = request.resource_logs[0].scope_logs[0].log_records[0]
+    for i, (row, request) in enumerate(zip(rows_alone, requests, strict=True)):
+        resource_logs = request.resource_logs[0]
+        record = resource_logs.scope_logs[0].log_records[0]
         assert row["Body"] == value_text(record.body)
-        assert row["LogAttributes"] == {kv.key: value_text(kv.value) for kv in record.attributes}
+        assert row["log_pairs"] == last_wins(record.attributes)  # each key once, its last value
+        assert row["resource_pairs"] == last_wins(resource_logs.resource.attributes)
+        assert row["scope_pairs"] == [("scope.k", "last")]
+        assert row["ServiceName"] == row["service_attribute"] == "corpus"
         assert row["ResourceAttributes"]["depth"] == '{"x":[1]}'
-        assert row["NodeId"].startswith("node-")  # the record's own attribute wins over the resource's
+        assert row["NodeId"] == f"node-{i}"  # the record's own last value, over the resource's
+    assert (rows_alone[0]["LogAttributes"]["s"], rows_alone[0]["LogAttributes"]["i"]) == ("y", "[7]")
+    assert rows_alone[1]["LogAttributes"]["tags"] == "a scalar now"
     deep = rows_alone[4]["LogAttributes"]
     assert deep["matrix"] == "[[1,2],[3,4]]"
     assert deep["tree"] == '{"a":{"b":{"c":"d"}}}'
@@ -188,7 +235,11 @@ def test_fast_and_exact_paths_store_identical_rows(chdb_path: Any) -> None:
 
 
 SCALAR_CORPUS: list[dict[str, Any]] = [
-    {"body": "plain", "attributes": {"s": "x", "i": 7, "d": 2.5, "b": True, "raw": b"\x00\xff"}},
+    {
+        "body": "plain",
+        "attributes": {"s": "x", "i": 7, "d": 2.5, "b": True, "raw": b"\x00\xff"},
+        "repeated": [("s", "y"), ("i", 8), ("s", "z")],  # three times, and as another type
+    },
     {"body": 42, "attributes": {"min": -(2**63), "max": 2**63 - 1, "zero": 0, "no": False}},
     {"body": 1e21, "attributes": {"e20": 1e20, "small": 1e-7, "tiny": 5e-324, "negzero": -0.0, "third": 1 / 3}},
     {"body": float("nan"), "attributes": {"inf": float("inf"), "ninf": float("-inf"), "huge": 1.7976931348623157e308}},
@@ -200,22 +251,25 @@ SCALAR_CORPUS: list[dict[str, Any]] = [
 
 
 def scalar_corpus_requests() -> list[ExportLogsServiceRequest]:
-    return [
+    requests = [
         logs_request(
             [
                 log_record(
                     item["body"],
-                    {**item["attributes"], "lab.node.id": f"node-{i}"},
+                    {**item["attributes"], "lab.node.id": f"stale-node-{i}"},
                     time_ns=1_750_000_000_000_000_000 + i * 1000,
                     severity=1 + i,
                     trace_id=bytes([i + 1]) * 16,
                     span_id=bytes([i + 1]) * 8,
                 )
             ],
-            resource={"service.name": "corpus", "lab.node.id": "resource-node", "n": i, "ok": True},
+            resource={"service.name": "stale", "lab.node.id": "resource-node", "n": i, "ok": True},
         )
         for i, item in enumerate(SCALAR_CORPUS)
     ]
+    for request, item in zip(requests, SCALAR_CORPUS, strict=True):
+        repeat_keys(request, item.get("repeated", []))
+    return requests
 
 
 def test_scalar_records_store_identically_on_the_fast_and_exact_paths(chdb_path: Any) -> None:
@@ -234,15 +288,43 @@ def test_scalar_records_store_identically_on_the_fast_and_exact_paths(chdb_path:
     rows_exact = [row for row in stored_logs(exact.storage) if row["ServiceName"] == "corpus"]
     assert len(rows_fast) == len(SCALAR_CORPUS)
     assert rows_fast == rows_exact
-    for row, request in zip(rows_fast, requests, strict=True):
+    for i, (row, request) in enumerate(zip(rows_fast, requests, strict=True)):
         resource_logs = request.resource_logs[0]
         record = resource_logs.scope_logs[0].log_records[0]
         assert row["Body"] == value_text(record.body)
-        assert row["LogAttributes"] == {kv.key: value_text(kv.value) for kv in record.attributes}
-        assert row["ResourceAttributes"] == {kv.key: value_text(kv.value) for kv in resource_logs.resource.attributes}
+        assert row["log_pairs"] == last_wins(record.attributes)
+        assert row["resource_pairs"] == last_wins(resource_logs.resource.attributes)
+        assert row["scope_pairs"] == [("scope.k", "last")]
+        assert (row["ServiceName"], row["service_attribute"], row["NodeId"]) == ("corpus", "corpus", f"node-{i}")
+    assert (rows_fast[0]["LogAttributes"]["s"], rows_fast[0]["LogAttributes"]["i"]) == ("z", "8")
     assert rows_fast[3]["Body"] == "nan"
     assert rows_fast[2]["LogAttributes"]["negzero"] == "-0"
     assert rows_fast[4]["Body"] == "AQID"
+
+
+def test_the_api_reads_and_filters_the_last_value_of_a_repeated_key(storage: Storage) -> None:
+    from fastapi.testclient import TestClient
+
+    from labtel.query_api.app import create_app
+
+    request = logs_request(
+        [log_record("repeated", {"k": "first", "lab.node.id": "stale-node-1"})], resource={"service.name": "stale"}
+    )
+    repeat_keys(request, [("k", "last")])
+    storage.insert_otlp("logs", request.SerializeToString(), uuid.uuid4().hex)
+    client = TestClient(create_app(storage))
+    [event] = client.get("/events", params={"service": "corpus"}).json()["events"]
+    assert (event["service_name"], event["resource"]["service.name"]) == ("corpus", "corpus")
+    assert (event["attributes"]["k"], event["attributes"]["lab.node.id"], event["node_id"]) == (
+        "last",
+        "node-1",
+        "node-1",
+    )
+    assert event["scope"]["attributes"] == {"scope.k": "last"}
+    for params in ({"resource.service.name": "corpus"}, {"attr.k": "last"}, {"node": "node-1"}):
+        assert [e["body"] for e in client.get("/events", params=params).json()["events"]] == ["repeated"], params
+    for params in ({"service": "stale"}, {"resource.service.name": "stale"}, {"attr.k": "first"}):
+        assert client.get("/events", params=params).json()["events"] == [], params
 
 
 def test_invalid_requests_in_a_batch_are_rejected_and_the_rest_stored(chdb_path: Any) -> None:
@@ -310,25 +392,31 @@ def test_a_request_storage_refuses_costs_only_its_caller(chdb_path: Any, monkeyp
     assert exporter.storage.batch_rows("logs", batch_id) == 3  # under the batch's id, as a replay looks for them
 
 
-def spans_request(name: str, attributes: dict[str, Any], event: dict[str, Any], link: dict[str, Any]) -> bytes:
+def spans_request(
+    name: str, attributes: dict[str, Any], event: dict[str, Any], link: dict[str, Any], *, repeat: bool = False
+) -> bytes:
+    """A one-span request; with `repeat`, each attribute list (resource, span, event, link) holds
+    each of its keys twice, first with the value "stale"."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from tests.helpers import kv
+    def key_values(items: dict[str, Any]) -> list[KeyValue]:
+        stale = [kv(k, "stale") for k in items] if repeat else []
+        return [*stale, *(kv(k, v) for k, v in items.items())]
 
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.extend([kv("service.name", "spans"), kv("lab.name", "chem")])
+    resource_spans.resource.attributes.extend(key_values({"service.name": "spans", "lab.name": "chem"}))
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.name, scope_spans.scope.version = "tests", "1.0"
     scope_spans.scope.attributes.extend([kv("scope.tags", ["not", "stored"])])  # otel_traces has no scope attributes
     span = scope_spans.spans.add()
     span.trace_id, span.span_id, span.name, span.kind = b"\x01" * 16, b"\x02" * 8, name, 2
     span.start_time_unix_nano, span.end_time_unix_nano = 1_750_000_000_000_000_000, 1_750_000_000_500_000_000
-    span.attributes.extend(kv(k, v) for k, v in attributes.items())
+    span.attributes.extend(key_values(attributes))
     span_event = span.events.add(time_unix_nano=1_750_000_000_100_000_000, name="step")
-    span_event.attributes.extend(kv(k, v) for k, v in event.items())
+    span_event.attributes.extend(key_values(event))
     span_link = span.links.add(trace_id=b"\x03" * 16, span_id=b"\x04" * 8, trace_state="k=v")
-    span_link.attributes.extend(kv(k, v) for k, v in link.items())
+    span_link.attributes.extend(key_values(link))
     span.status.code, span.status.message = 2, "failed ✗"
     return request.SerializeToString()
 
@@ -338,14 +426,19 @@ def stored_spans(storage: Storage) -> list[dict[str, Any]]:
         "SELECT SpanName, TraceId, SpanId, SpanKind, ServiceName, ScopeName, ScopeVersion, ResourceAttributes, "
         "SpanAttributes, Duration, StatusCode, StatusMessage, toString(`Events.Timestamp`) AS event_times, "
         "`Events.Name` AS event_names, `Events.Attributes` AS event_attributes, `Links.TraceId` AS link_traces, "
-        "`Links.SpanId` AS link_spans, `Links.TraceState` AS link_states, `Links.Attributes` AS link_attributes "
+        "`Links.SpanId` AS link_spans, `Links.TraceState` AS link_states, `Links.Attributes` AS link_attributes, "
+        f"{pairs('ResourceAttributes')} AS resource_pairs, {pairs('SpanAttributes')} AS span_pairs, "
+        f"arrayMap(m -> {pairs('m')}, `Events.Attributes`) AS event_pairs, "
+        f"arrayMap(m -> {pairs('m')}, `Links.Attributes`) AS link_pairs "
         f"FROM {storage.names.traces} ORDER BY SpanName"
     )
 
 
 def test_spans_store_identically_on_the_fast_and_exact_paths(chdb_path: Any) -> None:
-    scalar = spans_request("scalar", {"n": 1, "d": 0.5, "ok": True, "raw": b"\xff"}, {"e": "v", "i": -3}, {"l": 2.0})
-    listed = spans_request("listed", {"s": "x"}, {"wells": ["A1", "A2"]}, {"m": {"k": 1}})
+    # Every attribute list repeats each key (first as "stale"): the last value is stored, once.
+    span = {"n": 1, "d": 0.5, "ok": True, "raw": b"\xff"}
+    scalar = spans_request("scalar", span, {"e": "v", "i": -3}, {"l": 2.0}, repeat=True)
+    listed = spans_request("listed", {"s": "x"}, {"wells": ["A1", "A2"]}, {"m": {"k": 1}}, repeat=True)
     fast, exact = fresh_exporter(chdb_path), fresh_exporter(chdb_path)
     with pytest.raises(Exception, match=EXACT_PATH_ERROR):
         fast.storage.insert_otlp("traces", listed, uuid.uuid4().hex)
@@ -373,6 +466,11 @@ def test_spans_store_identically_on_the_fast_and_exact_paths(chdb_path: Any) -> 
     )
     assert listed_row["event_attributes"] == [{"wells": '["A1","A2"]'}]
     assert listed_row["link_attributes"] == [{"m": '{"k":1}'}]
+    for row in (scalar_row, listed_row):  # the Maps themselves hold each key once
+        for column in ("ResourceAttributes", "SpanAttributes"):
+            assert row[column.removesuffix("Attributes").lower() + "_pairs"] == sorted(row[column].items())
+        assert row["event_pairs"] == [sorted(m.items()) for m in row["event_attributes"]]
+        assert row["link_pairs"] == [sorted(m.items()) for m in row["link_attributes"]]
 
 
 def test_traces_with_bad_ids_are_rejected(chdb_path: Any) -> None:

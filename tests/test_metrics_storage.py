@@ -254,6 +254,61 @@ def test_deep_values_take_the_exact_path_and_store_as_json(store: Storage) -> No
     assert store.batch_rows("metrics", batch) == 6
 
 
+def repeated_keys_request() -> ExportMetricsServiceRequest:
+    """metrics_request with each attribute list repeating a key, the last value being the one to
+    store: the resource's `service.name` ("repeated"), the scope's, a data point's, an exemplar's."""
+    request = metrics_request("stale")
+    resource_metrics = request.resource_metrics[0]
+    resource_metrics.resource.attributes.append(kv("service.name", "repeated"))
+    scope_metrics = resource_metrics.scope_metrics[0]
+    scope_metrics.scope.attributes.extend([kv("site", "summit"), kv("site", "summit, again")])
+    north = scope_metrics.metrics[0].gauge.data_points[0]
+    north.attributes.extend([kv("dome", 7), kv("dome", "north-east")])
+    north.exemplars[0].filtered_attributes.append(kv("probe", "p2"))
+    return request
+
+
+def pairs(column: str) -> str:
+    """SQL: a stored Map as its (key, value) entries, a repeated key included."""
+    return f"CAST({column}, 'Array(Tuple(String, String))')"
+
+
+def test_repeated_keys_store_their_last_value_once_on_both_paths(store: Storage) -> None:
+    data = repeated_keys_request().SerializeToString()
+    fast, exact = uuid.uuid4().hex, uuid.uuid4().hex
+    store.insert_otlp("metrics", data, fast)
+    # A request with list values in the same batch sends both to the exact path.
+    assert exporter(store).store([payload(data), payload(deep_request().SerializeToString())], exact) == [None, None]
+    for kind in METRIC_TYPES:
+        stored = {
+            batch: [r for r in rows(store, kind, batch) if r["ServiceName"] == "repeated"] for batch in (fast, exact)
+        }
+        for row in (*stored[fast], *stored[exact]):
+            del row["IngestBatch"]
+        assert stored[fast] == stored[exact] != [], kind
+    entries = store.rows(
+        f"SELECT IngestBatch, ServiceName, ResourceAttributes['service.name'] AS service, "
+        f"{pairs('ResourceAttributes')} AS resource, {pairs('ScopeAttributes')} AS scope, "
+        f"{pairs('Attributes')} AS point, arrayMap(m -> {pairs('m')}, `Exemplars.FilteredAttributes`) AS exemplars "
+        f"FROM {store.names.metrics_table('gauge')} WHERE IngestBatch IN ({{f:String}}, {{e:String}}) "
+        "AND Attributes['dome'] = 'north-east' ORDER BY IngestBatch = {e:String}",
+        parameters={"f": fast, "e": exact},
+    )
+    assert [e.pop("IngestBatch") for e in entries] == [fast, exact]
+    assert (
+        entries[0]
+        == entries[1]
+        == {
+            "ServiceName": "repeated",
+            "service": "repeated",
+            "resource": [("lab.name", "observatory"), ("service.name", "repeated")],
+            "scope": [("site", "summit, again")],
+            "point": [("dome", "north-east")],
+            "exemplars": [[("probe", "p2")]],
+        }
+    )
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
     key, size, out = (number << 3) | 2, len(payload), bytearray()

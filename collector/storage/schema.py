@@ -244,13 +244,22 @@ def _has_list(key_values: str, nested: bool = False) -> str:
 
 
 def attributes_map(key_values: str) -> str:
-    """SQL: an ingest KeyValue array as a key-sorted Map(LowCardinality(String), String).
+    """SQL: an ingest KeyValue array as a key-sorted Map(LowCardinality(String), String) holding
+    each key once.
 
+    OTLP wants the keys of an attribute list unique, but a sender may repeat one: the last value
+    is kept, as a dict or an OpenTelemetry SDK keeps it, on both ingest paths (the exact path's
+    requests come through here too). A Map would keep every entry, in an order mapSort leaves
+    unspecified, and `m['k']` (so `ServiceName`, the lab columns and filters) read one of them
+    while a client's dict kept another. `last` marks the last occurrence of each key (numbered from
+    the end, it is the first). This costs 3-5% of a logs or traces insert's CPU, 1% of a metrics
+    insert's (planning: 2-3 ms more per insert); testing for a repeated key first, to skip the
+    filters when there is none, measured dearer than the filters.
     Sorted as a Map(String, String), then cast: mapSort over LowCardinality keys is slower."""
-    return (
-        f"CAST(mapSort(CAST(({key_values}.key, arrayMap(x -> {value_text('x.value')}, {key_values})), "
-        f"'Map(String, String)')), '{_MAP}')"
-    )
+    last = f"arrayReverse(arrayEnumerateUniq(arrayReverse({key_values}.key)))"
+    values = f"arrayMap(x -> {value_text('x.value')}, {key_values})"
+    kept = f"(arrayFilter((k, n) -> n = 1, {key_values}.key, {last}), arrayFilter((v, n) -> n = 1, {values}, {last}))"
+    return f"CAST(mapSort(CAST({kept}, 'Map(String, String)')), '{_MAP}')"
 
 
 def _invalid_utf8(strings: Sequence[str], arrays: Sequence[str] = ()) -> str:
