@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.schema import LOGS_TIME_BUCKET
 from labtel.query_api.events import EventFilter
+from labtel.query_api.params import MAX_TIME_NS
 
 EXPORT_COLUMNS: list[tuple[str, str, str]] = [
     ("event_id", "toString(EventId)", "stable id of the stored record (UUID)"),
@@ -71,8 +72,6 @@ _DICTIONARY_COLUMNS = [
 _STATISTICS_COLUMNS = ["timestamp", "time_unix_nano", "severity_number"]
 """Columns whose min/max each row group records, so readers can skip row groups by time and severity."""
 _PLAN_WIDTH_NS = 300 * 1_000_000_000
-INT64_END = 2**63
-"""One past the latest instant ClickHouse stores (2262-04-11T23:47:16.854775807Z), in Unix ns."""
 _MIN_WIDTH_NS = 1_000_000
 
 
@@ -83,6 +82,12 @@ class Window:
     start_ns: int
     end_ns: int
     rows: int
+
+
+def _last_ns(end_ns: int) -> int:
+    """The last nanosecond of a window ending (exclusively) at `end_ns`, as an Int64 query
+    parameter: the end of a window holding an event at MAX_TIME_NS (2^63 - 1) lies past Int64."""
+    return min(end_ns - 1, MAX_TIME_NS)
 
 
 def column_list(fmt: str) -> str:
@@ -121,7 +126,7 @@ def _windows(
             " AND Timestamp >= fromUnixTimestamp64Nano({plan_lo:Int64})"
             " AND Timestamp <= fromUnixTimestamp64Nano({plan_last:Int64})"
         )
-        parameters.update(plan_lo=bounds[0], plan_last=min(bounds[1], INT64_END) - 1)
+        parameters.update(plan_lo=bounds[0], plan_last=_last_ns(bounds[1]))
     buckets = storage.rows(
         f"SELECT intDiv(toUnixTimestamp64Nano(Timestamp), {{plan_width:Int64}}) AS b, count() AS n "
         f"FROM {storage.names.logs} WHERE {clause} GROUP BY b ORDER BY b",
@@ -240,8 +245,7 @@ def export_chunks(
 
     def fetch(window: Window, window_limit: int | None) -> bytes:
         sql = _window_sql(storage, where, fmt, window_limit)
-        # the window's last nanosecond: its end may lie past Int64 (an event at 2^63 - 1 ns)
-        parameters = {**params, "window_lo": window.start_ns, "window_last": min(window.end_ns, INT64_END) - 1}
+        parameters = {**params, "window_lo": window.start_ns, "window_last": _last_ns(window.end_ns)}
         if window_limit is not None:
             parameters["window_limit"] = window_limit
         return storage.raw(sql, fmt, parameters=parameters)

@@ -218,9 +218,7 @@ def split_request(data: bytes) -> list[tuple[bytes, int]]:
 
 def _subset(request: Any, entries: list[tuple[int, int, Any]]) -> bytes:
     """A request holding only `entries` (resource index, scope index, record) of `request`."""
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-    out = ExportLogsServiceRequest()
+    out = type(request)()  # an ExportLogsServiceRequest: the message class split_request imported
     targets: dict[tuple[int, int], Any] = {}
     resources: dict[int, Any] = {}
     for r, s, record in entries:
