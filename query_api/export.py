@@ -2,14 +2,16 @@
 
 The range is cut into time windows of at most `chunk_rows` events, planned from a count of events
 per five minutes (the table's own key, so the count is cheap) and refined where a window holds
-more. Each window is one query, read while the previous one is being sent, so at most two
-windows are in memory whatever the size of the export. Rows come oldest first, ordered by
-(Timestamp, EventId) like the pages of `/events`; ClickHouse reads each window in the table's key
-order and sorts only within five minutes (a full sort doubled the cost of a window).
+more. Each window is one query, read while earlier ones are being sent (`PREFETCH` at a time),
+so at most `PREFETCH` + 1 windows are in memory whatever the size of the export. Rows come oldest
+first, ordered by (Timestamp, EventId) like the pages of `/events`; ClickHouse reads each window
+in the table's key order and sorts only within five minutes (a full sort doubled the cost of a
+window).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,6 +75,9 @@ _STATISTICS_COLUMNS = ["timestamp", "time_unix_nano", "severity_number"]
 """Columns whose min/max each row group records, so readers can skip row groups by time and severity."""
 _PLAN_WIDTH_NS = 300 * 1_000_000_000
 _MIN_WIDTH_NS = 1_000_000
+PREFETCH = 2
+"""Windows read ahead while one is written: ClickHouse reads a window in key order on one thread
+(two threads were no faster), so two queries keep both cores busy beside the Parquet writer."""
 
 
 @dataclass(frozen=True)
@@ -254,8 +259,7 @@ def export_chunks(
     sink = _Sink()
     if fmt_name == "csv":
         yield csv_header()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labtel-export") as prefetch:
-        pending: Future[bytes] | None = None
+    with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="labtel-export") as prefetch:
         index = 0
 
         def next_fetch() -> Future[bytes] | None:
@@ -269,10 +273,13 @@ def export_chunks(
                 remaining -= min(remaining, window.rows)
             return prefetch.submit(fetch, window, window_limit)
 
-        pending = next_fetch()
-        while pending is not None:
-            data = pending.result()
-            pending = next_fetch()  # the next window is read while this one is sent
+        pending: deque[Future[bytes]] = deque()
+        while len(pending) < PREFETCH and (started := next_fetch()) is not None:
+            pending.append(started)
+        while pending:
+            data = pending.popleft().result()
+            if (started := next_fetch()) is not None:  # the next windows are read while this one is sent
+                pending.append(started)
             if fmt_name != "parquet":
                 yield data
                 continue
