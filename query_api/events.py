@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 import orjson
 
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.schema import LOGS_TIME_BUCKET, NOT_EXPIRED
+from labtel.collector.storage.schema import IDEOGRAPHS, LOGS_TIME_BUCKET, NOT_EXPIRED, has_word
 from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns
 from labtel.query_api.selector import translate
@@ -97,8 +97,7 @@ class EventFilter:
                 clauses.append(f"{column} = {{{name}:String}}")
                 params[name] = value
         for index, token in enumerate(self.tokens):
-            # hasToken over lower(Body) is what the text index idx_body_text answers.
-            clauses.append(f"hasToken(lower(Body), {{token_{index}:String}})")
+            clauses.append(has_word(f"token_{index}"))  # what the text index idx_body_words answers
             params[f"token_{index}"] = token
         if self.contains:
             clauses.append("positionCaseInsensitiveUTF8(Body, {contains:String}) > 0")
@@ -110,12 +109,16 @@ class EventFilter:
         return " AND ".join(clauses), params
 
 
-_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+_WORD = re.compile(f"(?=[^\\W_])[{IDEOGRAPHS}]|(?:(?![{IDEOGRAPHS}])[^\\W_])+")
+"""A word: one ideograph, or a run of other letters and digits (any script; `_` is not one)."""
 
 
 def search_tokens(text: str) -> list[str]:
-    """The words of a search, lower-cased, as the token index splits text (letters and digits)."""
-    return list(dict.fromkeys(t.lower() for t in _TOKEN.findall(text)))
+    """The words of a search, lower-cased, as the word index splits bodies (schema.BODY_WORDS): every
+    character that is not a letter or digit separates words (`node-12` is `node` and `12`). The text
+    is lower-cased before it is split, as bodies are (`İ` lower-cases to `i` and a combining dot,
+    which is not a letter)."""
+    return list(dict.fromkeys(_WORD.findall(text.lower())))
 
 
 def encode_cursor(ts_ns: int, event_id: str, ascending: bool = False) -> str:

@@ -131,6 +131,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"MATERIALIZE PROJECTION {schema.HOURLY_NODES}",
         ),
     ),
+    Migration(
+        11,
+        "otel_logs: word search splits at every character that is not a letter or digit and lower-cases every "
+        "script (idx_body_words on schema.BODY_WORDS, in place of idx_body_text)",
+        lambda n: _logs(
+            n,
+            "DROP INDEX IF EXISTS idx_body_text",
+            f"ADD INDEX IF NOT EXISTS {schema.body_words_index()}",
+            # Parts stored before this migration get the index in a background mutation; until
+            # then they are scanned, with the same results.
+            f"MATERIALIZE INDEX {schema.BODY_WORDS_INDEX}",
+        ),
+    ),
 )
 
 

@@ -756,6 +756,52 @@ def hourly_nodes_projection() -> str:
     return f"PROJECTION {HOURLY_NODES} (SELECT {keys}, count() GROUP BY {keys})"
 
 
+BODY_WORDS_INDEX = "idx_body_words"
+"""The text index of otel_logs that word search (`GET /events?q=`) reads (migration 11)."""
+
+IDEOGRAPHS = (
+    "\u3005-\u3007\u3021-\u3029\u3038-\u303b\u3041-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
+)
+"""The characters that are each a word of their own (the contents of a regex character class): Han
+ideographs and hiragana, as Unicode's word boundaries (UAX #29) have them, since Chinese and Japanese
+put no spaces between words. Runs of other letters (Latin, Cyrillic, katakana, Hangul, ...) and
+digits are one word each."""
+
+
+def _re2_class(ranges: str) -> str:
+    """`ranges` (characters and `a-b` ranges) as an RE2 character class body, inside a SQL string."""
+    return "".join(c if c == "-" else f"\\\\x{{{ord(c):x}}}" for c in ranges)
+
+
+BODY_WORDS = (
+    "if(isValidASCII(Body), lower(Body), replaceRegexpAll(replaceRegexpAll(lowerUTF8(Body), "
+    f"'[^\\\\x00-\\\\x7f\\\\p{{L}}\\\\p{{N}}]+', ' '), '[{_re2_class(IDEOGRAPHS)}]', ' \\\\0 '))"
+)
+"""SQL: the body as the word index reads it, with its `splitByNonAlpha` tokenizer (which splits at
+ASCII characters other than letters and digits only), so that its words are the runs of Unicode
+letters and digits, each ideograph a word of its own, lower-cased in every script.
+
+Without it the UTF-8 bytes of `—`, `°` or an emoji are word bytes to the tokenizer (in
+"done—ok at 20°C" neither `done` nor `20` is a word), and `lower()` changes ASCII letters only. A
+body with a byte outside ASCII is lower-cased by `lowerUTF8`, each run of non-ASCII characters that
+are not letters or digits becomes a space, then each ideograph gets a space either side (two
+passes: a capture group would take RE2 off its fast path, 2x the cost). An ASCII body (most of
+them) is `lower(Body)`, as migration 4's index had it, with the same words: `if` runs the regexes for
+the other rows only. Cost: see bench/search_index.py and the README. `query_api.events.search_tokens`
+splits a search the same way."""
+
+
+def body_words_index() -> str:
+    """The word index of otel_logs, as `ADD INDEX` takes it."""
+    return f"{BODY_WORDS_INDEX} {BODY_WORDS} TYPE text(tokenizer = 'splitByNonAlpha')"
+
+
+def has_word(parameter: str) -> str:
+    """SQL: the body has the word in the String parameter `parameter`, in any case (what the word
+    index answers). The parameter must be one word, as `query_api.events.search_tokens` gives them."""
+    return f"hasToken({BODY_WORDS}, lowerUTF8({{{parameter}:String}}))"
+
+
 NOT_EXPIRED = "(ExpiresAt = 0 OR ExpiresAt > now64(3))"
 """SQL: the event has not expired (TTL deletes expired rows only at the next merge), row by row:
 for lookups of a few rows; scans use `not_expired`."""
