@@ -65,6 +65,21 @@ def day_bounds() -> str:
     )
 
 
+DAILY_TOOLTIP = {"busy_hours": "h", "available_hours": "h", "actions": "short"}
+"""The daily utilization's other columns: in its tooltip, not drawn on its percent axis."""
+
+
+def tooltip_only(column: str, unit: str) -> dict[str, Any]:
+    """A field override: the column is in the tooltip only, in its own unit."""
+    return {
+        "matcher": {"id": "byName", "options": column},
+        "properties": [
+            {"id": "unit", "value": unit},
+            {"id": "custom.hideFrom", "value": {"viz": True, "legend": True, "tooltip": False}},
+        ],
+    }
+
+
 def nodes_sql() -> str:
     """Per-node utilization over the dashboard's range: `GET /utilization/nodes`."""
     report = grafana_sql(report_text("nodes", LOGS))
@@ -88,9 +103,10 @@ def daily_sql() -> str:
     start, end, now = (GRAFANA_PARAMETERS[f"{{{n}:Int64}}"] for n in ("start", "end", "now"))
     return f"""SELECT
     fromUnixTimestamp64Nano(d.b) AS time,
-    p.nodes * d.span - p.down + p.overlap AS available,
-    round(if(available > 0, 100 * p.busy / available, 0), 2) AS utilization_percent,
+    round(if((p.nodes * d.span - p.down + p.overlap AS available_ns) > 0, 100 * p.busy / available_ns, 0), 2)
+        AS utilization_percent,
     round(p.busy / 3600e9, 2) AS busy_hours,
+    round(available_ns / 3600e9, 2) AS available_hours,
     p.actions AS actions
 FROM (
     SELECT pair.1 AS b, greatest(0, least(pair.2, {end}, {now}) - greatest(pair.1, {start})) AS span
@@ -264,6 +280,16 @@ def distinct(column: str, where: str = "1") -> str:
 
 
 SERVICE = "$__conditionalAll(ServiceName IN (${service:singlequote}), $service)"
+
+
+def text(variable: str) -> str:
+    """SQL: a textbox variable's value as a string, whatever it holds. Percent-encoded by Grafana,
+    the literal has no `'` or `\\` left to break it (`singlequote` leaves a `\\`, which ClickHouse
+    reads as an escape)."""
+    return f"decodeURLComponent('${{{variable}:percentencode}}')"
+
+
+SEARCH, RUN = text("search"), text("run")
 NODE = "$__conditionalAll(NodeId IN (${node:singlequote}), $node)"
 
 
@@ -366,7 +392,11 @@ def utilization() -> Dashboard:
         nodes_sql(),
         12,
         10,
-        options={"orientation": "horizontal", "displayMode": "gradient", "reduceOptions": {"values": True}},
+        options={
+            "orientation": "horizontal",
+            "displayMode": "gradient",
+            "reduceOptions": {"values": True, "calcs": [], "fields": "/^utilization_percent$/"},
+        },
         field_config={"defaults": {"unit": "percent", "min": 0, "max": 100}, "overrides": []},
     )
     board.add("table", "Busy and idle hours per node", nodes_sql(), 12, 10)
@@ -377,8 +407,12 @@ def utilization() -> Dashboard:
         16,
         8,
         fmt="timeseries",
-        description="All nodes together, per day in the chosen time zone.",
-        field_config={"defaults": {"unit": "percent", "custom": {"drawStyle": "bars"}}, "overrides": []},
+        description="All nodes together, per day in the chosen time zone (busy and available hours and "
+        "actions in the tooltip).",
+        field_config={
+            "defaults": {"unit": "percent", "custom": {"drawStyle": "bars"}},
+            "overrides": [tooltip_only(name, unit) for name, unit in DAILY_TOOLTIP.items()],
+        },
     )
     board.add("table", "Action durations (p50 / p95)", durations_sql(), 8, 8, unit="s")
     return board
@@ -400,8 +434,8 @@ def explorer() -> Dashboard:
         f"$__timeFilter(Timestamp) AND {SERVICE} AND {NODE}\n"
         "  AND $__conditionalAll(EventType IN (${event_type:singlequote}), $event_type)\n"
         "  AND $__conditionalAll(SeverityText IN (${severity:singlequote}), $severity)\n"
-        "  AND ('${search}' = '' OR positionCaseInsensitiveUTF8(Body, '${search}') > 0)\n"
-        "  AND ('${run}' = '' OR RunId = '${run}')"
+        f"  AND ({SEARCH} = '' OR positionCaseInsensitiveUTF8(Body, {SEARCH}) > 0)\n"
+        f"  AND ({RUN} = '' OR RunId = {RUN})"
     )
     board.add(
         "timeseries",
@@ -411,20 +445,6 @@ def explorer() -> Dashboard:
         5,
         fmt="timeseries",
     )
-    trace_link = {
-        "title": "Open trace",
-        "url": "",
-        "internal": {
-            "datasourceUid": DATASOURCE_UID,
-            "datasourceName": "labtel ClickHouse",
-            "query": {
-                "queryType": "traces",
-                "editorType": "sql",
-                "format": 3,
-                "rawSql": ("SELECT * FROM ${database}.otel_traces WHERE TraceId = '${__value.raw}'"),
-            },
-        },
-    }
     board.add(
         "logs",
         "Events",
@@ -434,15 +454,8 @@ def explorer() -> Dashboard:
         16,
         fmt="logs",
         options={"showTime": True, "wrapLogMessage": True, "enableLogDetails": True, "sortOrder": "Descending"},
-        field_config={
-            "defaults": {},
-            "overrides": [
-                {
-                    "matcher": {"id": "byName", "options": "TraceId"},
-                    "properties": [{"id": "links", "value": [trace_link]}],
-                }
-            ],
-        },
+        description="Trace ids link to the trace and its logs: the datasource adds the links to a "
+        "TraceId column (its traces settings, provisioned), so the panel sets none of its own.",
     )
     return board
 
@@ -503,6 +516,45 @@ def device_io() -> Dashboard:
 
 
 SELF = "ServiceName = 'labtel-collector'"
+BUCKET_S = "greatest(60, $__interval_s)"
+LOOKBACK = "INTERVAL 1 HOUR"
+"""How far before the range a counter's previous point is looked for (snapshots come every 15 s)."""
+
+
+def increases(table: str, metric: str, keys: dict[str, str], values: dict[str, str]) -> str:
+    """SQL: per time bucket and `keys` (alias: expression), how much the cumulative `values`
+    (alias: column) of the collector's `metric` grew: the sum, over every series (a collector
+    instance and an attribute set), of the growth from each point to the next, a drop counting as a
+    restart from zero. The growth before a bucket's first point counts in it, and series of other
+    attributes (another transport, say) are never subtracted from each other."""
+    key_list = ", ".join(keys)
+    lags = ",\n".join(
+        f"            toFloat64({column}) AS {alias}_now, lagInFrame(toFloat64({column}), 1, -1.) OVER series AS {alias}_before"
+        for alias, column in values.items()
+    )
+    growth = ",\n".join(
+        f"        if({a}_before < 0, if(StartTimeUnix >= $__fromTime - {LOOKBACK}, {a}_now, 0), "
+        f"if({a}_now >= {a}_before, {a}_now - {a}_before, {a}_now)) AS {a}_growth"
+        for a in values
+    )
+    sums = ", ".join(f"sum({a}_growth) AS {a}" for a in values)
+    selected = ", ".join(f"{expression} AS {alias}" for alias, expression in keys.items())
+    return f"""    SELECT toStartOfInterval(TimeUnix, INTERVAL {BUCKET_S} second) AS time, {key_list}, {sums}
+    FROM (
+        SELECT TimeUnix, {key_list},
+{growth}
+        FROM (
+            SELECT TimeUnix, StartTimeUnix, {selected},
+{lags}
+            FROM {table}
+            WHERE {SELF} AND MetricName = '{metric}'
+                AND TimeUnix >= $__fromTime - {LOOKBACK} AND TimeUnix <= $__toTime
+            WINDOW series AS (PARTITION BY ResourceAttributes['service.instance.id'], Attributes
+                ORDER BY TimeUnix ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+        )
+        WHERE $__timeFilter(TimeUnix)
+    )
+    GROUP BY time, {key_list}"""
 
 
 def collector_health() -> Dashboard:
@@ -514,14 +566,11 @@ def collector_health() -> Dashboard:
     )
     sums, gauges, histograms = (f"${{database}}.otel_metrics_{kind}" for kind in ("sum", "gauge", "histogram"))
     interval = "toStartOfInterval(TimeUnix, INTERVAL greatest(60, $__interval_s) second)"
+    received = increases(sums, "labtel_receiver_records", {"outcome": "Attributes['outcome']"}, {"records": "Value"})
     board.add(
         "timeseries",
         "Records received per second, by outcome",
-        f"SELECT time, outcome, sum(per_instance) / greatest(60, $__interval_s) AS per_second\nFROM (\n"
-        f"    SELECT {interval} AS time, ResourceAttributes['service.instance.id'] AS instance,\n"
-        "        Attributes['outcome'] AS outcome, Attributes['signal'] AS signal, max(Value) - min(Value) AS per_instance\n"
-        f"    FROM {sums}\n    WHERE {SELF} AND MetricName = 'labtel_receiver_records' AND $__timeFilter(TimeUnix)\n"
-        "    GROUP BY time, instance, outcome, signal\n)\nGROUP BY time, outcome\nORDER BY time",
+        f"SELECT time, outcome, records / {BUCKET_S} AS per_second\nFROM (\n{received}\n)\nORDER BY time",
         12,
         8,
         fmt="timeseries",
@@ -535,13 +584,16 @@ def collector_health() -> Dashboard:
         8,
         fmt="timeseries",
     )
+    inserts = increases(
+        histograms,
+        "labtel_exporter_insert_duration_seconds",
+        {"signal": "Attributes['signal']"},
+        {"seconds": "Sum", "calls": "Count"},
+    )
     board.add(
         "timeseries",
         "Insert latency (mean)",
-        f"SELECT time, signal, if(calls > 0, seconds / calls, 0) AS mean_seconds\nFROM (\n"
-        f"    SELECT {interval} AS time, Attributes['signal'] AS signal, max(Sum) - min(Sum) AS seconds, max(Count) - min(Count) AS calls\n"
-        f"    FROM {histograms}\n    WHERE {SELF} AND MetricName = 'labtel_exporter_insert_duration_seconds' AND $__timeFilter(TimeUnix)\n"
-        "    GROUP BY time, signal\n)\nORDER BY time",
+        f"SELECT time, signal, if(calls > 0, seconds / calls, NULL) AS mean_seconds\nFROM (\n{inserts}\n)\nORDER BY time",
         12,
         8,
         fmt="timeseries",
@@ -573,6 +625,8 @@ def collector_health() -> Dashboard:
         "FROM system.parts\nWHERE database = '${database}' AND active\nGROUP BY table\nORDER BY total_rows DESC",
         12,
         8,
+        description="The parts on the server the datasource connects to: on a cluster, that node's "
+        "(its shard's <table>_local tables, one replica).",
     )
     return board
 
@@ -590,6 +644,8 @@ def provisioning() -> dict[str, str]:
     """The provisioning files (YAML) by path below dashboards/."""
     datasource = f"""# Grafana provisioning: the ClickHouse datasource labtel's dashboards use (uid {DATASOURCE_UID}).
 # Generated by dashboards/generate.py. Install the plugin grafana-clickhouse-datasource (v4).
+# Grafana's environment must set LABTEL_CLICKHOUSE_HOST, _PORT, _USER and _PASSWORD: Grafana
+# substitutes $VAR and ${{VAR}} only (no ${{VAR:-default}}), an unset variable as nothing.
 apiVersion: 1
 datasources:
   - name: labtel ClickHouse
@@ -597,10 +653,10 @@ datasources:
     type: grafana-clickhouse-datasource
     isDefault: true
     jsonData:
-      host: ${{LABTEL_CLICKHOUSE_HOST:-clickhouse}}
-      port: ${{LABTEL_CLICKHOUSE_PORT:-8123}}
+      host: ${{LABTEL_CLICKHOUSE_HOST}}
+      port: ${{LABTEL_CLICKHOUSE_PORT}}
       protocol: http
-      username: ${{LABTEL_CLICKHOUSE_USER:-default}}
+      username: ${{LABTEL_CLICKHOUSE_USER}}
       defaultDatabase: otel
       logs:
         defaultDatabase: otel
@@ -618,7 +674,7 @@ datasources:
         durationUnit: nanoseconds
         traceTimestampTableSuffix: _trace_id_ts
     secureJsonData:
-      password: ${{LABTEL_CLICKHOUSE_PASSWORD:-}}
+      password: ${{LABTEL_CLICKHOUSE_PASSWORD}}
 """
     provider = """# Grafana provisioning: labtel's dashboards (generated by dashboards/generate.py).
 apiVersion: 1

@@ -13,15 +13,26 @@ macros, the frontend's `$__conditionalAll` and Grafana's template-variable forma
 | `$__timeInterval(c)` | `toStartOfInterval(toDateTime(c), INTERVAL <interval s, at least 1> second)` |
 | `$__timeInterval_ms(c)` | `toStartOfInterval(toDateTime64(c, 3), INTERVAL <interval ms> millisecond)` |
 | `$__interval_s` | the interval in whole seconds, at least 1 |
-| `$__conditionalAll(cond, $v)` | `cond`, or `1=1` when variable v has All selected |
-| `${v:singlequote}` | the values quoted and joined: `'a','b'` |
-| `${v}`, `$v` | the value (values joined by `,`) |
+| `$__conditionalAll(cond, $v)` | `cond`, or `1=1` when variable v has All selected or is empty |
+| `${v:singlequote}` | the values quoted (`'` as `\\'`, nothing else escaped) and joined: `'a','b'` |
+| `${v:percentencode}` | the value percent-encoded (all but `A-Za-z0-9-_.~`): no quote or backslash is left |
+| `${v}`, `$v` | the value; several values quoted and joined, unescaped: `'a','b'` (the datasource's format) |
+
+A free-text value therefore goes into SQL as `decodeURLComponent('${v:percentencode}')`: Grafana has
+no format that escapes both `'` and `\\` for ClickHouse (`singlequote` and `sqlstring` leave `\\`).
+
+`provisioning_value` is Grafana's substitution in provisioning files (`pkg/setting/expanders.go` and
+`os.ExpandEnv`): `$VAR`, `${VAR}` and `$__env{VAR}` only. `${VAR:-default}` is not understood: the
+whole `VAR:-default` is taken as a variable's name, so it becomes empty.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 ALL = "$__all"
 """A variable's value when All is selected."""
@@ -72,6 +83,13 @@ def _is_all(value: str | list[str] | None) -> bool:
     return value is None or value == ALL or (isinstance(value, list) and ALL in value)
 
 
+def _conditional_all_skips(value: str | list[str] | None) -> bool:
+    """Whether `$__conditionalAll` drops its condition: the frontend compares the variable's current
+    value, as a string (a list joined by `,`), with `$__all` and with the empty string."""
+    text = ",".join(value) if isinstance(value, list) else value
+    return text is None or text in (ALL, "")
+
+
 def _values(value: str | list[str]) -> list[str]:
     return value if isinstance(value, list) else [value]
 
@@ -81,7 +99,7 @@ def expand(sql: str, from_ms: int, to_ms: int, interval_ms: int, variables: Vari
 
     def conditional_all(arguments: list[str]) -> str:
         condition, variable = arguments
-        return "1=1" if _is_all(variables.get(variable.lstrip("$").strip("{}"))) else condition
+        return "1=1" if _conditional_all_skips(variables.get(variable.lstrip("$").strip("{}"))) else condition
 
     sql = _calls(sql, "$__conditionalAll", conditional_all)
 
@@ -93,6 +111,12 @@ def expand(sql: str, from_ms: int, to_ms: int, interval_ms: int, variables: Vari
         values = [] if _is_all(value) else _values(value)
         if form == "singlequote":
             return ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
+        if form == "percentencode":
+            return quote("{" + ",".join(values) + "}" if isinstance(value, list) else value, safe="")
+        if form is None and isinstance(value, list):
+            return "'" + "','".join(values) + "'"
+        if form is not None:
+            raise ValueError(f"the format {form!r} of ${{{name}}} is not simulated here")
         return ",".join(values)
 
     sql = re.sub(r"\$\{(\w+)(?::(\w+))?\}|\$(\w+)", formatted, sql)
@@ -128,3 +152,49 @@ def expand(sql: str, from_ms: int, to_ms: int, interval_ms: int, variables: Vari
     ):
         sql = sql.replace(macro, value)
     return sql
+
+
+_PROVISIONING = re.compile(r"\$(|__\w+)\{([^}]+)\}")
+_SPECIAL = "*#$@!?-0123456789"
+
+
+def _go_expand_env(text: str, env: Mapping[str, str]) -> str:
+    """Go's `os.ExpandEnv`: `${X}` and `$X` (a name of `[A-Za-z0-9_]`, or one special character),
+    an unset variable as nothing; a `$` before anything else stays."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] != "$" or i + 1 == len(text):
+            out.append(text[i])
+            i += 1
+            continue
+        rest = text[i + 1 :]
+        if rest[0] == "{":
+            end = rest.find("}")
+            if end == -1:
+                i += 2  # bad syntax: "${" is eaten
+                continue
+            name, width = rest[1:end], end + 1
+        elif rest[0] in _SPECIAL:
+            name, width = rest[0], 1
+        else:
+            match = re.match(r"[A-Za-z0-9_]*", rest)
+            name = match.group(0) if match else ""
+            width = len(name)
+        out.append(env.get(name, "") if name else ("" if width else "$"))
+        i += 1 + width
+    return "".join(out)
+
+
+def provisioning_value(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """A provisioning file's value as Grafana reads it (`interpolateValue`): split at `$$` (a literal
+    `$`), each part's `${X}` and `$__env{X}` replaced by the expanders, then `os.ExpandEnv`."""
+    env = os.environ if environ is None else environ
+
+    def expanders(part: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            kind, body = match.group(1), match.group(2)
+            return env.get(body, "") if kind in ("", "__env") else match.group(0)
+
+        return _PROVISIONING.sub(one, part)
+
+    return "$".join(_go_expand_env(expanders(part), env) for part in text.split("$$"))

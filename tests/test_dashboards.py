@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from labtel.collector import telemetry
 from labtel.collector.alerts.history import History, new_alert_id
@@ -23,18 +25,19 @@ from labtel.collector.component import Payload
 from labtel.collector.config import ClickHouseExporterConfig
 from labtel.collector.exporters.clickhouse import ClickHouseExporter
 from labtel.collector.otlp.signals import SIGNALS
-from labtel.collector.self_metrics import SelfMetrics
+from labtel.collector.self_metrics import SelfMetrics, snapshot
 from labtel.collector.storage.client import Storage
 from labtel.demo.emitter import Emitter
 from labtel.demo.runner import backfill_window, simulate
 from labtel.demo.sim import Log
 from labtel.query_api import utilization as u
+from labtel.sdk.transport import Accepted
 from tests.helpers import log_record, logs_request
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 sys.path.insert(0, str(DASHBOARDS))
 import generate  # noqa: E402
-from macros import ALL, expand  # noqa: E402
+from macros import ALL, expand, provisioning_value  # noqa: E402
 
 START_NS = 1_774_872_000 * 10**9  # 2026-03-30T12:00:00Z
 DAY_NS = 86_400 * 10**9
@@ -47,9 +50,10 @@ class StorageTransport:
     def __init__(self, storage: Storage) -> None:
         self.exporter = ClickHouseExporter("seed", ClickHouseExporterConfig(), storage)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> Accepted:
         (verdict,) = self.exporter.store([Payload(SIGNALS["logs"], data, 0)], uuid.uuid4().hex)
         assert verdict is None, verdict
+        return Accepted()
 
     def close(self) -> None:
         return None
@@ -181,11 +185,35 @@ def _columns(result: dict[str, Any]) -> dict[str, str]:
     return {column["name"]: column["type"] for column in result["meta"]}
 
 
-def _check_shape(kind: str, title: str, result: dict[str, Any]) -> None:
+def _numeric(columns: dict[str, str]) -> list[str]:
+    return [n for n, t in columns.items() if t.removeprefix("Nullable(").startswith(NUMBER)]
+
+
+def _drawn(panel: dict[str, Any], columns: dict[str, str]) -> list[str]:
+    """The numeric columns a panel draws: Grafana's charts draw every numeric field, less those an
+    override hides from the visualization and, in a bar gauge, those `reduceOptions.fields` leaves out."""
+    hidden = {
+        override["matcher"]["options"]
+        for override in panel["fieldConfig"]["overrides"]
+        if override["matcher"]["id"] == "byName"
+        and any(p["id"] == "custom.hideFrom" and p["value"].get("viz") for p in override["properties"])
+    }
+    drawn = [n for n in _numeric(columns) if n not in hidden]
+    fields = panel["options"].get("reduceOptions", {}).get("fields", "")
+    if fields:
+        drawn = [n for n in drawn if re.search(fields.strip("/"), n)]
+    return drawn
+
+
+def _check_shape(panel: dict[str, Any], title: str, result: dict[str, Any]) -> None:
+    kind = panel["type"]
     columns = _columns(result)
-    numeric = [n for n, t in columns.items() if t.removeprefix("Nullable(").startswith(NUMBER)]
+    numeric = _numeric(columns)
     rows = result["data"]
     assert rows, f"{title}: no rows"
+    if kind not in ("table", "logs"):
+        # one quantity on one axis: a second number would be drawn in the panel's unit beside it
+        assert len(_drawn(panel, columns)) == 1, f"{title} draws {_drawn(panel, columns)}"
     if kind == "timeseries":
         assert columns["time"].startswith("DateTime"), title
         assert numeric, title
@@ -197,6 +225,9 @@ def _check_shape(kind: str, title: str, result: dict[str, Any]) -> None:
     elif kind == "logs":
         assert columns["timestamp"].startswith("DateTime64"), title
         assert {"body", "level"} <= set(columns), title
+        # the datasource links a TraceId column to the trace and its logs; a panel link would replace them
+        assert "TraceId" in columns, title
+        assert not panel["fieldConfig"]["overrides"], title
 
 
 @pytest.mark.parametrize("board_name", list(generate.DASHBOARDS))
@@ -212,7 +243,69 @@ def test_every_panel_and_variable_query_runs_and_fits_its_panel(lab_day: Storage
     for panel in board["panels"]:
         for target in panel["targets"]:
             result = run(lab_day, target["rawSql"], variables, *span)
-            _check_shape(panel["type"], f"{board_name}: {panel['title']}", result)
+            _check_shape(panel, f"{board_name}: {panel['title']}", result)
+
+
+def test_the_provisioned_datasource_reads_grafanas_environment() -> None:
+    (datasource,) = yaml.safe_load((DASHBOARDS / "provisioning/datasources/labtel.yaml").read_text())["datasources"]
+    env = {
+        "LABTEL_CLICKHOUSE_HOST": "ch-s1-r1",
+        "LABTEL_CLICKHOUSE_PORT": "8124",
+        "LABTEL_CLICKHOUSE_USER": "lab",
+        "LABTEL_CLICKHOUSE_PASSWORD": "s3cret!",
+    }
+    data = {k: provisioning_value(v, env) for k, v in datasource["jsonData"].items() if isinstance(v, str)}
+    assert (data["host"], data["port"], data["username"]) == ("ch-s1-r1", "8124", "lab")
+    assert provisioning_value(datasource["secureJsonData"]["password"], env) == "s3cret!"
+
+
+def test_quotes_and_backslashes_in_variables_keep_the_sql_whole(lab_day: Storage) -> None:
+    at = START_NS - 3600 * 10**9  # before the simulated day: these events only
+    odd = {"lab.node.id": "node'1", "lab.event.type": "note"}
+    records = [
+        log_record("it's in C:\\temp\\", odd | {"lab.run.id": "run'\\t1"}, time_ns=at),
+        log_record("elsewhere", odd, time_ns=at + 10**9),
+    ]
+    resource = {"service.name": "o'brien-lab"}
+    lab_day.insert_otlp("logs", logs_request(records, resource=resource).SerializeToString(), "odd")
+    board = boards()["event-explorer"]
+    chosen = variables_all(board, lab_day.names.database) | {"service": ["o'brien-lab"], "node": ["node'1"]}
+    matching, logs = (next(p for p in board["panels"] if p["type"] == kind) for kind in ("timeseries", "logs"))
+    for search, run_id, bodies in (
+        ("", "", {"it's in C:\\temp\\", "elsewhere"}),
+        ("IT'S", "", {"it's in C:\\temp\\"}),
+        ("c:\\temp\\", "", {"it's in C:\\temp\\"}),
+        ("", "run'\\t1", {"it's in C:\\temp\\"}),
+        ("'; DROP TABLE x; --", "", set()),
+    ):
+        values = chosen | {"search": search, "run": run_id}
+        rows = run(lab_day, logs["targets"][0]["rawSql"], values, at - 10**9, at + 10 * 10**9)["data"]
+        assert {r["body"] for r in rows} == bodies, (search, run_id)
+        counted = run(lab_day, matching["targets"][0]["rawSql"], values, at - 10**9, at + 10 * 10**9)["data"]
+        assert sum(r["events"] for r in counted) == len(bodies), (search, run_id)
+
+
+def test_collector_rates_count_every_interval_and_keep_series_apart(lab_day: Storage) -> None:
+    """10 records/s over gRPC, snapshots every 15 s, beside an HTTP counter standing still: 10/s in
+    every minute (not the 45 s a minute's first and last points span, nor gRPC minus HTTP)."""
+    registry = CollectorRegistry()
+    received = Counter("labtel_receiver_records", "records", ["signal", "transport", "outcome"], registry=registry)
+    latency = Histogram("labtel_exporter_insert_duration_seconds", "inserts", ["exporter", "signal"], registry=registry)
+    started = START_NS - 2 * 3600 * 10**9  # a window holding no other collector metrics
+    received.labels("logs", "http", "accepted").inc(1000)
+    for step in range(1, 25):
+        received.labels("logs", "grpc", "accepted").inc(150)
+        for _ in range(15):
+            latency.labels("clickhouse", "logs").observe(0.5)
+        lab_day.insert_otlp("metrics", snapshot(registry, started + step * 15 * 10**9, started), f"rates-{step}")
+    board = boards()["collector-health"]
+    panels = {p["title"]: p["targets"][0]["rawSql"] for p in board["panels"]}
+    variables = variables_all(board, lab_day.names.database)
+    span = (started + 60 * 10**9, started + 299 * 10**9)  # the minutes 1 to 4 after the start
+    rates = run(lab_day, panels["Records received per second, by outcome"], variables, *span)["data"]
+    assert [(r["outcome"], r["per_second"]) for r in rates] == [("accepted", pytest.approx(10.0))] * 4
+    means = run(lab_day, panels["Insert latency (mean)"], variables, *span)["data"]
+    assert [(r["signal"], r["mean_seconds"]) for r in means] == [("logs", pytest.approx(0.5))] * 4
 
 
 def test_a_variable_narrows_the_panels(lab_day: Storage) -> None:

@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,12 @@ import pytest
 import yaml
 
 from labtel.cli import app
-from labtel.collector.config import expand_env, load_config
+from labtel.collector.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "dashboards"))
+from macros import provisioning_value  # noqa: E402
+
 DEPLOY = ROOT / "deploy"
 SINGLE = DEPLOY / "docker-compose.yml"
 CLUSTER = DEPLOY / "docker-compose.cluster.yml"
@@ -210,13 +214,15 @@ def test_grafana_gets_labtels_provisioning_pointing_at_the_stacks_clickhouse(pat
     datasources = yaml.safe_load((provisioning / "datasources" / "labtel.yaml").read_text())["datasources"]
     env = _service_env(grafana)
     for datasource in datasources:
-        # Grafana expands ${VAR:-default} in provisioning files as the labtel config does
-        data = expand_env(
-            {k: v.replace("${", "${env:") for k, v in datasource["jsonData"].items() if isinstance(v, str)}, env
-        )
+        # as Grafana reads it: $VAR / ${VAR} from Grafana's environment, no defaults
+        data = {k: provisioning_value(v, env) for k, v in datasource["jsonData"].items() if isinstance(v, str)}
         assert data["host"] in _clickhouse_services(compose)
         assert int(data["port"]) == 8123
-        assert data["username"] == compose["services"][data["host"]]["environment"]["CLICKHOUSE_USER"]
+        clickhouse_env = compose["services"][data["host"]]["environment"]
+        assert data["username"] == clickhouse_env["CLICKHOUSE_USER"]
+        password = provisioning_value(datasource["secureJsonData"]["password"], env)
+        assert password == _service_env(compose["services"][data["host"]])["CLICKHOUSE_PASSWORD"]
+        assert password
     providers = yaml.safe_load((provisioning / "dashboards" / "labtel.yaml").read_text())["providers"]
     boards = mounts[providers[0]["options"]["path"]]
     assert boards == ROOT / "dashboards" / "json"
