@@ -144,9 +144,14 @@ def test_batches_over_a_limit_store_the_rest(chdb_path: Path) -> None:
         store.close()
 
 
-def test_query_api_bodies_over_the_limit_are_refused_before_they_are_read(server: LabtelServer) -> None:
+def test_query_api_bodies_over_the_limit_are_a_413_naming_the_limit(server: LabtelServer) -> None:
     # A real uvicorn server: a body announced too large, and a chunked one that grows too large,
     # are both 413 naming the limit; the API keeps answering and a normal selector still works.
+    import socket
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
     import httpx
 
     limit = QueryApiConfig().max_request_body_size
@@ -166,6 +171,23 @@ def test_query_api_bodies_over_the_limit_are_refused_before_they_are_read(server
         small = client.post("/events/query", json={"selector": {"service": "nobody"}, "limit": 5})
         assert small.status_code == 200, small.text
         assert small.json()["events"] == []
+    # urllib sends the whole body before it reads the answer: the rest of the body is read and
+    # thrown away, so it reads the 413 rather than a reset connection.
+    request = urllib.request.Request(
+        f"{server.api}/events/query", data=padding, headers={"content-type": "application/json"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "query_api.max_request_body_size" in refused.value.read().decode()
+    # A client that waits for `100 Continue` is answered at once, without being asked for the body.
+    address = urlsplit(server.api)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        conn.sendall(
+            f"POST /events/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(padding)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert conn.recv(65536).startswith(b"HTTP/1.1 413 ")
 
 
 def test_the_body_limit_is_configurable(storage: Storage) -> None:
