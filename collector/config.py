@@ -434,6 +434,21 @@ class PanoptesCompatConfig(StrictModel):
         return _check_timezone(value)
 
 
+class MasterLogCompatConfig(StrictModel):
+    """The Master Log routes (`/api/v1/logs`).
+
+    `max_batch_events`: the most events one `POST /api/v1/logs/batch` may hold (413 beyond,
+    saying to send smaller batches); 0: only `max_request_body_size` bounds a batch. A batch is
+    converted a few thousand events at a time but stored in one write (all or nothing), so this
+    bounds the memory a batch takes, most of it while it is stored (50,000 of master-log-client's
+    events: about 400 MB at the peak; 10,000: about 60 MB), also when its events are tiny (a
+    `{}` each), and keeps a batch within the logs pipeline's `queue_size` (65,536 by default).
+    master-log-client's own events (about 450 bytes each) reach `max_request_body_size` first,
+    at about 45,000."""
+
+    max_batch_events: int = Field(50_000, ge=0)
+
+
 def _check_timezone(value: str) -> str:
     if value:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -453,6 +468,7 @@ class CompatConfig(StrictModel):
 
     api_keys: list[SecretStr] = []
     madsci: MadsciCompatConfig = MadsciCompatConfig()
+    master_log: MasterLogCompatConfig = MasterLogCompatConfig()
     panoptes: PanoptesCompatConfig = PanoptesCompatConfig()
 
 

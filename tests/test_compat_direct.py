@@ -3,6 +3,7 @@ storage with `insert_otlp`, and a storage failure is a 503 with Retry-After, nev
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,62 @@ def test_a_posted_madsci_event_is_answered_as_it_reads_back(storage: Storage) ->
     assert answer["event_timestamp"].endswith("Z")
     assert answer == client.get(f"/madsci/event/{answer['_id']}").json()
     assert client.post("/madsci/event", json={**event, "_id": answer["_id"]}).json() == answer  # a known id
+
+
+def test_a_large_master_log_batch_is_stored_whole_or_not_at_all(
+    storage: Storage, chdb_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 12,000 events: three chunks, above the old limit of 10,000. While storage is away the
+    # batch is a 503 and nothing of it is stored (no chunk went ahead); sent again, all of it is
+    # stored once. Events that cannot be stored are left out by their index in the batch, in
+    # whichever chunk they are.
+    fault = tmp_path / "storage-away"
+    monkeypatch.setenv("LABTEL_FAULT_INJECTION_FILE", str(fault))
+    failing = make_storage(chdb_path, storage.names.database)
+    logs: list[object] = [{"body": f"e{i}", "metadata": {"i": i}} for i in range(12_000)]
+    logs[7_000] = "not an event"
+    logs[11_000] = {"body": "bad \ud800 text"}  # a JSON "\ud800" escape
+    logs[11_001] = {"tags": ["\ud800"]}
+    posted = json.dumps({"logs": logs})  # ASCII: the lone surrogates as \u escapes
+    headers = {"content-type": "application/json"}
+    try:
+        client = TestClient(create_app(failing))
+        fault.touch()
+        away = client.post("/api/v1/logs/batch", content=posted, headers=headers)
+        assert away.status_code == 503, away.text
+        assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 0
+        fault.unlink()
+        answer = client.post("/api/v1/logs/batch", content=posted, headers=headers)
+        assert answer.status_code == 200, answer.text
+    finally:
+        failing.close()
+    body = answer.json()
+    assert body["accepted"] == len(body["events"]) == 11_997
+    assert [e["index"] for e in body["errors"]] == [7_000, 11_000, 11_001]
+    assert "not valid Unicode" in body["errors"][1]["error"]
+    assert len({e["id"] for e in body["events"]}) == 11_997
+    (row,) = storage.rows(
+        f"SELECT count() AS n, uniqExact(LogAttributes['i']) AS distinct_i, min(toUInt32(LogAttributes['i'])) AS first,"
+        f" max(toUInt32(LogAttributes['i'])) AS last FROM {storage.names.logs}"
+    )
+    assert (row["n"], row["distinct_i"], row["first"], row["last"]) == (11_997, 11_997, 0, 11_999)
+
+
+def test_the_master_log_batch_count_limit_is_configurable(storage: Storage) -> None:
+    from labtel.collector.config import CompatConfig, MasterLogCompatConfig, QueryApiConfig
+
+    assert QueryApiConfig().compat.master_log.max_batch_events == 50_000
+    limited = QueryApiConfig(compat=CompatConfig(master_log=MasterLogCompatConfig(max_batch_events=3)))
+    client = TestClient(create_app(storage, limited))
+    refused = client.post("/api/v1/logs/batch", json={"logs": [{}] * 4})
+    assert refused.status_code == 413
+    assert refused.json()["detail"] == (
+        "a batch holds at most 3 events (extensions.query_api.compat.master_log.max_batch_events) and this one has"
+        " 4: send them in batches of at most 3 (master-log-client: batch_size= or MASTER_LOG_BATCH_SIZE)"
+    )
+    assert client.post("/api/v1/logs/batch", json={"logs": [{}] * 3}).json()["accepted"] == 3
+    unlimited = QueryApiConfig(compat=CompatConfig(master_log=MasterLogCompatConfig(max_batch_events=0)))
+    many = TestClient(create_app(storage, unlimited)).post("/api/v1/logs/batch", json={"logs": [{}] * 60_000})
+    assert many.status_code == 200, many.text
+    assert many.json()["accepted"] == 60_000
+    assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 60_003

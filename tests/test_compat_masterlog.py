@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from master_log_client import MasterLogClient
+from master_log_client import MasterLogClient, MasterLogResult
 
 from tests.compat_helpers import compat_server
 from tests.helpers import LabtelServer, wait_for
@@ -175,3 +175,101 @@ def test_the_client_block_is_told_from_the_users_metadata(server: LabtelServer) 
         (stored,) = server.all_events(**{"attr.lab.event.id": result.event_id})
         assert stored["attributes"]["master_log.metadata"] == json.dumps(kept, separators=(",", ":"))
         assert stored["resource"]["master_log.library"] == "master-log-client"
+
+
+def stored_count(server: LabtelServer, tag: str) -> tuple[int, int]:
+    """How many events tagged `tag` storage holds, and how many distinct `i` metadata values among them."""
+    sql = (
+        "SELECT count() AS n, uniqExact(LogAttributes['i']) AS distinct_i FROM otel.otel_logs "
+        "WHERE has(JSONExtract(LogAttributes['tags'], 'Array(String)'), {tag:String})"
+    )
+    answer = httpx.post(f"{server.api}/sql", json={"sql": sql, "parameters": {"tag": tag}}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    row = answer.json()["data"][0]
+    return int(row["n"]), int(row["distinct_i"])
+
+
+def flush_answer(client: MasterLogClient) -> MasterLogResult:
+    """The client's flush result. With a long flush interval a flush request can miss the worker's
+    wake-up (a race in the client) and wait for the next one: asking again wakes it."""
+    for _ in range(12):
+        result = client.flush(timeout_seconds=10)
+        if result.ok or "timed out waiting for Master Log worker flush" not in (result.error or ""):
+            return result
+    raise AssertionError("master-log-client's worker never answered a flush")
+
+
+def test_a_batch_above_the_old_limit_is_stored_once(server: LabtelServer) -> None:
+    # master-log-client sends `batch_size` events per request; one configured above 10,000 (the
+    # old limit, a 413 it would have sent again forever) is one batch of 12,000, stored whole.
+    count = 12_000
+    client = MasterLogClient(
+        api_key=KEY,
+        endpoint=server.api,
+        async_mode=True,
+        batch_size=count,
+        flush_interval_seconds=3600,  # sent when all 12,000 are pending, in one request
+        max_queue_size=count + 1,
+        backpressure=False,
+        timeout_seconds=120,
+    )
+    try:
+        assert all(client.info(f"replayed {i}", tags=["large-batch"], metadata={"i": i}).ok for i in range(count))
+        flushed = flush_answer(client)
+        assert flushed.ok, flushed.error
+    finally:
+        client.shutdown(timeout_seconds=10)
+    server.wait_until_stored()
+    assert stored_count(server, "large-batch") == (count, count)  # every event, each once
+
+
+def test_a_body_over_the_byte_limit_is_a_413_the_client_reads(server: LabtelServer) -> None:
+    # urllib (master-log-client) sends its whole body before it reads the answer: the server reads
+    # the rest of a body over the limit and throws it away, so the client gets the 413 and its
+    # message instead of a reset connection.
+    client = MasterLogClient(
+        api_key=KEY,
+        endpoint=server.api,
+        async_mode=True,
+        batch_size=30,
+        flush_interval_seconds=3600,
+        timeout_seconds=60,
+    )
+    try:
+        for i in range(30):  # 30 MB, over the 20 MiB of query_api.max_request_body_size
+            assert client.info("x" * 1_000_000, tags=["over-limit"], metadata={"i": i}).ok
+        flushed = flush_answer(client)
+    finally:
+        client.shutdown(timeout_seconds=10)
+    assert not flushed.ok
+    assert "HTTP 413" in (flushed.error or "")
+    assert "over the limit of 20971520 bytes (query_api.max_request_body_size)" in (flushed.error or "")
+    assert stored_count(server, "over-limit") == (0, 0)
+    small = MasterLogClient(api_key=KEY, endpoint=server.api, async_mode=False)
+    assert small.info("after the refused batch", tags=["over-limit-after"]).ok
+
+
+def test_a_batch_whose_client_stopped_waiting_is_not_stored(server: LabtelServer) -> None:
+    # master-log-client sends a batch again when it got no answer within timeout_seconds (2 s by
+    # default): one its sender gave up on before it was stored is not stored, or it would be twice.
+    logs = [
+        {"severity": "info", "body": f"gone {i}", "tags": ["gone-test"], "metadata": {"i": i}} for i in range(40_000)
+    ]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.api}/api/v1/logs/batch",
+            json={"logs": logs},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=httpx.Timeout(60, read=0.05),
+        )
+    wait_for(lambda: "batch of 40000 events was not stored" in server.output(), timeout=60, what="the warning")
+    assert "MASTER_LOG_TIMEOUT_SECONDS" in server.output()
+    server.wait_until_stored()
+    assert stored_count(server, "gone-test") == (0, 0)
+    answer = httpx.post(
+        f"{server.api}/api/v1/logs/batch", json={"logs": logs}, headers={"Authorization": f"Bearer {KEY}"}, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 40_000
+    server.wait_until_stored()
+    assert stored_count(server, "gone-test") == (40_000, 40_000)

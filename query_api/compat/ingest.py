@@ -134,6 +134,24 @@ def encode(records: list[Record], scope: str) -> bytes:
         raise HTTPException(400, f"the event holds text that is not valid Unicode: {error}") from None
 
 
+def encode_each(records: list[Record], scope: str) -> tuple[bytes, list[int]]:
+    """The records as serialized ExportLogsServiceRequests (concatenated, they are one), but for
+    those holding text that is not valid Unicode: their indexes are returned, so that a batch
+    can store the others and list these."""
+    try:
+        return logs_request(records, scope, __version__), []
+    except ValueError:
+        pass
+    parts: list[bytes] = []
+    invalid: list[int] = []
+    for index, record in enumerate(records):
+        try:
+            parts.append(logs_request([record], scope, __version__))
+        except ValueError:
+            invalid.append(index)
+    return b"".join(parts), invalid
+
+
 class EventWriter:
     """Stores records for the compatibility routes: through the logs pipeline when there is one
     (inside `labtel serve`), else straight into storage."""
@@ -149,18 +167,26 @@ class EventWriter:
 
     async def write(self, records: list[Record], scope: str) -> PartialSuccess | None:
         """Store `records`; returns once they are durable, with what the pipeline refused of them
-        when it stored the others. Raises HTTPException 503 (retry), or 400 when none was stored."""
+        when it stored the others. Raises HTTPException 503 (retry), or 400 when none was stored
+        (or one holds text that is not valid Unicode)."""
         if not records:
             return None
-        data = encode([fit(record, self.limits) for record in records], scope)
+        return await self.store(encode([fit(record, self.limits) for record in records], scope), len(records))
+
+    async def store(self, data: bytes, records: int) -> PartialSuccess | None:
+        """Store serialized ExportLogsServiceRequests (`encode`, `encode_each`; concatenated ones
+        are one) holding `records` records, in one write: all of them are stored, or none. As
+        `write`: returns once they are durable; raises HTTPException 503 (retry) or 400."""
+        if not records:
+            return None
         if self.pipeline is not None:
             try:
-                partial = await self.pipeline.consume(Payload(LOGS, data, len(records)))
+                partial = await self.pipeline.consume(Payload(LOGS, data, records))
             except ExportRejected as error:
                 raise HTTPException(400, f"the events were refused: {error.message}") from None
             except ExportUnavailable as error:
                 raise unavailable(error.message, error.retry_after_s) from None
-            if partial is not None and partial.rejected >= len(records):
+            if partial is not None and partial.rejected >= records:
                 raise HTTPException(400, f"the events were refused: {partial.message}")
             return partial
         try:

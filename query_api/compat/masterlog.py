@@ -9,6 +9,10 @@ describes the sender and becomes resource attributes (`host.name`, `host.fqdn`, 
 `process.command`, `service.name`, …); `ttl_seconds` / `expires_at` → `lab.ttl_seconds` /
 `lab.expires_at` (storage deletes the event then); `created_at` → the event's time. Each event
 gets an id (`lab.event.id`), answered back.
+
+A batch is converted CHUNK_EVENTS events at a time (`convert_chunk`): a chunk's records are
+encoded and let go before the next chunk is converted, so a batch is held as posted and as
+encoded, never all of it as Python records; the route stores the encoded chunks in one write.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
-from labtel.query_api.compat.ingest import add_flattened, compact_json
+from labtel.query_api.compat.ingest import add_flattened, compact_json, encode_each, fit
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import semconv
 
@@ -40,7 +47,9 @@ CLIENT_RESOURCE = {
     "library": "master_log.library",
     "library_version": "master_log.library_version",
 }
-MAX_BATCH = 10_000
+CHUNK_EVENTS = 5_000
+"""Events of a batch converted at a time (a few MB of Python records)."""
+INVALID_TEXT = "holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
 
 
 class MasterLogError(ValueError):
@@ -168,3 +177,44 @@ def to_record(event: Any, index: int = 0, limits: RecordLimits = DEFAULT_LIMITS)
         resource=resource,
         event_name=TYPES[severity],
     )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Some events of a batch, converted: what to store of them and what to answer."""
+
+    data: bytes
+    """Serialized ExportLogsServiceRequests of the events to store (concatenated ones are one)."""
+    records: int
+    answers: bytes
+    """The stored events' answers as JSON array items without the brackets (empty: none)."""
+    errors: list[dict[str, Any]]
+    """The events left out: `index` in the batch, `error`."""
+
+
+def convert_chunk(events: Sequence[Any], offset: int, limits: RecordLimits = DEFAULT_LIMITS) -> Chunk:
+    """The events `offset`, `offset + 1`, ... of a batch, converted (`to_record`) and encoded
+    within `limits`. An event that cannot be stored at all (not an object, an unknown severity,
+    text that is not valid Unicode) is left out and listed in `errors`, never fails the chunk."""
+    answers: list[dict[str, Any]] = []
+    records: list[Record] = []
+    indexes: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for index, event in enumerate(events, offset):
+        try:
+            answer, record = to_record(event, index, limits)
+        except MasterLogError as error:
+            errors.append({"index": index, "error": str(error)})
+            continue
+        except orjson.JSONEncodeError:  # a lone surrogate in tags or metadata
+            errors.append({"index": index, "error": f"logs[{index}]: {INVALID_TEXT}; left out"})
+            continue
+        answers.append(answer)
+        records.append(record)
+        indexes.append(index)
+    data, invalid = encode_each([fit(record, limits) for record in records], SCOPE)
+    for position in reversed(invalid):  # in the body, title or attributes
+        errors.append({"index": indexes[position], "error": f"logs[{indexes[position]}]: {INVALID_TEXT}; left out"})
+        del answers[position]
+    errors.sort(key=lambda error: int(error["index"]))
+    return Chunk(data, len(answers), orjson.dumps(answers)[1:-1], errors)

@@ -2,19 +2,39 @@
 works unchanged with `MASTER_LOG_ENDPOINT` set to labtel's query API. With a `labtel_auth`
 authenticator on the query API, its keys (scope `ingest`) are the ones checked; otherwise the
 keys are `compat.api_keys` and `$LABTEL_API_KEYS`, and with none any key is accepted (start-up
-says so)."""
+says so).
+
+A batch of any size within `max_request_body_size` and `compat.master_log.max_batch_events` is
+stored, in one write: master-log-client keeps a batch that was not answered 2xx and sends all of
+it again, so a batch is stored wholly or not at all, and not at all when the client stopped
+waiting for the answer before it was stored (its `timeout_seconds`, 2 s by default: it sends
+the batch again)."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Request
+import orjson
+from fastapi import APIRouter, Body, Header, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from labtel.collector.config import QueryApiConfig
 from labtel.query_api.compat.ingest import EventWriter
-from labtel.query_api.compat.masterlog import MAX_BATCH, SCOPE, MasterLogError, to_record
+from labtel.query_api.compat.masterlog import (
+    CHUNK_EVENTS,
+    INVALID_TEXT,
+    SCOPE,
+    Chunk,
+    MasterLogError,
+    convert_chunk,
+    to_record,
+)
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["Master Log"])
+BATCH_LIMIT = "extensions.query_api.compat.master_log.max_batch_events"
 
 
 def _authorize(request: Request, authorization: str | None) -> None:
@@ -28,31 +48,66 @@ def _authorize(request: Request, authorization: str | None) -> None:
         )
 
 
-async def _store(request: Request, events: list[Any], batch: bool) -> dict[str, Any]:
-    """Store the events; answers `{accepted, events, errors?}`. A batch is never refused for some
-    of its events: master-log-client would send all of it again at every flush, forever. Events
-    that cannot be stored at all are listed in `errors` (`index`, `error`) and left out."""
+async def _store_one(request: Request, event: dict[str, Any]) -> dict[str, Any]:
+    """Store one event; answers `{accepted, events}`, or 422 / 400 for an event that cannot be stored."""
     writer: EventWriter = request.app.state.compat_writer
-    answers, records, errors = [], [], []
-    for index, event in enumerate(events):
-        try:
-            answer, record = to_record(event, index if batch else -1, writer.limits)
-        except MasterLogError as error:
-            if not batch:
-                raise HTTPException(422, str(error)) from None
-            errors.append({"index": index, "error": str(error)})
-            continue
-        answers.append(answer)
-        records.append(record)
-    partial = await writer.write(records, SCOPE)
-    accepted = len(records)
+    try:
+        answer, record = to_record(event, -1, writer.limits)
+    except MasterLogError as error:
+        raise HTTPException(422, str(error)) from None
+    except orjson.JSONEncodeError:  # a lone surrogate in tags or metadata
+        raise HTTPException(400, f"the event {INVALID_TEXT}") from None
+    await writer.write([record], SCOPE)  # a 400 when its one record is refused
+    return {"accepted": 1, "events": [answer]}
+
+
+async def _unless_gone(request: Request, events: int) -> None:
+    """Raise (and log) if the client of a batch went away: it got no answer, so it sends the batch
+    again, and storing this one too would store it twice."""
+    if await request.is_disconnected():
+        log.warning(
+            "a Master Log batch of %d events was not stored: the client stopped waiting for the answer "
+            "before it was, and sends the batch again (master-log-client: raise timeout_seconds / "
+            "MASTER_LOG_TIMEOUT_SECONDS or lower batch_size / MASTER_LOG_BATCH_SIZE)",
+            events,
+        )
+        raise HTTPException(499, "the client went away before the batch was stored; nothing was stored")
+
+
+async def _store_batch(request: Request, logs: list[Any]) -> Response:
+    """Store a batch; answers `{accepted, events, errors?}`. A batch is never refused for some of
+    its events (master-log-client would send all of it again at every flush, forever): events
+    that cannot be stored at all are listed in `errors` (`index`, `error`) and left out.
+
+    The events are converted CHUNK_EVENTS at a time in a worker thread (the server keeps
+    answering meanwhile), each chunk's posted events let go once encoded; the encoded chunks are
+    then stored in one write, so the batch is stored wholly or not at all."""
+    writer: EventWriter = request.app.state.compat_writer
+    chunks: list[Chunk] = []
+    for start in range(0, len(logs), CHUNK_EVENTS):
+        # Also lets the server read from the connection again (it stops while a body waits), so
+        # that a client that goes away is seen before the store.
+        await _unless_gone(request, len(logs))
+        end = min(start + CHUNK_EVENTS, len(logs))
+        chunks.append(await run_in_threadpool(convert_chunk, logs[start:end], start, writer.limits))
+        logs[start:end] = [None] * (end - start)
+    records = sum(chunk.records for chunk in chunks)
+    errors = [error for chunk in chunks for error in chunk.errors]
+    if records:
+        await _unless_gone(request, len(logs))
+    data = b"".join(chunk.data for chunk in chunks)
+    answers = b",".join(chunk.answers for chunk in chunks if chunk.answers)
+    chunks.clear()
+    partial = await writer.store(data, records)
+    del data
+    accepted = records
     if partial is not None:
         accepted -= partial.rejected
         errors.append({"index": None, "error": f"{partial.rejected} of the events were refused: {partial.message}"})
-    result: dict[str, Any] = {"accepted": accepted, "events": answers}
+    body = b'{"accepted":%d,"events":[%b]' % (accepted, answers)
     if errors:
-        result["errors"] = errors
-    return result
+        body += b',"errors":' + orjson.dumps(errors)
+    return Response(body + b"}", media_type="application/json")
 
 
 @router.post("/logs", summary="Store one Master Log event; answers {accepted, events: [{id, ...}]}")
@@ -62,19 +117,29 @@ async def post_log(
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     _authorize(request, authorization)
-    return await _store(request, [event], batch=False)
+    return await _store_one(request, event)
 
 
-@router.post("/logs/batch", summary='Store Master Log events ({"logs": [...]}); unusable ones are listed in errors')
+@router.post(
+    "/logs/batch",
+    summary='Store Master Log events ({"logs": [...]}); answers {accepted, events: [{id, ...}], errors?}',
+    response_model=None,
+)
 async def post_batch(
     request: Request,
     batch: Annotated[dict[str, Any], Body()],
     authorization: Annotated[str | None, Header()] = None,
-) -> dict[str, Any]:
+) -> Response:
     _authorize(request, authorization)
     logs = batch.get("logs")
     if not isinstance(logs, list):
         raise HTTPException(422, 'expected {"logs": [...]}')
-    if len(logs) > MAX_BATCH:
-        raise HTTPException(413, f"a batch holds at most {MAX_BATCH} events")
-    return await _store(request, logs, batch=True)
+    config: QueryApiConfig = request.app.state.config
+    most = config.compat.master_log.max_batch_events
+    if most and len(logs) > most:
+        raise HTTPException(
+            413,
+            f"a batch holds at most {most} events ({BATCH_LIMIT}) and this one has {len(logs)}: send them in "
+            f"batches of at most {most} (master-log-client: batch_size= or MASTER_LOG_BATCH_SIZE)",
+        )
+    return await _store_batch(request, logs)
