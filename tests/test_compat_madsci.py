@@ -300,6 +300,10 @@ def test_other_labtel_events_read_as_madsci_events(server: LabtelServer, client:
 
 
 def test_health_settings_and_bad_input(server: LabtelServer) -> None:
+    # the test's own event: under xdist the module's other tests may run in another worker
+    event = Event(event_type=EventType.NODE_STATUS_UPDATE, event_data={"state": "idle"})
+    assert httpx.post(f"{server.api}/madsci/event", json=event.model_dump(mode="json"), timeout=30).status_code == 200
+    wait_stored(server, event.event_id)
     health = httpx.get(f"{server.api}/madsci/health").json()
     assert health["healthy"] is True
     assert health["db_connected"] is True
