@@ -6,7 +6,10 @@ process, each with its own pool of chDB handles, on one store and one database."
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -117,5 +120,47 @@ def test_a_collector_that_cannot_get_the_lock_in_time_says_who_holds_it(chdb_pat
         migration_lock.release(store)
         assert migrations.migrate(store).current_version == migrations.latest_version()
     finally:
+        store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+        store.close()
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this machine that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_lock_left_by_a_killed_process_of_this_machine_is_broken_at_once(
+    chdb_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector killed while migrating leaves the lock; started again, it must not wait out the lease."""
+    store = _store(chdb_path, f"killed_{uuid.uuid4().hex[:10]}")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.command(f"CREATE DATABASE `{store.names.database}`")
+        host, _, namespace, _ = migration_lock.new_holder().split(":")
+        alive = f"{host}:{live.pid}:{namespace}:a11ve"
+        assert migration_lock.try_acquire(store, alive)
+        assert not migration_lock.holder_is_gone(alive)
+        with pytest.raises(StorageError, match="migration lock held by " + alive):  # a live holder is waited for
+            migrations.migrate(store, wait=timedelta(seconds=0.3))
+        migration_lock.release(store)
+
+        dead = f"{host}:{_dead_pid()}:{namespace}:dead0"
+        assert migration_lock.holder_is_gone(dead)
+        assert not migration_lock.holder_is_gone(f"elsewhere:{_dead_pid()}:{namespace}:dead1")  # another machine
+        assert not migration_lock.holder_is_gone(f"{host}:{_dead_pid()}:{namespace}1:dead2")  # other PID namespace
+        assert migration_lock.try_acquire(store, dead)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="labtel.collector.storage.migration_lock"):
+            report = migrations.migrate(store, wait=timedelta(seconds=30))  # the default 10-minute lease
+        assert time.monotonic() - started < 30
+        assert report.current_version == migrations.latest_version()
+        assert f"breaking the migration lock of {dead}: that process of this machine is gone" in caplog.text
+        assert migration_lock.holder_of(store) is None
+    finally:
+        live.kill()
+        live.wait()
         store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
         store.close()

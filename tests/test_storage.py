@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -339,3 +340,104 @@ def test_labtel_serve_against_a_clickhouse_server(
     ).raise_for_status()
     assert [e["body"] for e in server.get("/events").json()["events"]] == ["via server mode"]
     server.stop()
+
+
+OLD_STORE = """
+import sys, time
+from labtel.collector.storage import migrations, schema
+from labtel.collector.storage.client import Storage, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+from tests.helpers import log_record, logs_request
+from tests.metrics_requests import metrics_request
+
+store = Storage(parse_endpoint("chdb://" + sys.argv[1]), SchemaNames("otel"))
+store.command("CREATE DATABASE otel")
+store.command(schema.migrations_table(store.names))
+for migration in migrations.MIGRATIONS[:3]:  # a store of the version before the text index
+    for statement in migration.statements(store.names):
+        store.command(statement)
+    store.command(
+        f"INSERT INTO {store.names.migrations} (version, name) VALUES ({migration.version}, {migration.name!r})"
+    )
+migrations.ensure_ingest(store)
+now = time.time_ns()
+records = [log_record(f"kept {i}", {"lab.node.id": "ot2_1"}, time_ns=now - i * 10**6) for i in range(300)]
+store.insert_otlp("logs", logs_request(records).SerializeToString(), "before-logs")
+store.insert_otlp("metrics", metrics_request("old-store").SerializeToString(), "before-metrics")
+store.close()
+"""
+SCHEMA_DUMP = """
+import json, re, sys
+from datetime import timedelta
+from labtel.collector.storage import migrations
+from labtel.collector.storage.client import Storage, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+
+fresh = Storage(parse_endpoint("chdb://" + sys.argv[1]), SchemaNames("fresh"))
+migrations.migrate(fresh)
+migrations.reconcile_ttl(fresh, dict.fromkeys(("logs", "traces", "metrics"), timedelta(0)))  # as `labtel serve` does
+tables = {}
+for database in ("otel", "fresh"):
+    rows = fresh.rows(
+        "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} AND name NOT LIKE '%ingest%'",
+        parameters={"db": database},
+    )
+    tables[database] = {
+        r["name"]: re.sub(r" UUID '[0-9a-f-]+'", "", r["create_table_query"]).replace(f"{database}.", "db.")
+        for r in rows
+    }
+print(json.dumps(tables))
+"""
+
+
+def _in_subprocess(script: str, *args: str) -> str:
+    """Run a script on an embedded store in a process of its own (chDB opens one path per process)."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_start_killed_while_migrating_a_populated_store_recovers_at_once(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    """kill -9 during `labtel serve` start-up, half way through the migrations of a populated older
+    store: the next start finishes them without waiting out the migration lock's lease, keeps the
+    data, and ends with the schema of a fresh store."""
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "otel-config.yaml", data, signals=("logs", "traces", "metrics"))
+    _in_subprocess(OLD_STORE, str(data))
+
+    killed = server_factory(config=config, workdir=tmp_path)
+    killed.process = subprocess.Popen(
+        [sys.executable, "-m", "labtel.cli", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        stdout=killed.log_file.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while "applying migration 5" not in killed.output():
+        assert killed.process.poll() is None, killed.output()
+        assert time.monotonic() < deadline, killed.output()
+        time.sleep(0.01)
+    killed.process.send_signal(9)
+    killed.process.wait()
+    killed.log_file.unlink()
+
+    started = time.monotonic()
+    again = server_factory(config=config, workdir=tmp_path).start(timeout=120)
+    assert time.monotonic() - started < 60, again.output()  # not the lease (10 minutes)
+    assert "applying migration 10" in again.output()
+    assert again.get("/ready").json()["schema_version"] == migrations.latest_version()
+    assert len(again.all_events(since="1d", limit=1000)) == 300
+    assert again.get("/series", name="hand.sum", service="old-store").json()["series"]
+    assert again.stop() == 0
+
+    tables = json.loads(_in_subprocess(SCHEMA_DUMP, str(data)))
+    assert "labtel_migration_lock" not in tables["otel"]
+    assert tables["otel"] == tables["fresh"]

@@ -4,8 +4,9 @@ The lock is a table: `CREATE TABLE` (without IF NOT EXISTS) of a table that exis
 server and, through the distributed DDL queue, `ON CLUSTER` (the queue orders the competing
 CREATEs; every one after the first fails on every node). The table's comment names its holder;
 its creation time is the lease's start, so a lock left by a collector that died is broken once
-the lease is over. The losers wait until the table is gone, then take it themselves and find the
-migrations applied.
+the lease is over, or at once when the holder was a process of this machine that is gone (a
+collector killed while migrating, then started again). The losers wait until the table is gone,
+then take it themselves and find the migrations applied.
 """
 
 from __future__ import annotations
@@ -41,9 +42,41 @@ def _already_exists(error: Exception) -> bool:
     return any(marker in text for marker in _EXISTS)
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (Linux: the inode in /proc/self/ns/pid), or '' when unknown:
+    containers sharing a host name have PIDs of their own, so a PID is judged only within one."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return "".join(c for c in link if c.isdigit())
+
+
 def new_holder() -> str:
-    """An id naming this process and this attempt (host, pid, random part)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    """An id naming this process and this attempt: host, pid, PID namespace, random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_pid_namespace()}:{uuid.uuid4().hex[:12]}"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but is not ours to signal
+        return True
+    return True
+
+
+def holder_is_gone(holder: str) -> bool:
+    """True when `holder` (a new_holder id) names a process of this machine and PID namespace
+    that no longer runs. Holders elsewhere, or named otherwise, are judged by their lease."""
+    parts = holder.split(":")
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[2]:
+        return False
+    host, pid, namespace, _ = parts
+    return host == socket.gethostname() and namespace == _pid_namespace() and not _alive(int(pid))
 
 
 def holder_of(storage: Storage) -> tuple[str, float] | None:
@@ -79,6 +112,13 @@ def release(storage: Storage) -> None:
     storage.command(f"DROP TABLE IF EXISTS {names.qualified(LOCK_TABLE)}{names.on_cluster} SYNC")
 
 
+def _break(storage: Storage, stale: str) -> None:
+    """Drop a lock judged stale, unless another collector broke it and holds it by now."""
+    current = holder_of(storage)
+    if current is not None and current[0] == stale:
+        release(storage)
+
+
 @contextmanager
 def held(storage: Storage, *, lease: timedelta = DEFAULT_LEASE, wait: timedelta = DEFAULT_WAIT) -> Iterator[str]:
     """Hold the migration lock of the storage's database for the block; yields the holder id."""
@@ -87,9 +127,13 @@ def held(storage: Storage, *, lease: timedelta = DEFAULT_LEASE, wait: timedelta 
     announced = False
     while not try_acquire(storage, holder):
         current = holder_of(storage)
+        if current is not None and holder_is_gone(current[0]):
+            log.warning("breaking the migration lock of %s: that process of this machine is gone", current[0])
+            _break(storage, current[0])
+            continue
         if current is not None and current[1] > lease.total_seconds():
             log.warning("breaking the migration lock of %s, held for %.0f s (lease %s)", current[0], current[1], lease)
-            release(storage)
+            _break(storage, current[0])
             continue
         if time.monotonic() > deadline:
             who = current[0] if current else "another collector"
