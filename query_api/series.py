@@ -1,16 +1,19 @@
 """Reading metrics: which metrics exist, and their data points bucketed in time per series.
 
 A series is one service's points of one metric with one label set (the data point attributes).
-The query's parameters are checked in series_query.py.
+Its points may come from several streams (OpenTelemetry's term: one resource and scope, such as
+each process of a service, with its own `service.instance.id`): running totals are taken per
+stream, then added up. The query's parameters are checked in series_query.py.
 Points are bucketed in SQL with `toStartOfInterval`; values never enter the SQL text (every one
 is a `{name:Type}` server-side parameter), only labtel's own table names do.
 
 Aggregations per bucket: gauges and sums take `avg`, `sum`, `min`, `max`, `count` (points),
 `last` and, for sums, `rate` (per second: a delta sum's total over the step, a cumulative sum's
-increase, where a drop of a monotonic sum or a new start time counts as a restart from zero).
-Histograms, exponential histograms and summaries take `count`, `sum` and `avg` (Sum / Count):
-delta points are added up over the bucket, cumulative ones give their running totals as of the
-bucket's last point. Histograms also answer `quantile` (histogram_quantile.py).
+increase between the points of each stream, where a drop of a monotonic sum or a new start time
+counts as a restart from zero). Histograms, exponential histograms and summaries take `count`,
+`sum` and `avg` (Sum / Count): delta points are added up over the bucket, cumulative ones give
+each stream's running totals as of its last point in the bucket, added up over the streams.
+Histograms also answer `quantile` (histogram_quantile.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ _EXEMPLARS = (
 """SQL: a point's exemplars as (time ns, value, trace id, span id, attributes) tuples."""
 _NO_RECORDED_VALUE = "bitAnd(Flags, 1) = 0"
 """OTLP's NO_RECORDED_VALUE flag: a point that marks a gap, not a value."""
+_STREAM = "ResourceAttributes, ScopeName, ScopeVersion, ScopeAttributes, Attributes"
+"""SQL: what tells one stream of a metric's points from another (OpenTelemetry's identity of a
+stream: resource, scope, attributes). Two processes of a service with the same labels are two
+streams, each with its own running total: a cumulative value compares with its own stream only."""
 
 
 class NotFound(LookupError):
@@ -100,13 +107,13 @@ GROUP BY service, labels, t ORDER BY t""",
     # The change since the series' previous point: a delta point is a change already.
     # Points of one second (the sum table keeps seconds) are taken in the order a counter grows.
     order = "ORDER BY TimeUnix, StartTimeUnix, Value"
-    window = f"OVER (PARTITION BY ServiceName, Attributes {order} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)"
+    window = f"OVER (PARTITION BY {_STREAM} {order} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)"
     restart = f"StartTimeUnix != lagInFrame(StartTimeUnix) {window} OR (IsMonotonic AND Value < previous)"
     return (
         f"""SELECT service, labels, t, sum(change) / {{step:UInt32}} AS value, {_some_exemplars("point_exemplars")} FROM (
     SELECT ServiceName AS service, Attributes AS labels, toUnixTimestamp({_bucket()}) AS t,
         {_EXEMPLARS} AS point_exemplars, lagInFrame(Value) {window} AS previous,
-        multiIf(AggregationTemporality = 1, Value, (row_number() OVER (PARTITION BY ServiceName, Attributes
+        multiIf(AggregationTemporality = 1, Value, (row_number() OVER (PARTITION BY {_STREAM}
             {order})) = 1, 0, {restart}, Value, Value - previous) AS change
     FROM {table} WHERE {where}
 )
@@ -117,26 +124,39 @@ GROUP BY service, labels, t ORDER BY t""",
 
 def distribution_sql(table: str, kind: str, query: SeriesQuery) -> tuple[str, dict[str, Any]]:
     """SQL: a histogram's, exponential histogram's or summary's Count, Sum (and buckets) per
-    (service, labels, bucket start): added up for delta points, the last for cumulative ones."""
+    (service, labels, bucket start): per stream, added up for delta points and the last for
+    cumulative ones; then added up over the streams."""
     where, params = _where(query)
     delta = "argMax(AggregationTemporality, TimeUnix) = 1" if kind != "summary" else "false"
     columns = [
         f"if({delta}, sum(Count), argMax(Count, TimeUnix)) AS count",
         f"if({delta}, sum(Sum), argMax(Sum, TimeUnix)) AS total",
     ]
+    totals = ["sum(count) AS count", "sum(total) AS total"]
     if kind != "summary":
         columns.append(_some_exemplars(_EXEMPLARS))
+        totals.append(_some_exemplars("exemplars"))
     if kind == "histogram":
         columns += [
             f"if({delta}, sumForEach(BucketCounts), argMax(BucketCounts, TimeUnix)) AS bucket_counts",
             "argMax(ExplicitBounds, TimeUnix) AS bounds",
+            "max(TimeUnix) AS latest",
             f"if({delta}, min(Min), argMax(Min, TimeUnix)) AS low",
             f"if({delta}, max(Max), argMax(Max, TimeUnix)) AS high",
         ]
+        totals += [
+            "sumForEach(bucket_counts) AS bucket_counts",
+            "argMax(bounds, latest) AS bounds",
+            "min(low) AS low",
+            "max(high) AS high",
+        ]
     return (
-        f"""SELECT ServiceName AS service, Attributes AS labels, toUnixTimestamp({_bucket()}) AS t,
-    {", ".join(columns)}
-FROM {table} WHERE {where}
+        f"""SELECT service, labels, t, {", ".join(totals)} FROM (
+    SELECT ServiceName AS service, Attributes AS labels, toUnixTimestamp({_bucket()}) AS t,
+        {", ".join(columns)}
+    FROM {table} WHERE {where}
+    GROUP BY service, labels, t, {_STREAM}
+)
 GROUP BY service, labels, t ORDER BY t""",
         params,
     )

@@ -561,3 +561,47 @@ def test_rate_counts_restarts_and_decreases(store: Storage) -> None:
 
     assert growth("rate.counter") == pytest.approx(5 + 3 + 5)  # 10 → 15, restart at 3, → 8
     assert growth("rate.level") == pytest.approx(-3 + 2)  # an up-down counter may fall
+
+
+def test_processes_of_one_service_keep_their_own_running_totals(store: Storage) -> None:
+    """Two processes of a service (two `service.instance.id`s) send cumulative metrics with the
+    same labels: a series adds up each process's own growth and totals, never one's value minus
+    the other's."""
+    from labtel.query_api.series import get_series
+    from labtel.query_api.series_query import SeriesQuery
+
+    second = 10**9
+    base = (NOW_NS // (60 * second) - 3) * 60 * second  # a whole minute, buckets begin there
+    request = ExportMetricsServiceRequest()
+    for instance, (first, step) in {"a": (1000, 10), "b": (0, 1)}.items():
+        resource = request.resource_metrics.add()
+        resource.resource.attributes.extend([kv("service.name", "workers"), kv("service.instance.id", instance)])
+        scope = resource.scope_metrics.add()
+        counter = scope.metrics.add(name="workers.done").sum
+        counter.aggregation_temporality, counter.is_monotonic = 2, True
+        histogram = scope.metrics.add(name="workers.latency").histogram
+        histogram.aggregation_temporality = 2
+        summary = scope.metrics.add(name="workers.summary").summary
+        for i in range(6):
+            at, value = base + i * 10 * second, first + step * i
+            counter.data_points.add(start_time_unix_nano=base - 3600 * second, time_unix_nano=at, as_int=value)
+            point = histogram.data_points.add(
+                start_time_unix_nano=base - 3600 * second, time_unix_nano=at, count=value, sum=2.0 * value
+            )
+            point.bucket_counts.extend([value, 0])
+            point.explicit_bounds.append(1.0)
+            summary.data_points.add(start_time_unix_nano=base, time_unix_nano=at, count=value, sum=3.0 * value)
+    store.insert_otlp("metrics", request.SerializeToString(), uuid.uuid4().hex)
+
+    def points(name: str, **query: Any) -> list[Any]:
+        found = get_series(store, SeriesQuery(name, base, base + 60 * second, service="workers", **query))
+        assert len(found.series) == 1  # one service, one label set
+        return found.series[0].points
+
+    rates = points("workers.done", step_s=10, agg="rate")
+    assert [p.value for p in rates] == pytest.approx([0, 1.1, 1.1, 1.1, 1.1, 1.1])  # (10 + 1) per 10 s
+    assert [p.value for p in points("workers.done", step_s=60, agg="rate")] == pytest.approx([55 / 60])
+    (latency,) = points("workers.latency", step_s=60, agg="count")
+    assert latency.value == 1050 + 5  # each process's last total, added up
+    assert (latency.count, latency.sum, latency.bucket_counts) == (1055, 2 * 1055.0, [1055, 0])
+    assert [p.value for p in points("workers.summary", step_s=60, agg="sum")] == [3.0 * 1055]
