@@ -441,3 +441,36 @@ def test_a_start_killed_while_migrating_a_populated_store_recovers_at_once(
     tables = json.loads(_in_subprocess(SCHEMA_DUMP, str(data)))
     assert "labtel_migration_lock" not in tables["otel"]
     assert tables["otel"] == tables["fresh"]
+
+
+BROKEN_STORE = """
+import sys
+from labtel.collector.storage import migrations, schema
+from labtel.collector.storage.client import Storage, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+
+store = Storage(parse_endpoint("chdb://" + sys.argv[1]), SchemaNames("otel"))
+store.command("CREATE DATABASE otel")
+store.command(schema.migrations_table(store.names))
+for statement in migrations.MIGRATIONS[0].statements(store.names):
+    store.command(statement)
+# Version 2 recorded, but not what migration 2 is now (the first labtel's migration 2 made the ingest path).
+store.command(f"INSERT INTO {store.names.migrations} (version, name) VALUES (1, 'tables'), (2, 'ingest path v1')")
+store.close()
+"""
+
+
+def test_a_migration_the_store_refuses_stops_the_start_with_one_line_naming_it(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "otel-config.yaml", data)
+    _in_subprocess(BROKEN_STORE, str(data))
+    server = server_factory(config=config, workdir=tmp_path)
+    with pytest.raises(AssertionError, match="exited with 1") as failed:
+        server.start()
+    output = str(failed.value)
+    assert "labtel: cannot start: migration 5 (otel_logs: hourly event counts" in " ".join(output.split())
+    assert "the database stays at version 4" in " ".join(output.split())
+    assert "ExpiresAt" in output  # ClickHouse's reason
+    assert "Traceback" not in output

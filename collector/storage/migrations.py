@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
 from labtel.collector.alerts.history import history_tables
 from labtel.collector.storage import compat_schema, metrics_schema, migration_lock, schema
-from labtel.collector.storage.client import Storage
+from labtel.collector.storage.client import Storage, StorageError
 from labtel.collector.storage.schema import SchemaNames, quote_identifier
 from labtel.collector.storage.topology import quote_string
 from labtel.sdk import __version__
@@ -189,7 +191,13 @@ def migrate(
                 continue
             log.info("applying migration %d: %s", migration.version, migration.name)
             for statement in migration.statements(names):
-                storage.command(statement)
+                try:
+                    storage.command(statement)
+                except ClickHouseError as error:
+                    raise StorageError(
+                        f"migration {migration.version} ({migration.name}) failed, the database "
+                        f"stays at version {max(done, default=0)}: {error}"
+                    ) from error
             storage.command(
                 f"INSERT INTO {names.migrations} (version, name, labtel_version) VALUES "
                 "({version:UInt32}, {name:String}, {labtel_version:String})",
