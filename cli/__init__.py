@@ -278,7 +278,7 @@ def demo(
     ] = 1.0,
     duration: Annotated[
         str | None,
-        typer.Option(help="Wall-clock length of an accelerated or real-time run, e.g. 10m", callback=_period),
+        typer.Option(help="Wall-clock length of an accelerated, real-time or --rate run, e.g. 10m", callback=_period),
     ] = None,
     live: Annotated[bool, typer.Option("--live", help="After a backfill, keep the labs running in real time")] = False,
     rate: Annotated[float, typer.Option(min=0.0, help="Load mode: events per second, timestamped now")] = 0.0,

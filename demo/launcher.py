@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -111,27 +113,22 @@ def main(
         windows.append(accelerated_window(speed, wall_s))
     server = None
     emitter = None
-    if not print_items:
-        if serve and not _listening(endpoint, protocol):
-            server = _start_server(console, endpoint, protocol)
-        emitter = Emitter(
-            endpoint, protocol, Path(tempfile.mkdtemp(prefix="labtel-demo-spool-")), demo_id=f"seed-{seed}"
-        )
+    previous_term = signal.signal(signal.SIGTERM, _interrupted)  # `kill`: stop as Ctrl-C does, cleaning up
     previous = signal.getsignal(signal.SIGINT)
     undelivered = 0
     try:
+        if not print_items:
+            if serve and not _listening(endpoint, protocol):
+                server = _start_server(console, endpoint, protocol)
+            emitter = Emitter(
+                endpoint, protocol, Path(tempfile.mkdtemp(prefix="labtel-demo-spool-")), demo_id=f"seed-{seed}"
+            )
         for index, window in enumerate(windows):
             items, truth = simulate(window, seed + index, worlds, nodes)
-            if rate > 0:
-                items = _restamped(items)
-            mode = (
-                "backfill" if window.speed == 0 and rate == 0 else "live" if window.speed <= 1 else f"x{window.speed:g}"
-            )
+            if rate > 0:  # load: 30 simulated days restamped as sent, for `duration` at most
+                items = _restamped(items if wall_s is None else itertools.islice(items, math.ceil(rate * wall_s)))
             if not print_items:
-                console.print(
-                    f"labtel demo: {mode} from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(window.start_ns / SECOND))} UTC"
-                    + (f" at {rate:g} events/s" if rate else "")
-                )
+                console.print(f"labtel demo: {_mode(window, rate, duration)}")
             started = time.monotonic()
             play(items, truth, window, emitter, print if print_items else None, rate)
             if emitter is not None:
@@ -148,6 +145,7 @@ def main(
         console.print("labtel demo: stopped")
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         if emitter is not None:
             emitter.close()
             shutil.rmtree(emitter.spool_dir, ignore_errors=True)  # what is left in it would never be sent
@@ -158,6 +156,20 @@ def main(
         console.print(f"[red]labtel demo: {undelivered} items not delivered to {escape(endpoint)}[/red]")
         return 1
     return 0
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    """SIGTERM: stop as Ctrl-C does (the queued events flushed, the spool removed, a `labtel serve`
+    the demo started stopped), instead of dying with that server left running."""
+    raise KeyboardInterrupt
+
+
+def _mode(window: Window, rate: float, duration: str | None) -> str:
+    """What a window plays, for the line that starts it."""
+    if rate > 0:
+        return f"load from now at {rate:g} events/s" + (f" for {duration}" if duration else "")
+    mode = "backfill" if window.speed == 0 else "live" if window.speed <= 1 else f"x{window.speed:g}"
+    return f"{mode} from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(window.start_ns / SECOND))} UTC"
 
 
 def _restamped(items: Any) -> Any:

@@ -189,6 +189,65 @@ def test_demo_starts_a_collector_when_none_listens(tmp_path: Path) -> None:
     assert list(tmp_path.glob("labtel-demo-*")) == []  # no spool or ready file left behind
 
 
+def test_sigterm_stops_the_demo_and_the_collector_it_started(tmp_path: Path) -> None:
+    """`kill` (SIGTERM, as a service manager or `timeout` sends) is Ctrl-C: the queued events are
+    flushed, the spool removed, and the `labtel serve` the demo started is stopped, not orphaned."""
+    import os
+    import signal
+    import socket
+    import time
+
+    from tests.alerting import free_port
+
+    grpc, http, api = free_port(), free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "LABTEL_GRPC_ENDPOINT"},
+        "LABTEL_HTTP_ENDPOINT": f"127.0.0.1:{http}",
+        "LABTEL_API_ENDPOINT": f"127.0.0.1:{api}",
+        "TMPDIR": str(tmp_path),
+    }
+    log = tmp_path / "demo.log"
+    with log.open("w") as output:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "labtel.cli", "demo", "--backfill", "1h", "--live", "--worlds", "geochronology",
+             "--endpoint", f"http://127.0.0.1:{grpc}"],
+            stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "live from" not in log.read_text():
+                assert demo.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            demo.send_signal(signal.SIGTERM)
+            assert demo.wait(90) == 0, log.read_text()
+        finally:
+            demo.kill()
+    text = " ".join(log.read_text().split())
+    assert "labtel demo: stopped" in text
+    assert "labtel: stopped." in text  # the collector it started shut down cleanly
+    for port in (grpc, http, api):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still listening"
+    assert list(tmp_path.glob("labtel-demo-*")) == []  # no spool or ready file left behind
+
+
+def test_rate_mode_ends_after_duration() -> None:
+    """`--rate R --duration D` sends R × D items, stamped as sent, and stops (it used to run on)."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from labtel.cli import app
+
+    before = time.time_ns()
+    result = CliRunner().invoke(app, ["demo", "--rate", "400", "--duration", "1s", "--print"])
+    assert result.exit_code == 0, result.output
+    items = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(items) == 400
+    assert all(before <= item["t"] <= time.time_ns() for item in items)
+
+
 def test_demo_fails_when_nothing_was_delivered(tmp_path: Path) -> None:
     import os
 
