@@ -38,18 +38,27 @@ _last_io_lock = threading.Lock()
 _run_starts: dict[str, float] = {}
 
 
+SECONDS_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    *(120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0),
+)
+"""Bucket bounds of the duration histograms (seconds: a valve's milliseconds to a day-long run).
+The OTel SDK's default bounds (0, 5, 10, 25, ... 10000) are made for milliseconds: in seconds
+every device I/O would fall in the one bucket (0, 5] and its quantiles would say nothing."""
+
+
 def _instrument(name: str, kind: str, unit: str = "", description: str = "") -> Any:
     sdk = core.state()
     found = sdk.instruments.get(name)
     if found is None:
         meter = sdk.meter()
-        factories: dict[str, Callable[..., Any]] = {
-            "counter": meter.create_counter,
-            "histogram": meter.create_histogram,
-            "gauge": meter.create_gauge,
-        }
-        factory = factories[kind]
-        found = sdk.instruments[name] = factory(name, unit=unit, description=description)
+        if kind == "histogram":
+            bounds = {"explicit_bucket_boundaries_advisory": SECONDS_BUCKETS} if unit == "s" else {}
+            found = meter.create_histogram(name, unit=unit, description=description, **bounds)
+        else:
+            factory = {"counter": meter.create_counter, "gauge": meter.create_gauge}[kind]
+            found = factory(name, unit=unit, description=description)
+        sdk.instruments[name] = found
     return found
 
 

@@ -23,6 +23,7 @@ import labtel.sdk as lab
 from labtel.collector.otlp.values import value_text
 from labtel.sdk import encoding, textform
 from labtel.sdk.event_types import MADSCI_EVENT_TYPES, LabEventType
+from labtel.sdk.instruments import SECONDS_BUCKETS
 from labtel.sdk.settings import SdkSettings, resolve
 from tests.helpers import LabtelServer, wait_for, write_config
 
@@ -561,6 +562,11 @@ def test_instrument_metrics_reach_the_collector(tmp_path: Path, server_factory: 
             assert set(series["labels"]) == {"device", "operation", "result"}  # low cardinality: no run ids
         durations = server.get("/series", name="device_io_duration", service=service, agg="count").json()
         assert sum(s["points"][-1]["value"] for s in durations["series"]) == 3
+        # bounds in seconds (the OTel default, 0, 5, 10, ..., is for milliseconds: every I/O in (0, 5])
+        median = server.get("/series", name="device_io_duration", service=service, quantile=0.5).json()
+        point = median["series"][0]["points"][-1]
+        assert point["explicit_bounds"] == list(SECONDS_BUCKETS)
+        assert 0 <= point["value"] <= 0.001  # a function that returns at once: within the first bucket
         run_labels = server.get("/series", name="run_duration", service=service, agg="count").json()["series"]
         assert all("run_id" not in s["labels"] and "lab.run.id" not in s["labels"] for s in run_labels)
     finally:
