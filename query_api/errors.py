@@ -8,7 +8,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from labtel.collector.storage.client import StorageError
+from labtel.collector.storage.client import StorageError, StorageUnavailable
 from labtel.collector.storage.errors import RETRY_CODES, TIMEOUT_CODES, error_code
 
 # Storage being unreachable, overloaded or broken (RETRY_CODES) is a 503: try again later. Any
@@ -38,6 +38,8 @@ def describe(error: Exception) -> tuple[int, str]:
     text = str(error).strip()
     code = error_code(error)
     message = _message(text) or type(error).__name__
+    if isinstance(error, StorageUnavailable):  # e.g. chDB's BAD_ARGUMENTS for a store it cannot open
+        return 503, f"storage error, try again: {message}"
     if code in _REFUSED_CODES:
         return 403, f"not allowed: {message}"
     if code in _LIMIT_CODES:

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from labtel.collector.storage import migrations
-from labtel.collector.storage.client import Storage
+from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import MAX_TIME_NANOS
 from labtel.query_api.app import create_app
 from labtel.query_api.params import parse_time_ns
@@ -387,3 +387,24 @@ def test_a_severity_name_as_maximum_means_the_top_of_its_range(storage: Storage)
         assert numbers(severity_min="ERROR", severity_max="FATAL") == list(range(17, 25))
         assert numbers(severity_max="14") == [9, 10, 11, 12, 13, 14]  # numbers are exact
         assert numbers(severity_max="NOTICE") == [9, 10]
+
+
+def test_a_store_that_cannot_be_opened_is_503_not_the_requests_fault(storage: Storage, tmp_path: Path) -> None:
+    """chDB refuses a second store (a directory another process holds, or, as here, another path
+    in a process with one open) with BAD_ARGUMENTS: storage is unavailable, which is a 503 with
+    Retry-After, never a 400 that tells the client its request was wrong."""
+    elsewhere = Storage(parse_endpoint(f"chdb://{tmp_path / 'other-store'}"), storage.names)
+    try:
+        with TestClient(create_app(elsewhere)) as client:
+            answers = [
+                client.get("/events"),
+                client.get("/stats"),
+                client.post("/events/query", json={"selector": {}}),
+                client.post("/sql", json={"sql": "SELECT 1"}),
+            ]
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["Retry-After"] == "2"
+                assert "storage error, try again" in answer.json()["detail"]
+    finally:
+        elsewhere.close()

@@ -36,6 +36,12 @@ class StorageError(RuntimeError):
     """ClickHouse could not be reached or refused a statement."""
 
 
+class StorageUnavailable(StorageError):
+    """No client could be made: no endpoint answered, or the embedded store cannot be opened (its
+    directory held by another process, another store open in this one). Never a statement's fault,
+    whatever ClickHouse error code the message carries."""
+
+
 @dataclass(frozen=True)
 class StorageTarget:
     """Where the data lives: a chDB directory (None = in memory) or a server URL."""
@@ -257,13 +263,13 @@ class Storage:
                 errors.append(f"cannot reach {target.describe()}: {error}")
                 continue
             except ClickHouseError as error:
-                raise StorageError(f"cannot open {target.describe()}: {error}") from error
+                raise StorageUnavailable(f"cannot open {target.describe()}: {error}") from error
             if index != self._active:
                 log.warning("ClickHouse failover: %s answers, using it", target.describe())
                 self._active = index
             self._client_target[id(client)] = index
             return client
-        raise StorageError("; ".join(errors))
+        raise StorageUnavailable("; ".join(errors))
 
     def _failed_over(self, client: Client, error: BaseException) -> bool:
         """After a connection error of a server client, make new clients for the next endpoint;
