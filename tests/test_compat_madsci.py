@@ -279,6 +279,32 @@ def test_utilization_reports_in_madsci_shapes(server: LabtelServer, client: Even
     assert refused.status_code == 403
 
 
+def test_a_sessions_active_time_never_exceeds_its_duration(server: LabtelServer, client: EventClient) -> None:
+    """Busy time comes rounded to the millisecond, the session's bounds to the nanosecond: a
+    session busy throughout (an action of 1.0006 s) is 1.0006 s active and 0 idle, not -0.0004 s."""
+    node, workcell = new_ulid_str(), new_ulid_str()
+    source = OwnershipInfo(node_id=node, workcell_id=workcell)
+    start = BASE + timedelta(days=3)
+    for offset, event_type in ((0.0, EventType.ACTION_START), (1.0006, EventType.ACTION_COMPLETE)):
+        event = Event(
+            event_type=event_type,
+            event_timestamp=start + timedelta(seconds=offset),
+            source=source,
+            event_data={"action_id": f"act-{workcell}"},
+        )
+        client.log(event)
+        wait_stored(server, event.event_id)
+    window = {"start_time": "2026-01-18T09:00:00", "end_time": "2026-01-18T12:00:00"}
+    sessions = client.get_session_utilization(**window)
+    assert isinstance(sessions, dict)
+    (session,) = [s for s in sessions["session_details"] if s["session_id"] == workcell]
+    assert session["timing"]["duration"]["seconds"] == pytest.approx(1.0006)
+    assert session["timing"]["active_time"]["seconds"] == pytest.approx(1.0006)
+    assert session["timing"]["idle_time"]["seconds"] == 0
+    assert session["raw_hours"]["idle"] == 0
+    assert session["system_utilization_percent"] == 100.0
+
+
 def test_other_labtel_events_read_as_madsci_events(server: LabtelServer, client: EventClient) -> None:
     from tests.helpers import log_record, logs_request
 

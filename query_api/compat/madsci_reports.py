@@ -113,7 +113,7 @@ def session_report(storage: Storage, scope: Scope) -> dict[str, Any]:
                 "id": s["workcell"],
                 "start": start,
                 "end": end,
-                "busy_ns": int(float(s["busy_s"]) * SECOND),
+                "busy_ns": round(float(s["busy_s"]) * SECOND),
                 "nodes": s["nodes"],
                 "experiments": s["experiments"],
                 "users": s["users"],
@@ -162,7 +162,7 @@ def _session(storage: Storage, scope: Scope, session: dict[str, Any], detailed: 
         if busy_ns is None:
             busy_ns = int(sum(float(n["busy_s"]) for n in report["nodes"]) * SECOND)
             busy_ns = min(busy_ns, end - start)
-    busy_ns = busy_ns or 0
+    busy_ns = min(busy_ns or 0, max(end - start, 0))  # busy_s is rounded to the millisecond: never past the end
     duration_s, active_s = (end - start) / SECOND, busy_ns / SECOND
     return {
         "session_type": session["type"],
