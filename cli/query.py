@@ -95,6 +95,8 @@ def _where(url: str) -> str:
 
 def _check(response: requests.Response) -> requests.Response:
     """The response, if it is the query API's answer to the request; else an ApiError saying what it is."""
+    if response.headers.get("Content-Type", "").startswith("text/html"):  # whatever its status (a 404 page)
+        raise ApiError(f"{_where(response.url)} answered with an HTML page, not the query API: check --api")
     if response.status_code >= 400:
         try:
             answer = response.json()
@@ -104,8 +106,6 @@ def _check(response: requests.Response) -> requests.Response:
         if response.status_code == 401:
             detail = f"{detail} (give an API key: --token or $LABTEL_API_KEY)"
         raise ApiError(f"{response.status_code}: {detail}")
-    if response.headers.get("Content-Type", "").startswith("text/html"):
-        raise ApiError(f"{_where(response.url)} answered with an HTML page, not the query API: check --api")
     return response
 
 

@@ -254,6 +254,9 @@ def test_broken_or_foreign_answers_are_one_line_errors(tmp_path: Path) -> None:
     answers = {
         "broke off": http_answer("200 OK", "application/json", b'{"events": [', chunked_cut=True),
         "HTML page": http_answer("200 OK", "text/html", b"<html><body>login page</body></html>"),
+        "an HTML page": http_answer(
+            "404 Not Found", "text/html; charset=utf-8", b"<html><body>Not Found</body></html>"
+        ),
         "500: [1, 2]": http_answer("500 Internal Server Error", "application/json", b"[1, 2]"),
     }
     for said, answer in answers.items():
@@ -263,7 +266,7 @@ def test_broken_or_foreign_answers_are_one_line_errors(tmp_path: Path) -> None:
                 assert result.exit_code == 1, (said, name, result.output)
                 assert said in result.stderr, (said, name, result.stderr)
                 assert "Traceback" not in result.output
-                assert "<html>" not in result.stdout
+                assert "<html>" not in result.output
     assert list(tmp_path.iterdir()) == []  # an export cut short leaves no file
 
 
