@@ -136,6 +136,31 @@ def test_word_search_moves_to_a_text_index_keeping_stored_events_findable(chdb_p
     store.command(f"DROP DATABASE {schema.quote_identifier(store.names.database)}")
 
 
+def test_skip_indexes_of_an_ingested_part_are_built_by_its_merge_with_the_same_answers(storage: Storage) -> None:
+    records = [
+        log_record(f"pump {i} {'stalled' if i % 7 == 0 else 'ok'}", {"lab.node.id": f"n{i % 3}"}) for i in range(60)
+    ]
+    for start in range(0, 60, 20):  # three parts
+        storage.insert_otlp("logs", logs_request(records[start : start + 20]).SerializeToString(), uuid.uuid4().hex)
+    parts = (
+        f"SELECT count() AS parts, sum(secondary_indices_compressed_bytes) AS index_bytes FROM system.parts "
+        f"WHERE database = '{storage.names.database}' AND table = 'otel_logs' AND active"
+    )
+    search = EventFilter(tokens=["stalled"], node="n1")
+    before, _ = list_events(storage, search, 100, None)
+    fresh = storage.rows(parts)[0]
+    assert fresh["parts"] == 3
+    if "materialize_skip_indexes_on_insert" in storage.supported({"materialize_skip_indexes_on_insert": 0}):
+        assert fresh["index_bytes"] == 0  # not built at insert
+    storage.command(f"OPTIMIZE TABLE {storage.names.logs} FINAL")
+    merged = storage.rows(parts)[0]
+    assert merged["parts"] == 1
+    assert merged["index_bytes"] > 0  # the merge built them
+    after, _ = list_events(storage, search, 100, None)
+    expected = sorted(f"pump {i} stalled" for i in range(60) if i % 7 == 0 and i % 3 == 1)
+    assert sorted(e.body for e in before) == sorted(e.body for e in after) == expected
+
+
 def test_storage_tables_get_the_part_policy(storage: Storage) -> None:
     for table in ("otel_logs", "otel_traces", "otel_metrics_sum"):
         engine = storage.command(
