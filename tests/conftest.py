@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,23 @@ def make_storage(chdb_path: Path, database: str | None = None) -> Storage:
     return Storage(parse_endpoint(f"chdb://{chdb_path}"), names)
 
 
+@contextmanager
+def migrated_storage(chdb_path: Path) -> Iterator[Storage]:
+    """A freshly migrated database of its own in the process's embedded store, dropped after."""
+    store = make_storage(chdb_path)
+    migrations.migrate(store)
+    try:
+        yield store
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+        store.close()
+
+
 @pytest.fixture
 def storage(chdb_path: Path) -> Iterator[Storage]:
     """A freshly migrated database of its own in the process's embedded store."""
-    store = make_storage(chdb_path)
-    migrations.migrate(store)
-    yield store
-    store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
-    store.close()
+    with migrated_storage(chdb_path) as store:
+        yield store
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from labtel.collector.otlp.records import any_value
+from labtel.collector.storage import migrations, schema
+from labtel.collector.storage.client import Storage
+from labtel.collector.storage.topology import quote_string
 
 T = TypeVar("T")
 
@@ -268,3 +271,18 @@ def _varint(n: int) -> bytes:
         n >>= 7
         if not n:
             return bytes(out)
+
+
+def store_at_version(store: Storage, version: int) -> None:
+    """Make `store`'s database as an older labtel left it: the first `version` migrations applied
+    and recorded, with their ingest tables and views (the next start migrates the rest)."""
+    store.command(f"CREATE DATABASE {schema.quote_identifier(store.names.database)}")
+    store.command(schema.migrations_table(store.names))
+    for migration in migrations.MIGRATIONS[:version]:
+        for statement in migration.statements(store.names):
+            store.command(statement)
+        store.command(
+            f"INSERT INTO {store.names.migrations} (version, name) VALUES "
+            f"({migration.version}, {quote_string(migration.name)})"
+        )
+    migrations.ensure_ingest(store)

@@ -14,10 +14,9 @@ from labtel.collector.alerts.delivery import Dispatcher
 from labtel.collector.alerts.engine import AlertEngine
 from labtel.collector.alerts.history import list_alerts
 from labtel.collector.alerts.notifiers import build_notifier
-from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
 from tests.alerting import FakeClock, alerts_config, free_port, store_events
-from tests.conftest import make_storage
+from tests.conftest import migrated_storage
 
 MINUTE = 60.0
 NS = 1_000_000_000
@@ -27,11 +26,8 @@ NS = 1_000_000_000
 def shared_store(chdb_path: Path) -> Iterator[Storage]:
     """One migrated database for the module (migrating takes seconds); tests keep apart by
     exporter name, service and first-start watermark."""
-    store = make_storage(chdb_path)
-    migrations.migrate(store)
-    yield store
-    store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
-    store.close()
+    with migrated_storage(chdb_path) as store:
+        yield store
 
 
 @pytest.fixture
@@ -43,11 +39,8 @@ def storage(shared_store: Storage) -> Storage:
 def fresh_storage(chdb_path: Path) -> Iterator[Storage]:
     """A database of its own: a restarted engine looks back past its checkpoint, where another
     test's flagged events (which always fire) could be."""
-    store = make_storage(chdb_path)
-    migrations.migrate(store)
-    yield store
-    store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
-    store.close()
+    with migrated_storage(chdb_path) as store:
+        yield store
 
 
 @pytest.fixture

@@ -21,10 +21,9 @@ from labtel.collector.alerts.engine import AlertEngine
 from labtel.collector.alerts.history import iso_time, list_alerts
 from labtel.collector.alerts.notifiers import build_notifier
 from labtel.collector.exporters.alerts import AlertsExporter
-from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
 from tests.alerting import FakeClock, alerts_config, free_port, smtp_receiver, store_events, webhook_receiver
-from tests.conftest import make_storage
+from tests.conftest import migrated_storage
 
 MINUTE = 60.0
 NS = 1_000_000_000
@@ -33,11 +32,8 @@ NS = 1_000_000_000
 @pytest.fixture(scope="module")
 def storage(chdb_path: Path) -> Iterator[Storage]:
     """One migrated database for the module; tests keep apart by exporter name and service."""
-    store = make_storage(chdb_path)
-    migrations.migrate(store)
-    yield store
-    store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
-    store.close()
+    with migrated_storage(chdb_path) as store:
+        yield store
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import SchemaNames
 from labtel.query_api.events import EventFilter, list_events
 from tests.conftest import make_storage
-from tests.helpers import LabtelServer, log_record, logs_request, write_config
+from tests.helpers import LabtelServer, log_record, logs_request, store_at_version, write_config
 
 CONTRIB_LOG_COLUMNS = {
     "Timestamp": "DateTime64(9)",
@@ -106,15 +106,7 @@ def test_migrations_apply_once(chdb_path: Path) -> None:
 
 def test_word_search_moves_to_a_text_index_keeping_stored_events_findable(chdb_path: Path) -> None:
     store = make_storage(chdb_path)
-    store.command(f"CREATE DATABASE {schema.quote_identifier(store.names.database)}")
-    store.command(schema.migrations_table(store.names))
-    for migration in migrations.MIGRATIONS[:3]:  # a store of the version before the text index
-        for statement in migration.statements(store.names):
-            store.command(statement)
-        store.command(
-            f"INSERT INTO {store.names.migrations} (version, name) VALUES ({migration.version}, {migration.name!r})"
-        )
-    migrations.ensure_ingest(store)
+    store_at_version(store, 3)  # a store of the version before the text index
     records = [log_record(f"Pump {i} primed", time_ns=1_780_000_000_000_000_000 + i) for i in range(20)]
     records.append(log_record("Valve STUCK open", time_ns=1_780_000_000_000_000_100))
     store.insert_otlp("logs", logs_request(records).SerializeToString(), "b-before")
@@ -372,19 +364,11 @@ import sys, time
 from labtel.collector.storage import migrations, schema
 from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import SchemaNames
-from tests.helpers import log_record, logs_request
+from tests.helpers import log_record, logs_request, store_at_version
 from tests.metrics_requests import metrics_request
 
 store = Storage(parse_endpoint("chdb://" + sys.argv[1]), SchemaNames("otel"))
-store.command("CREATE DATABASE otel")
-store.command(schema.migrations_table(store.names))
-for migration in migrations.MIGRATIONS[:3]:  # a store of the version before the text index
-    for statement in migration.statements(store.names):
-        store.command(statement)
-    store.command(
-        f"INSERT INTO {store.names.migrations} (version, name) VALUES ({migration.version}, {migration.name!r})"
-    )
-migrations.ensure_ingest(store)
+store_at_version(store, 3)  # a store of the version before the text index
 now = time.time_ns()
 records = [log_record(f"kept {i}", {"lab.node.id": "ot2_1"}, time_ns=now - i * 10**6) for i in range(300)]
 store.insert_otlp("logs", logs_request(records).SerializeToString(), "before-logs")

@@ -15,12 +15,11 @@ from fastapi.testclient import TestClient
 
 from labtel.collector.storage import migrations, schema
 from labtel.collector.storage.client import Storage
-from labtel.collector.storage.topology import quote_string
 from labtel.query_api.app import create_app
 from labtel.query_api.events import EventFilter, search_tokens
 from tests.cluster_helpers import table_shapes
 from tests.conftest import make_storage
-from tests.helpers import log_record, logs_request, wait_for
+from tests.helpers import log_record, logs_request, store_at_version, wait_for
 
 SERVICE = "words"
 BODIES = [
@@ -156,16 +155,7 @@ def test_a_store_migrated_to_the_word_index_answers_as_a_fresh_one(
 ) -> None:
     _, fresh_storage = fresh
     store = make_storage(chdb_path)
-    store.command(f"CREATE DATABASE {schema.quote_identifier(store.names.database)}")
-    store.command(schema.migrations_table(store.names))
-    for migration in migrations.MIGRATIONS[:10]:  # a store of the version before the word index
-        for statement in migration.statements(store.names):
-            store.command(statement)
-        store.command(
-            f"INSERT INTO {store.names.migrations} (version, name) VALUES "
-            f"({migration.version}, {quote_string(migration.name)})"
-        )
-    migrations.ensure_ingest(store)
+    store_at_version(store, 10)  # a store of the version before the word index
     insert_bodies(store, BODIES)
     try:
         assert [m.version for m in migrations.migrate(store).applied] == [11]
