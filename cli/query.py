@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -111,11 +112,22 @@ def _check(response: requests.Response) -> requests.Response:
 
 def _broken(error: requests.RequestException, url: str) -> ApiError:
     """What a failed request (no answer, or an answer cut short) means, in one line."""
+    if isinstance(error, requests.exceptions.SSLError):  # a ConnectionError too: say which
+        return ApiError(
+            f"TLS with the query API at {_where(url)} failed ({_tls_reason(error)}): for a private CA set"
+            " REQUESTS_CA_BUNDLE to its PEM file; a plain-HTTP API takes --api http://..."
+        )
     if isinstance(error, requests.ConnectionError):
         return ApiError(f"cannot reach the query API at {_where(url)}: is `labtel serve` running?")
     if isinstance(error, requests.Timeout):
         return ApiError(f"the query API at {_where(url)} did not answer in time")
     return ApiError(f"the connection to the query API at {_where(url)} broke off: {type(error).__name__}")
+
+
+def _tls_reason(error: requests.exceptions.SSLError) -> str:
+    """OpenSSL's words for a failed TLS handshake ("certificate verify failed: self-signed certificate")."""
+    found = re.search(r"\]\s*([^()'\"\]]+?)\s*\(_ssl", str(error))
+    return found.group(1) if found else "the handshake failed"
 
 
 def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
@@ -251,6 +263,8 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
                     sys.stdout.flush()
                 else:
                     console.print(event_line(event))
+        except requests.exceptions.SSLError as error:  # reconnecting would fail the same way
+            raise _broken(error, base) from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
             _note("labtel: connection lost; reconnecting...")
             time.sleep(1)

@@ -18,7 +18,9 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from typer.testing import CliRunner
 
+from labtel.cli import app
 from labtel.sdk.settings import SdkSettings, resolve
 from labtel.sdk.transport import SendError, make_transport
 from tests.auth_helpers import Certificates, edit_config, make_certificates
@@ -134,3 +136,21 @@ def test_labtel_sdk_trusts_a_private_ca(
         untrusting.send(body)
     untrusting.close()
     assert wait_for(lambda: stored(server, certificates, service) == 1, what="the SDK's event")
+
+
+def test_the_cli_says_when_tls_fails(
+    server: LabtelServer, certificates: Certificates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An untrusted certificate was "cannot reach the query API ...: is `labtel serve` running?",
+    # and `-f` retried it forever as a lost connection.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    api = f"https://{server.listeners['query API']}"
+    for args in (["events", "--api", api], ["events", "--api", api, "-f"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "TLS with the query API" in result.output
+        assert "certificate verify failed" in result.output
+        assert "REQUESTS_CA_BUNDLE" in result.output
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificates.ca))
+    assert CliRunner().invoke(app, ["events", "--api", api]).exit_code == 0
