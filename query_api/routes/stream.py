@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Annotated
 from uuid import UUID
 
@@ -26,41 +28,97 @@ are older) may commit after a later one."""
 MAX_SENT = 10_000
 """Ids remembered to skip in the look-back; a busier tail shortens its look-back to them."""
 HEARTBEAT_S = 15.0
+KEPT_TAILS = 64
+"""Tails whose sent ids a reconnection may take up (each at most MAX_SENT ids)."""
+KEPT_FOR_S = 600.0
+"""How long after a tail ends a reconnection may take up what it sent."""
+
+
+@dataclass
+class Sent:
+    """What one tail sent, in the order it sent it: event id -> (insert ms, the floor then).
+    A reconnection with one of these ids as Last-Event-ID takes up the look-back from there: the
+    events stored late with older ids (an insert that began earlier and committed after the
+    resumed event was sent) are sent, those sent before the resumed one are not sent again."""
+
+    key: tuple[tuple[str, str], ...]
+    ids: dict[str, tuple[int, str]] = field(default_factory=dict)
+    horizon: int = 0
+    """The insert ms below which it let go of the ids it sent."""
+    ended: float | None = None
+
+
+_recent: deque[Sent] = deque(maxlen=KEPT_TAILS)
+
+
+def _taken_up(key: tuple[tuple[str, str], ...], after_id: str) -> tuple[str, int, dict[str, tuple[int, str]]] | None:
+    """(floor, position ms, sent ids) of a recent tail with these filters that sent `after_id`,
+    as they were when it sent it; None when no tail kept here did."""
+    now = time.monotonic()
+    for kept in reversed(_recent):
+        if kept.key != key or (kept.ended is not None and now - kept.ended > KEPT_FOR_S):
+            continue
+        if after_id not in kept.ids:
+            continue
+        prefix: dict[str, tuple[int, str]] = {}
+        for event_id, entry in kept.ids.items():
+            prefix[event_id] = entry
+            if event_id == after_id:
+                break
+        floor = max(prefix[after_id][1], id_at(kept.horizon))  # what it let go of is not looked at again
+        return floor, max(entry[0] for entry in prefix.values()), prefix
+    return None
 
 
 async def tail(
-    request: Request, storage: Storage, flt: EventFilter, after_id: str | None, poll_s: float
+    request: Request,
+    storage: Storage,
+    flt: EventFilter,
+    after_id: str | None,
+    poll_s: float,
+    key: tuple[tuple[str, str], ...] = (),
 ) -> AsyncIterator[bytes]:
     """SSE frames: each matching event once it is stored, as `id: <event id>`, `event: event`,
-    `data: <JSON>`, in insert order; after the event `after_id` when resuming."""
+    `data: <JSON>`, in insert order; after the event `after_id` when resuming (`key`: the
+    filters, to take up a recent tail of the same ones, see `Sent`)."""
     if after_id is None:  # from now on, or everything stored since `start` (event time)
         after_id = id_at(0 if flt.start_ns is not None else await asyncio.to_thread(now_ms, storage) - 1000)
     floor = after_id  # the look-back catches late commits, never what came before the start
     position_ms = inserted_ms(floor)
-    sent: dict[str, int] = {}
+    sent: dict[str, tuple[int, str]] = {}
+    if (taken := _taken_up(key, after_id)) is not None:
+        floor, position_ms, sent = taken
+    record = Sent(key, sent)
+    _recent.append(record)
     quiet_since = time.monotonic()
-    yield b"retry: 2000\n\n"
-    while not await request.is_disconnected():
-        since = max(inserted_ms(floor), position_ms - LOOKBACK_MS)
-        found = await asyncio.to_thread(events_stored_after, storage, flt, since, floor, list(sent), 500)
-        for event, stored_ms in found:
-            sent[event.event_id] = stored_ms
-            position_ms = max(position_ms, stored_ms)
-            yield f"id: {event.event_id}\nevent: event\ndata: ".encode() + event.model_dump_json().encode() + b"\n\n"
-        horizon = position_ms - LOOKBACK_MS
-        sent = {event_id: ms for event_id, ms in sent.items() if ms >= horizon}
-        if len(sent) > MAX_SENT:
-            kept = sorted(sent)[-MAX_SENT:]  # the text of the ids sorts in insert order
-            floor = max(floor, kept[0])
-            sent = {event_id: sent[event_id] for event_id in kept}
-        if found:
-            quiet_since = time.monotonic()
-            if len(found) == 500:
-                continue  # more are waiting: no pause
-        elif time.monotonic() - quiet_since > HEARTBEAT_S:
-            quiet_since = time.monotonic()
-            yield b": keep-alive\n\n"
-        await asyncio.sleep(poll_s)
+    try:
+        yield b"retry: 2000\n\n"
+        while not await request.is_disconnected():
+            since = max(inserted_ms(floor), position_ms - LOOKBACK_MS)
+            found = await asyncio.to_thread(events_stored_after, storage, flt, since, floor, list(sent), 500)
+            for event, stored_ms in found:
+                sent[event.event_id] = (stored_ms, floor)
+                position_ms = max(position_ms, stored_ms)
+                yield (
+                    f"id: {event.event_id}\nevent: event\ndata: ".encode() + event.model_dump_json().encode() + b"\n\n"
+                )
+            horizon = position_ms - LOOKBACK_MS
+            sent = {event_id: entry for event_id, entry in sent.items() if entry[0] >= horizon}  # in sending order
+            if len(sent) > MAX_SENT:
+                lowest = sorted(sent)[-MAX_SENT]  # the text of the ids sorts in insert order
+                floor = max(floor, lowest)
+                sent = {event_id: entry for event_id, entry in sent.items() if event_id >= lowest}
+            record.ids, record.horizon = sent, horizon
+            if found:
+                quiet_since = time.monotonic()
+                if len(found) == 500:
+                    continue  # more are waiting: no pause
+            elif time.monotonic() - quiet_since > HEARTBEAT_S:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(poll_s)
+    finally:
+        record.ended = time.monotonic()
 
 
 def resume_id(token: str) -> str:
@@ -100,4 +158,7 @@ async def stream(
     except ParamError as error:
         raise HTTPException(400, str(error)) from None
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(tail(request, storage, flt, after, poll), media_type="text/event-stream", headers=headers)
+    key = tuple(sorted((k, v) for k, v in request.query_params.multi_items() if k not in ("poll", "resume")))
+    return StreamingResponse(
+        tail(request, storage, flt, after, poll, key), media_type="text/event-stream", headers=headers
+    )
