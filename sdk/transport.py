@@ -155,7 +155,7 @@ class HttpTransport:
             raise SendError(str(error), retryable=True) from None
         status = response.status_code
         if status != 200:
-            message = f"HTTP {status}: {response.text[:300]}"
+            message = f"HTTP {status}: {_http_error_text(response)}"
             if status == 413:
                 raise SendError(message, retryable=False, too_large=True)
             auth = status in _AUTH_HTTP
@@ -164,6 +164,28 @@ class HttpTransport:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _http_error_text(response: requests.Response) -> str:
+    """What a refused OTLP/HTTP request's answer says: the message of its `google.rpc.Status`
+    (protobuf, or JSON with `message`), else its first 300 characters of text."""
+    content_type = response.headers.get("Content-Type", "")
+    if content_type.startswith("application/x-protobuf"):
+        found = status_pb2.Status()
+        try:
+            found.ParseFromString(response.content)
+        except DecodeError:
+            found.message = ""
+        if found.message:
+            return str(found.message)[:300]
+    elif content_type.startswith("application/json"):
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and isinstance(answer.get("message"), str):
+            return str(answer["message"])[:300]
+    return response.text[:300]
 
 
 def make_transport(

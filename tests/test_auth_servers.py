@@ -248,6 +248,9 @@ def test_labtel_sdk_sends_its_api_key(server: LabtelServer, protocol: str, monke
         make_transport(protocol, endpoint, request_headers(bare), 10).send(body)
     assert refused.value.auth
     assert refused.value.retryable  # kept (spooled) until the key is fixed
+    # the collector's words (OTLP/HTTP: a google.rpc.Status, once printed as raw protobuf bytes)
+    said = str(refused.value).split(": ", 1)[1]  # after "HTTP 401" / "UNAUTHENTICATED"
+    assert said == "an API key is required: send 'Authorization: Bearer <token>'"
     assert stored(server, service) == 1
 
 
