@@ -104,6 +104,14 @@ def test_lab_columns_and_span_filters(world: tuple[TestClient, Storage, int]) ->
     assert len(bodies(client, experiment="exp-2", node="node-0")) == 8
     assert len(bodies(client, event_type="DEVICE_IO", **{"attr.lab.node.id": "in:node-1,node-2"})) == 16
     assert client.get("/events", params={"span_id": "xyz"}).status_code == 400
+    # a filter given twice would keep one of its values: a 400 that says how to ask for several
+    twice = client.get("/events", params=[("service", "query"), ("service", "other")])
+    assert twice.status_code == 400
+    assert "service is given 2 times" in twice.json()["detail"]
+    hinted = client.post("/events/query", json={"selector": {"service": {"$in": ["query", "other"]}}, "limit": 1000})
+    assert '{"service": {"$in": [...]}}' in twice.json()["detail"]
+    assert len(hinted.json()["events"]) == len(bodies(client))  # what the hint says works
+    assert client.get("/stats", params=[("node_id", "node-0"), ("node_id", "node-1")]).status_code == 400
 
 
 def test_both_orders_page_with_cursors(world: tuple[TestClient, Storage, int]) -> None:

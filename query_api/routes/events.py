@@ -43,6 +43,30 @@ def _aliased(request: Request, values: dict[str, str | None]) -> dict[str, str |
     return found
 
 
+_SINGLE = (
+    "start", "end", "since", "severity_min", "severity_max", "service", "event_type", "node", "run", "workflow",
+    "experiment", "trace_id", "span_id", "q", "contains", *ID_ALIASES,
+)  # fmt: skip
+"""The filters given at most once: a second value would be ignored, not OR-ed."""
+_ANY_OF = {
+    "service": "service",
+    "event_type": "event_type",
+    **{name: alias for alias, name in ID_ALIASES.items()},
+    **{alias: alias for alias in ID_ALIASES},
+}
+"""Filters a selector can match against several values: its field for each."""
+
+
+def _given_once(request: Request) -> None:
+    """A filter of `_SINGLE` given twice is a 400 (the query would keep one of the values)."""
+    for name in _SINGLE:
+        if len(values := request.query_params.getlist(name)) > 1:
+            hint = ""
+            if name in _ANY_OF:
+                hint = f' For any of several, POST /events/query with {{"{_ANY_OF[name]}": {{"$in": [...]}}}}.'
+            raise ParamError(f"{name} is given {len(values)} times; give it once (filters combine with AND).{hint}")
+
+
 _OPERATORS = {">=": "$gte", "<=": "$lte", "!=": "$ne", ">": "$gt", "<": "$lt", "=": "$eq"}
 
 
@@ -120,6 +144,7 @@ def event_filter(
 ) -> EventFilter:
     """The filters of a request; `attr.<key>` / `resource.<key>` parameters included."""
     try:
+        _given_once(request)
         lab = _aliased(request, {"node": node, "run": run, "workflow": workflow, "experiment": experiment})
         start_ns = parse_time_ns(start, "start") if start else None
         if since:
