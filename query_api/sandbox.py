@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from clickhouse_connect.driver.binding import external_bind_re
+
 from labtel.collector.storage.client import Storage
 
 ALLOWED_SYSTEM_TABLES = frozenset(
@@ -63,6 +65,8 @@ DENIED_FUNCTIONS = frozenset(
         "displayName",
         "serverUUID",
         "tcpPort",
+        "getServerPort",
+        "showCertificate",
         "getOSKernelVersion",
         "shardNum",
         "shardCount",
@@ -162,6 +166,15 @@ def _children(nodes: list[_Node], index: int) -> list[int]:
     return found
 
 
+def _bound(sql: str, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parameters to send with `sql`: none when it has no `{name:Type}` placeholder, where
+    clickhouse-connect would otherwise paste them into the text itself (Python `%` formatting),
+    after the sandbox checked it."""
+    if not parameters or external_bind_re.search(sql) is None:
+        return None
+    return parameters
+
+
 class Sandbox:
     """Checks and runs analysts' SQL over one labtel database."""
 
@@ -233,14 +246,14 @@ class Sandbox:
     def prepare(self, sql: str, parameters: dict[str, Any] | None = None) -> str:
         """The SQL that runs for `sql`: checked, canonical, with the sandbox's settings."""
         canonical = self.canonical(sql)
-        statement = self.check(canonical, parameters)
-        if statement == "DESCRIBE":
-            return canonical
+        self.check(canonical, _bound(canonical, parameters))
+        # DESCRIBE too: describing a subquery runs its scalar subqueries, which the limits bound.
         return f"{canonical}\n{self.limits.settings_clause()}"
 
     def run(self, sql: str, fmt: str, parameters: dict[str, Any] | None = None) -> bytes:
         """The result of `sql` in ClickHouse format `fmt`."""
-        return self.storage.raw(self.prepare(sql, parameters), fmt, parameters=parameters or None)
+        prepared = self.prepare(sql, parameters)
+        return self.storage.raw(prepared, fmt, parameters=_bound(prepared, parameters))
 
     def tables(self) -> list[dict[str, Any]]:
         """labtel's tables and their columns, for analysts writing queries."""

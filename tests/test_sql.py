@@ -113,6 +113,19 @@ def test_plain_text_body_and_parameters(client: TestClient) -> None:
     assert injected.json()["data"] == [{"n": 0}]
 
 
+def test_parameters_are_never_pasted_into_the_text(client: TestClient) -> None:
+    # Parameters of a query without placeholders are unused, not Python-%-formatted into its text.
+    percent = sql(client, "SELECT 'a%' AS x, '%(y)s' AS y", parameters={"y": "' /*"})
+    assert percent.status_code == 200, percent.text
+    assert percent.json()["data"] == [{"x": "a%", "y": "%(y)s"}]
+    mixed = sql(client, "SELECT {y:String} AS y, '100%' AS p", parameters={"y": "v"})
+    assert mixed.json()["data"] == [{"y": "v", "p": "100%"}]
+    for name in ("$x$", "a b", "x}", ""):
+        refused = sql(client, "SELECT '$x$' AS x", parameters={name: "v"})
+        assert refused.status_code == 400, (name, refused.text)
+        assert "placeholder name" in refused.json()["detail"]
+
+
 def test_schema_discovery(client: TestClient) -> None:
     tables = client.get("/sql/tables").json()
     names = [t["table"] for t in tables["tables"]]
@@ -176,6 +189,8 @@ REFUSED = [
     "SELECT dictGet('secrets', 'value', 1)",
     "SELECT DICTGETSTRING('secrets', 'value', 1)",
     "SELECT joinGet('db.t', 'v', 1)",
+    "SELECT showCertificate()",
+    "SELECT getServerPort('tcp_port')",
 ]
 
 
@@ -244,6 +259,18 @@ def test_limits_bound_rows_time_and_memory(store: Storage) -> None:
         response = sql(impatient, "SELECT count() FROM numbers_mt(1500000000) WHERE sipHash64(number) % 7 = 3")
         assert response.status_code == 408, response.text
         assert "too long" in response.json()["detail"]
+
+
+def test_describe_runs_within_the_limits_too(store: Storage) -> None:
+    # Describing a subquery evaluates its scalar subqueries: the limits bound them as any SELECT.
+    config = QueryApiConfig(sql=SqlSandboxConfig(max_rows_to_read=1_000_000))
+    with TestClient(create_app(store, config)) as tight:
+        scalar = sql(tight, "DESCRIBE (SELECT (SELECT count() FROM numbers_mt(100000000) WHERE number % 7 = 3) AS x)")
+        assert scalar.status_code == 413, scalar.text
+        assert "exceeds a limit" in scalar.json()["detail"]
+        described = sql(tight, "DESCRIBE TABLE otel_logs", format="ndjson")
+        assert described.status_code == 200, described.text
+        assert "EventType" in described.text
 
 
 def test_bad_queries_are_400_with_the_reason(client: TestClient) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from labtel.query_api.formats import SQL_FORMATS, choose_format
@@ -16,6 +17,8 @@ from labtel.query_api.sandbox import Sandbox, SandboxRefusal
 router = APIRouter(tags=["sql"])
 
 MAX_SQL_BYTES = 256 * 1024
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""What a `{name:Type}` placeholder's name may be."""
 
 
 class SqlQuery(BaseModel):
@@ -27,6 +30,14 @@ class SqlQuery(BaseModel):
     )
     parameters: dict[str, Any] = Field(default_factory=dict, description="Values of `{name:Type}` placeholders")
     format: str | None = Field(None, description="json, csv, tsv, ndjson, parquet, arrow or arrow-stream")
+
+    @field_validator("parameters")
+    @classmethod
+    def _names(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        for name in parameters:
+            if not _PARAMETER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a placeholder name (letters, digits and _, as in {{node:String}})")
+        return parameters
 
 
 def get_sandbox(request: Request) -> Sandbox:
