@@ -390,6 +390,9 @@ class SqlSandboxConfig(StrictModel):
     max_result_rows: int = Field(1_000_000, ge=1)
     max_result_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     max_memory_usage: int = Field(2 * 1024 * 1024 * 1024, ge=1024 * 1024)
+    max_concurrent_queries: int = Field(4, ge=1)
+    """Queries running at once; one more is refused (429) rather than the memory of all of them
+    (each up to `max_memory_usage`) exhausting the server's."""
 
 
 class ExportConfig(StrictModel):

@@ -63,6 +63,7 @@ def create_app(
             max_result_rows=config.sql.max_result_rows,
             max_result_bytes=config.sql.max_result_bytes,
             max_memory_usage=config.sql.max_memory_usage,
+            max_concurrent_queries=config.sql.max_concurrent_queries,
         ),
     )
     errors.install(app)

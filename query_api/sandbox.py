@@ -11,12 +11,13 @@ A query passes three gates before it runs:
    SETTINGS, FORMAT or INTO OUTFILE clause of its own.
 3. It runs with `readonly = 1` and limits on time, rows read, result rows and bytes, and memory,
    given in a SETTINGS clause the sandbox appends, so a server and the embedded store enforce
-   the same.
+   the same; and at most `max_concurrent_queries` run at once, so their memory together is bounded.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,10 @@ class SandboxRefusal(ValueError):
     """The query is not allowed in the sandbox; the message says what is not allowed."""
 
 
+class SandboxBusy(RuntimeError):
+    """As many queries as the sandbox runs at once are running; try again shortly."""
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     """The bounds every sandboxed query runs within."""
@@ -104,6 +109,7 @@ class SandboxLimits:
     max_result_rows: int = 1_000_000
     max_result_bytes: int = 256 * 1024 * 1024
     max_memory_usage: int = 2 * 1024 * 1024 * 1024
+    max_concurrent_queries: int = 4
 
     def settings_clause(self) -> str:
         """The SETTINGS clause the sandbox appends to every query it runs."""
@@ -181,6 +187,7 @@ class Sandbox:
     def __init__(self, storage: Storage, limits: SandboxLimits | None = None) -> None:
         self.storage = storage.in_database()  # unqualified names are labtel's tables
         self.limits = limits or SandboxLimits()
+        self._slots = threading.BoundedSemaphore(self.limits.max_concurrent_queries)
 
     def canonical(self, sql: str) -> str:
         """The one statement `sql` holds, as ClickHouse formats it (errors on more than one)."""
@@ -251,9 +258,16 @@ class Sandbox:
         return f"{canonical}\n{self.limits.settings_clause()}"
 
     def run(self, sql: str, fmt: str, parameters: dict[str, Any] | None = None) -> bytes:
-        """The result of `sql` in ClickHouse format `fmt`."""
-        prepared = self.prepare(sql, parameters)
-        return self.storage.raw(prepared, fmt, parameters=_bound(prepared, parameters))
+        """The result of `sql` in ClickHouse format `fmt`; SandboxBusy while `max_concurrent_queries` run."""
+        if not self._slots.acquire(blocking=False):
+            raise SandboxBusy(
+                f"{self.limits.max_concurrent_queries} SQL queries are running (max_concurrent_queries); try again"
+            )
+        try:
+            prepared = self.prepare(sql, parameters)
+            return self.storage.raw(prepared, fmt, parameters=_bound(prepared, parameters))
+        finally:
+            self._slots.release()
 
     def tables(self) -> list[dict[str, Any]]:
         """labtel's tables and their columns, for analysts writing queries."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +273,25 @@ def test_describe_runs_within_the_limits_too(store: Storage) -> None:
         described = sql(tight, "DESCRIBE TABLE otel_logs", format="ndjson")
         assert described.status_code == 200, described.text
         assert "EventType" in described.text
+
+
+def test_queries_beyond_max_concurrent_queries_are_429(store: Storage) -> None:
+    # Each query may use max_memory_usage: only so many run at once, the others are told to retry.
+    config = QueryApiConfig(sql=SqlSandboxConfig(max_concurrent_queries=2, timeout="20s"))  # type: ignore[arg-type]
+    slow = "SELECT count() FROM numbers_mt(50) WHERE sleepEachRow(0.05) = 0"  # 2.5 s
+    with TestClient(create_app(store, config)) as limited, ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(sql, limited, slow) for _ in range(2)]
+        time.sleep(1.0)
+        refused = sql(limited, "SELECT 1 AS x")
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["Retry-After"] == "1"
+        assert "max_concurrent_queries" in refused.json()["detail"]
+        assert [future.result().status_code for future in running] == [200, 200]
+        after = sql(limited, "SELECT 1 AS x")  # the slots are free again, after errors too
+        assert after.json()["data"] == [{"x": 1}]
+        assert sql(limited, "SELECT intDiv(1, 0)").status_code == 400
+        assert sql(limited, "SELECT * FROM system.users").status_code == 403
+        assert [sql(limited, "SELECT 2 AS x").status_code for _ in range(3)] == [200, 200, 200]
 
 
 def test_bad_queries_are_400_with_the_reason(client: TestClient) -> None:

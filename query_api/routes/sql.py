@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from labtel.query_api.formats import SQL_FORMATS, choose_format
-from labtel.query_api.sandbox import Sandbox, SandboxRefusal
+from labtel.query_api.sandbox import Sandbox, SandboxBusy, SandboxRefusal
 
 router = APIRouter(tags=["sql"])
 
@@ -56,7 +56,7 @@ Body: JSON `{"sql": "...", "parameters": {...}, "format": "csv"}`, or the SQL it
 or `application/sql`. The result format comes from `format` (body or query), else the Accept header:
 JSON (ClickHouse's `meta` / `data` / `rows` / `statistics`, the default), CSV and TSV with a header
 row, NDJSON, Parquet, Arrow (file) or Arrow stream. Syntax and type errors are 400 with ClickHouse's
-message; limits 413; timeouts 408."""
+message; limits 413; timeouts 408; more queries at once than `max_concurrent_queries` 429."""
 
 
 @router.post(
@@ -70,6 +70,7 @@ message; limits 413; timeouts 408."""
         406: {"description": "no result format matches Accept"},
         408: {"description": "the query took longer than the time limit"},
         413: {"description": "the query read, returned or used more than a limit"},
+        429: {"description": "max_concurrent_queries queries are running; try again (Retry-After)"},
     },
     openapi_extra={
         "requestBody": {
@@ -99,6 +100,8 @@ async def sql(
         body = await run_in_threadpool(sandbox.run, query.sql, clickhouse_format, query.parameters)
     except SandboxRefusal as error:
         raise HTTPException(403, f"not allowed: {error}") from None
+    except SandboxBusy as error:
+        raise HTTPException(429, str(error), headers={"Retry-After": "1"}) from None
     return Response(body, media_type=media_type, headers={"X-Labtel-Format": name})
 
 
