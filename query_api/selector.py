@@ -7,7 +7,7 @@ Field names are labtel's columns and MADSci's event fields (`event_type`, `log_l
 `event_timestamp`, `source.<x>_id`, `event_data.<key>`), `attributes.<key>` / `resource.<key>` for
 the attribute maps (keys may contain dots), and any other name is a log attribute. Operators:
 $eq $ne $gt $gte $lt $lte $in $nin $regex ($options i, m, s) $exists $not, and $and $or $nor. Values
-and keys only ever travel as server-side parameters (the text values of $in / $nin as one array, so
+and keys only ever travel as server-side parameters (the values of $in / $nin as arrays, so
 thousands of them fit); an unsupported operator is an error that names it.
 """
 
@@ -114,7 +114,10 @@ def translate(selector: Any, prefix: str = "s") -> tuple[str, dict[str, Any]]:
     if size > MAX_BYTES:
         raise SelectorError(f"the selector is {size} bytes as JSON, more than {MAX_BYTES} (max_selector_bytes)")
     state = Translation(prefix=f"{prefix}_")
-    return _document(selector, state, 0), state.parameters
+    try:
+        return _document(selector, state, 0), state.parameters
+    except OverflowError:  # an integer of hundreds of digits, as Python's JSON reads it
+        raise SelectorError("a number is too large (beyond ±1.8e308)") from None
 
 
 def _document(selector: Mapping[str, Any], state: Translation, depth: int) -> str:
@@ -182,22 +185,39 @@ def _field(name: str, value: Any, state: Translation, depth: int) -> str:
 
 def _any_of(values: list[Any], source: str, column: Column | None, key: str | None, state: Translation) -> str:
     """SQL: the field equals one of `values`, as the OR of `$eq` each would be. Text values (and
-    numbers of number columns) go as one array parameter, so thousands of them keep the query small;
-    the others are a comparison each."""
+    numbers of number columns and of attributes) go as array parameters, so thousands of them keep
+    the query small; the others are a comparison each."""
     kind = column.kind if column is not None else "attribute"
     texts: list[str] = []
     numbers: list[float] = []
+    integers: list[int] = []  # of an attribute: compared as _numeric compares one
+    floats: list[float] = []  # of an attribute: the other numbers
     rest: list[Any] = []
     for value in values:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if is_number and not math.isfinite(float(value)):
+            raise SelectorError("numbers must be finite")
         if isinstance(value, str) and kind in ("attribute", "string", "hex", "uuid", "event_type"):
             texts.append(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and kind in ("number", "severity"):
-            if not math.isfinite(value):
-                raise SelectorError("numbers must be finite")
+        elif is_number and kind in ("number", "severity"):
             numbers.append(stdlib_level_to_severity(float(value)) if kind == "severity" else float(value))
+        elif is_number and kind == "attribute":
+            texts.append(_scalar(value))  # the text test of $eq: "120" equals 120
+            if isinstance(value, int) and abs(value) < INT128:
+                integers.append(value)
+            else:
+                floats.append(float(value))
         else:
             rest.append(value)
     parts = [_compare("=", v, source, column, key, state) for v in rest]
+    if key is not None and (integers or floats):
+        target = _attribute(source, key, state)
+        if integers:
+            exact = f"toInt128OrNull({target}) IN {state.param(integers, 'Array(Int128)')}"
+            near = f"toFloat64OrNull({target}) IN {state.param([float(v) for v in integers], 'Array(Float64)')}"
+            parts.append(f"ifNull(coalesce({exact}, {near}), 0)")
+        if floats:
+            parts.append(f"ifNull(toFloat64OrNull({target}) IN {state.param(floats, 'Array(Float64)')}, 0)")
     if texts:
         if kind in ("hex", "uuid"):
             texts = [v.lower() for v in texts]

@@ -161,6 +161,12 @@ def test_values_and_keys_never_enter_the_sql_text() -> None:
         ({"log_level": {"$gt": "high"}}, "compares with numbers"),
         ({"field": {"a": {"b": 1}}}, "not an object or list"),
         ({"timestamp": {"$gt": "yesterday"}}, "is not a time"),
+        # integers of hundreds of digits, as JSON may hold them
+        ({"field": 10**400}, "too large"),
+        ({"field": {"$in": [1, 10**400]}}, "too large"),
+        ({"severity": 10**400}, "too large"),
+        ({"severity": {"$in": [10**400]}}, "too large"),
+        ({"timestamp": {"$gt": 10**400}}, "too large"),
     ],
 )
 def test_bad_selectors_are_400_with_the_reason(client: TestClient, selector: dict[str, Any], message: str) -> None:
@@ -331,6 +337,12 @@ def test_large_integer_attributes_compare_exactly(chdb_path: Path) -> None:
             {"duration_ms": {"$in": ["40", 2500, None]}},
             ["ot2 transfer slow", "reader failed", "arm cancelled", "lab critical"],
         ),
+        ({"duration_ms": {"$in": [*range(100_000, 106_000), 2500, 40.0]}}, ["ot2 transfer slow", "reader failed"]),
+        (
+            {"duration_ms": {"$nin": [*range(100_000, 106_000), 2500.5, 40]}},
+            ["ot2 transfer ok", "ot2 transfer slow", "arm cancelled", "lab critical"],
+        ),
+        ({"duration_ms": {"$in": [120.5, 2500, 10**30, 9 * 10**200]}}, ["ot2 transfer ok", "ot2 transfer slow"]),
     ],
 )
 def test_in_takes_thousands_of_values(client: TestClient, selector: dict[str, Any], expected: list[str]) -> None:
