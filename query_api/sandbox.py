@@ -7,8 +7,8 @@ A query passes three gates before it runs:
    comments and odd spacing cannot hide anything from the next gate.
 2. Its syntax tree (`EXPLAIN AST`) must be a SELECT (or a DESCRIBE) that names only tables of
    labtel's database and a few harmless system tables, calls no table function that reaches
-   outside (file, url, s3, remote, mysql, …), no dictionary or file function, and carries no
-   SETTINGS, FORMAT or INTO OUTFILE clause of its own.
+   outside (file, url, s3, remote, mysql, …), no dictionary or file function, has no `* APPLY(f)`
+   (the tree does not show f), and carries no SETTINGS, FORMAT or INTO OUTFILE clause of its own.
 3. It runs with `readonly = 1` and limits on time, rows read, result rows and bytes, and memory,
    given in a SETTINGS clause the sandbox appends, so a server and the embedded store enforce
    the same; and at most `max_concurrent_queries` run at once, so their memory together is bounded.
@@ -217,6 +217,8 @@ class Sandbox:
     def _check_node(self, nodes: list[_Node], index: int, node: _Node) -> None:
         if node.kind in ("Set", "SetQuery", "SettingsProfileElements"):
             raise SandboxRefusal("SETTINGS: the sandbox sets its own")
+        if node.kind == "ColumnsApplyTransformer":  # its function (or lambda) is not in the tree to check
+            raise SandboxRefusal("APPLY: call the function on the columns by name")
         if node.kind == "TableIdentifier":
             self._check_table(node.rest)
         elif node.kind == "Function":

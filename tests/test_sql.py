@@ -191,6 +191,10 @@ REFUSED = [
     "SELECT dictGet('secrets', 'value', 1)",
     "SELECT DICTGETSTRING('secrets', 'value', 1)",
     "SELECT joinGet('db.t', 'v', 1)",
+    "SELECT * APPLY(file) FROM values('p String', '/etc/hostname')",
+    "SELECT COLUMNS('p') APPLY file FROM values('p String', '/etc/hostname')",
+    "SELECT * APPLY(x -> file(x)) FROM values('p String', '/etc/hostname')",
+    "SELECT * EXCEPT(q) APPLY(x -> dictGet('secrets', 'value', x)) FROM values('p String, q String', ('a', 'b'))",
     "SELECT showCertificate()",
     "SELECT getServerPort('tcp_port')",
 ]
