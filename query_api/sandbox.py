@@ -85,7 +85,11 @@ say who and where the server is."""
 
 _ALLOWED_TABLE_FUNCTIONS = frozenset(name.lower() for name in ALLOWED_TABLE_FUNCTIONS)
 _DENIED_FUNCTIONS = frozenset(name.lower() for name in DENIED_FUNCTIONS)
-_IN_FUNCTIONS = frozenset({"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn"})
+_IN_FUNCTIONS = frozenset(
+    {"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn", "globalNotNullIn"}
+)
+"""The functions whose right operand may name a table (ClickHouse's `IN` and its variants, by the
+names they resolve under: case-sensitive)."""
 _STATEMENTS = {"SelectWithUnionQuery": "SELECT", "SelectIntersectExceptQuery": "SELECT", "DescribeQuery": "DESCRIBE"}
 _NODE = re.compile(r"^(?P<indent> *)(?P<kind>\w+) ?(?P<rest>.*)$")
 _CHILDREN = re.compile(r" ?\(children (\d+)\)$")

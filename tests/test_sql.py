@@ -170,6 +170,8 @@ REFUSED = [
     "SELECT * FROM INFORMATION_SCHEMA.COLUMNS",
     "SELECT * FROM default.anything",
     "SELECT 1 WHERE 1 IN system.tables",
+    "SELECT globalNotNullIn('default', system.users)",
+    "SELECT nullIn('default', system.users) OR notNullIn(1, system.users) OR globalNullIn(1, system.tables)",
     "SELECT * FROM otel_logs AS l JOIN system.parts AS p ON l.Body = p.name",
     "WITH x AS (SELECT * FROM system.grants) SELECT * FROM x",
     "SELECT 1 UNION ALL SELECT 2 FROM system.query_log",
