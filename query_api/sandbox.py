@@ -212,7 +212,7 @@ class Sandbox:
         statement = _STATEMENTS.get(root.kind)
         if statement is None:
             raise SandboxRefusal(f"{root.kind}: only SELECT and DESCRIBE statements run here")
-        if statement == "SELECT" and root.children > 1:
+        if root.children > 1:  # a DESCRIBE takes INTO OUTFILE as a SELECT does
             raise SandboxRefusal("FORMAT / INTO OUTFILE: choose the result format with `format` or Accept")
         for index, node in enumerate(nodes):
             self._check_node(nodes, index, node)

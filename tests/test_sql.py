@@ -160,6 +160,9 @@ REFUSED = [
     "SELECT * FROM (SELECT 1 SETTINGS readonly = 0)",
     "SELECT 1 FORMAT Vertical",
     "SELECT 1 INTO OUTFILE '{outfile}'",
+    "DESCRIBE TABLE otel_logs INTO OUTFILE '{outfile}'",
+    "DESCRIBE (SELECT 'line' AS `x`) INTO OUTFILE '{outfile}' APPEND",
+    "DESCRIBE TABLE otel_logs FORMAT Vertical",
     # system tables outside the allow-list, and other databases
     "SELECT * FROM system.tables",
     "SELECT * FROM system.processes",
