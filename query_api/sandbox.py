@@ -104,6 +104,11 @@ class SandboxBusy(RuntimeError):
     """As many queries as the sandbox runs at once are running; try again shortly."""
 
 
+class SandboxTooLarge(ValueError):
+    """The formatted result is larger than `max_result_bytes` (ClickHouse's own check counts a
+    constant column once per block, so a result of repeated text can pass it)."""
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     """The bounds every sandboxed query runs within."""
@@ -264,16 +269,23 @@ class Sandbox:
         return f"{canonical}\n{self.limits.settings_clause()}"
 
     def run(self, sql: str, fmt: str, parameters: dict[str, Any] | None = None) -> bytes:
-        """The result of `sql` in ClickHouse format `fmt`; SandboxBusy while `max_concurrent_queries` run."""
+        """The result of `sql` in ClickHouse format `fmt`; SandboxBusy while `max_concurrent_queries` run,
+        SandboxTooLarge when the formatted result is larger than `max_result_bytes`."""
         if not self._slots.acquire(blocking=False):
             raise SandboxBusy(
                 f"{self.limits.max_concurrent_queries} SQL queries are running (max_concurrent_queries); try again"
             )
         try:
             prepared = self.prepare(sql, parameters)
-            return self.storage.raw(prepared, fmt, parameters=_bound(prepared, parameters))
+            result = self.storage.raw(prepared, fmt, parameters=_bound(prepared, parameters))
         finally:
             self._slots.release()
+        if len(result) > self.limits.max_result_bytes:
+            raise SandboxTooLarge(
+                f"the result is {len(result)} bytes, more than max_result_bytes ({self.limits.max_result_bytes}); "
+                "select fewer rows or columns, or add LIMIT"
+            )
+        return result
 
     def tables(self) -> list[dict[str, Any]]:
         """labtel's tables and their columns, for analysts writing queries."""

@@ -251,7 +251,12 @@ def test_harmless_generators_and_reference_tables_are_allowed(client: TestClient
 
 def test_limits_bound_rows_time_and_memory(store: Storage) -> None:
     config = QueryApiConfig(
-        sql=SqlSandboxConfig(max_result_rows=100, max_rows_to_read=20_000_000, max_memory_usage=64 * 1024 * 1024)
+        sql=SqlSandboxConfig(
+            max_result_rows=100,
+            max_result_bytes=1024 * 1024,
+            max_rows_to_read=20_000_000,
+            max_memory_usage=64 * 1024 * 1024,
+        )
     )
     with TestClient(create_app(store, config)) as tight:
         too_many = sql(tight, "SELECT number FROM numbers(1000)")
@@ -263,6 +268,10 @@ def test_limits_bound_rows_time_and_memory(store: Storage) -> None:
         assert unbounded.status_code == 413
         memory = sql(tight, "SELECT length(groupArray(toString(number))) FROM numbers(10000000)")
         assert memory.status_code == 413
+        # ClickHouse counts a constant column once per block: the formatted result is checked too
+        repeated = sql(tight, "SELECT number, repeat('a', 100000) AS text FROM numbers(90)")
+        assert repeated.status_code == 413, repeated.status_code
+        assert "more than max_result_bytes" in repeated.json()["detail"]
         # A failed query leaves nothing behind for the next one on the same connection.
         assert sql(tight, "SELECT 7 AS x", format="csv").text == '"x"\n7\n'
     slow = QueryApiConfig(sql=SqlSandboxConfig(timeout="300ms"))  # type: ignore[arg-type]

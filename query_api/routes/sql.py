@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from labtel.query_api.formats import SQL_FORMATS, choose_format
-from labtel.query_api.sandbox import Sandbox, SandboxBusy, SandboxRefusal
+from labtel.query_api.sandbox import Sandbox, SandboxBusy, SandboxRefusal, SandboxTooLarge
 
 router = APIRouter(tags=["sql"])
 
@@ -102,6 +102,8 @@ async def sql(
         raise HTTPException(403, f"not allowed: {error}") from None
     except SandboxBusy as error:
         raise HTTPException(429, str(error), headers={"Retry-After": "1"}) from None
+    except SandboxTooLarge as error:
+        raise HTTPException(413, str(error)) from None
     return Response(body, media_type=media_type, headers={"X-Labtel-Format": name})
 
 
