@@ -191,14 +191,8 @@ class AlertEngine:
         """Seconds until an aggregate's alert is made again after its `failures`-th undelivered
         one in a row: each notifier's `retry` back-off continued past the attempts already made
         (the slowest notifier's), at least `aggregate_interval`, at most `repeat_interval`."""
-        backoff = max(
-            (
-                self.config.notifiers[name].retry.interval(failures * self.config.notifiers[name].retry.max_attempts)
-                for name in alert.notifiers
-                if name in self.config.notifiers
-            ),
-            default=0.0,
-        )
+        retries = [self.config.notifiers[name].retry for name in alert.notifiers if name in self.config.notifiers]
+        backoff = max((retry.interval(failures * retry.max_attempts) for retry in retries), default=0.0)
         floor = self.config.aggregate_interval.total_seconds()
         return min(max(backoff, floor), max(rule.repeat_interval.total_seconds(), floor))
 

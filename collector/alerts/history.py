@@ -6,7 +6,8 @@ to which notifiers, and how delivery went; plus the engine's checkpoint.
 higher `Version`, when delivery is settled (ReplacingMergeTree keeps the newest). Reading with
 FINAL gives each alert once. The history is also the engine's memory across restarts: which
 events were handled, which keys fired when (de-duplication), which aggregates are firing (and
-whether their last notice reached anyone), and which deliveries were still pending. `labtel_alert_state` holds the scan checkpoint.
+whether their last notice reached anyone), and which deliveries were still pending.
+`labtel_alert_state` holds the scan checkpoint.
 """
 
 from __future__ import annotations

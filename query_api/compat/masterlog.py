@@ -207,14 +207,19 @@ def convert_chunk(events: Sequence[Any], offset: int, limits: RecordLimits = DEF
             errors.append({"index": index, "error": str(error)})
             continue
         except orjson.JSONEncodeError:  # a lone surrogate in tags or metadata
-            errors.append({"index": index, "error": f"logs[{index}]: {INVALID_TEXT}; left out"})
+            errors.append(_invalid_text(index))
             continue
         answers.append(answer)
         records.append(record)
         indexes.append(index)
     data, invalid = encode_each([fit(record, limits) for record in records], SCOPE)
     for position in reversed(invalid):  # in the body, title or attributes
-        errors.append({"index": indexes[position], "error": f"logs[{indexes[position]}]: {INVALID_TEXT}; left out"})
+        errors.append(_invalid_text(indexes[position]))
         del answers[position]
     errors.sort(key=lambda error: int(error["index"]))
     return Chunk(data, len(answers), orjson.dumps(answers)[1:-1], errors)
+
+
+def _invalid_text(index: int) -> dict[str, Any]:
+    """The `errors` item of the batch's event `index`, left out for text that is not valid Unicode."""
+    return {"index": index, "error": f"logs[{index}]: {INVALID_TEXT}; left out"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -43,11 +44,6 @@ def _aliased(request: Request, values: dict[str, str | None]) -> dict[str, str |
     return found
 
 
-_SINGLE = (
-    "start", "end", "since", "severity_min", "severity_max", "service", "event_type", "node", "run", "workflow",
-    "experiment", "trace_id", "span_id", "q", "contains", *ID_ALIASES,
-)  # fmt: skip
-"""The filters given at most once: a second value would be ignored, not OR-ed."""
 _ANY_OF = {
     "service": "service",
     "event_type": "event_type",
@@ -168,6 +164,10 @@ def event_filter(
         )
     except (ParamError, SelectorError) as error:
         raise HTTPException(400, str(error)) from None
+
+
+_SINGLE = (*(name for name in inspect.signature(event_filter).parameters if name != "request"), *ID_ALIASES)
+"""The filters given at most once (`event_filter`'s parameters): a second value would be ignored, not OR-ed."""
 
 
 Order = Literal["desc", "asc"]
