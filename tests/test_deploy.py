@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,30 @@ def test_the_dockerfile_builds_one_labtel_image_run_as_a_user() -> None:
     assert env["LABTEL_GRPC_ENDPOINT"] == "0.0.0.0:4317"
     assert env["LABTEL_HTTP_ENDPOINT"] == "0.0.0.0:4318"
     assert env["LABTEL_API_ENDPOINT"] == "0.0.0.0:8000"
+
+
+def test_the_image_installs_every_package_data_file_as_a_regular_file() -> None:
+    """The image is built from the folders the Dockerfile COPYs (not the repository): a symlink in
+    them to a file outside them (collector/default-config.yaml was one, to ../otel-config.yaml)
+    dangles there, so `pip install` left the file out of the package; a Windows checkout makes
+    such a link a text file holding the target's name."""
+    instructions = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    copied = [ROOT / source for line in instructions if line.startswith("COPY ") for source in shlex.split(line)[1:-1]]
+    for tree in copied:
+        for path in [tree, *tree.rglob("*")] if tree.is_dir() else [tree]:
+            assert not path.is_symlink(), f"{path.relative_to(ROOT)} is a symlink: make it a file"
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package, patterns in setuptools["package-data"].items():
+        parent, _, tail = package.rpartition(".")
+        dirs = setuptools["package-dir"]
+        folder = ROOT / (dirs[package] if package in dirs else f"{dirs[parent]}/{tail}")
+        assert any(folder == tree or tree in folder.parents for tree in copied), f"{package} is not copied"
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"{package}: no file matches {pattern}"
+    default = ROOT / "collector" / "default-config.yaml"
+    assert default.read_bytes() == (ROOT / "otel-config.yaml").read_bytes(), (
+        "cp otel-config.yaml collector/default-config.yaml"
+    )
 
 
 def _docker_compose() -> list[str] | None:
