@@ -66,9 +66,10 @@ def _load(config_path: Path | None, data_dir: Path | None):  # type: ignore[no-u
         console.print(f"[red]labtel: configuration error in {escape(str(path))}:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
     if data_dir is not None:
-        endpoint = embedded_endpoint(data_dir)
         exporters = {
-            name: exporter.model_copy(update={"endpoint": endpoint}) if hasattr(exporter, "endpoint") else exporter
+            name: exporter.model_copy(update={"endpoint": embedded_endpoint(data_dir, exporter.endpoint)})
+            if hasattr(exporter, "endpoint")
+            else exporter
             for name, exporter in config.exporters.items()
         }
         config = config.model_copy(update={"exporters": exporters})
@@ -182,11 +183,15 @@ def api(
             "service": cfg.service.model_copy(update={"extensions": ["query_api", *auth], "pipelines": {}}),
         }
     )
+    from labtel.collector.config import ConfigError
     from labtel.collector.service import Service
 
-    service = Service(api_only, extensions=True)
     try:
+        service = Service(api_only, extensions=True)
         asyncio.run(_run_until_signalled(service, ready_file, "query API"))
+    except ConfigError as error:
+        console.print(f"[red]labtel: configuration error:[/red] {escape(str(error))}")
+        raise typer.Exit(2) from None
     except OSError as error:
         console.print(f"[red]labtel: cannot start:[/red] {escape(_explain(error))}")
         raise typer.Exit(1) from None

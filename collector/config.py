@@ -789,6 +789,13 @@ def parse_config(raw: Any) -> CollectorConfig:
             raise ConfigError(
                 f"exporters.{exporter_id}.sending_queue.storage: {reference!r} is not a file_storage extension"
             )
+    for extension_id, api in sections["extensions"].items():
+        if isinstance(api, QueryApiConfig) and not isinstance(
+            sections["exporters"].get(api.storage), ClickHouseExporterConfig
+        ):
+            raise ConfigError(
+                f"extensions.{extension_id}.storage: {api.storage!r} is not a clickhouse exporter under 'exporters'"
+            )
     endpoints: dict[tuple[str, int], str] = {}
     for path, endpoint, auth in _listeners(sections):
         if auth is not None:

@@ -334,6 +334,8 @@ def _api_url(config: QueryApiConfig, extension: QueryApiExtension) -> Callable[[
     return lambda: config.public_url.rstrip("/") or f"{scheme}://{extension.address}"
 
 
-def embedded_endpoint(data_dir: Path) -> str:
-    """The exporter endpoint of an embedded store in `data_dir`."""
-    return f"chdb://{data_dir.expanduser().resolve()}"
+def embedded_endpoint(data_dir: Path, configured: str = "") -> str:
+    """The exporter endpoint of an embedded store in `data_dir` (`--data-dir`), with the engine
+    options (`?max_server_memory_usage=...`) of the `configured` endpoint when it is embedded too."""
+    options = configured.partition("?")[2] if configured.startswith("chdb:") else ""
+    return f"chdb://{data_dir.expanduser().resolve()}" + (f"?{options}" if options else "")

@@ -160,6 +160,10 @@ def test_unset_variables_and_other_providers_are_named(value: str, message: str)
             "extensions.query_api.endpoint: port 4318 is already used by receivers.otlp.protocols.http",
         ),
         ({"exporters_typo": {}}, "exporters_typo: unknown top-level section"),
+        (
+            {"extensions": {"query_api": {"storage": "clickhouse/archive"}}},
+            "extensions.query_api.storage: 'clickhouse/archive' is not a clickhouse exporter under 'exporters'",
+        ),
     ],
 )
 def test_bad_configs_are_rejected_with_the_key_named(change: dict[str, object], message: str) -> None:
@@ -212,6 +216,43 @@ def test_cli_refuses_a_bad_config_at_start_up(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "exporters.clikhouse: unknown exporter type 'clikhouse'" in " ".join(result.stderr.split())
+
+
+def test_cli_api_names_a_query_api_without_storage(tmp_path: Path) -> None:
+    """`labtel api` reads the query_api extension's storage: one it does not name is a
+    configuration error at start-up (it was a traceback from `labtel api`)."""
+    path = tmp_path / "otel-config.yaml"
+    config = minimal(extensions={"query_api": {"endpoint": "127.0.0.1:0", "storage": "clickhouse/nope"}})
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "labtel.cli", "api", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "extensions.query_api.storage: 'clickhouse/nope' is not a clickhouse exporter" in " ".join(
+        result.stderr.split()
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_data_dir_keeps_the_embedded_engine_options(tmp_path: Path) -> None:
+    """`--data-dir` moves the embedded store; the engine options of the configured chdb://
+    endpoint (a memory cap) still apply to it."""
+    from labtel.cli import _load
+
+    config = minimal(exporters={"clickhouse": {"endpoint": "chdb://./data?max_server_memory_usage=900000000"}})
+    path = tmp_path / "otel-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _, loaded = _load(path, tmp_path / "elsewhere")
+    assert loaded.exporters["clickhouse"].endpoint == (
+        f"chdb://{(tmp_path / 'elsewhere').resolve()}?max_server_memory_usage=900000000"
+    )
+    server = minimal(exporters={"clickhouse": {"endpoint": "http://ch:8123/?session_timeout=5"}})
+    path.write_text(yaml.safe_dump(server))
+    _, loaded = _load(path, tmp_path / "elsewhere")
+    assert loaded.exporters["clickhouse"].endpoint == f"chdb://{(tmp_path / 'elsewhere').resolve()}"
 
 
 def test_cli_reports_a_missing_pipeline(tmp_path: Path) -> None:
