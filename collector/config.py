@@ -195,6 +195,7 @@ class SendingQueueConfig(StrictModel):
     write-ahead log (`storage`: a `file_storage` extension) that keeps acknowledged data safe."""
 
     enabled: bool = True
+    """The contrib exporter's switch; labtel's queue is always on (true only)."""
     num_consumers: int = Field(2, ge=1, le=64)
     queue_size: int = Field(65_536, ge=1)
     """Records waiting for or inside an insert before new calls are pushed back: bounds memory
@@ -203,14 +204,46 @@ class SendingQueueConfig(StrictModel):
     wal_max_bytes: int = Field(1 << 30, ge=1 << 20)
     wal_ack_after: Duration = timedelta(seconds=2)
 
+    @field_validator("enabled")
+    @classmethod
+    def _always_on(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "labtel's queue cannot be turned off: the batch processor groups requests and queue_size bounds "
+                "what waits; leave out `storage` to run without the write-ahead log"
+            )
+        return value
+
 
 class RetryConfig(StrictModel):
-    """Back-off for re-delivering stored-but-not-inserted data to ClickHouse."""
+    """Back-off for re-delivering stored-but-not-inserted data to ClickHouse. The contrib
+    exporter's `enabled` and `max_elapsed_time` are accepted with labtel's behaviour only (true,
+    and 0: a logged batch is retried until storage takes it, never dropped)."""
 
     enabled: bool = True
     initial_interval: Duration = timedelta(seconds=1)
     max_interval: Duration = timedelta(seconds=30)
     max_elapsed_time: Duration = timedelta(0)
+
+    @field_validator("enabled")
+    @classmethod
+    def _always_on(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "labtel's retries cannot be turned off: a batch acknowledged from the write-ahead log is stored "
+                "once storage takes it; leave out sending_queue.storage to run without the log (callers then retry)"
+            )
+        return value
+
+    @field_validator("max_elapsed_time")
+    @classmethod
+    def _never_give_up(cls, value: timedelta) -> timedelta:
+        if value:
+            raise ValueError(
+                "labtel never drops an acknowledged batch, so it never stops retrying: leave out max_elapsed_time "
+                "or set it to 0"
+            )
+        return value
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -321,6 +354,8 @@ class ClickHouseExporterConfig(StrictModel):
     timeout: Duration = timedelta(seconds=5)
     compress: Literal["lz4", "zstd", "gzip", "none", ""] = "lz4"
     async_insert: bool = True
+    """The contrib exporter's option, accepted and unused: the batch processor groups inserts,
+    and an Export call is answered once its insert is stored."""
     sending_queue: SendingQueueConfig = SendingQueueConfig()
     retry_on_failure: RetryConfig = RetryConfig()
     limits: RecordLimitsConfig = RecordLimitsConfig()

@@ -161,6 +161,18 @@ def test_unset_variables_and_other_providers_are_named(value: str, message: str)
         ),
         ({"exporters_typo": {}}, "exporters_typo: unknown top-level section"),
         (
+            {"exporters": {"clickhouse": {"sending_queue": {"enabled": False}}}},
+            "exporters.clickhouse.sending_queue.enabled: labtel's queue cannot be turned off",
+        ),
+        (
+            {"exporters": {"clickhouse": {"retry_on_failure": {"enabled": "false"}}}},
+            "exporters.clickhouse.retry_on_failure.enabled: labtel's retries cannot be turned off",
+        ),
+        (
+            {"exporters": {"clickhouse": {"retry_on_failure": {"max_elapsed_time": "300s"}}}},
+            "exporters.clickhouse.retry_on_failure.max_elapsed_time: labtel never drops an acknowledged batch",
+        ),
+        (
             {"extensions": {"query_api": {"storage": "clickhouse/archive"}}},
             "extensions.query_api.storage: 'clickhouse/archive' is not a clickhouse exporter under 'exporters'",
         ),
@@ -170,6 +182,15 @@ def test_bad_configs_are_rejected_with_the_key_named(change: dict[str, object], 
     with pytest.raises(ConfigError) as caught:
         parse_config(minimal(**change))
     assert message in str(caught.value)
+
+
+def test_the_contrib_exporters_queue_and_retry_switches_are_accepted_as_labtel_behaves() -> None:
+    queue = {"enabled": True, "queue_size": 1000}
+    retry = {"enabled": True, "initial_interval": "5s", "max_interval": "30s", "max_elapsed_time": "0s"}
+    exporter = {"endpoint": "chdb://./data", "sending_queue": queue, "retry_on_failure": retry, "async_insert": True}
+    config = parse_config(minimal(exporters={"clickhouse": exporter}))
+    assert config.exporters["clickhouse"].retry_on_failure.initial_interval == timedelta(seconds=5)  # type: ignore[union-attr]
+    assert config.exporters["clickhouse"].sending_queue.queue_size == 1000  # type: ignore[union-attr]
 
 
 def test_empty_protocol_means_defaults_and_names_are_typed() -> None:
