@@ -53,6 +53,16 @@ def epoch_seconds_ns(seconds: Decimal, name: str) -> int:
     return clamp_time_ns(int(Decimal(seconds) * 1_000_000_000))
 
 
+def number_time_ns(value: int | float, name: str) -> int:
+    """A JSON number of epoch seconds as Unix nanoseconds, as `epoch_seconds_ns` reads it; a
+    ParamError naming `name` for NaN, Infinity (Python's JSON reader lets them through) or a
+    number too large to be a time in any unit."""
+    seconds = Decimal(value)
+    if not seconds.is_finite() or abs(seconds) >= 10**20:  # not a time in any unit
+        raise ParamError(f"{name}: {value!r} is not a time; use RFC 3339 (2026-11-24T08:00:00Z) or epoch seconds")
+    return epoch_seconds_ns(seconds, name)
+
+
 def parse_time_ns(value: str, name: str) -> int:
     """An instant as Unix nanoseconds, from RFC 3339 / ISO 8601 (naive means UTC) or epoch seconds,
     clamped to what storage holds (clamp_time_ns)."""

@@ -4,6 +4,7 @@ storage with `insert_otlp`, and a storage failure is a 503 with Retry-After, nev
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from labtel.collector.storage.client import Storage
 from labtel.query_api.app import create_app
 from tests.alerting import FakeClock, alerts_config
 from tests.conftest import make_storage
+
+JSON = {"content-type": "application/json"}
 
 
 def test_direct_inserts_are_stored(storage: Storage) -> None:
@@ -208,3 +211,49 @@ def test_the_master_log_batch_count_limit_is_configurable(storage: Storage) -> N
     assert many.status_code == 200, many.text
     assert many.json()["accepted"] == 60_000
     assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 60_003
+
+
+def test_event_times_storage_cannot_hold_are_stored_at_arrival_not_refused(storage: Storage) -> None:
+    # Storage holds 1970 to 2106-02-07T06:28:15Z. A later time was a 400 naming an OTLP path
+    # (resource_logs[0]...time_unix_nano), so MADSci's client dropped the event and a Master Log
+    # batch was refused whole for one event; NaN or 1e300 seconds was a 500 (OverflowError).
+    client = TestClient(create_app(storage))
+    before = time.time_ns()
+    late = {"event_timestamp": "2206-01-15T10:00:00", "event_data": "late"}
+    early = {"event_timestamp": "1960-01-15T10:00:00", "event_data": "early"}
+    for event in (late, early):
+        answer = client.post("/madsci/event", json=event)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["event_timestamp"] == event["event_timestamp"]  # read back as sent
+        assert client.get(f"/madsci/event/{answer.json()['_id']}").json() == answer.json()
+    for number in (b"NaN", b"1e300"):
+        refused = client.post("/madsci/event", content=b'{"event_timestamp": %s}' % number, headers=JSON)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"].startswith("event_timestamp: ")
+    envelope = client.post("/panoptes/event", json={"type": "weather", "data": {}, "ts": "2206-01-15T10:00:00.000Z"})
+    assert envelope.status_code == 200, envelope.text
+    assert envelope.json()["ts"] == "2206-01-15T10:00:00.000Z"
+    logs = b'{"logs": [{"body": "on time"}, {"body": "late", "created_at": "2206-01-01T00:00:00Z"},'
+    logs += b' {"body": "not a number", "created_at": NaN}, {"body": "ms", "created_at": 1767225600000}]}'
+    batch = client.post("/api/v1/logs/batch", content=logs, headers=JSON)
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["accepted"] == 4
+    errors = [event.get("errors", []) for event in batch.json()["events"]]
+    assert errors[0] == []
+    assert "outside 1970-01-01T00:00:00Z to 2106-02-07T06:28:15Z" in errors[1][0]
+    assert "created_at: nan is not a time" in errors[2][0]
+    assert "milliseconds" in errors[3][0]
+    after = time.time_ns()
+    rows = storage.rows(
+        f"SELECT ServiceName AS service, Body AS body, toUnixTimestamp64Nano(Timestamp) AS ts FROM {storage.names.logs}"
+    )
+    assert sorted((r["service"], r["body"]) for r in rows) == [
+        ("madsci", "early"),
+        ("madsci", "late"),
+        ("master-log", "late"),
+        ("master-log", "ms"),
+        ("master-log", "not a number"),
+        ("master-log", "on time"),
+        ("panoptes-telemetry", "{}"),
+    ]
+    assert all(before <= r["ts"] <= after for r in rows)  # each at its arrival

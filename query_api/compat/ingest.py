@@ -12,6 +12,7 @@ that says so (a 4xx would make a client send the stored ones again).
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -27,12 +28,15 @@ from labtel.collector.otlp.limits import RecordLimits, fits
 from labtel.collector.otlp.records import Record, Scalar, logs_request
 from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage.client import Storage, StorageError
-from labtel.collector.storage.schema import EXACT_PATH_ERROR
+from labtel.collector.storage.schema import EXACT_PATH_ERROR, MAX_TIME_NANOS, MAX_TIME_TEXT
 from labtel.sdk import __version__
 
 MAX_DEPTH = 6
 TRUNCATED = "lab.truncated"
-"""Set by `fit`: what was cut to fit the storage's limits (a JSON list: "body", attribute names)."""
+"""Set by `fit`: what was cut to fit the storage's limits (a JSON list: "body", attribute names, and
+"time" when the event's own time is one storage cannot hold and its arrival time stands in)."""
+STORABLE_TIMES = f"1970-01-01T00:00:00Z to {MAX_TIME_TEXT}"
+"""The event times storage holds (the OTLP time 0 means "not set")."""
 LEFT_OUT = "lab.attributes_left_out"
 """Set by `add_flattened`: how many of the event's keys are not attributes (they are in its whole JSON copy)."""
 MARKERS = (TRUNCATED, LEFT_OUT)
@@ -89,6 +93,12 @@ def add_flattened(attributes: dict[str, Scalar], value: Any, limits: RecordLimit
         attributes[LEFT_OUT] = left_out
 
 
+def storable(time_ns: int) -> bool:
+    """Whether storage holds an event at this time (STORABLE_TIMES); a later one is refused as
+    invalid by both ingest paths, an earlier one would read as "not set"."""
+    return 0 < time_ns <= MAX_TIME_NANOS
+
+
 def cut(text: str, limit: int) -> str:
     """`text` cut to at most `limit` UTF-8 bytes, ending in a marker that says how long it was
     (`text` itself when it fits)."""
@@ -103,8 +113,14 @@ def fit(record: Record, limits: RecordLimits) -> Record:
     """The record within the storage's limits, so that it is stored, never refused for them (the
     routes keep whole copies within the limits themselves; this catches the rest): a text value
     or body over its length limit is cut (`cut`) and attributes over the count are left out, the
-    last first (flattened keys come last); TRUNCATED names what was cut or left out."""
+    last first (flattened keys come last); an event time storage cannot hold (`storable`: a
+    client's clock or a typo in 2206) is the arrival time; TRUNCATED names what was cut, left out
+    or replaced. The routes keep the time as sent in their own attributes."""
     truncated: list[str] = []
+    time_ns = record.time_ns
+    if not storable(time_ns):
+        time_ns = record.observed_ns or time.time_ns()
+        truncated.append("time")
     attributes: dict[str, Scalar] = {}
     for key, value in record.attributes.items():
         if isinstance(value, str) and not fits(value, limits.max_attribute_value_length):
@@ -123,7 +139,7 @@ def fit(record: Record, limits: RecordLimits) -> Record:
     if not truncated:
         return record
     attributes[TRUNCATED] = cut(compact_json(truncated), limits.max_attribute_value_length)
-    return replace(record, body=body, attributes=attributes)
+    return replace(record, body=body, attributes=attributes, time_ns=time_ns)
 
 
 def encode(records: list[Record], scope: str) -> bytes:

@@ -5,7 +5,9 @@ An event posted by MADSci's `EventClient` becomes an ordinary labtel event:
 - `event_id` (a ULID) → `lab.event.id`; a second event with the same id is not stored again.
 - `event_timestamp` → the record's time; a naive timestamp (MADSci's client stamps its local
   time without a zone) is read in `compat.madsci.timezone`, by default the server's zone. The
-  text as sent is kept in `madsci.event_timestamp` and answered back unchanged.
+  text as sent is kept in `madsci.event_timestamp` and answered back unchanged. A time storage
+  cannot hold (before 1970, after 2106-02-07T06:28:15Z) stores the event at its arrival; a number
+  that is not a time (NaN, 1e300, milliseconds) is a 422.
 - `event_type` → `lab.event.type`; when it is generic (`unknown`, `log`, `log_*`) and
   `event_data.event_type` names one (MADSci's client puts `event_type=` keywords there), that
   one. The type as sent is kept in `madsci.event_type` when it differs.
@@ -43,9 +45,9 @@ import orjson
 from labtel.collector.alerts.rules import LAB_ALERT
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, fits
 from labtel.collector.otlp.records import Record
-from labtel.query_api.compat.ingest import add_flattened, compact_json
+from labtel.query_api.compat.ingest import add_flattened, compact_json, storable
 from labtel.query_api.models import Event, Scope
-from labtel.query_api.params import ParamError, format_time_ns, parse_time_ns
+from labtel.query_api.params import ParamError, format_time_ns, number_time_ns, parse_time_ns
 from labtel.query_api.selector import stdlib_level_to_severity
 from labtel.sdk import semconv
 from labtel.sdk.event_types import MADSCI_EVENT_TYPES, event_type_value
@@ -220,13 +222,15 @@ def to_record(event: Mapping[str, Any], zone: tzinfo, limits: RecordLimits = DEF
         if stamp is None or stamp == "":
             time_ns = time.time_ns()
         elif isinstance(stamp, int | float) and not isinstance(stamp, bool):
-            time_ns = int(stamp * 1_000_000_000)
+            time_ns = number_time_ns(stamp, "event_timestamp")
         elif isinstance(stamp, str):
             time_ns = parse_madsci_time(stamp, zone, "event_timestamp")
         else:
             raise MadsciError("event_timestamp: expected an ISO 8601 time")
     except ParamError as error:
         raise MadsciError(str(error)) from None
+    if not storable(time_ns):  # kept as sent in ATTR_TIMESTAMP, and read back so
+        time_ns = time.time_ns()
     source = event.get("source") or {}
     if not isinstance(source, Mapping):
         raise MadsciError("source: expected an object of ownership ids (node_id, workflow_id, ...)")

@@ -28,8 +28,8 @@ import orjson
 
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
-from labtel.query_api.compat.ingest import add_flattened, compact_json, encode_each, fit
-from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.query_api.compat.ingest import STORABLE_TIMES, add_flattened, compact_json, encode_each, fit, storable
+from labtel.query_api.params import ParamError, number_time_ns, parse_time_ns
 from labtel.sdk import semconv
 
 SCOPE = "labtel.compat.master_log"
@@ -58,12 +58,10 @@ class MasterLogError(ValueError):
 
 
 def _time(value: Any, name: str) -> int:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value * 1_000_000_000)
-    if not isinstance(value, str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise MasterLogError(f"{name}: expected an ISO 8601 time such as 2026-11-24T08:00:00Z")
     try:
-        return parse_time_ns(value, name)
+        return parse_time_ns(value, name) if isinstance(value, str) else number_time_ns(value, name)
     except ParamError as error:
         raise MasterLogError(str(error)) from None
 
@@ -148,7 +146,10 @@ def to_record(event: Any, index: int = 0, limits: RecordLimits = DEFAULT_LIMITS)
     time_ns = time.time_ns()
     if event.get("created_at"):
         try:
-            time_ns = _time(event["created_at"], f"{where}created_at")
+            created_ns = _time(event["created_at"], f"{where}created_at")
+            if not storable(created_ns):
+                raise MasterLogError(f"{where}created_at: {event['created_at']!r} is outside {STORABLE_TIMES}")
+            time_ns = created_ns
         except MasterLogError as error:
             problems.append(f"{error}; the event's time is its arrival")
             kept["created_at"] = event["created_at"]

@@ -5,7 +5,8 @@
   short enough for an attribute), `panoptes.meta` the meta (a data object's keys are also
   attributes, as many as the storage's limits leave room for), `panoptes.seq`, `panoptes.stream` (site or run), `panoptes.ts` (the
   envelope's text), `panoptes.day` (the site day key) and `lab.run.id` while a run is active. The
-  event time is the client's `ts` when given.
+  event time is the client's `ts` when given (its arrival when `ts` is a time storage cannot hold,
+  before 1970 or after 2106-02-07T06:28:15Z).
 - `seq` counts per stream and survives restarts: blocks of numbers are reserved in
   `labtel_panoptes_seq` before use, so a restart may skip up to a block (PANOPTES restarts at 1).
   Events with `store_permanently=false` take a number too, as in PANOPTES.
@@ -40,7 +41,7 @@ from labtel.collector.otlp.records import Record
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import PANOPTES_CURRENT, PANOPTES_RUNS, PANOPTES_SEQ
 from labtel.collector.storage.schema import NOT_EXPIRED
-from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json
+from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json, storable
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import __version__, semconv
 
@@ -219,6 +220,8 @@ class Panoptes:
             time_ns = parse_time_ns(ts, "ts") if ts else now
         except ParamError as error:
             raise HTTPException(422, str(error)) from None
+        if not storable(time_ns):  # the envelope and `panoptes.ts` keep `ts` as sent
+            time_ns = now
         async with self._lock:
             await self._load()
             run = self._run
