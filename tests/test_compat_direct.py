@@ -257,3 +257,23 @@ def test_event_times_storage_cannot_hold_are_stored_at_arrival_not_refused(stora
         ("panoptes-telemetry", "{}"),
     ]
     assert all(before <= r["ts"] <= after for r in rows)  # each at its arrival
+
+
+def test_madsci_event_pages_go_on_past_ten_thousand_events(storage: Storage) -> None:
+    # MADSci pages with number & offset (Mongo's skip/limit). offset + number was cut at 10,000
+    # (offset 9,950 answered 50 of 100 events, silently) and an offset above 10,000 was a 422,
+    # so events past the 10,000 newest could not be paged to.
+    client = TestClient(create_app(storage))
+    logs = [{"body": f"e{i}", "created_at": 1_767_225_600 + i} for i in range(10_060)]  # one a second
+    assert client.post("/api/v1/logs/batch", json={"logs": logs}).json()["accepted"] == 10_060
+
+    def page(offset: int, number: int = 100) -> list[str]:
+        answer = client.get("/madsci/events", params={"number": number, "offset": offset})
+        assert answer.status_code == 200, answer.text
+        return [event["event_data"]["message"] for event in answer.json().values()]
+
+    assert page(0, 3) == ["e10059", "e10058", "e10057"]  # newest first
+    assert page(9_950) == [f"e{i}" for i in range(109, 9, -1)]
+    assert page(10_050) == [f"e{i}" for i in range(9, -1, -1)]
+    assert page(10_060) == []
+    assert page(10, 10_000) == [f"e{i}" for i in range(10_049, 49, -1)]

@@ -36,7 +36,7 @@ from labtel.collector.storage.compat_schema import MADSCI_ARCHIVE
 from labtel.collector.storage.schema import NOT_EXPIRED, delete_rows
 from labtel.query_api.compat.ingest import EventWriter
 from labtel.query_api.compat.madsci import SCOPE, SERVICE, posted_document, to_madsci, to_record
-from labtel.query_api.events import EVENT_COLUMNS, EventFilter, get_event, list_events, row_to_event
+from labtel.query_api.events import EVENT_COLUMNS, EventFilter, encode_cursor, get_event, list_events, row_to_event
 from labtel.query_api.models import Event
 from labtel.query_api.selector import SelectorError
 from labtel.sdk import semconv
@@ -44,6 +44,8 @@ from labtel.sdk import semconv
 RECENT_IDS = 100_000
 MAX_QUERY_EVENTS = 10_000
 """MADSci's query and list routes answer at most this many events (MADSci has no limit)."""
+MAX_OFFSET = 2**63 - 1
+"""The largest `offset` the list routes take (a ClickHouse UInt64 parameter)."""
 DAY_NS = 86_400 * 1_000_000_000
 
 
@@ -143,11 +145,27 @@ class MadsciStore:
         return {r["id"]: int(r["at"]) for r in rows}
 
     def listing(self, flt: EventFilter, number: int, offset: int, include_archived: bool) -> dict[str, Any]:
-        """MADSci's `GET /events`: newest first, `{id: event}`."""
+        """MADSci's `GET /events`: `number` events after the `offset` newest, newest first, `{id: event}`."""
         if not include_archived:
             flt.conditions.append(f"EventId NOT IN (SELECT EventId FROM {self.archive})")
-        events, _ = list_events(self.storage, flt, min(MAX_QUERY_EVENTS, offset + number), None)
-        return self._keyed(events[offset:])
+        cursor = None
+        if offset:
+            cursor = self._cursor_after(flt, offset)
+            if cursor is None:
+                return {}
+        events, _ = list_events(self.storage, flt, number, cursor)
+        return self._keyed(events)
+
+    def _cursor_after(self, flt: EventFilter, offset: int) -> str | None:
+        """The page cursor after the `offset` newest events of `flt` (None when there are no more):
+        the offset-th event's place in list_events' order, found reading its two columns only."""
+        where, params = flt.where()
+        rows = self.storage.rows(
+            f"SELECT toUnixTimestamp64Nano(Timestamp) AS ts, toString(EventId) AS id FROM {self.storage.names.logs} "
+            f"WHERE {where} ORDER BY Timestamp DESC, EventId DESC LIMIT 1 OFFSET {{skip:UInt64}}",
+            parameters=params | {"skip": offset - 1},
+        )
+        return encode_cursor(int(rows[0]["ts"]), rows[0]["id"]) if rows else None
 
     def _keyed(self, events: list[Event]) -> dict[str, Any]:
         return {doc["_id"]: doc for doc in self.documents(events).values()}

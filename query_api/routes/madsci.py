@@ -31,7 +31,7 @@ from labtel.query_api.compat.madsci_reports import (
     user_report,
     users_csv,
 )
-from labtel.query_api.compat.madsci_store import MAX_QUERY_EVENTS, MadsciStore
+from labtel.query_api.compat.madsci_store import MAX_OFFSET, MAX_QUERY_EVENTS, MadsciStore
 from labtel.query_api.events import EventFilter, time_extent
 from labtel.query_api.params import ParamError
 from labtel.query_api.selector import SelectorError
@@ -133,7 +133,7 @@ def get_event(request: Request, event_id: str) -> dict[str, Any]:
 def get_events(
     request: Request,
     number: Annotated[int, Query(ge=1, le=MAX_QUERY_EVENTS)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_QUERY_EVENTS)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Events to skip, newest first")] = 0,
     level: Annotated[str, Query(description="Minimum log level (stdlib number or name)")] = "0",
     start_time: str | None = None,
     end_time: str | None = None,
@@ -198,7 +198,7 @@ def archive_events(request: Request, body: Annotated[dict[str, Any], Body()]) ->
 def archived_events(
     request: Request,
     number: Annotated[int, Query(ge=1, le=MAX_QUERY_EVENTS)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     return _store(request).archived(number, offset)
 
