@@ -102,6 +102,48 @@ def test_events_out_of_order_and_without_ids(db: Storage) -> None:
     assert (node["actions"], node["completed"], node["failed"]) == (2, 1, 1)
 
 
+def test_actions_without_ids_back_to_back_and_without_length(db: Storage) -> None:
+    # At an instant with an end and a start, the end closes the action that was open (back to back,
+    # as with timestamps in whole seconds); with none open, the start opens an action of no length.
+    history = [
+        event(0, "arm", "action_start"),
+        event(100, "arm", "action_complete"),
+        event(100, "arm", "action_start"),
+        event(200, "arm", "action_failed", severity=17),
+        event(200, "arm", "action_start"),
+        event(300, "arm", "action_complete"),
+        event(500, "quick", "action_start"),
+        event(500, "quick", "action_complete"),  # took no time at all
+        event(600, "quick", "action_start"),
+        event(700, "quick", "action_complete"),
+    ]
+    for record in reversed(history):  # stored last first: the order of arrival does not matter
+        store(db, [record])
+    nodes = by_node(u.nodes_report(db, scope()))
+    arm, quick = nodes["arm"], nodes["quick"]
+    assert arm["busy_s"] == 300
+    assert (arm["actions"], arm["completed"], arm["failed"], arm["running"]) == (3, 2, 1, 0)
+    assert (arm["mean_action_s"], arm["p95_action_s"]) == (100, 100)
+    assert quick["busy_s"] == 100
+    assert (quick["actions"], quick["completed"], quick["running"]) == (2, 2, 0)
+
+
+def test_an_end_stamped_before_its_start_counts_as_no_time(db: Storage) -> None:
+    # Two clocks: the node's end event is stamped before the workcell's start event.
+    store(
+        db,
+        [
+            event(200, "hplc", "action_start", action_id="skewed"),
+            event(100, "hplc", "action_complete", action_id="skewed"),
+            event(1000, "hplc", "action_start", action_id="plain"),
+            event(1300, "hplc", "action_complete", action_id="plain"),
+        ],
+    )
+    node = by_node(u.nodes_report(db, scope()))["hplc"]
+    assert (node["busy_s"], node["actions"]) == (300, 2)
+    assert (node["mean_action_s"], node["p95_action_s"]) == (150, 300)  # not (-100 + 300) / 2
+
+
 def test_actions_crossing_the_range_and_without_an_end(db: Storage) -> None:
     store(
         db,
@@ -140,6 +182,30 @@ def test_down_time_is_not_available(db: Storage) -> None:
     assert nodes["centrifuge"]["available_s"] == 3600 - 600 + 100
     assert nodes["centrifuge"]["busy_s"] == 200
     assert nodes["incubator"]["available_s"] == 3000
+
+
+def test_a_restart_logged_at_one_instant_is_no_down_time(db: Storage) -> None:
+    store(
+        db,
+        [
+            event(600, "reader", "node_stop"),  # a restart: stop and start at one instant
+            event(600, "reader", "node_start"),
+            event(-3600, "sealer", "node_start"),
+            event(600, "sealer", "node_start"),  # stored first, stamped alike
+            event(600, "sealer", "node_stop"),
+            event(600, "arm", "node_stop"),
+            event(1200, "arm", "node_start"),  # down from 600: up and down again at 1200
+            event(1200, "arm", "node_stop"),
+            event(1800, "arm", "node_start"),
+        ],
+    )
+    nodes = by_node(u.nodes_report(db, scope()))
+    assert nodes["reader"]["available_s"] == 3600
+    assert nodes["sealer"]["available_s"] == 3600
+    assert nodes["arm"]["available_s"] == 3600 - 1200
+    periods = u.periods_report(db, scope(), u.period_bucket("15m"))["periods"]
+    assert [p["by_node"]["sealer"]["available_s"] for p in periods] == [900] * 4
+    assert [p["by_node"]["arm"]["available_s"] for p in periods] == [600, 0, 900, 900]
 
 
 def test_nodes_seen_in_whole_hours_partial_hours_and_by_expiring_events(db: Storage) -> None:

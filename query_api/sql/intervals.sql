@@ -45,7 +45,10 @@ WITH
     -- Which action each edge belongs to: a hash of its node and id (top bit set), or without an id,
     -- of its node and the node's current action (top bit clear; a start after an end begins a new
     -- one: without ids a node does one action at a time). One UInt64 key groups fastest. Edges with
-    -- ids need no ordering, so only those without are sorted.
+    -- ids need no ordering, so only those without are sorted. At an instant with both starts and
+    -- ends (`turn`), the ends come first when an action was open before it (one action ended as the
+    -- next began), the starts otherwise (an action that took no time); an action was open when the
+    -- last earlier instant with edges of one kind only had starts.
     keyed AS (
         SELECT node, ts, edge, outcome, reported_ms, user, experiment, workflow, workcell, lab,
             bitOr(cityHash64(node, action_id), toUInt64(9223372036854775808)) AS action_key
@@ -54,13 +57,21 @@ WITH
         UNION ALL
         SELECT node, ts, edge, outcome, reported_ms, user, experiment, workflow, workcell, lab,
             bitAnd(cityHash64(node, sum(toUInt64(edge = 1 AND previous != 1))
-                OVER (PARTITION BY node ORDER BY ts, edge ROWS UNBOUNDED PRECEDING)), toUInt64(9223372036854775807))
+                OVER (PARTITION BY node ORDER BY ts, turn ROWS UNBOUNDED PRECEDING)), toUInt64(9223372036854775807))
                 AS action_key
         FROM (
-            SELECT *, lagInFrame(edge, 1, 0) OVER (PARTITION BY node ORDER BY ts, edge
+            SELECT *, lagInFrame(edge, 1, 0) OVER (PARTITION BY node ORDER BY ts, turn
                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS previous
-            FROM edges
-            WHERE action_id = ''
+            FROM (
+                SELECT *, if(ifNull(anyLast(only) OVER (PARTITION BY node ORDER BY ts
+                        RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 2) = 1, -edge, edge) AS turn
+                FROM (
+                    SELECT *, if(min(edge) OVER instant = max(edge) OVER instant, toNullable(edge), NULL) AS only
+                    FROM edges
+                    WHERE action_id = ''
+                    WINDOW instant AS (PARTITION BY node ORDER BY ts RANGE BETWEEN CURRENT ROW AND CURRENT ROW)
+                )
+            )
         )
     ),
     -- One row per action, from its first start to its first end. An end with no start seen began

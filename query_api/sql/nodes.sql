@@ -14,10 +14,11 @@
         countIf(counted AND outcome = 2) AS failed,
         countIf(counted AND outcome = 3) AS cancelled,
         countIf(counted AND outcome = 0) AS running,
-        -- the durations of the actions that ended in the range
+        -- the durations of the actions that ended in the range (an end stamped before its start,
+        -- by another clock, took no time)
         countIf(counted AND outcome != 0) AS ended,
-        avgIf((e_raw - s_raw) / 1e9, counted AND outcome != 0) AS mean_s,
-        quantileExactIf(0.95)((e_raw - s_raw) / 1e9, counted AND outcome != 0) AS p95_s
+        avgIf(greatest(e_raw - s_raw, 0) / 1e9, counted AND outcome != 0) AS mean_s,
+        quantileExactIf(0.95)(greatest(e_raw - s_raw, 0) / 1e9, counted AND outcome != 0) AS p95_s
     FROM actions
     GROUP BY node
     HAVING length(starts) > 0 OR actions > 0
