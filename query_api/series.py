@@ -9,8 +9,8 @@ is a `{name:Type}` server-side parameter), only labtel's own table names do.
 
 Aggregations per bucket: gauges and sums take `avg`, `sum`, `min`, `max`, `count` (points),
 `last` and, for sums, `rate` (per second: a delta sum's total over the step, a cumulative sum's
-increase between the points of each stream, where a drop of a monotonic sum or a new start time
-counts as a restart from zero). Histograms, exponential histograms and summaries take `count`,
+increase between the points of each stream, from its last point shortly before the range
+(RATE_LOOKBACK_S), where a drop of a monotonic sum or a new start time counts as a restart from zero). Histograms, exponential histograms and summaries take `count`,
 `sum` and `avg` (Sum / Count): delta points are added up over the bucket, cumulative ones give
 each stream's running totals as of its last point in the bucket, added up over the streams.
 Histograms also answer `quantile` (histogram_quantile.py).
@@ -29,6 +29,9 @@ from labtel.query_api.params import ParamError, format_time_ns
 from labtel.query_api.series_query import NUMBER_TYPES, SeriesQuery, check_aggregation
 
 TEMPORALITIES = {0: "unspecified", 1: "delta", 2: "cumulative"}
+RATE_LOOKBACK_S = 900
+"""How far before a range (or a step, if longer) a rate looks for each stream's last point, whose
+change to the first point inside counts: a bucket's rate does not depend on where the range starts."""
 MAX_EXEMPLARS = 10
 """Exemplars returned per bucket (any of them)."""
 _EXEMPLARS = (
@@ -55,11 +58,12 @@ def _bucket() -> str:
     return "toStartOfInterval(TimeUnix, toIntervalSecond({step:UInt32}), 'UTC')"
 
 
-def _where(query: SeriesQuery) -> tuple[str, dict[str, Any]]:
-    """The WHERE clause (without the keyword) of a series query, and its parameters."""
+def _where(query: SeriesQuery, since: str = "start_ns") -> tuple[str, dict[str, Any]]:
+    """The WHERE clause (without the keyword) of a series query, and its parameters; points from
+    the parameter `since` on (the query's start unless the caller gives it)."""
     clauses = [
         "MetricName = {name:String}",
-        "TimeUnix >= fromUnixTimestamp64Nano({start_ns:Int64})",
+        f"TimeUnix >= fromUnixTimestamp64Nano({{{since}:Int64}})",
         "TimeUnix < fromUnixTimestamp64Nano({end_ns:Int64})",
         _NO_RECORDED_VALUE,
     ]
@@ -95,8 +99,8 @@ _NUMBER_AGGREGATES = {
 
 def number_sql(table: str, query: SeriesQuery, agg: str) -> tuple[str, dict[str, Any]]:
     """SQL: a gauge's or sum's points per (service, labels, bucket start) with their aggregate."""
-    where, params = _where(query)
     if agg != "rate":
+        where, params = _where(query)
         return (
             f"""SELECT ServiceName AS service, Attributes AS labels, toUnixTimestamp({_bucket()}) AS t,
     {_NUMBER_AGGREGATES[agg]} AS value, {_some_exemplars(_EXEMPLARS)}
@@ -104,19 +108,24 @@ FROM {table} WHERE {where}
 GROUP BY service, labels, t ORDER BY t""",
             params,
         )
-    # The change since the series' previous point: a delta point is a change already.
+    # The change since the stream's previous point: a delta point is a change already. The points
+    # of RATE_LOOKBACK before the range are read for the change to the first point inside it.
     # Points of one second (the sum table keeps seconds) are taken in the order a counter grows.
+    where, params = _where(query, since="rate_from_ns")
+    params["rate_from_ns"] = max(0, query.start_ns - max(query.step_s, RATE_LOOKBACK_S) * 10**9)
     order = "ORDER BY TimeUnix, StartTimeUnix, Value"
     window = f"OVER (PARTITION BY {_STREAM} {order} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)"
     restart = f"StartTimeUnix != lagInFrame(StartTimeUnix) {window} OR (IsMonotonic AND Value < previous)"
     return (
         f"""SELECT service, labels, t, sum(change) / {{step:UInt32}} AS value, {_some_exemplars("point_exemplars")} FROM (
     SELECT ServiceName AS service, Attributes AS labels, toUnixTimestamp({_bucket()}) AS t,
+        TimeUnix >= fromUnixTimestamp64Nano({{start_ns:Int64}}) AS inside,
         {_EXEMPLARS} AS point_exemplars, lagInFrame(Value) {window} AS previous,
         multiIf(AggregationTemporality = 1, Value, (row_number() OVER (PARTITION BY {_STREAM}
             {order})) = 1, 0, {restart}, Value, Value - previous) AS change
     FROM {table} WHERE {where}
 )
+WHERE inside
 GROUP BY service, labels, t ORDER BY t""",
         params,
     )

@@ -24,7 +24,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from labtel.collector.otlp.signals import METRICS
-from tests.helpers import LabtelServer, write_config
+from tests.helpers import LabtelServer, kv, write_config
 from tests.metrics_requests import NOW_NS, metrics_request
 
 EVER = "520w"
@@ -230,6 +230,43 @@ def test_rate_of_a_cumulative_and_a_delta_counter(server: LabtelServer) -> None:
     assert values(series(server, "lab.samples.scanned", service="scanner-http", agg="sum")) == {
         (("scanner", "s1"),): 15.0
     }
+
+
+def test_a_rate_bucket_does_not_depend_on_where_the_range_starts(server: LabtelServer) -> None:
+    """A cumulative counter's growth from its last point before `start` counts in the bucket of its
+    first point inside (looked for a step or 15 minutes back), so a bucket's rate is the same
+    whatever range it is asked in."""
+    t0 = NOW_NS // (3600 * 10**9) * 3600 * 10**9 - 2 * 3600 * 10**9  # two hours ago, on an hour
+    request = ExportMetricsServiceRequest()
+    resource = request.resource_metrics.add()
+    resource.resource.attributes.extend([kv("service.name", "rate-edges")])
+    counter = resource.scope_metrics.add().metrics.add(name="lab.rate.edges")
+    counter.sum.aggregation_temporality, counter.sum.is_monotonic = 2, True
+    # every 30 s: 5, 10 | 25, 30 | a restart at 110 s: 4, 10
+    for at_s, value, started_s in [
+        (0, 5, -10),
+        (30, 10, -10),
+        (60, 25, -10),
+        (90, 30, -10),
+        (120, 4, 110),
+        (150, 10, 110),
+    ]:
+        counter.sum.data_points.add(
+            time_unix_nano=t0 + at_s * 10**9, start_time_unix_nano=t0 + started_s * 10**9, as_int=value
+        )
+    assert post(server, request.SerializeToString()).status_code == 200
+    server.wait_until_stored()
+
+    def growth(start_s: int, end_s: int = 180) -> dict[int, float]:
+        window = {"start": str(t0 // 10**9 + start_s), "end": str(t0 // 10**9 + end_s)}
+        body = server.get("/series", name="lab.rate.edges", agg="rate", step="60s", **window).json()
+        return {(p["t_unix_nano"] - t0) // 10**9: round(p["value"] * 60, 6) for p in body["series"][0]["points"]}
+
+    assert growth(0) == {0: 5, 60: 20, 120: 10}  # the restart counts from zero: 4, then 6
+    assert growth(60) == {60: 20, 120: 10}
+    assert growth(45) == {60: 20, 120: 10}
+    assert growth(120) == {120: 10}
+    assert growth(60, 90) == {60: 15}  # only the points inside count: 10 -> 25
 
 
 def post(server: LabtelServer, body: bytes, content_type: str = "application/x-protobuf") -> httpx.Response:
