@@ -42,12 +42,13 @@ class Run:
 
 @contextmanager
 def run(run_id: str | None = None, meta: dict[str, Any] | None = None, **fields: Any) -> Iterator[Run]:
-    """A run: events inside carry its id; `run_start` and `run_complete` / `run_fail` /
-    `run_cancel` (with the duration, and the exception when there is one) are logged."""
+    """A run: events inside carry its id and `fields` (as `context(**fields)`); `run_start` and
+    `run_complete` / `run_fail` / `run_cancel` (with the duration, and the exception when there is
+    one) are logged."""
     current = Run(run_id or new_run_id(), dict(meta or {}), time.time_ns())
     start_fields = {semconv.LAB_RUN_ID: current.id, **fields, **{f"run.meta.{k}": v for k, v in current.meta.items()}}
     emit("labtel.run", 9, f"Run {current.id} started", {**start_fields, "event_type": LabEventType.RUN_START})
-    with structlog.contextvars.bound_contextvars(run_id=current.id):
+    with structlog.contextvars.bound_contextvars(**fields, run_id=current.id):
         try:
             yield current
         except (KeyboardInterrupt, asyncio.CancelledError) as stop:

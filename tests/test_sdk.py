@@ -177,7 +177,7 @@ def test_ttl_events_expire(sdk_server: tuple[LabtelServer, str]) -> None:
 def test_runs_spans_and_trace_correlation(sdk_server: tuple[LabtelServer, str]) -> None:
     server, service = sdk_server
     log = lab.get_logger("scheduler")
-    with lab.run(meta={"plate": "P1"}) as run:
+    with lab.run(meta={"plate": "P1"}, experiment_id="exp-9") as run:
         with lab.span("transfer plate", node_id="robot_arm_1") as span:
             log.info("moving plate")
         run.event("run note", level="warning")
@@ -191,7 +191,9 @@ def test_runs_spans_and_trace_correlation(sdk_server: tuple[LabtelServer, str]) 
     assert moving["trace_id"] == f"{context.trace_id:032x}"
     assert moving["span_id"] == f"{context.span_id:016x}"
     assert moving["run_id"] == run.id
+    assert moving["experiment_id"] == "exp-9"  # the run's fields are carried inside it, as context()'s
     assert by_body(events)["run note"]["run_id"] == run.id
+    assert by_body(events)["run note"]["experiment_id"] == "exp-9"
     start = next(e for e in events if e["event_type"] == "run_start" and e["run_id"] == run.id)
     assert start["attributes"]["run.meta.plate"] == "P1"
     failed = next(e for e in events if e["event_type"] == "run_fail")
