@@ -167,6 +167,20 @@ def test_actions_crossing_the_range_and_without_an_end(db: Storage) -> None:
     assert (later["sealer"]["busy_s"], later["sealer"]["actions"]) == (100, 1)
 
 
+def test_an_action_running_now_counts_as_running_in_a_range_up_to_now(db: Storage) -> None:
+    # The routes' default range ends now: an action started 10 minutes ago, with no end yet.
+    store(db, [event(3000, "hplc", "action_start", action_id="now"), event(100, "hplc", "node_status_update")])
+    up_to_now = u.Scope(start_ns=T0, end_ns=T0 + H, now_ns=T0 + H)
+    node = by_node(u.nodes_report(db, up_to_now))["hplc"]
+    assert (node["busy_s"], node["actions"], node["running"]) == (600, 1, 1)
+    periods = u.periods_report(db, up_to_now, u.period_bucket("15m"))["periods"]
+    assert [p["actions"] for p in periods] == [0, 0, 0, 1]
+    (session,) = u.sessions_report(db, up_to_now, "node")["sessions"]
+    assert (session["busy_s"], session["running"]) == (600, 1)
+    earlier = by_node(u.nodes_report(db, u.Scope(start_ns=T0, end_ns=T0 + 3300 * S, now_ns=T0 + H)))["hplc"]
+    assert (earlier["busy_s"], earlier["actions"]) == (300, 0)  # it runs on past that range's end
+
+
 def test_down_time_is_not_available(db: Storage) -> None:
     store(
         db,

@@ -76,13 +76,16 @@ WITH
     ),
     -- One row per action, from its first start to its first end. An end with no start seen began
     -- `duration_ms` before it (when it says so); a start with no end runs `open_limit` at most.
+    -- Actions count in the range where they end; one still running counts where `now` is, also
+    -- in a range that ends now (the routes' default).
     actions AS (
         SELECT
             node, action_key, workcell, lab, user, experiment, workflow,
             multiIf(starts > 0, first_start, reported > 0, first_end - toInt64(reported * 1e6), first_end) AS s_raw,
             if(ends > 0, first_end, least(s_raw + {open_limit:Int64}, {now:Int64})) AS e_raw,
             if(ends > 0, end_outcome, 0) AS outcome,
-            e_raw >= {start:Int64} AND e_raw < least({end:Int64}, {now:Int64} + 1) AS counted,
+            e_raw >= {start:Int64} AND (e_raw < least({end:Int64}, {now:Int64} + 1)
+                OR (ends = 0 AND e_raw = {now:Int64} AND {end:Int64} = {now:Int64})) AS counted,
             -- its time inside the range (zero-long when outside)
             least(greatest(s_raw, {start:Int64}), least({end:Int64}, {now:Int64})) AS s,
             greatest(least(e_raw, {end:Int64}, {now:Int64}), s) AS e

@@ -10,8 +10,9 @@
         anyIf(lab, lab != '') AS lab,
         groupArrayIf(s, e > s) AS starts,
         groupArrayIf(e, e > s) AS ends,
-        -- the actions that end in the range: when, and how
-        groupArrayIf(e_raw, counted) AS end_times,
+        -- the actions that end in the range: when (one running at the range's end, now, in the last
+        -- bucket), and how
+        groupArrayIf(least(e_raw, {end:Int64} - 1), counted) AS end_times,
         groupArrayIf(outcome, counted) AS end_outcomes
     FROM actions
     GROUP BY node
