@@ -9,13 +9,14 @@ from pathlib import Path
 
 import grpc
 import httpx
+import orjson
 import pytest
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from labtel.collector.otlp.framing import FramingError, count_records
 from labtel.collector.otlp.jsonfmt import OTLPJSONError, json_to_protobuf
-from labtel.collector.otlp.signals import LOGS, METRICS
+from labtel.collector.otlp.signals import LOGS, METRICS, TRACES, Signal
 from tests.helpers import LabtelServer, log_record, logs_request, write_config
 
 
@@ -169,6 +170,65 @@ def test_many_concurrent_exports_are_all_stored(server: LabtelServer) -> None:
 def test_json_with_a_value_where_an_object_belongs_is_named(body: bytes, where: str) -> None:
     with pytest.raises(OTLPJSONError, match=re.escape(where)):
         json_to_protobuf(LOGS, body)
+
+
+def _span_json(**span: object) -> bytes:
+    ids = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "s"}
+    return orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{**ids, **span}]}]}]})
+
+
+def _log_json(**record: object) -> bytes:
+    return orjson.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [record]}]}]})
+
+
+def _sum_json(**sum_: object) -> bytes:
+    metric = {"name": "m", "sum": {"dataPoints": [{"asInt": "1"}], **sum_}}
+    return orjson.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": [metric]}]}]})
+
+
+@pytest.mark.parametrize(
+    ("signal", "body", "message"),
+    [
+        (TRACES, _span_json(kind="SERVER"), "spans[0].kind: unknown SpanKind 'SERVER'"),
+        (TRACES, _span_json(status={"code": "ERROR"}), "spans[0].status.code: unknown StatusCode 'ERROR'"),
+        (LOGS, _log_json(severityNumber="ERRORX"), "logRecords[0].severityNumber: unknown SeverityNumber 'ERRORX'"),
+        (LOGS, _log_json(severityNumber="2.0"), "unknown SeverityNumber '2.0'"),
+        (
+            METRICS,
+            _sum_json(aggregationTemporality="CUMULATIVE"),
+            "aggregationTemporality: unknown AggregationTemporality 'CUMULATIVE'",
+        ),
+        (LOGS, _log_json(body={"bytesValue": "!!!"}), "logRecords[0].body.bytesValue: '!!!' is not base64"),
+        (LOGS, _log_json(body={"bytesValue": "AAFo aQ=="}), "'AAFo aQ==' is not base64"),
+        (LOGS, _log_json(body={"bytesValue": "AAFoa"}), "'AAFoa' is not base64"),
+        (LOGS, _log_json(traceId="W47/95gDgQPSabYzgT/GDA=="), "traceId: 'W47/95gDgQPSabYzgT/GDA==' is not hex (OTLP"),
+        (LOGS, _log_json(traceId="5b8efff7 98038103d269b633813fc60c"), "is not hex"),
+        (LOGS, _log_json(spanId="eee19b7ec3c1b17"), "spanId: 'eee19b7ec3c1b17' is not hex: an odd number of digits"),
+    ],
+)
+def test_json_that_parsedict_would_store_as_something_else_is_refused(
+    signal: Signal, body: bytes, message: str
+) -> None:
+    """ParseDict (ignoring unknown fields) stores an unknown enum name as 0 and decodes bytes after
+    dropping every character that is not base64 ("!!!" as empty bytes): refused instead."""
+    with pytest.raises(OTLPJSONError, match=re.escape(message)):
+        json_to_protobuf(signal, body)
+
+
+def test_json_enum_names_integers_and_base64_forms_are_read() -> None:
+    spans = TRACES.request_type.FromString(json_to_protobuf(TRACES, _span_json(kind="SPAN_KIND_SERVER")))
+    assert spans.resource_spans[0].scope_spans[0].spans[0].kind == 2  # type: ignore[attr-defined]
+    for number in (17, "17", "SEVERITY_NUMBER_ERROR"):
+        logs = LOGS.request_type.FromString(json_to_protobuf(LOGS, _log_json(severityNumber=number)))
+        assert logs.resource_logs[0].scope_logs[0].log_records[0].severity_number == 17  # type: ignore[attr-defined]
+    for text, raw in (
+        ("AAFoaQ==", b"\x00\x01hi"),
+        ("AAFoaQ", b"\x00\x01hi"),
+        ("-_8=", b"\xfb\xff"),
+        ("+/8", b"\xfb\xff"),
+    ):
+        logs = LOGS.request_type.FromString(json_to_protobuf(LOGS, _log_json(body={"bytesValue": text})))
+        assert logs.resource_logs[0].scope_logs[0].log_records[0].body.bytes_value == raw  # type: ignore[attr-defined]
 
 
 def test_json_of_the_wrong_type_is_refused_and_unknown_fields_ignored(server: LabtelServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -21,6 +22,11 @@ _ID_FIELDS: dict[str, tuple[str, tuple[str, ...], tuple[tuple[tuple[str, ...], t
     "traces": ("spans", ("traceId", "spanId", "parentSpanId"), ((("links",), ("traceId", "spanId")),)),
     "metrics": ("metrics", (), tuple((path, ("traceId", "spanId")) for path in _EXEMPLARS)),
 }
+
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
+"""Standard or URL-safe base64, padded or not: what the protobuf JSON mapping accepts for bytes."""
 
 
 class OTLPJSONError(ValueError):
@@ -45,11 +51,18 @@ def _hex_to_base64(obj: dict[str, Any], camel: str, where: str) -> None:
             continue
         if not isinstance(value, str):
             raise OTLPJSONError(f"{where}.{key}: expected a hex string, got {type(value).__name__}")
-        try:
-            raw = bytes.fromhex(value)
-        except ValueError:
-            raise OTLPJSONError(f"{where}.{key}: {value!r} is not hex") from None
-        obj[key] = base64.b64encode(raw).decode("ascii")
+        if not _HEX.fullmatch(value):  # bytes.fromhex would also take spaces
+            hint = " (OTLP/JSON ids are hex, not base64)" if _is_base64(value) else ""
+            raise OTLPJSONError(f"{where}.{key}: {value!r} is not hex{hint}")
+        if len(value) % 2:
+            raise OTLPJSONError(f"{where}.{key}: {value!r} is not hex: an odd number of digits")
+        obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+
+
+def _is_base64(value: str) -> bool:
+    """Whether `value` is base64 as the protobuf JSON mapping reads bytes (json_format's own
+    decoding drops any other character silently: "!!!" would be stored as empty bytes)."""
+    return _BASE64.fullmatch(value) is not None and len(value.rstrip("=")) % 4 != 1
 
 
 def _list(obj: dict[str, Any], camel: str, where: str) -> list[Any]:
@@ -89,11 +102,13 @@ _FIELDS: dict[str, dict[str, FieldDescriptor]] = {}
 
 
 def _check_objects(tree: dict[str, Any], descriptor: Descriptor) -> None:
-    """Refuse a known message field that does not hold an object (or a list of objects).
+    """Refuse a known message field that does not hold an object (or a list of objects), an enum
+    name the enum does not have, and bytes that are not base64.
 
     ParseDict with ignore_unknown_fields would read a string such as `"body": "text"` as a list
-    of unknown field names and drop it silently; a wrong type is not an unknown field. Unknown
-    fields stay ignored; scalar types are ParseDict's to check.
+    of unknown field names and drop it silently, store an unknown enum name (`"kind": "SERVER"`)
+    as 0, and decode bytes after dropping what is not base64; none of these is an unknown field.
+    Unknown fields stay ignored; other scalar types are ParseDict's to check.
     """
     pending: list[tuple[dict[str, Any], Descriptor, str]] = [(tree, descriptor, "$")]
     while pending:
@@ -102,7 +117,11 @@ def _check_objects(tree: dict[str, Any], descriptor: Descriptor) -> None:
         found: list[tuple[dict[str, Any], Descriptor, str]] = []
         for key, value in obj.items():
             field = fields.get(key)
-            if field is None or field.message_type is None or value is None:
+            if field is None or value is None:
+                continue
+            if field.message_type is None:
+                if field.enum_type is not None or field.type == FieldDescriptor.TYPE_BYTES:
+                    _check_scalar(field, value, f"{where}.{key}" if where != "$" else key)
                 continue
             at = f"{where}.{key}" if where != "$" else key
             if field.is_repeated:
@@ -116,6 +135,31 @@ def _check_objects(tree: dict[str, Any], descriptor: Descriptor) -> None:
                     raise OTLPJSONError(f"{child_at}: expected an object, got {_json_type(child)}")
                 found.append((child, field.message_type, child_at))
         pending.extend(reversed(found))  # the first problem in document order is reported
+
+
+def _check_scalar(field: FieldDescriptor, value: Any, at: str) -> None:
+    """Refuse an enum or bytes string (or list of them) that ParseDict would store as something
+    else without an error."""
+    if isinstance(value, list):
+        for n, item in enumerate(value):
+            _check_scalar(field, item, f"{at}[{n}]")
+        return
+    if not isinstance(value, str):
+        return
+    if field.enum_type is not None:
+        if value not in field.enum_type.values_by_name and not _is_integer(value):
+            raise OTLPJSONError(f"{at}: unknown {field.enum_type.name} {value!r} (OTLP/JSON sends enums as integers)")
+    elif not _is_base64(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise OTLPJSONError(f"{at}: {shown!r} is not base64")
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:

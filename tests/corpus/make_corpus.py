@@ -11,6 +11,7 @@ files are exactly what this script writes. What each file must be answered with 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import random
 import sys
@@ -152,6 +153,9 @@ SMALL: dict[str, Callable[[], bytes]] = {
     "trace_id_nonhex.json": lambda: logs_json({"traceId": "zz" * 16}),
     "trace_id_wrong_length.json": lambda: logs_json({"traceId": "ab" * 5}),
     "time_negative.json": lambda: logs_json({"timeUnixNano": "-1"}),
+    "trace_id_base64.json": lambda: logs_json({"traceId": base64.b64encode(b"\x01" * 16).decode()}),
+    "bytes_not_base64.json": lambda: logs_json({"attributes": [{"key": "b", "value": {"bytesValue": "AAFo!aQ=="}}]}),
+    "severity_unknown_name.json": lambda: logs_json({"severityNumber": "ERROR"}),
     "nan.json": lambda: logs_json({"attributes": [{"key": "x", "value": {"doubleValue": "NaN"}}]}),
     "invalid_utf8.json": lambda: logs_json({}).replace(b'"json"', b'"\xff\xfe"'),
     "deep.json": lambda: b"[" * 5000 + b"]" * 5000,
