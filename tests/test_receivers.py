@@ -104,7 +104,12 @@ def test_http_errors_follow_otlp(small_server: LabtelServer) -> None:
     assert response.status_code == 400
     assert "is not hex" in response.json()["message"]
 
-    assert httpx.get(server.http + "/v1/logs").status_code == 405
+    response = httpx.get(server.http + "/v1/logs")  # every 4xx body is a google.rpc.Status (OTLP)
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+    assert status_pb2.Status.FromString(response.content).message == "GET is not allowed on /v1/logs; use POST"
+    response = post(server, b"{}", "application/json", path="/v1/log")
+    assert (response.status_code, response.headers["content-type"]) == (404, "application/json")
+    assert response.json()["message"] == "no OTLP endpoint at '/v1/log'; POST to /v1/logs, /v1/traces, /v1/metrics"
     response = post(server, b"", path="/v1/metrics")
     assert response.status_code == 404
     assert post(server, b"").status_code == 200  # an empty request is a valid, empty export

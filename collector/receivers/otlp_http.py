@@ -2,7 +2,8 @@
 
 Responses use the request's content type. Per the OTLP specification: 400 for bad data, 413
 for bodies over `max_request_body_size` (counted after decompression), 415 for unknown content
-types or encodings, 503 with `Retry-After` for backpressure; error bodies are google.rpc.Status.
+types or encodings, 503 with `Retry-After` for backpressure; error bodies are google.rpc.Status,
+a path the receiver does not serve (404) and a method other than POST (405) included.
 With an authenticator, `Authorization: Bearer <token>` must name a key with the `ingest` scope
 (401 with `WWW-Authenticate: Bearer` without a valid one, 403 without the scope; `/metrics`
 needs `read`); with `tls`, the port serves HTTPS only.
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 
 from google.rpc import code_pb2, status_pb2
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -96,6 +98,24 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, 200, media_type=content_type)
 
 
+def _routing_error(request: Request, error: Exception) -> Response:
+    """A request for no OTLP path (404) or with another method than POST (405), answered as every
+    OTLP/HTTP error is: a google.rpc.Status in the request's encoding, saying what to send."""
+    assert isinstance(error, HTTPException)
+    paths = ", ".join(signal.http_path for signal in SIGNALS.values())
+    if error.status_code == 404:
+        failure = _HttpError(404, code_pb2.NOT_FOUND, f"no OTLP endpoint at {request.url.path!r}; POST to {paths}")
+    elif error.status_code == 405:
+        allowed = (error.headers or {}).get("allow", "POST")
+        failure = _HttpError(
+            405, code_pb2.UNIMPLEMENTED, f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+        )
+    else:
+        failure = _HttpError(error.status_code, code_pb2.UNKNOWN, str(error.detail))
+    failure.headers.update(error.headers or {})
+    return _status_response(failure, JSON if _media_type(request) == JSON else PROTOBUF)
+
+
 def _status_response(error: _HttpError, media_type: str) -> Response:
     status = status_pb2.Status(code=error.code, message=error.message)
     if media_type == JSON:
@@ -122,7 +142,7 @@ class OTLPHttpReceiver:
     def app(self) -> Starlette:
         routes = [Route(signal.http_path, self._endpoint(signal), methods=["POST"]) for signal in SIGNALS.values()]
         routes.append(Route("/metrics", self._metrics, methods=["GET"]))
-        return Starlette(routes=routes)
+        return Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})
 
     async def _authorize(self, request: Request, scope: Scope) -> None:
         if self.authenticator is None:
