@@ -6,6 +6,11 @@ directory fsynced, so after a crash a batch is either wholly in the log or not a
 deleted once the batch is stored. Files that fail their checksum are moved to `quarantine/`,
 never silently dropped, and so are the requests of a batch that storage refuses: there a smaller
 file of the same name holds only them, its header naming why (`reasons`, one per request).
+
+Setting requests aside is two steps, writing the smaller file and deleting the entry, and a crash
+may fall between them; the entry is then replayed after the restart. Setting them aside again
+writes the same file (the same name and content, via a temporary file and a rename), and a replay
+that stores the whole batch deletes the file, whose requests are then stored.
 """
 
 from __future__ import annotations
@@ -105,6 +110,9 @@ class WriteAheadLog:
         self._bytes = 0
         self._seq = 0
         self._full = False
+        self._set_aside: set[str] = set()
+        """Logged batches that also have a file in quarantine/: a crash fell between writing it
+        and deleting the entry (see `quarantine_requests`)."""
         self.quarantined_on_load = 0
         """Files set aside while opening the log (unreadable headers)."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -138,7 +146,7 @@ class WriteAheadLog:
         return False
 
     def _load(self) -> None:
-        for leftover in self.directory.glob("*.tmp"):
+        for leftover in (*self.directory.glob("*.tmp"), *self.quarantine_directory.glob("*.tmp")):
             leftover.unlink(missing_ok=True)  # a write that never completed was never acknowledged
         for path in sorted(self.directory.glob("*.wal")):
             try:
@@ -149,6 +157,8 @@ class WriteAheadLog:
                 continue
             self._entries[entry.batch_id] = entry
             self._bytes += entry.size
+            if (self.quarantine_directory / path.name).exists():
+                self._set_aside.add(entry.batch_id)
             self._seq = max(self._seq, int(path.name.split("-", 1)[0]) + 1)
         if self._entries:
             log.info(
@@ -182,12 +192,13 @@ class WriteAheadLog:
     def _quarantine(self, path: Path, reason: str) -> None:
         target = self.quarantine_directory
         target.mkdir(exist_ok=True)
-        path.replace(target / path.name)
+        path.replace(target / path.name)  # in one step: replaces a smaller file of the same name
         log.error("write-ahead log: moved %s to quarantine: %s", path.name, reason)
 
     def quarantine(self, entry: WALEntry, reason: str) -> None:
         """Set a batch aside that cannot be stored (kept on disk for an operator)."""
         self._forget(entry.batch_id)
+        self._set_aside.discard(entry.batch_id)
         self._quarantine(entry.path, reason)
 
     def quarantine_requests(
@@ -196,13 +207,14 @@ class WriteAheadLog:
         """Set aside the requests of a batch that storage refuses (`records` records, `reasons`
         one per request), the batch's other requests being stored: they are written durably
         to a smaller WAL file of the entry's name in `quarantine/`, then the entry is forgotten.
-        Written again after a crash in between, the file is the same."""
+        Written again after a crash in between, the file is the same one, replaced whole."""
         target = self.quarantine_directory
         target.mkdir(exist_ok=True)
-        header, data = _encode(entry.batch_id, entry.signal, requests, records, reasons=list(reasons))
+        header, data = _encode(entry.batch_id, entry.signal, requests, records, entry.created, reasons=list(reasons))
         path = target / entry.path.name
         self._write(path, header, data)
         self._forget(entry.batch_id)
+        self._set_aside.discard(entry.batch_id)
         entry.path.unlink(missing_ok=True)
         log.error(
             "write-ahead log: set aside %d of the %d requests (%d records) of %s in quarantine: %s",
@@ -225,7 +237,8 @@ class WriteAheadLog:
 
     def append(self, batch_id: str, signal: str, requests: Sequence[bytes], records: int) -> WALEntry:
         """Log a batch durably (fsynced) and return its entry; raises WALFull."""
-        header, data = _encode(batch_id, signal, requests, records)
+        created = time.time()
+        header, data = _encode(batch_id, signal, requests, records, created)
         size = len(_MAGIC) + len(header) + 1 + len(data)
         with self._lock:
             if not self.has_room(size):
@@ -240,16 +253,29 @@ class WriteAheadLog:
             with self._lock:
                 self._bytes -= size
             raise
-        entry = WALEntry(path, batch_id, signal, records, tuple(len(r) for r in requests), time.time(), size)
+        entry = WALEntry(path, batch_id, signal, records, tuple(len(r) for r in requests), created, size)
         with self._lock:
             self._entries[batch_id] = entry
         return entry
 
     def remove(self, batch_id: str) -> None:
-        """Forget a batch that is now stored."""
+        """Forget a batch that is now stored, and a file of its requests set aside before a crash
+        (they are stored now): that one first, so that a crash in between leaves the entry, whose
+        replay finds the batch stored and comes here again."""
         entry = self._forget(batch_id)
-        if entry is not None:
-            entry.path.unlink(missing_ok=True)
+        if entry is None:
+            return
+        if batch_id in self._set_aside:
+            self._set_aside.discard(batch_id)
+            stale = self.quarantine_directory / entry.path.name
+            stale.unlink(missing_ok=True)
+            if self.fsync:
+                self._fsync_directory(stale.parent)
+            log.warning(
+                "write-ahead log: %s is stored whole after all: deleted the copy of its requests in quarantine/",
+                entry.path.name,
+            )
+        entry.path.unlink(missing_ok=True)
 
     def _write(self, path: Path, header: bytes, data: bytes) -> None:
         """Write a file whole or not at all: under a temporary name, fsynced, renamed."""
@@ -278,16 +304,17 @@ class WriteAheadLog:
 
 
 def _encode(
-    batch_id: str, signal: str, requests: Sequence[bytes], records: int, **extra: object
+    batch_id: str, signal: str, requests: Sequence[bytes], records: int, created: float, **extra: object
 ) -> tuple[bytes, bytes]:
-    """A WAL file's header line (without its newline) and data: the concatenated requests."""
+    """A WAL file's header line (without its newline) and data: the concatenated requests;
+    `created` is when the batch was first logged."""
     data = b"".join(requests)
     header = {
         "batch_id": batch_id,
         "signal": signal,
         "records": records,
         "sizes": [len(r) for r in requests],
-        "created": time.time(),
+        "created": created,
         "crc32": zlib.crc32(data),
         **extra,
     }

@@ -222,6 +222,72 @@ def test_replay_sets_aside_only_the_request_storage_refuses(storage: Storage, tm
     assert read_quarantined(aside_again)[1] == [REFUSED]
 
 
+class _Crash(BaseException):
+    """The process dying at a chosen point (not an Exception: nothing catches it)."""
+
+
+def refusing(storage: Storage, monkeypatch: pytest.MonkeyPatch, marker: bytes) -> None:
+    """Storage (up) refuses every insert holding `marker`, as it would a request it cannot parse."""
+    insert = storage.insert_otlp
+
+    def refuse(signal: str, data: bytes, batch_id: str, *, deduplicate: bool = True) -> None:
+        if marker in data:
+            raise DatabaseError("Code: 27. DB::Exception: Cannot parse input. (CANNOT_PARSE_INPUT)")
+        insert(signal, data, batch_id, deduplicate=deduplicate)
+
+    monkeypatch.setattr(storage, "insert_otlp", refuse)
+
+
+def crash_after_quarantine_written(wal: WriteAheadLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies once a file in quarantine/ is durably written, before anything else."""
+    write = wal._write
+
+    def write_then_crash(path: Path, header: bytes, data: bytes) -> None:
+        write(path, header, data)
+        if path.parent == wal.quarantine_directory:
+            raise _Crash(path)
+
+    monkeypatch.setattr(wal, "_write", write_then_crash)
+
+
+def test_quarantine_is_idempotent_across_a_crash_between_its_two_steps(storage: Storage, tmp_path: Path) -> None:
+    a, b, c = (marked_request(marker, n) for marker, n in GOOD.items())
+    batch = [a, b, c]
+    records = sum(GOOD.values())
+    for case in ("stored-later", "refused-again"):
+        directory = tmp_path / case
+        wal = WriteAheadLog(directory, 1 << 30)
+        entry = wal.append(case, "logs", batch, records)
+        with pytest.MonkeyPatch.context() as patch:
+            refusing(storage, patch, b"good-b")
+            crash_after_quarantine_written(wal, patch)
+            with pytest.raises(_Crash):
+                replayer(storage, wal).replay(entry)
+        assert entry.path.exists()  # the crash left the entry in the log...
+        [aside] = (directory / "quarantine").iterdir()  # ...and its refused request set aside
+        first = aside.read_bytes()
+        assert read_quarantined(aside)[1] == [b]
+        assert stored_requests(storage, case) == {"good-a": 10, "good-c": 5}
+
+        reopened = WriteAheadLog(directory, 1 << 30)  # the restart
+        [left] = reopened.entries()
+        with pytest.MonkeyPatch.context() as patch:
+            if case == "refused-again":
+                refusing(storage, patch, b"good-b")
+            replayer(storage, reopened).replay(left)
+        assert len(reopened) == 0
+        assert not left.path.exists()
+        if case == "stored-later":
+            # Storage takes the whole batch now: nothing of it is left set aside.
+            assert stored_requests(storage, case) == GOOD
+            assert list((directory / "quarantine").iterdir()) == []
+        else:
+            # Set aside again: the same one file, the good requests stored once.
+            assert stored_requests(storage, case) == {"good-a": 10, "good-c": 5}
+            assert [p.name for p in (directory / "quarantine").iterdir()] == [aside.name]
+            assert aside.read_bytes() == first
+
+
 def test_replay_keeps_the_whole_batch_while_storage_is_away(storage: Storage, tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path / "wal", 1 << 30)
     exporter = replayer(storage, wal)
@@ -331,12 +397,15 @@ def test_wal_survives_reopening_and_drops_incomplete_writes(tmp_path: Path) -> N
     wal = WriteAheadLog(tmp_path, 1 << 20)
     entry = wal.append("b1", "logs", [b"abc", b"defg"], 2)
     (tmp_path / "0000000000000099-logs-b2.tmp").write_bytes(b"half written")
+    (tmp_path / "quarantine").mkdir()
+    (tmp_path / "quarantine" / "0000000000000000-logs-b1.tmp").write_bytes(b"half set aside")
     reopened = WriteAheadLog(tmp_path, 1 << 20)
     [again] = reopened.entries()
     assert (again.batch_id, again.records) == ("b1", 2)
     assert again.requests(again.read()) == [b"abc", b"defg"]
     assert reopened.size_bytes == entry.size
     assert not list(tmp_path.glob("*.tmp"))
+    assert not list((tmp_path / "quarantine").iterdir())
     assert reopened.append("b3", "logs", [b"x"], 1).path.name.startswith("0000000000000001-")
 
 
