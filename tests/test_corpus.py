@@ -112,5 +112,7 @@ def test_corpus_is_answered_and_good_records_survive(server: LabtelServer, tmp_p
     bodies = [e["body"] for e in entries]
     assert bodies.count("b" * 1_000_000) == 2  # the 1 MB body, whole, once per protocol
     assert sorted(b for b in bodies if b.startswith("partial")) == sorted(["partial 0", "partial 2", "partial 4"] * 2)
+    zero_ids = [(e["trace_id"], e["span_id"]) for e in entries if e["body"] == "zero ids"]
+    assert zero_ids == [("", "")] * 3  # all zero bytes: "not set" (OTLP), stored as ''
     nan = next(e for e in entries if e["body"] == "nan and inf")
     assert nan["attributes"] == {"nan": "nan", "inf": "inf", "ninf": "-inf"}

@@ -133,6 +133,21 @@ def test_json_strings_escape_like_clickhouse(storage: Storage) -> None:
     assert math.isnan(float(format_double(float("nan"))))
 
 
+ZERO_IDS = (bytes(16), bytes(8))
+"""A trace id and a span id of all zero bytes: OTLP's invalid ids, for ids that are not set."""
+
+
+def ids(item: dict[str, Any], i: int) -> tuple[bytes, bytes]:
+    """The trace and span id of corpus item `i`: its own `ids`, or ones made from `i`."""
+    default: tuple[bytes, bytes] = (bytes([i + 1]) * 16, bytes([i + 1]) * 8)
+    return item.get("ids", default)
+
+
+def stored_ids(item: dict[str, Any], i: int) -> tuple[str, str]:
+    """What corpus item `i`'s TraceId and SpanId are stored as: hex, or '' for all zeros."""
+    return ("", "") if item.get("ids") == ZERO_IDS else (ids(item, i)[0].hex(), ids(item, i)[1].hex())
+
+
 CORPUS: list[dict[str, Any]] = [
     {
         "body": "plain",
@@ -153,6 +168,7 @@ CORPUS: list[dict[str, Any]] = [
         "attributes": {"ключ": "значение", "nan": float("nan"), "inf": float("-inf")},
     },
     {"body": "", "attributes": {}},
+    {"body": ["zero", "ids"], "attributes": {"n": 1}, "ids": ZERO_IDS},  # ids "not set" (OTLP), stored as ''
 ]
 
 
@@ -179,8 +195,8 @@ def corpus_requests() -> list[ExportLogsServiceRequest]:
                     {**item["attributes"], "lab.node.id": f"stale-node-{i}"},
                     time_ns=1_750_000_000_000_000_000 + i * 1000,
                     severity=1 + i,
-                    trace_id=bytes([i + 1]) * 16,
-                    span_id=bytes([i + 1]) * 8,
+                    trace_id=ids(item, i)[0],
+                    span_id=ids(item, i)[1],
                 )
             ],
             resource={"service.name": "stale", "lab.node.id": "resource-node", "depth": {"x": [1]}},
@@ -225,6 +241,7 @@ def test_fast_and_exact_paths_store_identical_rows(chdb_path: Any) -> None:
         assert row["ServiceName"] == row["service_attribute"] == "corpus"
         assert row["ResourceAttributes"]["depth"] == '{"x":[1]}'
         assert row["NodeId"] == f"node-{i}"  # the record's own last value, over the resource's
+        assert (row["TraceId"], row["SpanId"]) == stored_ids(CORPUS[i], i)
     assert (rows_alone[0]["LogAttributes"]["s"], rows_alone[0]["LogAttributes"]["i"]) == ("y", "[7]")
     assert rows_alone[1]["LogAttributes"]["tags"] == "a scalar now"
     deep = rows_alone[4]["LogAttributes"]
@@ -247,6 +264,7 @@ SCALAR_CORPUS: list[dict[str, Any]] = [
     {"body": "unicode ✓ 😀 \u2028", "attributes": {"ключ": "значение", "quote": 'a"b\\c/d', "nl": "a\nb"}},
     {"body": True, "attributes": {"unset": None}},
     {"body": None, "attributes": {}},
+    {"body": "zero ids", "attributes": {"n": 1}, "ids": ZERO_IDS},
 ]
 
 
@@ -259,8 +277,8 @@ def scalar_corpus_requests() -> list[ExportLogsServiceRequest]:
                     {**item["attributes"], "lab.node.id": f"stale-node-{i}"},
                     time_ns=1_750_000_000_000_000_000 + i * 1000,
                     severity=1 + i,
-                    trace_id=bytes([i + 1]) * 16,
-                    span_id=bytes([i + 1]) * 8,
+                    trace_id=ids(item, i)[0],
+                    span_id=ids(item, i)[1],
                 )
             ],
             resource={"service.name": "stale", "lab.node.id": "resource-node", "n": i, "ok": True},
@@ -296,6 +314,7 @@ def test_scalar_records_store_identically_on_the_fast_and_exact_paths(chdb_path:
         assert row["resource_pairs"] == last_wins(resource_logs.resource.attributes)
         assert row["scope_pairs"] == [("scope.k", "last")]
         assert (row["ServiceName"], row["service_attribute"], row["NodeId"]) == ("corpus", "corpus", f"node-{i}")
+        assert (row["TraceId"], row["SpanId"]) == stored_ids(SCALAR_CORPUS[i], i)
     assert (rows_fast[0]["LogAttributes"]["s"], rows_fast[0]["LogAttributes"]["i"]) == ("z", "8")
     assert rows_fast[3]["Body"] == "nan"
     assert rows_fast[2]["LogAttributes"]["negzero"] == "-0"
@@ -393,7 +412,16 @@ def test_a_request_storage_refuses_costs_only_its_caller(chdb_path: Any, monkeyp
 
 
 def spans_request(
-    name: str, attributes: dict[str, Any], event: dict[str, Any], link: dict[str, Any], *, repeat: bool = False
+    name: str,
+    attributes: dict[str, Any],
+    event: dict[str, Any],
+    link: dict[str, Any],
+    *,
+    repeat: bool = False,
+    trace_id: bytes = b"\x01" * 16,
+    span_id: bytes = b"\x02" * 8,
+    parent_span_id: bytes = b"",
+    link_ids: tuple[bytes, bytes] = (b"\x03" * 16, b"\x04" * 8),
 ) -> bytes:
     """A one-span request; with `repeat`, each attribute list (resource, span, event, link) holds
     each of its keys twice, first with the value "stale"."""
@@ -410,12 +438,13 @@ def spans_request(
     scope_spans.scope.name, scope_spans.scope.version = "tests", "1.0"
     scope_spans.scope.attributes.extend([kv("scope.tags", ["not", "stored"])])  # otel_traces has no scope attributes
     span = scope_spans.spans.add()
-    span.trace_id, span.span_id, span.name, span.kind = b"\x01" * 16, b"\x02" * 8, name, 2
+    span.trace_id, span.span_id, span.parent_span_id = trace_id, span_id, parent_span_id
+    span.name, span.kind = name, 2
     span.start_time_unix_nano, span.end_time_unix_nano = 1_750_000_000_000_000_000, 1_750_000_000_500_000_000
     span.attributes.extend(key_values(attributes))
     span_event = span.events.add(time_unix_nano=1_750_000_000_100_000_000, name="step")
     span_event.attributes.extend(key_values(event))
-    span_link = span.links.add(trace_id=b"\x03" * 16, span_id=b"\x04" * 8, trace_state="k=v")
+    span_link = span.links.add(trace_id=link_ids[0], span_id=link_ids[1], trace_state="k=v")
     span_link.attributes.extend(key_values(link))
     span.status.code, span.status.message = 2, "failed ✗"
     return request.SerializeToString()
@@ -423,7 +452,7 @@ def spans_request(
 
 def stored_spans(storage: Storage) -> list[dict[str, Any]]:
     return storage.rows(
-        "SELECT SpanName, TraceId, SpanId, SpanKind, ServiceName, ScopeName, ScopeVersion, ResourceAttributes, "
+        "SELECT SpanName, TraceId, SpanId, ParentSpanId, SpanKind, ServiceName, ScopeName, ScopeVersion, ResourceAttributes, "
         "SpanAttributes, Duration, StatusCode, StatusMessage, toString(`Events.Timestamp`) AS event_times, "
         "`Events.Name` AS event_names, `Events.Attributes` AS event_attributes, `Links.TraceId` AS link_traces, "
         "`Links.SpanId` AS link_spans, `Links.TraceState` AS link_states, `Links.Attributes` AS link_attributes, "
@@ -483,6 +512,41 @@ def test_traces_with_bad_ids_are_rejected(chdb_path: Any) -> None:
     assert result.error == "resource_spans[0].scope_spans[0].spans[0].span_id: must be 8 bytes, got 7"
     exporter = fresh_exporter(chdb_path)
     assert exporter.store([Payload(TRACES, request.SerializeToString(), 1)], "b1") == [result.error]
+
+
+def test_spans_with_all_zero_ids_are_refused_by_name_and_zero_parents_stored_empty(chdb_path: Any) -> None:
+    # OTLP: a trace id or span id of all zero bytes is invalid. A span must have both; a parent
+    # span id or a link's ids of zeros are "not set", stored as '' (as the contrib exporter does).
+    where = "resource_spans[0].scope_spans[0].spans[0]"
+    zero_trace = spans_request("zero trace", {}, {}, {}, trace_id=bytes(16))
+    zero_span = spans_request("zero span", {}, {}, {}, span_id=bytes(8))
+    assert triage(TRACES, zero_trace).error == f"{where}.trace_id: all zero bytes, an invalid trace id (OTLP)"
+    assert triage(TRACES, zero_span).error == f"{where}.span_id: all zero bytes, an invalid span id (OTLP)"
+    root = spans_request("root", {"n": 1}, {}, {}, parent_span_id=bytes(8), link_ids=ZERO_IDS)
+    child = spans_request("child", {"n": 2}, {}, {}, parent_span_id=b"\x05" * 8)
+    listed = spans_request("listed", {"s": ["x"]}, {}, {}, parent_span_id=bytes(8), link_ids=ZERO_IDS)
+    fast, exact = fresh_exporter(chdb_path), fresh_exporter(chdb_path)
+    for bad in (zero_trace, zero_span):  # the fast path refuses them too
+        with pytest.raises(Exception, match=EXACT_PATH_ERROR):
+            fast.storage.insert_otlp("traces", bad, uuid.uuid4().hex)
+    for good in (root, child):
+        fast.storage.insert_otlp("traces", good, uuid.uuid4().hex)
+    batch = [Payload(TRACES, data, 1) for data in (root, zero_trace, child, zero_span, listed)]
+    assert exact.store(batch, uuid.uuid4().hex) == [
+        None,
+        triage(TRACES, zero_trace).error,
+        None,
+        triage(TRACES, zero_span).error,
+        None,
+    ]
+    assert stored_spans(fast.storage) == [row for row in stored_spans(exact.storage) if row["SpanName"] != "listed"]
+    by_name = {row["SpanName"]: row for row in stored_spans(exact.storage)}
+    assert set(by_name) == {"root", "child", "listed"}
+    for name in ("root", "listed"):
+        row = by_name[name]
+        assert (row["TraceId"], row["SpanId"], row["ParentSpanId"]) == ("01" * 16, "02" * 8, "")
+        assert (row["link_traces"], row["link_spans"]) == ([""], [""])
+    assert by_name["child"]["ParentSpanId"] == "05" * 8
 
 
 def test_rows_remember_their_batch(storage: Storage) -> None:

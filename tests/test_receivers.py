@@ -270,3 +270,42 @@ def test_every_gzip_member_is_read_and_trailing_bytes_refused(small_server: Labt
     assert "decompressed" in status_pb2.Status.FromString(response.content).message
     server.wait_until_stored()
     assert stored_bodies(server) == ["h" * 30_000] * 2 + ["member-1", "member-2"]
+
+
+def span_request(name: str, trace_id: bytes, span_id: bytes, parent_span_id: bytes = b"") -> bytes:
+    """A one-span ExportTraceServiceRequest."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(logs_request([]).resource_logs[0].resource.attributes)
+    span = resource_spans.scope_spans.add().spans.add(
+        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, name=name
+    )
+    span.start_time_unix_nano = span.end_time_unix_nano = 1_750_000_000_000_000_000
+    return request.SerializeToString()
+
+
+def test_spans_with_all_zero_ids_are_refused_naming_the_field(server: LabtelServer) -> None:
+    where = "resource_spans[0].scope_spans[0].spans[0]"
+    zero_trace = span_request("zero trace", bytes(16), b"\x02" * 8)
+    response = post(server, zero_trace, path="/v1/traces")
+    assert response.status_code == 400
+    message = status_pb2.Status.FromString(response.content).message
+    assert f"{where}.trace_id: all zero bytes, an invalid trace id (OTLP)" in message
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(server, span_request("zero span", b"\x01" * 16, bytes(8)), method=TRACES.grpc_method)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{where}.span_id: all zero bytes, an invalid span id (OTLP)" in (caught.value.details() or "")
+
+    # A parent span id of zeros is "not set": the span is a root, stored with ParentSpanId ''.
+    root = span_request("root", b"\x01" * 16, b"\x03" * 8, parent_span_id=bytes(8))
+    assert post(server, root, path="/v1/traces").status_code == 200
+    zero_log = logs_request([log_record("zero ids", trace_id=bytes(16), span_id=bytes(8))]).SerializeToString()
+    assert post(server, zero_log).status_code == 200
+    server.wait_until_stored()
+    spans = server.get(f"/traces/{'01' * 16}").json()["spans"]
+    assert {(s["name"], s["parent_span_id"]) for s in spans} == {("root", "")}
+    [event] = server.all_events()
+    assert (event["body"], event["trace_id"], event["span_id"]) == ("zero ids", "", "")
+    assert server.get("/events", trace_id="0" * 32).json()["events"] == []

@@ -74,6 +74,12 @@ def _check_id(value: bytes, sizes: tuple[int, ...], where: str) -> None:
         raise _Invalid(f"{where}: must be {expected} bytes, got {len(value)}")
 
 
+def _check_set(value: bytes, what: str, where: str) -> None:
+    """A span's own trace or span id (`what`) must be set: all zero bytes are invalid (OTLP)."""
+    if not value.strip(b"\0"):
+        raise _Invalid(f"{where}: all zero bytes, an invalid {what} (OTLP)")
+
+
 def _check_time(value: int, where: str) -> None:
     if value > MAX_TIME_NANOS:  # the latest time labtel stores, 2106-02-07T06:28:15Z
         raise _Invalid(f"{where}: {value} ns is beyond the latest storable time ({MAX_TIME_TEXT})")
@@ -120,6 +126,8 @@ def _traces(request: Message, rejections: _Rejections) -> int:
                 where = f"resource_spans[{i}].scope_spans[{j}].spans[{k}]"
                 _check_id(span.trace_id, (16,), f"{where}.trace_id")
                 _check_id(span.span_id, (8,), f"{where}.span_id")
+                _check_set(span.trace_id, "trace id", f"{where}.trace_id")
+                _check_set(span.span_id, "span id", f"{where}.span_id")
                 _check_id(span.parent_span_id, (0, 8), f"{where}.parent_span_id")
                 if not 0 <= span.kind <= 5:
                     raise _Invalid(f"{where}.kind: {span.kind} is not a SpanKind (0..5)")

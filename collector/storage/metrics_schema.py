@@ -27,6 +27,8 @@ from labtel.collector.storage.schema import (
     _SCOPE,
     MAX_TIME_NANOS,
     METRIC_TYPES,
+    SPAN_ID_BYTES,
+    TRACE_ID_BYTES,
     SchemaNames,
     _checked,
     _has_list,
@@ -190,8 +192,8 @@ def _view(source: str, kind: str, columns: str) -> str:
     arraySlice(exemplar_attributes, exemplar_start, length(dp.exemplars)) AS `Exemplars.FilteredAttributes`,
     arrayMap(e -> {_nanos("e.time_unix_nano")}, dp.exemplars) AS `Exemplars.TimeUnix`,
     arrayMap(e -> e.as_double + e.as_int, dp.exemplars) AS `Exemplars.Value`,
-    arrayMap(e -> {_hex_id("e.span_id")}, dp.exemplars) AS `Exemplars.SpanId`,
-    arrayMap(e -> {_hex_id("e.trace_id")}, dp.exemplars) AS `Exemplars.TraceId`,"""
+    arrayMap(e -> {_hex_id("e.span_id", SPAN_ID_BYTES)}, dp.exemplars) AS `Exemplars.SpanId`,
+    arrayMap(e -> {_hex_id("e.trace_id", TRACE_ID_BYTES)}, dp.exemplars) AS `Exemplars.TraceId`,"""
     return f"""SELECT
     {_SHARED},
     Attributes,

@@ -275,8 +275,19 @@ def _key_value_strings(key_values: str) -> list[str]:
     return [f"{key_values}.key", f"{key_values}.value.string_value"]
 
 
-def _hex_id(column: str) -> str:
-    return f"lower(hex({column}))"
+TRACE_ID_BYTES, SPAN_ID_BYTES = 16, 8
+
+
+def _zero_id(size: int) -> str:
+    """SQL: the id of `size` zero bytes, which OTLP defines as invalid (an id that is not set)."""
+    return f"unhex('{'00' * size}')"
+
+
+def _hex_id(column: str, size: int) -> str:
+    """SQL: a trace or span id (`size` bytes) as stored: lower-case hex, and '' for an id of all
+    zero bytes, which OTLP defines as not set (the contrib exporter's TraceIDToHexOrEmptyString),
+    so that a search by trace id finds no record without one."""
+    return f"if({column} = {_zero_id(size)}, '', lower(hex({column})))"
 
 
 def _nanos(column: str) -> str:
@@ -372,8 +383,8 @@ def logs_view_select(source: str, limits: RecordLimits = DEFAULT_LIMITS) -> str:
     return f"""SELECT
     if(lr.observed_time_unix_nano = 0, now64(9), {_nanos("lr.observed_time_unix_nano")}) AS ObservedTimestamp,
     if(lr.time_unix_nano = 0, ObservedTimestamp, {_nanos("lr.time_unix_nano")}) AS Timestamp,
-    {_hex_id("lr.trace_id")} AS TraceId,
-    {_hex_id("lr.span_id")} AS SpanId,
+    {_hex_id("lr.trace_id", TRACE_ID_BYTES)} AS TraceId,
+    {_hex_id("lr.span_id", SPAN_ID_BYTES)} AS SpanId,
     toUInt8(bitAnd(lr.flags, 255)) AS TraceFlags,
     if(lr.severity_text = '', {severity_texts}[lr.severity_number + 1], lr.severity_text) AS SeverityText,
     ResourceAttributes,
@@ -426,6 +437,8 @@ def traces_view_select(source: str) -> str:
     checks = [
         "scope_refused",
         "length(s.trace_id) != 16 OR length(s.span_id) != 8 OR length(s.parent_span_id) NOT IN (0, 8)",
+        # A span's own ids must be set: all zero bytes are invalid (OTLP).
+        f"s.trace_id = {_zero_id(TRACE_ID_BYTES)} OR s.span_id = {_zero_id(SPAN_ID_BYTES)}",
         "arrayExists(ln -> length(ln.trace_id) != 16 OR length(ln.span_id) != 8, s.links)",
         f"s.start_time_unix_nano > {MAX_TIME_NANOS} OR s.end_time_unix_nano > {MAX_TIME_NANOS}",
         f"arrayExists(t -> t > {MAX_TIME_NANOS}, s.events.time_unix_nano)",
@@ -446,9 +459,9 @@ def traces_view_select(source: str) -> str:
     ]
     return f"""SELECT
     {_nanos("s.start_time_unix_nano")} AS Timestamp,
-    {_hex_id("s.trace_id")} AS TraceId,
-    {_hex_id("s.span_id")} AS SpanId,
-    {_hex_id("s.parent_span_id")} AS ParentSpanId,
+    {_hex_id("s.trace_id", TRACE_ID_BYTES)} AS TraceId,
+    {_hex_id("s.span_id", SPAN_ID_BYTES)} AS SpanId,
+    {_hex_id("s.parent_span_id", SPAN_ID_BYTES)} AS ParentSpanId,
     s.trace_state AS TraceState,
     s.name AS SpanName,
     {_sql_array(_SPAN_KINDS)}[s.kind + 1] AS SpanKind,
@@ -462,8 +475,8 @@ def traces_view_select(source: str) -> str:
     arrayMap(t -> {_nanos("t")}, s.events.time_unix_nano) AS `Events.Timestamp`,
     s.events.name AS `Events.Name`,
     arrayMap(ev -> {attributes_map("ev.attributes")}, s.events) AS `Events.Attributes`,
-    arrayMap(id -> {_hex_id("id")}, s.links.trace_id) AS `Links.TraceId`,
-    arrayMap(id -> {_hex_id("id")}, s.links.span_id) AS `Links.SpanId`,
+    arrayMap(id -> {_hex_id("id", TRACE_ID_BYTES)}, s.links.trace_id) AS `Links.TraceId`,
+    arrayMap(id -> {_hex_id("id", SPAN_ID_BYTES)}, s.links.span_id) AS `Links.SpanId`,
     s.links.trace_state AS `Links.TraceState`,
     arrayMap(ln -> {attributes_map("ln.attributes")}, s.links) AS `Links.Attributes`,
     {_BATCH} AS IngestBatch,
