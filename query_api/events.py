@@ -121,6 +121,15 @@ def search_tokens(text: str) -> list[str]:
     return list(dict.fromkeys(_WORD.findall(text.lower())))
 
 
+def search_words(text: str, name: str = "q") -> list[str]:
+    """The words of a search parameter (`search_tokens`), refusing one without any: a search of
+    only spaces or punctuation would look for nothing, so it would match every event."""
+    words = search_tokens(text)
+    if not words:
+        raise ParamError(f"{name}: {text!r} has no word to search for: a search needs letters or digits")
+    return words
+
+
 def encode_cursor(ts_ns: int, event_id: str, ascending: bool = False) -> str:
     """An opaque position in a page order: after the event (ts_ns, event_id)."""
     return base64.urlsafe_b64encode(orjson.dumps([ts_ns, event_id, "a" if ascending else "d"])).decode().rstrip("=")

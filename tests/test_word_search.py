@@ -180,3 +180,22 @@ def test_a_store_migrated_to_the_word_index_answers_as_a_fresh_one(
     finally:
         store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
         store.close()
+
+
+WORDLESS = ["---", " ", "🔥 — °", "_", "\u0301"]
+"""Searches without a letter or digit: no word to look for (a combining accent alone is a mark)."""
+
+
+@pytest.mark.parametrize("path", ["/events", "/export", "/events/stream", "/stats", "/utilization/timeseries"])
+def test_a_search_without_a_word_is_refused_on_every_route_that_searches(
+    fresh: tuple[TestClient, Storage], path: str
+) -> None:
+    client, _ = fresh
+    for q in WORDLESS:
+        assert search_tokens(q) == []
+        response = client.get(path, params={"service": SERVICE, "q": q})
+        assert response.status_code == 400, (path, q, response.text[:200])
+        detail = response.json()["detail"]
+        assert detail == f"q: {q!r} has no word to search for: a search needs letters or digits", detail
+    # An empty q is no search, as an empty value of the other filters is no filter.
+    assert found(client, "") == set(range(len(BODIES)))

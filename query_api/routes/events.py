@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
-from labtel.query_api.events import EventFilter, get_event, list_events, search_tokens
+from labtel.query_api.events import EventFilter, get_event, list_events, search_words
 from labtel.query_api.models import Event, EventPage
 from labtel.query_api.params import ParamError, parse_hex_id, parse_severity, parse_time_ns, since_ns
 from labtel.query_api.selector import SelectorError
@@ -134,7 +134,11 @@ def event_filter(
     trace_id: Annotated[str | None, Query(description="32-digit hex trace id")] = None,
     span_id: Annotated[str | None, Query(description="16-digit hex span id")] = None,
     q: Annotated[
-        str | None, Query(description="Words the body contains, whole and case-insensitive (token index)")
+        str | None,
+        Query(
+            description="Words the body contains, whole and case-insensitive (token index); a search "
+            "without letters or digits is a 400"
+        ),
     ] = None,
     contains: Annotated[str | None, Query(description="Text the body contains anywhere (case-insensitive)")] = None,
 ) -> EventFilter:
@@ -158,7 +162,7 @@ def event_filter(
             experiment=lab["experiment"],
             trace_id=parse_hex_id(trace_id, 32, "trace_id") if trace_id else None,
             span_id=parse_hex_id(span_id, 16, "span_id") if span_id else None,
-            tokens=search_tokens(q) if q else [],
+            tokens=search_words(q) if q else [],  # an empty q is no search, as for the other filters
             contains=contains or None,
             selector=attribute_selector(list(request.query_params.multi_items())) or None,
         )
