@@ -128,9 +128,13 @@ def _serve(
 
 
 def _explain(error: Exception) -> str:
-    text = str(error)
+    """An error as one line, with a hint when it may be the embedded store's lock held by a process
+    the storage layer could not name."""
+    text = " ".join(str(error).split())
+    if " is in use by " in text:
+        return text  # names the holder
     if "chdb engine" in text or "EmbeddedServer" in text or "lock" in text.lower():
-        return f"{text}\n  (the embedded store's directory can be open in one process only: is labtel already running?)"
+        return f"{text} (the embedded store's directory can be open in one process only: is labtel already running?)"
     return text
 
 
@@ -185,6 +189,7 @@ def api(
     )
     from labtel.collector.config import ConfigError
     from labtel.collector.service import Service
+    from labtel.collector.storage.client import StorageError
 
     try:
         service = Service(api_only, extensions=True)
@@ -192,7 +197,7 @@ def api(
     except ConfigError as error:
         console.print(f"[red]labtel: configuration error:[/red] {escape(str(error))}")
         raise typer.Exit(2) from None
-    except OSError as error:
+    except (OSError, StorageError) as error:
         console.print(f"[red]labtel: cannot start:[/red] {escape(_explain(error))}")
         raise typer.Exit(1) from None
 

@@ -102,11 +102,16 @@ class QueryApiExtension:
         self.name = name
         self.config = config
         self.authenticator = authenticator
+        self._storage = storage
         self._host = config.host
         app = create_app(storage, config, ingest, alerts=alerts, authenticator=authenticator)
         self._server = HttpServer(app, config.host, config.port, config.tls)
 
     async def start(self) -> None:
+        """Listen; first open an embedded store, which no other process may hold (a ClickHouse
+        server that is away may come back: /ready says so meanwhile)."""
+        if self._storage.target.embedded:
+            await asyncio.to_thread(self._storage.command, "SELECT 1")  # raises StorageUnavailable
         await self._server.start()
 
     async def shutdown(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -312,8 +313,35 @@ def test_migrate_command_and_locked_data_dir(tmp_path: Path, server_factory: Cal
     server = server_factory(config=config, workdir=tmp_path).start()
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 1  # the embedded store belongs to the running server
-    assert "is labtel already running" in " ".join(result.stderr.split())
+    assert holding(tmp_path / "data", server) in " ".join(result.stderr.split())
     server.stop()
+
+
+def holding(data: Path, server: LabtelServer) -> str:
+    """How labtel names a running `labtel serve` that holds the embedded store in `data`."""
+    assert server.process is not None
+    return f"embedded ClickHouse (chDB) in {data} is in use by pid {server.process.pid} (labtel.cli serve --config "
+
+
+def test_the_query_api_on_an_embedded_store_another_process_holds_stops_at_start_naming_it(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    data = tmp_path / "data"
+    server = server_factory(config=write_config(tmp_path / "otel-config.yaml", data), workdir=tmp_path).start()
+    for command in ("api", "serve"):
+        workdir = tmp_path / command
+        workdir.mkdir()
+        # The same store, a write-ahead log of its own (a shared one would be refused first).
+        config = write_config(workdir / "otel-config.yaml", workdir / "data", endpoint=f"chdb://{data}")
+        second = server_factory(config=config, workdir=workdir, command=command)
+        with pytest.raises(AssertionError, match="exited with 1"):
+            second.start(timeout=60)
+        said = [line for line in second.output().splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]
+        assert len(said) == 1, said  # one line, and no "is running"
+        assert said[0].startswith(f"labtel: cannot start: {holding(data, server)}"), said
+        assert said[0].endswith("an embedded store can be open in one process only"), said
+    assert server.get("/ready").status_code == 200  # the holder is unaffected
+    assert server.stop() == 0
 
 
 def test_version_command() -> None:

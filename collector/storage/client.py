@@ -7,9 +7,11 @@ inserts and queries each take their own).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -118,6 +120,48 @@ EMBEDDED_ALLOCATOR = "dirty_decay_ms:1000"
 """jemalloc options for the embedded engine (its `JE_MALLOC_CONF`), unless the environment sets
 them. chDB keeps freed memory for 5 s before returning it to the system (`dirty_decay_ms:5000`);
 under sustained ingest that retained ~150 MB more resident memory than returning it after 1 s."""
+
+
+def embedded_holder(path: str) -> str | None:
+    """The other process holding the embedded store in `path` open, as `pid N (its command)`, or
+    None when no other process holds it.
+
+    ClickHouse keeps a `status` file in the store's directory, naming its process and locked
+    (flock) while the store is open. Another process opening the store fails on that lock, and
+    chDB prints ClickHouse's own lines about it, so labtel asks the lock first: a lock it can take
+    it lets go at once. The process that wrote the file is this one once it has the store open:
+    then nothing is asked (the lock would be its own, on another open file)."""
+    status = Path(path) / "status"
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return None  # a new store, or not one ClickHouse opened
+    try:
+        found = re.search(rb"^PID: (\d+)$", os.pread(fd, 4096, 0), re.MULTILINE)
+        if found is None or int(found.group(1)) == os.getpid():
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe_process(int(found.group(1)))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _describe_process(pid: int) -> str:
+    """`pid N (its command line)`, the interpreter left out (`labtel serve ...`)."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return f"pid {pid}"
+    if argv and os.path.basename(argv[0]).startswith("python"):
+        argv = argv[2:] if argv[1:2] == ["-m"] else argv[1:]  # the program the interpreter runs
+    if argv:
+        argv[0] = os.path.basename(argv[0])
+    command = " ".join(argv)
+    return f"pid {pid} ({command[:200] + '...' if len(command) > 200 else command})" if command else f"pid {pid}"
 
 
 def _configure_embedded_allocator() -> None:
@@ -237,6 +281,11 @@ class Storage:
             _configure_embedded_allocator()
             if target.path:
                 Path(target.path).mkdir(parents=True, exist_ok=True)
+                holder = embedded_holder(target.path)
+                if holder is not None:
+                    raise StorageUnavailable(
+                        f"{target.describe()} is in use by {holder}: an embedded store can be open in one process only"
+                    )
             return clickhouse_connect.get_client(
                 interface="chdb",
                 path=target.path,
