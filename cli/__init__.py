@@ -77,11 +77,30 @@ def _load(config_path: Path | None, data_dir: Path | None):  # type: ignore[no-u
 
 
 async def _run_until_signalled(service, ready_file: Path | None, what: str) -> None:  # type: ignore[no-untyped-def]
+    from labtel.collector.storage.interrupt import StartInterrupted
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
+    starting = asyncio.ensure_future(service.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # asked to stop while starting (migrating a big store, say)
+        console.print("labtel: stopping during start-up...")
+        await service.interrupt_start()
+    try:
+        await starting  # when it fails, what it started is stopped
+    except StartInterrupted as interrupted:
+        console.print(f"labtel: {interrupted}")
+        return
+    finally:
+        stopping.cancel()
+    if stop.is_set():  # started after all, before the stop took effect
+        console.print("labtel: stopping; storing what was accepted...")
+        await service.shutdown()
+        console.print("labtel: stopped.")
+        return
     console.print(
         f"[bold green]labtel {__version__}[/bold green] {what} is running (storage: {service.storage_description()})"
     )

@@ -279,6 +279,12 @@ class Service:
 
     # --- running -------------------------------------------------------------------------
 
+    async def interrupt_start(self) -> None:
+        """Make a `start` under way stop soon (raising StartInterrupted): the process was asked to
+        stop while the exporters migrate the schema, which can take minutes on a big store."""
+        for exporter in self.exporters.values():
+            await exporter.interrupt_start()
+
     async def start(self) -> None:
         """Start every component; on failure, stop what was started and re-raise."""
         try:

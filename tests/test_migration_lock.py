@@ -19,6 +19,7 @@ import pytest
 
 from labtel.collector.storage import migration_lock, migrations
 from labtel.collector.storage.client import Storage, StorageError, parse_endpoint
+from labtel.collector.storage.interrupt import Interrupt, StartInterrupted
 from labtel.collector.storage.schema import SchemaNames
 
 
@@ -164,3 +165,49 @@ def test_a_lock_left_by_a_killed_process_of_this_machine_is_broken_at_once(
         live.wait()
         store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
         store.close()
+
+
+def _stop_after(interrupt: Interrupt, delay_s: float) -> threading.Thread:
+    """Ask `interrupt` to stop from another thread (as SIGTERM does) after `delay_s`."""
+    thread = threading.Thread(target=lambda: (time.sleep(delay_s), interrupt.stop()))
+    thread.start()
+    return thread
+
+
+def test_a_stop_while_waiting_for_the_migration_lock_ends_the_wait_at_once(chdb_path: Path) -> None:
+    store = _store(chdb_path, f"waiting_{uuid.uuid4().hex[:10]}")
+    try:
+        store.command(f"CREATE DATABASE `{store.names.database}`")
+        assert migration_lock.try_acquire(store, "busy-host:1:xyz")
+        interrupt = Interrupt()
+        stopper = _stop_after(interrupt, 0.5)
+        started = time.monotonic()
+        with pytest.raises(StartInterrupted, match="while waiting for the migration lock held by busy-host:1:xyz"):
+            migrations.migrate(store, lease=timedelta(hours=1), wait=timedelta(minutes=15), interrupt=interrupt)
+        assert time.monotonic() - started < 5  # not the 15 minutes
+        stopper.join()
+        assert migrations.applied_versions(store) == set()
+        holder = migration_lock.holder_of(store)
+        assert holder is not None
+        assert holder[0] == "busy-host:1:xyz"  # the other holder's lock is left alone
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS `{store.names.database}`")
+        store.close()
+
+
+def test_a_stop_cancels_the_statement_under_way(chdb_path: Path) -> None:
+    store = _store(chdb_path, "default")
+    interrupt = Interrupt()
+    slow = "SELECT sum(sleepEachRow(0.1)) FROM numbers(300) SETTINGS max_block_size = 1"  # 30 s
+    stopper = _stop_after(interrupt, 0.5)
+    started = time.monotonic()
+    with pytest.raises(StartInterrupted, match="stopped in a test, cancelling its statement under way"):
+        interrupt.command(store, slow, "in a test")
+    assert time.monotonic() - started < 5
+    stopper.join()
+    with pytest.raises(StartInterrupted, match="stopped in a test"):  # nothing more runs once asked
+        interrupt.command(store, "SELECT 1", "in a test")
+    assert store.rows(
+        "SELECT count() AS n FROM system.processes WHERE query LIKE '%sleepEachRow%' AND query NOT LIKE '%system.processes%'"
+    ) == [{"n": 0}]
+    store.close()

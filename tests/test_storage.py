@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -477,6 +478,80 @@ def test_a_start_killed_while_migrating_a_populated_store_recovers_at_once(
 
     tables = json.loads(_in_subprocess(SCHEMA_DUMP, str(data)))
     assert "labtel_migration_lock" not in tables["otel"]
+    assert tables["otel"] == tables["fresh"]
+
+
+BIG_OLD_STORE = """
+import sys
+from labtel.collector.storage.client import Storage, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+from tests.helpers import store_at_version
+
+store = Storage(parse_endpoint("chdb://" + sys.argv[1]), SchemaNames("otel"))
+store_at_version(store, 3)  # before the text index: the next start builds indexes over every row
+store.command(
+    "INSERT INTO otel.otel_logs (Timestamp, ServiceName, Body, LogAttributes) SELECT "
+    "fromUnixTimestamp64Nano(toInt64(1780000000000000000 + number * 1000000)), 'big', "
+    "concat('pump ', toString(number), ' primed at 21 C'), map('lab.node.id', concat('node-', toString(number % 50))) "
+    "FROM numbers(" + sys.argv[2] + ")"
+)
+store.close()
+"""
+VERSIONS_AND_ROWS = """
+import json, sys
+from labtel.collector.storage.client import Storage, parse_endpoint
+from labtel.collector.storage.schema import SchemaNames
+
+store = Storage(parse_endpoint("chdb://" + sys.argv[1]), SchemaNames("otel"))
+versions = [r["version"] for r in store.rows("SELECT version FROM otel.labtel_schema_migrations ORDER BY version")]
+locks = store.command("SELECT count() FROM system.tables WHERE database = 'otel' AND name = 'labtel_migration_lock'")
+print(json.dumps({"versions": versions, "rows": store.command("SELECT count() FROM otel.otel_logs"), "locks": locks}))
+"""
+
+
+def test_sigterm_while_migrating_a_big_store_stops_at_once_and_the_next_start_finishes(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    """SIGTERM during `labtel serve` start-up, while a migration builds an index over two million
+    rows: the process stops within seconds (the statement under way is cancelled) instead of
+    first applying every migration, exits 0, and leaves the store at the last recorded migration,
+    which the next start goes on from, ending with the schema of a fresh store and every row."""
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "otel-config.yaml", data)
+    _in_subprocess(BIG_OLD_STORE, str(data), "2000000")
+    stopped = server_factory(config=config, workdir=tmp_path)
+    stopped.process = subprocess.Popen(
+        [sys.executable, "-m", "labtel.cli", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        stdout=stopped.log_file.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while "applying migration 4" not in stopped.output():
+        assert stopped.process.poll() is None, stopped.output()
+        assert time.monotonic() < deadline, stopped.output()
+        time.sleep(0.01)
+    time.sleep(0.3)  # into its statements (building the text index)
+    stopped.process.send_signal(signal.SIGTERM)
+    terminated = time.monotonic()
+    assert stopped.process.wait(timeout=60) == 0, stopped.output()
+    assert time.monotonic() - terminated < 10, stopped.output()
+    output = " ".join(stopped.output().split())
+    assert "labtel: stopped during migration 4 (" in output, output
+    assert "runs again at the next start" in output
+    assert "applying migration 11" not in output and "is running" not in output  # noqa: PT018
+    after_stop = json.loads(_in_subprocess(VERSIONS_AND_ROWS, str(data)))
+    assert after_stop == {"versions": [1, 2, 3], "rows": 2_000_000, "locks": 0}
+    stopped.log_file.unlink()
+
+    again = server_factory(config=config, workdir=tmp_path).start(timeout=180)
+    assert "applying migration 4" in again.output()
+    assert again.get("/ready").json()["schema_version"] == migrations.latest_version()
+    assert again.get("/events", service="big", q="pump 1999999").json()["events"][0]["body"].startswith("pump 1999999 ")
+    assert again.stop() == 0
+    finished = json.loads(_in_subprocess(VERSIONS_AND_ROWS, str(data)))
+    assert finished == {"versions": list(range(1, migrations.latest_version() + 1)), "rows": 2_000_000, "locks": 0}
+    tables = json.loads(_in_subprocess(SCHEMA_DUMP, str(data)))
     assert tables["otel"] == tables["fresh"]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -36,6 +37,7 @@ from labtel.collector.otlp.signals import SIGNALS, Signal
 from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage, StorageError
 from labtel.collector.storage.errors import transient
+from labtel.collector.storage.interrupt import Interrupt
 from labtel.collector.wal import WALEntry, WALFull, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ class ClickHouseExporter:
         self._wake = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
         self._closing = False
+        self._start_interrupt = Interrupt()
         telemetry.STORAGE_UP.labels(name).set(1)
         if wal is not None and wal.quarantined_on_load:
             telemetry.WAL_QUARANTINED.labels(name).inc(wal.quarantined_on_load)
@@ -109,11 +112,14 @@ class ClickHouseExporter:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create or upgrade the schema (when `create_schema`), apply TTLs, replay the log."""
+        """Create or upgrade the schema (when `create_schema`), apply TTLs, replay the log.
+        Raises StartInterrupted when `interrupt_start` is called meanwhile."""
+        interrupt = self._start_interrupt
+        interrupt.check("before the migrations")
         if self.config.create_schema:
-            await self._chore(migrations.migrate, self.storage)
+            await self._chore(functools.partial(migrations.migrate, self.storage, interrupt=interrupt))
             ttls = {signal: self.config.signal_ttl(signal) for signal in PIPELINE_SIGNALS}
-            await self._chore(migrations.reconcile_ttl, self.storage, ttls)
+            await self._chore(migrations.reconcile_ttl, self.storage, ttls, interrupt)
         else:
             # The operator owns the schema: it must already be what this version writes to.
             missing = await self._chore(migrations.ingest_ready, self.storage)
@@ -124,6 +130,10 @@ class ClickHouseExporter:
                 )
         if self.wal is not None:
             self._replayer = asyncio.get_running_loop().create_task(self._replay_forever())
+
+    async def interrupt_start(self) -> None:
+        """Stop a `start` under way promptly: its migration statement under way is cancelled."""
+        await asyncio.to_thread(self._start_interrupt.stop)
 
     async def shutdown(self) -> None:
         """Finish inserts under way, give logged batches one last chance, release threads."""

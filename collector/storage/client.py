@@ -407,6 +407,14 @@ class Storage:
         with self.client() as client:
             return client.command(sql, parameters=parameters, settings=settings)
 
+    def kill_queries(self, marker: str) -> None:
+        """Cancel the statements under way whose text holds `marker` (KILL QUERY: a user may kill
+        its own queries), waiting until they have stopped."""
+        self.command(
+            "KILL QUERY WHERE position(query, {marker:String}) > 0 AND NOT startsWith(query, 'KILL') SYNC",
+            parameters={"marker": marker},
+        )
+
     def rows(
         self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:

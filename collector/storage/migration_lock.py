@@ -23,6 +23,7 @@ from datetime import timedelta
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from labtel.collector.storage.client import Storage, StorageError
+from labtel.collector.storage.interrupt import Interrupt
 from labtel.collector.storage.topology import quote_string
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,15 @@ def _break(storage: Storage, stale: str) -> None:
 
 
 @contextmanager
-def held(storage: Storage, *, lease: timedelta = DEFAULT_LEASE, wait: timedelta = DEFAULT_WAIT) -> Iterator[str]:
-    """Hold the migration lock of the storage's database for the block; yields the holder id."""
+def held(
+    storage: Storage,
+    *,
+    lease: timedelta = DEFAULT_LEASE,
+    wait: timedelta = DEFAULT_WAIT,
+    interrupt: Interrupt | None = None,
+) -> Iterator[str]:
+    """Hold the migration lock of the storage's database for the block; yields the holder id.
+    While it waits for another holder, a stop asked for through `interrupt` raises StartInterrupted."""
     holder = new_holder()
     deadline = time.monotonic() + wait.total_seconds()
     announced = False
@@ -144,6 +152,8 @@ def held(storage: Storage, *, lease: timedelta = DEFAULT_LEASE, wait: timedelta 
         if not announced and current is not None:
             log.info("waiting for %s to finish migrating %s", current[0], storage.names.database)
             announced = True
+        if interrupt is not None:
+            interrupt.check(f"while waiting for the migration lock held by {current[0] if current else 'another'}")
         time.sleep(POLL_S)
     try:
         yield holder

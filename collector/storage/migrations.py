@@ -19,6 +19,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from labtel.collector.alerts.history import history_tables
 from labtel.collector.storage import compat_schema, metrics_schema, migration_lock, schema
 from labtel.collector.storage.client import Storage, StorageError
+from labtel.collector.storage.interrupt import Interrupt, StartInterrupted
 from labtel.collector.storage.schema import SchemaNames, quote_identifier
 from labtel.collector.storage.topology import quote_string
 from labtel.sdk import __version__
@@ -174,25 +175,38 @@ def applied_versions(storage: Storage, *, sync: bool = False) -> set[int]:
 
 
 def migrate(
-    storage: Storage, *, lease: timedelta = migration_lock.DEFAULT_LEASE, wait: timedelta = migration_lock.DEFAULT_WAIT
+    storage: Storage,
+    *,
+    lease: timedelta = migration_lock.DEFAULT_LEASE,
+    wait: timedelta = migration_lock.DEFAULT_WAIT,
+    interrupt: Interrupt | None = None,
 ) -> MigrationReport:
     """Bring the database to the newest schema; applying twice is a no-op.
 
     Collectors starting together take turns (labtel.collector.storage.migration_lock): one applies
-    the migrations, the others wait for it, then find them applied."""
+    the migrations, the others wait for it, then find them applied. With `interrupt`, a stop asked
+    for (SIGTERM during start-up) raises StartInterrupted between statements or cancels the one
+    under way: the migrations recorded so far stay, the interrupted one runs again at the next start."""
+    interrupt = interrupt or Interrupt()
     names = storage.names
     storage.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(names.database)}{names.on_cluster}")
     storage.command(schema.migrations_table(names))
     report = MigrationReport()
-    with migration_lock.held(storage, lease=lease, wait=wait):
+    with migration_lock.held(storage, lease=lease, wait=wait, interrupt=interrupt):
         done = applied_versions(storage, sync=True)
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
             log.info("applying migration %d: %s", migration.version, migration.name)
+            where = f"during migration {migration.version} ({migration.name})"
             for statement in migration.statements(names):
                 try:
-                    storage.command(statement)
+                    interrupt.command(storage, statement, where)
+                except StartInterrupted as interrupted:
+                    raise StartInterrupted(
+                        f"{interrupted}; the database stays at version {max(done, default=0)}, and migration "
+                        f"{migration.version} runs again at the next start"
+                    ) from interrupted
                 except ClickHouseError as error:
                     raise StorageError(
                         f"migration {migration.version} ({migration.name}) failed, the database "
@@ -206,6 +220,7 @@ def migrate(
             report.applied.append(migration)
             done.add(migration.version)
         report.current_version = max(done, default=0)
+        interrupt.check(f"after the migrations, at version {report.current_version}")
         ensure_ingest(storage)
         reconcile_part_policy(storage)
     return report
@@ -326,9 +341,11 @@ def current_ttl(storage: Storage, table: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
-def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta]) -> list[str]:
+def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta], interrupt: Interrupt | None = None) -> list[str]:
     """Make each signal's table keep data for its configured TTL (0 = forever); returns the
-    tables changed. `ttl_only_drop_parts` lets whole expired parts go without rewriting."""
+    tables changed. `ttl_only_drop_parts` lets whole expired parts go without rewriting. With
+    `interrupt`, a stop asked for cancels a change under way (it is made again at the next start)."""
+    interrupt = interrupt or Interrupt()
     names = storage.names
     local = names.topology.local_name
     tables = {
@@ -347,9 +364,10 @@ def reconcile_ttl(storage: Storage, ttls: dict[str, timedelta]) -> list[str]:
             if current_ttl(storage, table) == wanted:
                 continue
             qualified = names.qualified(table) + names.on_cluster
+            where = f"while changing the TTL of {table} (changed again at the next start)"
             if wanted is None:
-                storage.command(f"ALTER TABLE {qualified} REMOVE TTL")
+                interrupt.command(storage, f"ALTER TABLE {qualified} REMOVE TTL", where)
             else:
-                storage.command(f"ALTER TABLE {qualified} MODIFY TTL {wanted}")
+                interrupt.command(storage, f"ALTER TABLE {qualified} MODIFY TTL {wanted}", where)
             changed.append(table)
     return changed
