@@ -12,7 +12,7 @@ window).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -239,7 +239,7 @@ def export_chunks(
     chunk_rows: int,
     limit: int | None = None,
     max_rows: int = 0,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The bytes of an export in `fmt_name` (csv, ndjson, parquet), window by window. Raises
     ExportTooLarge (before anything is read) when more than `max_rows` (0: any number) events
     match and `limit` does not bound them."""

@@ -4,9 +4,12 @@ and a large range streamed window by window in bounded memory."""
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import itertools
 import json
+import socket
+import threading
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from labtel.collector.config import ExportConfig, QueryApiConfig
@@ -26,7 +30,7 @@ from labtel.query_api.app import create_app
 from labtel.query_api.events import EventFilter
 from labtel.query_api.export import EXPORT_COLUMNS, export_chunks, plan_windows
 from tests.conftest import make_storage
-from tests.helpers import LabtelServer, log_record, logs_request
+from tests.helpers import LabtelServer, log_record, logs_request, wait_for
 
 BASE = 1_783_000_000_000_000_000
 NAMES = [name for name, _, _ in EXPORT_COLUMNS]
@@ -214,3 +218,42 @@ def test_export_streams_from_a_real_server(server: LabtelServer) -> None:
         assert r.headers.get("transfer-encoding") == "chunked"
         lines += [json.loads(line) for line in r.iter_lines() if line]
     assert [line["body"] for line in lines] == [f"served {i}" for i in range(500)]
+
+
+def _export_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("labtel-export")]
+
+
+def test_a_client_leaving_mid_export_frees_its_windows_at_once(store: Storage) -> None:
+    # A real uvicorn server in this process, to see its threads and storage: a client that reads
+    # the first bytes of a large export and hangs up leaves no prefetch thread, no window held in
+    # memory and no query running (the export was closed when the response ended, not whenever
+    # the garbage collector would find it: the collector is off here).
+    generate(store, 120_000, BASE + 3 * 10**12, 2_000_000, "leaving")
+    app = create_app(store, QueryApiConfig(export=ExportConfig(chunk_rows=5_000)))
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    serving.start()
+    gc.disable()
+    try:
+        wait_for(lambda: server.started, what="uvicorn started")
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/export"
+        for fmt in ("csv", "parquet"):
+            with httpx.stream("GET", url, params={"service": "leaving", "format": fmt}, timeout=30) as response:
+                assert response.status_code == 200
+                received = 0
+                for chunk in response.iter_raw():  # past CSV's header, into the windows
+                    received += len(chunk)
+                    if received > 1 << 20:
+                        break
+                assert _export_threads()  # windows are being read ahead
+            wait_for(lambda: not _export_threads(), timeout=10, what=f"the {fmt} export's threads end")
+            running = store.rows(
+                "SELECT query FROM system.processes WHERE query LIKE '%window_lo%' AND query NOT LIKE '%system.processes%'"
+            )
+            assert running == []
+    finally:
+        gc.enable()
+        server.should_exit = True
+        serving.join(10)

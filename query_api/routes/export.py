@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from labtel.collector.config import QueryApiConfig
 from labtel.collector.storage.client import Storage
@@ -21,6 +23,23 @@ router = APIRouter(tags=["export"])
 
 _EXTENSIONS = {"csv": "csv", "ndjson": "ndjson", "parquet": "parquet"}
 COLUMNS_DOC = "\n".join(f"- `{name}`: {meaning}" for name, _, meaning in EXPORT_COLUMNS)
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that calls `close` when the response ends, however it ends: a client
+    hanging up mid-export stops the export at once (its read-ahead threads end, its windows are
+    let go), rather than whenever the garbage collector finds the abandoned generator."""
+
+    def __init__(self, content: Iterator[bytes], close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # closing waits for a window being read: not on the event loop
+                await anyio.to_thread.run_sync(self._close)
 
 
 @router.get(
@@ -57,8 +76,9 @@ def export(
         yield first
         yield from chunks
 
-    return StreamingResponse(
+    return ClosingStreamingResponse(
         body(),
+        chunks.close,
         media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
