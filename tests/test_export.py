@@ -149,6 +149,29 @@ def test_limits_empty_results_and_bad_formats(client: TestClient) -> None:
     assert client.get("/export", params={"since": "soon"}).status_code == 400
 
 
+def test_accept_is_negotiated_as_http_has_it(client: TestClient) -> None:
+    def served(accept: str) -> str:
+        response = client.get("/export", params={"service": "nobody"}, headers={"Accept": accept})
+        assert response.status_code == 200, (accept, response.text)
+        return response.headers["content-type"].split(";")[0]
+
+    assert served("text/*") == "text/csv"  # a range of types, not only one type or */*
+    assert served("application/*") == "application/x-ndjson"
+    assert served("text/csv;q=0, */*") == "application/x-ndjson"  # CSV refused, anything else welcome
+    assert served("*/*, application/vnd.apache.parquet") == "application/vnd.apache.parquet"  # the type named
+    assert served("text/csv;q=0.5, application/x-ndjson;q=0.8") == "application/x-ndjson"
+    assert served("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8") == "text/csv"  # a browser
+    assert served("image/png, text/csv;q=0.1") == "text/csv"
+    refused = client.get("/export", headers={"Accept": "text/csv;q=0, application/json"})
+    assert refused.status_code == 406
+    assert "formats: csv, ndjson, parquet" in refused.json()["detail"]
+    overridden = client.get("/export", params={"service": "nobody", "format": "ndjson"}, headers={"Accept": "text/csv"})
+    assert overridden.headers["content-type"] == "application/x-ndjson"
+    sql = client.post("/sql", json={"sql": "SELECT 1 AS one"}, headers={"Accept": "text/*"})
+    assert sql.headers["content-type"].startswith("text/csv")
+    assert sql.text.splitlines() == ['"one"', "1"]
+
+
 def test_exports_over_max_rows_are_refused_naming_the_limit(store: Storage) -> None:
     with TestClient(create_app(store, QueryApiConfig(export=ExportConfig(chunk_rows=7, max_rows=20)))) as capped:
         refused = capped.get("/export", params={"service": "small", "format": "ndjson"})
