@@ -318,6 +318,10 @@ def events(
         raise typer.Exit(0) from None
 
 
+_SQL_FILE_FORMATS = ("json", "csv", "tsv", "ndjson", "parquet", "arrow", "arrow-stream")
+"""The formats `labtel sql -o` writes."""
+
+
 def sql(
     query: Annotated[
         str, typer.Argument(help="One SELECT over labtel's tables (otel_logs, otel_traces, ...); - reads stdin")
@@ -329,12 +333,16 @@ def sql(
         typer.Option(
             "--format",
             "-F",
-            help="table, json, csv, tsv, ndjson, parquet, arrow, arrow-stream (default: table, csv with -o)",
+            help="table, json, csv, tsv, ndjson, parquet, arrow, arrow-stream (default: table; with -o as the"
+            " file's suffix says, else csv)",
             show_default=False,
         ),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the result to this file (CSV unless -F says)")
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write the result to this file (as its suffix says, else CSV, unless -F says)"
+        ),
     ] = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="A {name:Type} placeholder's value: name=value")
@@ -344,7 +352,7 @@ def sql(
     use_token(token)
     if fmt == "table" and output is not None:
         raise typer.BadParameter("a table is for the terminal: with --output choose csv, parquet, ...", param_hint="-F")
-    fmt = fmt or ("csv" if output is not None else "table")
+    fmt = fmt or (format_of(output, _SQL_FILE_FORMATS, "csv") if output is not None else "table")
     text = sys.stdin.read() if query == "-" else query
     parameters = {}
     for item in param or []:
@@ -379,6 +387,27 @@ def _cell(value: Any) -> Text:
     return Text(value if isinstance(value, str) else json.dumps(value))
 
 
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+    ".arrows": "arrow-stream",
+}
+"""The format a file's name asks for, by its suffix."""
+
+
+def format_of(output: Path | None, formats: tuple[str, ...], default: str) -> str:
+    """The format of `formats` that `output`'s suffix names (`week.csv`: csv), else `default`:
+    `-o week.csv` writes CSV, not Parquet (or CSV) under a name that says otherwise."""
+    named = _SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
+    return named if named in formats else default
+
+
 def _write(data: bytes, output: Path | None) -> None:
     if output is None:
         sys.stdout.buffer.write(data)
@@ -395,7 +424,15 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The file to write (- for stdout)")],
     api: ApiOption = DEFAULT_API,
     token: TokenOption = None,
-    fmt: Annotated[str, typer.Option("--format", "-F", help="parquet, csv or ndjson")] = "parquet",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-F",
+            help="parquet, csv or ndjson (default: as the file's suffix says, .csv, .ndjson or .jsonl; else parquet)",
+            show_default=False,
+        ),
+    ] = None,
     since: SinceOption = None,
     start: StartOption = None,
     end: EndOption = None,
@@ -411,7 +448,7 @@ def export(
     """Download events (GET /export) to a file, streamed: Parquet by default."""
     use_token(token)
     params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
-    params.append(("format", fmt))
+    params.append(("format", fmt or format_of(output, ("csv", "ndjson", "parquet"), "parquet")))
     if limit:
         params.append(("limit", str(limit)))
     base = _base(api)

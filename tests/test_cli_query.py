@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
@@ -291,15 +293,38 @@ def test_a_long_error_stays_on_one_line_without_a_terminal() -> None:
     assert result.stderr.splitlines() == [f"labtel: 400: {detail.strip()}"]
 
 
-def test_sql_output_file_is_csv_unless_a_format_is_given(server: LabtelServer, tmp_path: Path) -> None:
+def test_output_files_are_written_in_the_format_their_suffix_names(server: LabtelServer, tmp_path: Path) -> None:
     target = tmp_path / "one.csv"
     written = runner.invoke(app, ["sql", "SELECT 1 AS n", "-o", str(target), "--api", server.api])
     assert written.exit_code == 0, written.output
     assert target.read_text() == '"n"\n1\n'
     assert written.stdout == ""
+    unnamed = tmp_path / "one.out"  # a suffix that names no format: CSV
+    assert runner.invoke(app, ["sql", "SELECT 1 AS n", "-o", str(unnamed), "--api", server.api]).exit_code == 0
+    assert unnamed.read_text() == '"n"\n1\n'
+    as_parquet = tmp_path / "one.parquet"
+    assert runner.invoke(app, ["sql", "SELECT 1 AS n", "-o", str(as_parquet), "--api", server.api]).exit_code == 0
+    assert pq.read_table(as_parquet).column("n").to_pylist() == [1]
     refused = runner.invoke(app, ["sql", "SELECT 1", "-F", "table", "-o", str(target), "--api", server.api])
     assert refused.exit_code == 2
     assert "a table is for the terminal" in refused.output
+
+    send(server, ["first", "second"], service="suffix")
+    exported = {}
+    for name in ("week.csv", "week.ndjson", "week.jsonl", "week.parquet", "week.data"):
+        path = tmp_path / name
+        result = runner.invoke(app, ["export", "--api", server.api, "--service", "suffix", "-o", str(path)])
+        assert result.exit_code == 0, result.output
+        exported[name] = path.read_bytes()
+    assert [row["body"] for row in csv.DictReader(io.StringIO(exported["week.csv"].decode()))] == ["first", "second"]
+    for name in ("week.ndjson", "week.jsonl"):
+        assert [json.loads(line)["body"] for line in exported[name].splitlines()] == ["first", "second"]
+    for name in ("week.parquet", "week.data"):  # Parquet unless the name says otherwise
+        assert pq.read_table(io.BytesIO(exported[name])).column("body").to_pylist() == ["first", "second"]
+    forced = tmp_path / "forced.parquet"  # --format wins over the name
+    result = runner.invoke(app, ["export", "--api", server.api, "--service", "suffix", "-F", "csv", "-o", str(forced)])
+    assert result.exit_code == 0, result.output
+    assert forced.read_text().startswith('"event_id",')
 
 
 def test_hints_name_what_helps(tmp_path: Path) -> None:
