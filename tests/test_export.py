@@ -149,6 +149,20 @@ def test_limits_empty_results_and_bad_formats(client: TestClient) -> None:
     assert client.get("/export", params={"since": "soon"}).status_code == 400
 
 
+def test_csv_keeps_every_text_as_sent(client: TestClient, store: Storage) -> None:
+    # Quoted, UTF-8 without a byte-order mark, formulas left as they are (the README says so).
+    bodies = ['=HYPERLINK("http://x","y")', "+1", "-2+3", "@SUM(A1)", "Müller 温度 ✔️", "cr\rlf\r\nend", 'a,"b"']
+    records = [log_record(body, {"cell": body}, time_ns=BASE + 10**9 + i) for i, body in enumerate(bodies)]
+    store.insert_otlp(
+        "logs", logs_request(records, resource={"service.name": "cells"}).SerializeToString(), uuid.uuid4().hex
+    )
+    response = client.get("/export", params={"service": "cells", "format": "csv"})
+    assert response.content.startswith(b'"event_id",')
+    rows = list(csv.DictReader(io.StringIO(response.content.decode("utf-8"), newline="")))
+    assert [row["body"] for row in rows] == bodies
+    assert [json.loads(row["attributes"])["cell"] for row in rows] == bodies
+
+
 def test_accept_is_negotiated_as_http_has_it(client: TestClient) -> None:
     def served(accept: str) -> str:
         response = client.get("/export", params={"service": "nobody"}, headers={"Accept": accept})
