@@ -225,16 +225,21 @@ def test_bad_durations(text: object) -> None:
         parse_duration(text)
 
 
-def test_cli_refuses_a_bad_config_at_start_up(tmp_path: Path) -> None:
-    bad = minimal(exporters={"clikhouse": {}})
-    path = tmp_path / "otel-config.yaml"
-    path.write_text(yaml.safe_dump(bad))
-    result = subprocess.run(
-        [sys.executable, "-m", "labtel.cli", "serve", "--config", str(path)],
+def _cli(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """`labtel <command> --config <config>` run to its end (a configuration error ends it at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "labtel.cli", command, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_cli_refuses_a_bad_config_at_start_up(tmp_path: Path) -> None:
+    bad = minimal(exporters={"clikhouse": {}})
+    path = tmp_path / "otel-config.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = _cli("serve", path)
     assert result.returncode == 2
     assert "exporters.clikhouse: unknown exporter type 'clikhouse'" in " ".join(result.stderr.split())
 
@@ -245,12 +250,7 @@ def test_cli_api_names_a_query_api_without_storage(tmp_path: Path) -> None:
     path = tmp_path / "otel-config.yaml"
     config = minimal(extensions={"query_api": {"endpoint": "127.0.0.1:0", "storage": "clickhouse/nope"}})
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "labtel.cli", "api", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _cli("api", path)
     assert result.returncode == 2, result.stderr
     assert "extensions.query_api.storage: 'clickhouse/nope' is not a clickhouse exporter" in " ".join(
         result.stderr.split()
@@ -279,12 +279,7 @@ def test_data_dir_keeps_the_embedded_engine_options(tmp_path: Path) -> None:
 def test_cli_reports_a_missing_pipeline(tmp_path: Path) -> None:
     path = tmp_path / "otel-config.yaml"
     path.write_text(yaml.safe_dump(minimal(service={"extensions": []})))
-    result = subprocess.run(
-        [sys.executable, "-m", "labtel.cli", "collector", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _cli("collector", path)
     assert result.returncode == 2
     assert "service.pipelines: missing" in " ".join(result.stderr.split())
 

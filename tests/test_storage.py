@@ -441,6 +441,22 @@ def _in_subprocess(script: str, *args: str) -> str:
     return result.stdout
 
 
+def _serve_until(server: LabtelServer, line: str) -> LabtelServer:
+    """`server`'s `labtel serve` started in a subprocess, once its output shows `line` (before it is ready)."""
+    server.process = subprocess.Popen(
+        [sys.executable, "-m", "labtel.cli", "serve", "--config", str(server.config)],
+        cwd=server.workdir,
+        stdout=server.log_file.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while line not in server.output():
+        assert server.process.poll() is None, server.output()
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.01)
+    return server
+
+
 def test_a_start_killed_while_migrating_a_populated_store_recovers_at_once(
     tmp_path: Path, server_factory: Callable[..., LabtelServer]
 ) -> None:
@@ -451,18 +467,8 @@ def test_a_start_killed_while_migrating_a_populated_store_recovers_at_once(
     config = write_config(tmp_path / "otel-config.yaml", data, signals=("logs", "traces", "metrics"))
     _in_subprocess(OLD_STORE, str(data))
 
-    killed = server_factory(config=config, workdir=tmp_path)
-    killed.process = subprocess.Popen(
-        [sys.executable, "-m", "labtel.cli", "serve", "--config", str(config)],
-        cwd=tmp_path,
-        stdout=killed.log_file.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 90
-    while "applying migration 5" not in killed.output():
-        assert killed.process.poll() is None, killed.output()
-        assert time.monotonic() < deadline, killed.output()
-        time.sleep(0.01)
+    killed = _serve_until(server_factory(config=config, workdir=tmp_path), "applying migration 5")
+    assert killed.process is not None
     killed.process.send_signal(9)
     killed.process.wait()
     killed.log_file.unlink()
@@ -519,18 +525,8 @@ def test_sigterm_while_migrating_a_big_store_stops_at_once_and_the_next_start_fi
     data = tmp_path / "data"
     config = write_config(tmp_path / "otel-config.yaml", data)
     _in_subprocess(BIG_OLD_STORE, str(data), "2000000")
-    stopped = server_factory(config=config, workdir=tmp_path)
-    stopped.process = subprocess.Popen(
-        [sys.executable, "-m", "labtel.cli", "serve", "--config", str(config)],
-        cwd=tmp_path,
-        stdout=stopped.log_file.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 90
-    while "applying migration 4" not in stopped.output():
-        assert stopped.process.poll() is None, stopped.output()
-        assert time.monotonic() < deadline, stopped.output()
-        time.sleep(0.01)
+    stopped = _serve_until(server_factory(config=config, workdir=tmp_path), "applying migration 4")
+    assert stopped.process is not None
     time.sleep(0.3)  # into its statements (building the text index)
     stopped.process.send_signal(signal.SIGTERM)
     terminated = time.monotonic()
