@@ -437,6 +437,9 @@ class ExportConfig(StrictModel):
     chunk_rows: int = Field(50_000, ge=1, le=10_000_000)
     max_rows: int = Field(10_000_000, ge=0)
     """An export selecting more events (without a `limit` below this) is refused with 413; 0: no limit."""
+    max_concurrent: int = Field(4, ge=1)
+    """Exports streaming at once; one more is a 429 with Retry-After. Each holds up to three
+    windows in memory and keeps a core busy, so their memory together stays bounded."""
 
 
 class MadsciCompatConfig(StrictModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ def create_app(
     app.state.storage = storage
     app.state.config = config
     app.state.alerts = list(alerts)
+    app.state.export_slots = threading.BoundedSemaphore(config.export.max_concurrent)
     app.state.sandbox = Sandbox(
         storage,
         SandboxLimits(

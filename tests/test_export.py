@@ -13,6 +13,7 @@ import threading
 import tracemalloc
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from labtel.collector.config import ExportConfig, QueryApiConfig
@@ -257,40 +259,87 @@ def test_export_streams_from_a_real_server(server: LabtelServer) -> None:
     assert [line["body"] for line in lines] == [f"served {i}" for i in range(500)]
 
 
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` on a real uvicorn server in this process (to see its threads and storage): its /export URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn started")
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/export"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def _export_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("labtel-export")]
 
 
 def test_a_client_leaving_mid_export_frees_its_windows_at_once(store: Storage) -> None:
-    # A real uvicorn server in this process, to see its threads and storage: a client that reads
-    # the first bytes of a large export and hangs up leaves no prefetch thread, no window held in
-    # memory and no query running (the export was closed when the response ended, not whenever
-    # the garbage collector would find it: the collector is off here).
+    # A client that reads the first bytes of a large export and hangs up leaves no prefetch
+    # thread, no window held in memory and no query running (the export was closed when the
+    # response ended, not whenever the garbage collector would find it: the collector is off here).
     generate(store, 120_000, BASE + 3 * 10**12, 2_000_000, "leaving")
     app = create_app(store, QueryApiConfig(export=ExportConfig(chunk_rows=5_000)))
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    serving = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    serving.start()
     gc.disable()
     try:
-        wait_for(lambda: server.started, what="uvicorn started")
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/export"
-        for fmt in ("csv", "parquet"):
-            with httpx.stream("GET", url, params={"service": "leaving", "format": fmt}, timeout=30) as response:
-                assert response.status_code == 200
-                received = 0
-                for chunk in response.iter_raw():  # past CSV's header, into the windows
-                    received += len(chunk)
-                    if received > 1 << 20:
-                        break
-                assert _export_threads()  # windows are being read ahead
-            wait_for(lambda: not _export_threads(), timeout=10, what=f"the {fmt} export's threads end")
-            running = store.rows(
-                "SELECT query FROM system.processes WHERE query LIKE '%window_lo%' AND query NOT LIKE '%system.processes%'"
-            )
-            assert running == []
+        with serving(app) as url:
+            for fmt in ("csv", "parquet"):
+                with httpx.stream("GET", url, params={"service": "leaving", "format": fmt}, timeout=30) as response:
+                    assert response.status_code == 200
+                    _read_some(response)
+                    assert _export_threads()  # windows are being read ahead
+                wait_for(lambda: not _export_threads(), timeout=10, what=f"the {fmt} export's threads end")
+                running = store.rows(
+                    "SELECT query FROM system.processes WHERE query LIKE '%window_lo%' "
+                    "AND query NOT LIKE '%system.processes%'"
+                )
+                assert running == []
     finally:
         gc.enable()
-        server.should_exit = True
-        serving.join(10)
+
+
+def _read_some(response: httpx.Response) -> None:
+    """Read a streaming export past CSV's header, into its windows."""
+    received = 0
+    for chunk in response.iter_raw():
+        received += len(chunk)
+        if received > 1 << 20:
+            return
+
+
+def test_exports_beyond_max_concurrent_are_a_429_and_a_slot_is_given_back_however_an_export_ends(
+    store: Storage,
+) -> None:
+    # Each export holds up to three windows and a core: past `max_concurrent` a caller is told to
+    # come back (429, Retry-After), and every way an export ends (done, hung up, refused as too
+    # large) gives its slot back.
+    generate(store, 120_000, BASE + 4 * 10**12, 2_000_000, "crowded")
+    app = create_app(store, QueryApiConfig(export=ExportConfig(chunk_rows=5_000, max_rows=100_000, max_concurrent=1)))
+    params = {"service": "crowded", "format": "csv", "limit": "100000"}
+    with serving(app) as url:
+        with httpx.stream("GET", url, params=params, timeout=30) as streaming:
+            assert streaming.status_code == 200
+            _read_some(streaming)
+            busy = httpx.get(url, params=params, timeout=30)
+            assert busy.status_code == 429
+            assert busy.headers["retry-after"] == "5"
+            assert "1 exports are streaming (extensions.query_api.export.max_concurrent)" in busy.json()["detail"]
+        # the hung-up export's slot comes back as its response ends (just after the client left)
+        answers: list[httpx.Response] = []
+        wait_for(
+            lambda: (
+                answers.append(httpx.get(url, params={"service": "crowded"}, timeout=30))
+                or answers[-1].status_code != 429
+            ),
+            timeout=10,
+            what="the slot of the export the client left",
+        )
+        assert answers[-1].status_code == 413  # too large for max_rows
+        done = httpx.get(url, params=params | {"limit": "10"}, timeout=30)  # the 413 gave its slot back
+        assert done.status_code == 200
+        assert len(done.text.splitlines()) == 11
+        assert httpx.get(url, params=params | {"limit": "10"}, timeout=30).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
@@ -49,7 +50,10 @@ class ClosingStreamingResponse(StreamingResponse):
     "number; without `end`, up to the moment of the request. Format by `format` or Accept (CSV by default). "
     f"{ATTRIBUTE_FILTERS}\n\nColumns, in order (CSV has a header row):\n{COLUMNS_DOC}",
     response_class=StreamingResponse,
-    responses={200: {"content": {media: {} for _, media in EXPORT_FORMATS.values()}}},
+    responses={
+        200: {"content": {media: {} for _, media in EXPORT_FORMATS.values()}},
+        429: {"description": "max_concurrent exports are streaming; try again (Retry-After)"},
+    },
 )
 def export(
     request: Request,
@@ -65,11 +69,29 @@ def export(
     if flt.end_ns is None:
         flt.end_ns = time.time_ns()
     config: QueryApiConfig = request.app.state.config
+    slots: threading.BoundedSemaphore = request.app.state.export_slots
+    if not slots.acquire(blocking=False):
+        raise HTTPException(
+            429,
+            f"{config.export.max_concurrent} exports are streaming (extensions.query_api.export.max_concurrent); "
+            "try again when one ends",
+            headers={"Retry-After": "5"},
+        )
     chunks = export_chunks(storage, flt, name, config.export.chunk_rows, limit, config.export.max_rows)
+
+    def close() -> None:
+        try:
+            chunks.close()
+        finally:
+            slots.release()
+
     try:
         first = next(chunks, b"")  # planning runs now, so its errors are a proper 4xx/503
-    except ExportTooLarge as error:
-        raise HTTPException(413, str(error)) from None
+    except BaseException as error:
+        close()
+        if isinstance(error, ExportTooLarge):
+            raise HTTPException(413, str(error)) from None
+        raise
     filename = f"labtel-events-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{_EXTENSIONS[name]}"
 
     def body() -> Iterator[bytes]:
@@ -78,7 +100,7 @@ def export(
 
     return ClosingStreamingResponse(
         body(),
-        chunks.close,
+        close,
         media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
