@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from labtel.sdk.textform import json_text
+from labtel.sdk.textform import json_text, plain
 
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
@@ -113,6 +113,9 @@ def any_value(value: Any, nested: bool = False) -> bytes:
         if nested or not all(_is_scalar(v) for v in items):
             return _field(b"\x0a", json_text(items).encode("utf-8", "backslashreplace"))
         return _field(b"\x2a", b"".join(_field(b"\x0a", any_value(v, nested=True)) for v in items))
+    converted = plain(value)
+    if converted is not value:
+        return any_value(converted, nested)
     if isinstance(value, (int, float)) or (hasattr(value, "__float__") and not hasattr(value, "__len__")):
         number = float(value)
         if number.is_integer() and math.isfinite(number) and hasattr(value, "__index__"):

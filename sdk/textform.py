@@ -9,10 +9,13 @@ collector's exact path use these functions to render the very same text in Pytho
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime
 import json
 import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -56,6 +59,28 @@ def json_string(text: str) -> str:
     return encoded.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
+def plain(value: Any) -> Any:
+    """A value of a common scientific type as the plain Python value it stands for, so that what
+    it means is stored rather than its repr: a numpy array or scalar as its list or number
+    (`tolist()`: a repr elides a long array's middle), a dataclass or pydantic model as a dict of its
+    fields, a Decimal as its exact text (a float would lose digits), a date or time as ISO 8601
+    text; anything else as it is."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, type):
+        return value
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)  # a pydantic model
+    if callable(dump):
+        return dump(mode="json")
+    if hasattr(value, "dtype") and callable(getattr(value, "tolist", None)):  # numpy (and alike)
+        return value.tolist()
+    return value
+
+
 def json_text(value: Any) -> str:
     """A Python value (str, int, float, bool, bytes, None, lists, mappings) as compact JSON,
     exactly as storage renders the equivalent OTLP array or key-value list."""
@@ -77,6 +102,9 @@ def json_text(value: Any) -> str:
         return "[" + ",".join(json_text(item) for item in value) + "]"
     if isinstance(value, Enum):
         return json_text(value.value)
+    converted = plain(value)
+    if converted is not value:
+        return json_text(converted)
     return json_string(str(value))
 
 

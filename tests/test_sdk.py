@@ -127,6 +127,53 @@ def test_structlog_calls_arrive_with_their_fields(sdk_server: tuple[LabtelServer
     )
 
 
+def test_values_of_scientific_types_are_stored_as_what_they_mean(sdk_server: tuple[LabtelServer, str]) -> None:
+    """numpy, Decimal, dataclasses, pydantic models and dates are stored as their values, not
+    as a repr (a numpy repr elides a long array's middle; a Decimal through float loses digits)."""
+    import dataclasses
+    import datetime as dt
+    from decimal import Decimal
+
+    import numpy as np
+    import pydantic
+
+    @dataclasses.dataclass
+    class Sample:
+        name: str
+        mass_mg: float
+        taken: dt.date
+
+    class Plate(pydantic.BaseModel):
+        barcode: str
+        volume_ul: Decimal
+
+    server, service = sdk_server
+    log = lab.get_logger("values")
+    log.info(
+        "values",
+        counts=np.arange(2000),
+        grid=np.zeros((2, 2)),
+        reads=np.int64(7),
+        ok=np.bool_(True),
+        mass=Decimal("12345678901234567890.123"),
+        sample=Sample("NaCl", 5.5, dt.date(2026, 1, 2)),
+        plate=Plate(barcode="P1", volume_ul=Decimal("1.10")),
+        when=[dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)],
+    )
+    lab.mlog("metadata values", metadata={"reads": np.int64(8), "mass": Decimal("0.10")})
+    events = by_body(delivered(server, service, 2))
+    attributes = events["values"]["attributes"]
+    assert attributes["counts"] == "[" + ",".join(str(i) for i in range(2000)) + "]"
+    assert attributes["grid"] == "[[0,0],[0,0]]"
+    assert (attributes["reads"], attributes["ok"]) == ("7", "true")
+    assert attributes["mass"] == "12345678901234567890.123"
+    assert attributes["sample"] == '{"name":"NaCl","mass_mg":5.5,"taken":"2026-01-02"}'
+    assert attributes["plate"] == '{"barcode":"P1","volume_ul":"1.10"}'
+    assert attributes["when"] == '["2026-01-02T03:04:05+00:00"]'
+    metadata = events["metadata values"]["attributes"]
+    assert (metadata["reads"], metadata["mass"]) == ("8", "0.10")
+
+
 def test_mlog_and_severity_helpers(sdk_server: tuple[LabtelServer, str], tmp_path: Path) -> None:
     server, _ = sdk_server
     service = configure(server, tmp_path, level="trace")  # trace is below the default level (debug)
