@@ -15,6 +15,7 @@ import contextlib
 import logging
 import multiprocessing.util
 import os
+import signal
 import threading
 import time
 import weakref
@@ -94,6 +95,7 @@ class Pipeline:
         self._strikes: dict[str, int] = {}
         self._start()
         _PIPELINES.add(self)
+        _flush_on_sigterm_in_worker()  # a spawned child configuring labtel in a task
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -436,6 +438,45 @@ def _flush_at_worker_exit() -> None:
 
 def _register_worker_finalizer(_: object = None) -> None:
     multiprocessing.util.Finalize(None, _flush_at_worker_exit, exitpriority=10)
+    _flush_on_sigterm_in_worker()
+
+
+def _flush_on_sigterm_in_worker() -> None:
+    """In a multiprocessing child (any start method) that leaves SIGTERM to its default: flush,
+    then die of the signal as before. `Pool.terminate()`, which the end of a `with Pool() as
+    pool:` block calls, stops the workers with SIGTERM, and what they logged would be lost."""
+    # A spawned child imports its main module (and so labtel) before it knows its parent: it is
+    # `_inheriting` then, as multiprocessing's own import check reads it.
+    child = multiprocessing.parent_process() is not None or getattr(
+        multiprocessing.current_process(), "_inheriting", False
+    )
+    if not child or threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _flush_and_terminate)
+
+
+_TERMINATING = threading.Event()
+
+
+def _flush_and_terminate(signum: int, _frame: object) -> None:
+    """SIGTERM in a multiprocessing child: flush on a thread of its own, which then sends the
+    signal again; this time the process dies of it, as it would have. The handler returns at
+    once: it may have interrupted this thread inside a flush, holding the lock a flush needs."""
+    if _TERMINATING.is_set():
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _TERMINATING.set()
+    threading.Thread(target=_flush_then_signal, args=(signum,), name="labtel-sdk-sigterm-flush", daemon=True).start()
+
+
+def _flush_then_signal(signum: int) -> None:
+    try:
+        _flush_at_worker_exit()
+    finally:
+        os.kill(os.getpid(), signum)
 
 
 class _Registration:

@@ -303,6 +303,21 @@ def test_multiprocessing_workers_deliver_what_they_logged_last(
     assert event["attributes"]["pid"] != str(os.getpid())
 
 
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_pool_workers_stopped_at_the_end_of_a_with_block_deliver(
+    method: str, sdk: tuple[LabtelServer, str], tmp_path: Path
+) -> None:
+    """`with Pool() as pool:` ends with Pool.terminate(): its workers get SIGTERM right after the
+    last result, while what they logged is still queued."""
+    server, service = sdk
+    args = (f"http://{server.grpc}", service, str(tmp_path / "worker-spool"))
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        pool.starmap(_worker, [args] * 4)
+    events = stored(server, service, 4)
+    assert [e["body"] for e in events] == ["from the worker"] * 4
+    assert str(os.getpid()) not in {e["attributes"]["pid"] for e in events}
+
+
 def test_a_spooled_request_the_collector_keeps_failing_is_set_aside(tmp_path: Path) -> None:
     """A request that fails while the ones behind it pass blocks them only a few times."""
     from labtel.sdk.pipeline import Pipeline
