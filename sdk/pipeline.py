@@ -91,6 +91,7 @@ class Pipeline:
         self._flush_requests = 0
         self._closed = False
         self._auth_warned = False
+        self._not_otlp_warned = False
         self._partial_warned = False
         self._strikes: dict[str, int] = {}
         self._start()
@@ -283,6 +284,14 @@ class Pipeline:
                     "and sent once it accepts the key (check LABTEL_API_KEY / headers)",
                     error,
                 )
+            if error.not_otlp and not self._not_otlp_warned:
+                self._not_otlp_warned = True
+                log.warning(
+                    "labtel.sdk: no OTLP logs receiver answers at the endpoint (%s); events are kept in the "
+                    "spool and sent once one does (check LABTEL_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT and "
+                    "the protocol, grpc or http)",
+                    error,
+                )
             self._drop_transport()  # a fresh connection for the next try
             self._back_off()
             return False
@@ -309,7 +318,7 @@ class Pipeline:
                 log.warning(
                     "labtel.sdk: the collector rejected %d of %d records: %s", rejected, records, answer.message
                 )
-        self._auth_warned = False
+        self._auth_warned = self._not_otlp_warned = False
         self._backoff_s = _BACKOFF_START_S
         self._down_until = 0.0
         if self.dropped > self._dropped_reported:

@@ -28,19 +28,27 @@ _RETRYABLE_GRPC = {
 _AUTH_GRPC = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 _RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 _AUTH_HTTP = {401, 403}
+_NOT_OTLP_HTTP = {404, 405}
+"""Answers of a server that has no OTLP logs receiver at the address (a wrong port or path):
+the data was not looked at, so it is kept until the address is right."""
 
 
 class SendError(Exception):
     """A request was not delivered. `retryable`: the collector may take it later; otherwise it
     refused the data for good (the records are counted as rejected). `too_large`: the request
     is over the collector's size limit (sent in smaller parts, it may pass). `auth`: the
-    collector refused the API key (retryable: the key may be fixed)."""
+    collector refused the API key (retryable: the key may be fixed). `not_otlp`: what answers at
+    the endpoint is no OTLP logs receiver (gRPC UNIMPLEMENTED, HTTP 404 / 405: a wrong port,
+    path or protocol; retryable: the setting may be fixed)."""
 
-    def __init__(self, message: str, retryable: bool, too_large: bool = False, auth: bool = False) -> None:
+    def __init__(
+        self, message: str, retryable: bool, too_large: bool = False, auth: bool = False, not_otlp: bool = False
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.too_large = too_large
         self.auth = auth
+        self.not_otlp = not_otlp
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,10 @@ class GrpcTransport:
                 too_large = not _has_retry_info(error)
                 raise SendError(message, retryable=not too_large, too_large=too_large) from None
             auth = code in _AUTH_GRPC
-            raise SendError(message, retryable=auth or code in _RETRYABLE_GRPC, auth=auth) from None
+            not_otlp = code is grpc.StatusCode.UNIMPLEMENTED
+            raise SendError(
+                message, retryable=auth or not_otlp or code in _RETRYABLE_GRPC, auth=auth, not_otlp=not_otlp
+            ) from None
         return accepted(response)
 
     def close(self) -> None:
@@ -159,7 +170,10 @@ class HttpTransport:
             if status == 413:
                 raise SendError(message, retryable=False, too_large=True)
             auth = status in _AUTH_HTTP
-            raise SendError(message, retryable=auth or status in _RETRYABLE_HTTP, auth=auth)
+            not_otlp = status in _NOT_OTLP_HTTP
+            raise SendError(
+                message, retryable=auth or not_otlp or status in _RETRYABLE_HTTP, auth=auth, not_otlp=not_otlp
+            )
         return accepted(response.content)
 
     def close(self) -> None:

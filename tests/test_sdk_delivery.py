@@ -279,6 +279,40 @@ def test_a_forked_child_does_not_inherit_a_held_spool_lock(sdk: tuple[LabtelServ
     assert [e["body"] for e in stored(server, service, 1)] == ["from the child"]
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_an_endpoint_without_an_otlp_logs_receiver_keeps_the_records(
+    protocol: str, collector: LabtelServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong port or path (gRPC UNIMPLEMENTED, HTTP 404) says nothing about the records: they
+    are spooled with one warning, and delivered once the endpoint is right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    no_logs_service = grpc.server(ThreadPoolExecutor(1))  # a gRPC server without the logs service
+    port = no_logs_service.add_insecure_port("127.0.0.1:0")
+    no_logs_service.start()
+    wrong = f"http://127.0.0.1:{port}" if protocol == "grpc" else collector.api  # the query API: 404
+    spool = tmp_path / "spool"
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    settings: dict[str, Any] = {"service_name": service, "spool_dir": spool, "metrics": False, "traces": False}
+    try:
+        lab.configure(endpoint=wrong, protocol=protocol, batch_interval_s=0.05, **settings)
+        lab.get_logger("misdirected").info("kept while misdirected")
+        with caplog.at_level(logging.WARNING, logger="labtel.sdk"):
+            result = lab.flush(5)
+        assert (result.rejected, result.pending) == (0, 1), result
+        assert [r for r in caplog.records if "no OTLP logs receiver answers" in r.getMessage()]
+        right = f"http://{collector.grpc}" if protocol == "grpc" else collector.http
+        lab.configure(endpoint=right, protocol=protocol, batch_interval_s=0.05, **settings)
+        result = lab.flush(10)
+        assert (result.delivered, result.pending) == (1, 0), result
+    finally:
+        lab.shutdown()
+        no_logs_service.stop(None)
+    assert [e["body"] for e in stored(collector, service, 1)] == ["kept while misdirected"]
+
+
 def _worker(endpoint: str, service: str, spool: str) -> None:
     """A multiprocessing worker that logs and returns without flushing."""
     if core._state is None:  # forkserver: a fresh interpreter
