@@ -6,9 +6,12 @@ environment, so `from labtel.sdk import get_logger` is enough to start.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from pydantic import ValidationError
 
 from labtel.sdk import resource as resource_detection
 from labtel.sdk._version import __version__
-from labtel.sdk.pipeline import FlushResult, Pipeline
+from labtel.sdk.pipeline import FlushResult, Pipeline, exit_timeout_s
 from labtel.sdk.settings import SdkSettings, request_headers, resolve
 from labtel.sdk.transport import make_transport
 
@@ -62,15 +65,43 @@ class Sdk:
         provider = self.meter_provider or metrics.get_meter_provider()
         return provider.get_meter("labtel.sdk", __version__)
 
-    def shutdown(self, timeout_s: float = 5.0) -> FlushResult:
-        result = self.pipeline.shutdown(timeout_s)
-        for provider in (self.tracer_provider, self.meter_provider):
+    def flush_providers(self, timeout_s: float) -> None:
+        """Export the spans and metrics recorded so far. OpenTelemetry's force_flush does not keep
+        to `timeout_s` while the collector is away (an exporter retries for its own 10 s): callers
+        run it on a thread of its own and wait for it as long as they may."""
+        millis = int(timeout_s * 1000)
+        for provider in (self.meter_provider, self.tracer_provider):
             if provider is not None:
                 try:
-                    provider.shutdown()
+                    provider.force_flush(millis)
                 except Exception:
-                    log.debug("labtel.sdk: provider shutdown failed", exc_info=True)
+                    log.debug("labtel.sdk: provider flush failed", exc_info=True)
+
+    def shutdown(self, timeout_s: float = 5.0) -> FlushResult:
+        """Deliver what can be within `timeout_s`, then stop: the log pipeline and the providers
+        at once (a provider's shutdown, waiting on a collector that is away, is left to finish
+        on its own thread: a span processor's shutdown waits up to 30 s)."""
+
+        def stop_providers() -> None:
+            for provider in (self.tracer_provider, self.meter_provider):
+                if provider is not None:
+                    try:
+                        provider.shutdown()
+                    except Exception:
+                        log.debug("labtel.sdk: provider shutdown failed", exc_info=True)
+
+        deadline = time.monotonic() + timeout_s
+        providers = _start(stop_providers, "labtel-sdk-provider-shutdown")
+        result = self.pipeline.shutdown(timeout_s)
+        providers.join(max(0.0, deadline - time.monotonic()))
         return result
+
+
+def _start(action: Callable[[], None], name: str) -> threading.Thread:
+    """`action` running on a daemon thread of its own."""
+    thread = threading.Thread(target=action, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 _state: Sdk | None = None
@@ -195,7 +226,7 @@ def _tracer_provider(
             headers=headers,
             credentials=_grpc_credentials(endpoint, certificate),
         )
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # _at_exit shuts it down
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)  # the process had none: OTel instrumentation uses ours
@@ -228,7 +259,7 @@ def _meter_provider(
             credentials=_grpc_credentials(endpoint, certificate),
         )
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=int(interval_s * 1000))
-    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     if not isinstance(metrics.get_meter_provider(), MeterProvider):
         metrics.set_meter_provider(provider)  # the process had none: OTel instrumentation uses ours
     return provider
@@ -248,14 +279,26 @@ def flush(timeout_s: float = 5.0) -> FlushResult:
     current = _state
     if current is None:
         return FlushResult(0, 0, 0)
-    if current.meter_provider is not None:
+    deadline = time.monotonic() + timeout_s
+    providers = _start(lambda: current.flush_providers(timeout_s), "labtel-sdk-flush")
+    result = current.pipeline.flush(timeout_s)
+    providers.join(max(0.0, deadline - time.monotonic()))
+    return result
+
+
+def _at_exit() -> None:
+    """At interpreter exit: deliver what can be within $LABTEL_EXIT_FLUSH_TIMEOUT_S (the
+    providers are made without OpenTelemetry's own exit handlers, which wait far longer while the
+    collector is away)."""
+    current = _state
+    if current is not None:
         try:
-            current.meter_provider.force_flush(int(timeout_s * 1000))
+            current.shutdown(exit_timeout_s())
         except Exception:
-            log.debug("labtel.sdk: metric flush failed", exc_info=True)
-    if current.tracer_provider is not None:
-        current.tracer_provider.force_flush(int(timeout_s * 1000))
-    return current.pipeline.flush(timeout_s)
+            log.debug("labtel.sdk: shutdown at exit failed", exc_info=True)
+
+
+atexit.register(_at_exit)  # registered after the pipeline module's: runs before it
 
 
 def shutdown(timeout_s: float = 5.0) -> FlushResult:

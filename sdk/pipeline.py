@@ -420,7 +420,7 @@ def _after_fork_in_child() -> None:
         pipeline.after_fork()
 
 
-def _exit_timeout_s() -> float:
+def exit_timeout_s() -> float:
     """Seconds the flush at exit may take: $LABTEL_EXIT_FLUSH_TIMEOUT_S, 5 by default (and when
     the variable is not a number, rather than losing the last records)."""
     try:
@@ -430,7 +430,7 @@ def _exit_timeout_s() -> float:
 
 
 def _at_exit() -> None:
-    timeout_s = _exit_timeout_s()
+    timeout_s = exit_timeout_s()
     for pipeline in list(_PIPELINES):
         with contextlib.suppress(Exception):  # best effort at interpreter exit
             pipeline.shutdown(timeout_s=timeout_s)
@@ -439,7 +439,7 @@ def _at_exit() -> None:
 def _flush_at_worker_exit() -> None:
     """A multiprocessing worker (fork, forkserver) ends with os._exit(): atexit handlers do not
     run, multiprocessing's finalizers do. Deliver what it logged."""
-    timeout_s = _exit_timeout_s()
+    timeout_s = exit_timeout_s()
     for pipeline in list(_PIPELINES):
         with contextlib.suppress(Exception):
             pipeline.flush(timeout_s=timeout_s)

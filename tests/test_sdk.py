@@ -620,3 +620,61 @@ def test_instrument_metrics_reach_the_collector(tmp_path: Path, server_factory: 
         assert all("run_id" not in s["labels"] and "lab.run.id" not in s["labels"] for s in run_labels)
     finally:
         lab.shutdown()
+
+
+def test_flush_and_exit_keep_to_their_timeouts_while_the_collector_is_away(tmp_path: Path) -> None:
+    """Spans and metrics waiting for a collector that is away held flush(timeout_s=1) and the
+    interpreter's exit for 8 s and more (OpenTelemetry's exporters retry for their own 10 s)."""
+    import subprocess
+    import sys
+
+    away = f"http://127.0.0.1:{free_port()}"
+    script = f"""
+import time
+import labtel.sdk as lab
+lab.configure(service_name="away", endpoint={away!r}, spool_dir={str(tmp_path / "spool")!r})
+lab.device_io(device="valve_A", operation="open")(lambda: None)()
+with lab.span("transfer"):
+    lab.get_logger("app").info("moving plate")
+started = time.monotonic()
+result = lab.flush(timeout_s=1)
+print(round(time.monotonic() - started, 1), result.pending)
+with lab.span("after the flush"):
+    pass
+"""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LABTEL_EXIT_FLUSH_TIMEOUT_S": "1"},
+    )
+    took = time.monotonic() - started
+    flush_s, pending = result.stdout.split()
+    assert float(flush_s) <= 1.5, result.stderr
+    assert int(pending) == 2  # the event and the device_io event, spooled
+    assert took < 5, result.stderr  # start-up, the flush (1 s) and the exit (1 s)
+
+
+def test_spans_and_metrics_are_delivered_at_exit(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> None:
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
+    server = server_factory(config=config, workdir=tmp_path).start()
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    script = f"""
+import labtel.sdk as lab
+lab.configure(service_name={service!r}, endpoint="http://{server.grpc}", spool_dir={str(tmp_path / "spool")!r})
+lab.device_io(device="valve_A", operation="open")(lambda: None)()
+with lab.span("transfer"):
+    lab.get_logger("app").info("moving plate")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [event] = wait_for(lambda: server.all_events(service=service, q="moving"), what="the event")
+    spans = wait_for(lambda: server.get(f"/traces/{event['trace_id']}").json()["spans"], what="the span")
+    assert [s["name"] for s in spans] == ["transfer"]
+    names = wait_for(lambda: server.get("/series/names", service=service).json()["names"], what="the metrics")
+    assert "device_io_operations" in {n["name"] for n in names}
