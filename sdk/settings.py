@@ -61,10 +61,13 @@ def _env(*names: str) -> str | None:
 
 
 def otel_resource_attributes() -> dict[str, str]:
-    """`OTEL_RESOURCE_ATTRIBUTES` (k=v,k=v) as a dict."""
+    """`OTEL_RESOURCE_ATTRIBUTES` (k=v,k=v, values percent-encoded: `lab.name=Chem%20Lab`) as a
+    dict, read as OpenTelemetry's own resource detector reads it (the spans' resource)."""
+    from urllib.parse import unquote
+
     raw = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
-    return {key.strip(): value.strip() for key, value in pairs}
+    return {key.strip(): unquote(value.strip()) for key, value in pairs}
 
 
 def resolve(settings: SdkSettings) -> SdkSettings:

@@ -477,6 +477,33 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve(SdkSettings(service_name="explicit")).service_name == "explicit"
 
 
+def test_otel_resource_attributes_are_percent_decoded(
+    server: LabtelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values of OTEL_RESOURCE_ATTRIBUTES are percent-encoded (a space, a comma): events carry
+    them decoded, as OpenTelemetry's detector gives them to the spans of the same process."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=bench%2C%20north,site=La%20Palma")
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    lab.configure(
+        service_name=service,
+        endpoint=f"http://{server.grpc}",
+        spool_dir=tmp_path / "spool",
+        batch_interval_s=0.05,
+        metrics=False,
+    )
+    try:
+        with lab.span("observe"):
+            lab.get_logger("obs").info("observing")
+        [event] = delivered(server, service, 1)
+    finally:
+        lab.shutdown()
+    assert event["resource"]["site"] == "La Palma"
+    assert event["resource"]["deployment.environment"] == "bench, north"
+    [span] = wait_for(lambda: server.get(f"/traces/{event['trace_id']}").json()["spans"], what="the span")
+    assert span["resource"]["site"] == "La Palma"
+    assert [e["body"] for e in server.all_events(**{"resource.site": "La Palma"})] == ["observing"]
+
+
 def test_event_type_catalog() -> None:
     assert len(MADSCI_EVENT_TYPES) == 63
     assert LabEventType("Workflow_Complete") is LabEventType.WORKFLOW_COMPLETE
