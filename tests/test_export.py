@@ -302,13 +302,16 @@ def test_a_client_leaving_mid_export_frees_its_windows_at_once(store: Storage) -
         gc.enable()
 
 
-def _read_some(response: httpx.Response) -> None:
-    """Read a streaming export past CSV's header, into its windows."""
+def _read_some(response: httpx.Response) -> Iterator[bytes]:
+    """Read a streaming export past CSV's header, into its windows; the rest of it (the caller
+    keeps it while the export is to go on: dropping it closes the connection)."""
+    chunks = response.iter_raw()
     received = 0
-    for chunk in response.iter_raw():
+    for chunk in chunks:
         received += len(chunk)
         if received > 1 << 20:
-            return
+            break
+    return chunks
 
 
 def test_exports_beyond_max_concurrent_are_a_429_and_a_slot_is_given_back_however_an_export_ends(
@@ -323,23 +326,31 @@ def test_exports_beyond_max_concurrent_are_a_429_and_a_slot_is_given_back_howeve
     with serving(app) as url:
         with httpx.stream("GET", url, params=params, timeout=30) as streaming:
             assert streaming.status_code == 200
-            _read_some(streaming)
+            rest = _read_some(streaming)
             busy = httpx.get(url, params=params, timeout=30)
             assert busy.status_code == 429
             assert busy.headers["retry-after"] == "5"
             assert "1 exports are streaming (extensions.query_api.export.max_concurrent)" in busy.json()["detail"]
-        # the hung-up export's slot comes back as its response ends (just after the client left)
-        answers: list[httpx.Response] = []
-        wait_for(
-            lambda: (
-                answers.append(httpx.get(url, params={"service": "crowded"}, timeout=30))
-                or answers[-1].status_code != 429
-            ),
-            timeout=10,
-            what="the slot of the export the client left",
-        )
-        assert answers[-1].status_code == 413  # too large for max_rows
+            assert sum(len(chunk) for chunk in rest) > 30 << 20  # the first export went on to its end
+
+        def answer_once_free(query: dict[str, str], what: str) -> httpx.Response:
+            """The first answer to `query` that is not a 429: a slot comes back as its response
+            ends, which the server sees just after the client."""
+            answers: list[httpx.Response] = []
+            wait_for(
+                lambda: answers.append(httpx.get(url, params=query, timeout=30)) or answers[-1].status_code != 429,
+                timeout=10,
+                what=what,
+            )
+            return answers[-1]
+
+        too_large = answer_once_free({"service": "crowded"}, "the slot of the export that ended")
+        assert too_large.status_code == 413  # more than max_rows
         done = httpx.get(url, params=params | {"limit": "10"}, timeout=30)  # the 413 gave its slot back
         assert done.status_code == 200
         assert len(done.text.splitlines()) == 11
-        assert httpx.get(url, params=params | {"limit": "10"}, timeout=30).status_code == 200
+        assert answer_once_free({"service": "crowded"}, "the slot of the export done").status_code == 413
+        with httpx.stream("GET", url, params=params, timeout=30) as leaving:
+            assert leaving.status_code == 200
+            _read_some(leaving)  # and hang up
+        assert answer_once_free(params | {"limit": "10"}, "the slot of the export the client left").status_code == 200
