@@ -19,14 +19,14 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 
-from tests.alerting import free_port, smtp_receiver
+from tests.alerting import free_port, smtp_receiver, webhook_receiver
 from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config
 
 ALERTS = """  alerts:
     storage: clickhouse
     interval: 200ms
     group_wait: 0s
-    notifiers:
+{extra}    notifiers:
 {notifiers}
 """
 
@@ -41,9 +41,12 @@ EMAIL = """      {name}:
 """
 
 
-def alerting_config(tmp_path: Path, notifiers: str) -> Path:
+def alerting_config(tmp_path: Path, notifiers: str, extra: str = "") -> Path:
+    """A `labtel serve` config with an alerts exporter: `notifiers` and `extra` (more of its keys) as YAML."""
     path = write_config(
-        tmp_path / "otel-config.yaml", tmp_path / "data", exporter_extra=ALERTS.format(notifiers=notifiers)
+        tmp_path / "otel-config.yaml",
+        tmp_path / "data",
+        exporter_extra=ALERTS.format(notifiers=notifiers, extra=extra),
     )
     text = path.read_text()
     logs_pipeline = "logs: {receivers: [otlp], processors: [batch], exporters: [clickhouse]}"
@@ -140,3 +143,51 @@ def test_an_smtp_server_that_is_down_does_not_slow_ingest(
         assert len(server.all_events(service="extraction-line")) == 15 * 40
     finally:
         black_hole.close()
+
+
+HEARTBEAT_RULE = """    aggregate_interval: 200ms
+    rules:
+      - name: heartbeat_lost
+        match: {"event_type": "node_status_update"}
+        silence: {for: 3s, expect: [ot2_1, never_seen]}
+"""
+
+
+def test_a_silence_rule_pages_only_for_a_silence_it_heard(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    """Through a real `labtel serve` and webhook: a node whose clock is a minute fast and that
+    sends heartbeats is not silent (its heartbeats were ignored, being in the future), and a
+    node never seen pages `for` after the start, not at once."""
+    with webhook_receiver() as hook:
+        notifiers = f"      webhook/ops: {{url: {hook.url}}}\n"
+        config = alerting_config(tmp_path, notifiers, extra=HEARTBEAT_RULE)
+        server = server_factory(config=config, workdir=tmp_path).start()
+        started = time.monotonic()
+        provider = LoggerProvider(resource=Resource.create({"service.name": "ot2-driver"}))
+        provider.add_log_record_processor(
+            SimpleLogRecordProcessor(OTLPLogExporter(endpoint=server.grpc, insecure=True))
+        )
+        logger = provider.get_logger("ot2")
+        early: list[object] | None = None
+        while time.monotonic() - started < 6.0:  # a heartbeat every 300 ms for 6 s, stamped 60 s ahead
+            logger.emit(
+                timestamp=time.time_ns() + 60 * 1_000_000_000,
+                severity_number=SeverityNumber.INFO,
+                body="heartbeat",
+                attributes={"lab.node.id": "ot2_1", "lab.event.type": "node_status_update"},
+            )
+            time.sleep(0.3)
+            if early is None and time.monotonic() - started > 1.5:
+                early = list(hook.received)
+        provider.shutdown()
+        assert early == []  # the engine had watched for less than 3 s
+        [never_seen] = hook.wait(1)  # and ot2_1 was heard
+        assert never_seen.body["key"] == "node_id=never_seen"
+        assert never_seen.body["summary"].endswith("for 3s (nothing seen)")
+
+        quiet = hook.wait(2, timeout=15)[1]  # ot2_1 stopped: silent 3 s after its last heartbeat arrived
+        assert (quiet.body["kind"], quiet.body["key"]) == ("firing", "node_id=ot2_1")
+        assert "last seen 3s ago" in quiet.body["summary"]
+        assert quiet.body["events"][0]["node_id"] == "ot2_1"
+        assert time.monotonic() - started >= 9.0

@@ -19,6 +19,7 @@ from tests.alerting import FakeClock, alerts_config, free_port, store_events
 from tests.conftest import migrated_storage
 
 MINUTE = 60.0
+HOUR = 60 * MINUTE
 NS = 1_000_000_000
 
 
@@ -218,7 +219,7 @@ def test_threshold_rule_fires_per_node_and_resolves(storage: Storage, svc: str) 
 
 
 def test_silence_detection_fires_for_quiet_and_expected_nodes_and_resolves(storage: Storage, svc: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time() - HOUR)  # behind insert times: the events it stamps are not ahead
     engine = engine_for(
         storage,
         clock,
@@ -243,13 +244,18 @@ def test_silence_detection_fires_for_quiet_and_expected_nodes_and_resolves(stora
         ],
         service=svc,
     )
+    assert engine.evaluate().deliver == []  # watched for less than 10m: no silence heard yet
+    clock.advance(9 * MINUTE)
+    assert engine.evaluate().deliver == []
+    store_events(storage, [{"time_ns": int(clock() * NS), "attributes": {**beat, "lab.node.id": "ot2_1"}}], service=svc)
+    clock.advance(MINUTE)
     fired = {a.group_key: a for a in engine.evaluate().deliver}
     assert set(fired) == {"node_id=robot_arm", "node_id=never_seen"}
-    assert "last seen 30m ago" in fired["node_id=robot_arm"].summary
+    assert "last seen 40m ago" in fired["node_id=robot_arm"].summary
     assert fired["node_id=robot_arm"].events[0].node_id == "robot_arm"
     assert "nothing seen" in fired["node_id=never_seen"].summary
 
-    clock.advance(10 * MINUTE)  # ot2_1 is now quiet too
+    clock.advance(9 * MINUTE)  # ot2_1 is now quiet too
     [quiet] = engine.evaluate().deliver
     assert quiet.group_key == "node_id=ot2_1"
 
@@ -260,6 +266,82 @@ def test_silence_detection_fires_for_quiet_and_expected_nodes_and_resolves(stora
     [back] = engine.evaluate().deliver
     assert (back.kind, back.group_key) == ("resolved", "node_id=robot_arm")
     assert back.notifiers == ["webhook/ops"]
+
+
+def test_a_node_whose_clock_runs_ahead_is_heard_when_its_events_arrive(storage: Storage, svc: str) -> None:
+    """Events stamped in the future count from their arrival: a heartbeat of a node whose clock
+    is ten minutes fast is heard (it was ignored, so the node was 'silent'), and a burst of its
+    errors is counted at once (it was counted only once its timestamps came, and for too long)."""
+    clock = FakeClock(time.time() - 4 * MINUTE)  # the engine watches from four minutes ago
+    engine = engine_for(
+        storage,
+        clock,
+        svc,
+        alert_level="off",
+        aggregate_interval="1s",
+        rules=[
+            {
+                "name": "heartbeat_lost",
+                "match": {"service": svc, "event_type": "heartbeat"},
+                "silence": {"for": "5m", "expect": ["fast_clock"]},
+            },
+            {
+                "name": "error_burst",
+                "match": {"service": svc, "log_level": {"$gte": 40}},
+                "threshold": {"count": 2, "within": "1m"},
+                "group_by": ["node_id"],
+            },
+        ],
+    )
+    ahead_ns = time.time_ns() + int(10 * MINUTE * NS)
+    node = {"lab.node.id": "fast_clock"}
+    store_events(
+        storage,
+        [
+            {"time_ns": ahead_ns, "attributes": {**node, "lab.event.type": "heartbeat"}},
+            *({"severity": 17, "time_ns": ahead_ns + i, "attributes": node} for i in range(3)),
+        ],
+        service=svc,
+    )
+    clock.advance(4 * MINUTE + 5)  # just after they arrived
+    [burst] = engine.evaluate().deliver
+    assert (burst.rule, burst.kind, burst.value) == ("error_burst", "firing", 3.0)
+    clock.advance(2 * MINUTE)  # watched for over 5m; the heartbeat arrived 2m ago
+    [resolved] = engine.evaluate().deliver
+    assert (resolved.rule, resolved.kind) == ("error_burst", "resolved")
+    clock.advance(3 * MINUTE)  # five minutes after the heartbeat arrived
+    [quiet] = engine.evaluate().deliver
+    assert (quiet.rule, quiet.group_key) == ("heartbeat_lost", "node_id=fast_clock")
+    assert "last seen" in quiet.summary
+    assert quiet.value is not None
+    assert 5 * MINUTE <= quiet.value < 6 * MINUTE
+
+
+def test_threshold_counts_more_than_count_inside_the_window(storage: Storage, svc: str) -> None:
+    """Exactly `count` events do not fire, one more does; an event just outside `within` is not counted."""
+    clock = FakeClock()
+    engine = engine_for(
+        storage,
+        clock,
+        svc,
+        alert_level="off",
+        aggregate_interval="1s",
+        rules=[
+            {
+                "name": "burst",
+                "match": {"service": svc, "log_level": {"$gte": 40}},
+                "threshold": {"count": 3, "within": "1m"},
+            }
+        ],
+    )
+    now_ns = int(clock() * NS)
+    errors = [{"severity": 17, "time_ns": now_ns - i * NS} for i in range(3)]
+    store_events(storage, [*errors, {"severity": 17, "time_ns": now_ns - 61 * NS}], service=svc)
+    assert engine.evaluate().deliver == []  # three within the minute, the fourth outside it
+    store_events(storage, [{"severity": 17, "time_ns": now_ns - 30 * NS}], service=svc)  # late, inside
+    clock.advance(1)
+    [fired] = engine.evaluate().deliver
+    assert (fired.kind, fired.value) == ("firing", 4.0)
 
 
 def test_a_restart_neither_loses_nor_repeats_alerts(fresh_storage: Storage, svc: str) -> None:
@@ -288,7 +370,7 @@ def test_a_restart_neither_loses_nor_repeats_alerts(fresh_storage: Storage, svc:
 
 
 def test_an_aggregate_still_firing_after_a_restart_resolves_once(storage: Storage, svc: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time() - HOUR)  # behind insert times: the events it stamps are not ahead
     rules = [
         {
             "name": "quiet",
@@ -296,11 +378,17 @@ def test_an_aggregate_still_firing_after_a_restart_resolves_once(storage: Storag
             "silence": {"for": "5m", "expect": ["n1"]},
         }
     ]
-    first = engine_for(storage, clock, svc, alert_level="off", rules=rules)
+    first = engine_for(storage, clock, svc, alert_level="off", rules=rules, repeat_interval="2m")
+    clock.advance(5 * MINUTE)
     [fired] = first.evaluate().deliver
     assert fired.group_key == "node_id=n1"
+    clock.advance(3 * MINUTE)
+    [still] = first.evaluate().deliver
+    assert still.summary.startswith("still: ")
 
-    restarted = engine_for(storage, clock, svc, alert_level="off", rules=rules, aggregate_interval="1s")
+    restarted = engine_for(
+        storage, clock, svc, alert_level="off", rules=rules, aggregate_interval="1s", repeat_interval="2m"
+    )
     clock.advance(2)
     assert restarted.evaluate().deliver == []  # already known to be firing
     store_events(
@@ -311,6 +399,7 @@ def test_an_aggregate_still_firing_after_a_restart_resolves_once(storage: Storag
     clock.advance(2)
     [resolved] = restarted.evaluate().deliver
     assert (resolved.kind, resolved.group_key) == ("resolved", "node_id=n1")
+    assert "(firing for 184s)" in resolved.summary  # since it fired, not since the restart
 
 
 async def test_an_alert_no_notifier_delivered_suppresses_nothing(fresh_storage: Storage, svc: str) -> None:

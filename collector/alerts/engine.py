@@ -11,10 +11,12 @@ within `repeat_interval` (recorded as suppressed).
 
 Aggregate rules, every `aggregate_interval`, over event time: a threshold rule fires per group
 with more than `count` matching events within `within`; a silence rule fires per group (node)
-with no matching event for `for`. Both resolve when the condition clears. An aggregate's alert
-(firing or resolved) that no notifier delivered is made again at a later evaluation, after the
-notifiers' own retry back-off continued (at least `aggregate_interval`, at most
-`repeat_interval`); once one is delivered, a firing group repeats every `repeat_interval`.
+with no matching event for `for`, once the engine has watched that long. An event stamped later
+than its arrival (a node whose clock runs ahead) counts from its arrival. Both resolve when the
+condition clears. An aggregate's alert (firing or resolved) that no notifier delivered is made
+again at a later evaluation, after the notifiers' own retry back-off continued (at least
+`aggregate_interval`, at most `repeat_interval`); once one is delivered, a firing group repeats
+every `repeat_interval`.
 
 All time is the engine's `clock` (tests drive it); insert times are ClickHouse's. What the
 engine knows survives a restart: the checkpoint never passes events still waiting in a group,
@@ -55,6 +57,9 @@ Clock = Callable[[], float]
 """Seconds since the Unix epoch, as time.time gives them (tests pass a clock they move)."""
 
 _INSERTED = "UUIDv7ToDateTime(EventId)"
+_HEARD = f"least(Timestamp, {_INSERTED})"
+"""When an aggregate rule counts an event: at its time, or at its arrival if its time is later (a
+node whose clock runs ahead is neither silent nor counted late)."""
 MAX_HANDLED = 20_000
 """Handled events remembered inside the look-back window; beyond it the oldest are forgotten."""
 
@@ -125,6 +130,9 @@ class AlertEngine:
         self._firing: dict[tuple[str, str], Firing] = {}
         self._unsent_resolves: dict[tuple[str, str], UnsentResolve] = {}
         self._next_aggregates = 0.0
+        self._watching_since = 0.0
+        """When this engine began watching (its load): a silence rule fires only once it has
+        watched for `for` (events could not arrive while the collector was down)."""
         self._last_alert: dict[str, float] = {}
 
     # --- start ----------------------------------------------------------------------------
@@ -143,6 +151,7 @@ class AlertEngine:
                 self._floor_ms = saved - lookback_ms
                 self._handled = self.history.handled_since(self._floor_ms)
             self._saved_watermark = saved
+            self._watching_since = self.clock()
             longest = max((r.repeat_interval for r in self.rules), default=timedelta(0))
             self._notified = self.history.last_fired(self.clock() - longest.total_seconds())
             now = self.clock()
@@ -152,7 +161,7 @@ class AlertEngine:
                 group = (alert.rule, alert.group_key)
                 unsent = status in UNDELIVERED  # sent again at the first evaluation
                 if alert.kind == "firing":
-                    firing = Firing(alert, alert.fired_at, alert.fired_at)
+                    firing = Firing(alert, alert.since or alert.fired_at, alert.fired_at)
                     if unsent:
                         firing.failures, firing.retry_at = 1, now
                     self._firing[group] = firing
@@ -390,7 +399,8 @@ class AlertEngine:
             f"SELECT {groups} AS g, count() AS n, "
             f"groupArraySorted({listed})((-toUnixTimestamp64Nano(Timestamp), toString(EventId))) AS newest "
             f"FROM {self.storage.names.logs} WHERE Timestamp > fromUnixTimestamp64Milli({{t_from:Int64}}) "
-            f"AND Timestamp <= fromUnixTimestamp64Milli({{t_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
+            f"AND {_HEARD} > fromUnixTimestamp64Milli({{t_from:Int64}}) "
+            f"AND {_HEARD} <= fromUnixTimestamp64Milli({{t_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
             "GROUP BY g HAVING n > {t_count:UInt64}",
             parameters={
                 **parameters,
@@ -423,10 +433,11 @@ class AlertEngine:
         parameters = dict(rule.parameters)
         groups = self._group_select(rule, parameters)
         rows = self.storage.rows(
-            f"SELECT {groups} AS g, toUnixTimestamp64Milli(max(Timestamp)) AS last_ms, "
-            "argMax(toString(EventId), Timestamp) AS last_id "
+            f"SELECT {groups} AS g, toUnixTimestamp64Milli(max({_HEARD})) AS last_ms, "
+            f"argMax(toString(EventId), {_HEARD}) AS last_id "
             f"FROM {self.storage.names.logs} WHERE Timestamp > fromUnixTimestamp64Milli({{s_from:Int64}}) "
-            f"AND Timestamp <= fromUnixTimestamp64Milli({{s_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
+            f"AND {_HEARD} > fromUnixTimestamp64Milli({{s_from:Int64}}) "
+            f"AND {_HEARD} <= fromUnixTimestamp64Milli({{s_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
             "GROUP BY g",
             parameters={
                 **parameters,
@@ -444,8 +455,10 @@ class AlertEngine:
         window = format_duration(silence.for_)
         alerts: list[Alert] = []
         for key, (seen, last_id) in last.items():
-            silent = seen is None or now - seen >= quiet_for
             firing = self._firing.get((rule.name, key))
+            silent = seen is None or now - seen >= quiet_for
+            if firing is None:  # only a silence heard for `for`: not one while labtel was not listening
+                silent = silent and now - self._watching_since >= quiet_for
             if silent:
                 since = (
                     "nothing seen"
@@ -500,9 +513,10 @@ class AlertEngine:
             dedup_keys=[f"{rule.name}|{key}"],
             value=value,
             repeat=repeat,
+            since=firing.since if firing else now,
         )
         failures = firing.failures if firing is not None and firing.retry_at is not None else 0
-        self._firing[group] = Firing(alert, firing.since if firing else now, now, failures)
+        self._firing[group] = Firing(alert, alert.since or now, now, failures)
         self._unsent_resolves.pop(group, None)  # firing again: that resolve is out of date
         return alert
 

@@ -66,6 +66,9 @@ class Alert:
     """An aggregate's alert saying its condition still holds: an earlier alert of it was delivered."""
     held_back: int = 0
     """Messages this notifier held back by its rate limit since its last message (set per delivery)."""
+    since: float | None = None
+    """When an aggregate's group began firing (a repeat's first alert's time): a resolved notice
+    after a restart says how long it fired."""
 
     @property
     def title(self) -> str:
