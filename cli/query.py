@@ -233,30 +233,42 @@ def events_table(events: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _sse(url: str, params: list[tuple[str, str]], last_id: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+def _sse(url: str, params: list[tuple[str, str]], last_id: str | None) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(id, event) of each SSE message of the stream that names an id or holds an event: an id
+    alone (None for the event) is where the stream stands, to resume from; ("", None) first,
+    once the stream is open."""
     headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
     with session.get(url, params=params, headers=headers, stream=True, timeout=(10, 60)) as response:
         _check(response)
+        yield "", None
         frame: dict[str, str] = {}
         for raw in response.iter_lines(decode_unicode=True):
             if raw:
-                key, _, value = raw.partition(": ")
-                frame[key] = value
-            elif "data" in frame:
+                key, _, value = raw.partition(":")
+                frame[key] = value.removeprefix(" ")
+                continue
+            if "data" in frame:
                 yield frame.get("id", ""), json.loads(frame["data"])
-                frame = {}
+            elif frame.get("id"):
+                yield frame["id"], None
+            frame = {}
 
 
 def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: bool) -> None:
-    """Print events as they arrive, reconnecting (and resuming) when the connection drops;
-    events in `shown` were printed already."""
+    """Print events as they arrive, reconnecting (and resuming where the stream stood) when the
+    connection drops or the server ends the stream (a restart); events in `shown` were printed
+    already. A lost connection is said once, and its return once."""
     last_id: str | None = None
+    lost = False
     console = out()
     while True:
         try:
             for sse_id, event in _sse(f"{base}/events/stream", params, last_id):
-                last_id = sse_id  # a reconnection resumes after it
-                if event["event_id"] in shown:
+                if lost:
+                    _note("labtel: reconnected")
+                    lost = False
+                last_id = sse_id or last_id  # a reconnection resumes after it
+                if event is None or event["event_id"] in shown:
                     continue
                 if as_json:
                     sys.stdout.write(json.dumps(event) + "\n")
@@ -266,8 +278,11 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
         except requests.exceptions.SSLError as error:  # reconnecting would fail the same way
             raise _broken(error, base) from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
+            pass
+        if not lost:
             _note("labtel: connection lost; reconnecting...")
-            time.sleep(1)
+            lost = True
+        time.sleep(1)
 
 
 def events(

@@ -104,17 +104,21 @@ class QueryApiExtension:
         self.authenticator = authenticator
         self._storage = storage
         self._host = config.host
-        app = create_app(storage, config, ingest, alerts=alerts, authenticator=authenticator)
-        self._server = HttpServer(app, config.host, config.port, config.tls)
+        self._app = create_app(storage, config, ingest, alerts=alerts, authenticator=authenticator)
+        self._server = HttpServer(self._app, config.host, config.port, config.tls)
 
     async def start(self) -> None:
         """Listen; first open an embedded store, which no other process may hold (a ClickHouse
         server that is away may come back: /ready says so meanwhile)."""
         if self._storage.target.embedded:
             await asyncio.to_thread(self._storage.command, "SELECT 1")  # raises StorageUnavailable
+        self._app.state.closing.clear()
         await self._server.start()
 
     async def shutdown(self) -> None:
+        """Stop listening; live tails (`GET /events/stream`) end first, so their clients reconnect
+        to the next server instead of holding the shutdown up until it cancels them."""
+        self._app.state.closing.set()
         await self._server.stop()
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ def create_app(
     app.state.storage = storage
     app.state.config = config
     app.state.alerts = list(alerts)
+    app.state.closing = asyncio.Event()  # set as the server shuts down: live tails end
     app.state.export_slots = threading.BoundedSemaphore(config.export.max_concurrent)
     app.state.sandbox = Sandbox(
         storage,

@@ -6,12 +6,13 @@ import csv
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 
 from labtel.cli import app
 from labtel.cli.query import _utilization_table, events_table
-from tests.helpers import LabtelServer, log_record, logs_request
+from tests.helpers import LabtelServer, log_record, logs_request, write_config
 
 runner = CliRunner()
 BASE = 1_786_000_000_000_000_000
@@ -343,3 +344,51 @@ def test_hints_name_what_helps(tmp_path: Path) -> None:
     assert "--limit or --since for more" in some.stderr
     assert "--limit" not in most.stderr  # -n 1000 is the most
     assert "`labtel export`" in most.stderr
+
+
+def test_follow_across_a_restart_misses_nothing_stored_while_the_api_was_away(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    """`labtel events -f` that has seen no event yet, while `labtel serve` stops (promptly: the
+    live tail ends instead of holding the shutdown up), a collector stores events, and serve
+    starts again on the same port: the follower prints those events, once, and says the lost
+    connection and its return once each."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data")
+    config.write_text(
+        config.read_text().replace(
+            'query_api: {endpoint: "127.0.0.1:0"}', f'query_api: {{endpoint: "127.0.0.1:{port}"}}'
+        )
+    )
+    server = server_factory(config=config, workdir=tmp_path).start()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labtel.cli", "events", "--api", server.api, "--service", "away", "-f", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        time.sleep(2)  # connected, nothing to show
+        began = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - began < 4, "the live tail held the shutdown up"
+        assert "Traceback" not in server.output()
+        collector = server_factory(config=config, workdir=tmp_path, command="collector").start()
+        send(collector, ["stored while away 1", "stored while away 2"], service="away", start=time.time_ns())
+        assert collector.stop() == 0
+        server.start()
+        send(server, ["after the restart"], service="away", start=time.time_ns())
+        time.sleep(5)  # the follower reconnects within a second or two
+    finally:
+        process.send_signal(signal.SIGINT)
+        printed, errors = process.communicate(timeout=10)
+    assert [json.loads(line)["body"] for line in printed.splitlines()] == [
+        "stored while away 1",
+        "stored while away 2",
+        "after the restart",
+    ]
+    assert process.returncode == 0
+    assert errors.splitlines() == ["labtel: connection lost; reconnecting...", "labtel: reconnected"]

@@ -5,7 +5,9 @@ began before the resumed event and committed after it had been sent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 
 from labtel.collector.storage.client import Storage
 from labtel.query_api.events import EventFilter
@@ -75,3 +77,38 @@ def test_a_resume_the_server_does_not_know_follows_insert_order(storage: Storage
     # another process (or filters) did not send it: after "one", in insert order
     resumed = bodies(storage, sent[0].split()[0], 2)
     assert [line.split()[1] for line in resumed] == ["two"]
+
+
+def test_a_new_tail_names_where_it_starts_and_ends_when_the_api_closes(storage: Storage) -> None:
+    """The first frame of a tail that resumes nothing carries its start as `id`: a client that
+    reconnects with it before any event came gets what was stored meanwhile. Setting `closing`
+    (the query API shutting down) ends the tail at once, whatever the poll interval."""
+
+    async def first_frame_then_close() -> tuple[bytes, float]:
+        closing = asyncio.Event()
+        frames = tail(Connected(), storage, EventFilter(service="resume"), None, 10.0, KEY, closing)  # type: ignore[arg-type]
+        first = await anext(frames)
+        waiting = asyncio.ensure_future(anext(frames))
+        await asyncio.sleep(0.5)  # polling, then sleeping for 10 s
+        began = time.monotonic()
+        closing.set()
+        with contextlib.suppress(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 5)
+        return first, time.monotonic() - began
+
+    first, ended_in = asyncio.run(first_frame_then_close())
+    assert ended_in < 2
+    lines = first.decode().splitlines()
+    assert lines[0] == "retry: 2000"
+    start = lines[1].removeprefix("id: ")
+    store(storage, "while nobody listened")
+    assert [line.split(maxsplit=1)[1] for line in bodies(storage, start, 1)] == ["while nobody listened"]
+
+    async def resumed_first_frame() -> bytes:
+        frames = tail(Connected(), storage, EventFilter(service="resume"), start, 0.1, KEY)  # type: ignore[arg-type]
+        try:
+            return await anext(frames)
+        finally:
+            await frames.aclose()
+
+    assert asyncio.run(resumed_first_frame()) == b"retry: 2000\n\n"  # the client's own id stands

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -77,12 +78,19 @@ async def tail(
     after_id: str | None,
     poll_s: float,
     key: tuple[tuple[str, str], ...] = (),
+    closing: asyncio.Event | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE frames: each matching event once it is stored, as `id: <event id>`, `event: event`,
     `data: <JSON>`, in insert order; after the event `after_id` when resuming (`key`: the
-    filters, to take up a recent tail of the same ones, see `Sent`)."""
+    filters, to take up a recent tail of the same ones, see `Sent`). A new tail's first frame
+    names where it starts as its `id`, so a client that reconnects before any event came
+    resumes from there (nothing stored meanwhile is missed). The tail ends when `closing` is
+    set (the query API shutting down), and the client reconnects to the next server."""
+    resumed = after_id is not None
     if after_id is None:  # from now on, or everything stored since `start` (event time)
         after_id = id_at(0 if flt.start_ns is not None else await asyncio.to_thread(now_ms, storage) - 1000)
+    if closing is None:
+        closing = asyncio.Event()
     floor = after_id  # the look-back catches late commits, never what came before the start
     position_ms = inserted_ms(floor)
     sent: dict[str, tuple[int, str]] = {}
@@ -92,8 +100,8 @@ async def tail(
     _recent.append(record)
     quiet_since = time.monotonic()
     try:
-        yield b"retry: 2000\n\n"
-        while not await request.is_disconnected():
+        yield b"retry: 2000\n" + (b"" if resumed else f"id: {after_id}\n".encode()) + b"\n"
+        while not closing.is_set() and not await request.is_disconnected():
             since = max(inserted_ms(floor), position_ms - LOOKBACK_MS)
             found = await asyncio.to_thread(events_stored_after, storage, flt, since, floor, list(sent), 500)
             for event, stored_ms in found:
@@ -116,7 +124,8 @@ async def tail(
             elif time.monotonic() - quiet_since > HEARTBEAT_S:
                 quiet_since = time.monotonic()
                 yield b": keep-alive\n\n"
-            await asyncio.sleep(poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), poll_s)
     finally:
         record.ended = time.monotonic()
 
@@ -139,7 +148,9 @@ def resume_id(token: str) -> str:
     description="Events that match the filters, in the order they are stored, however late their event time "
     "(a batch stored from the write-ahead log after an outage, a client's spool): without `start`, from the moment "
     "of connecting; with `start`, first the stored events from `start` on. Each SSE message's `id` is the event "
-    "id; reconnecting with `Last-Event-ID` (browsers do it for you) resumes after that event. "
+    "id; reconnecting with `Last-Event-ID` (browsers do it for you) resumes after that event. The first message of "
+    "a new tail names where it starts as its `id`: a reconnection before any event came gets what was stored "
+    "meanwhile. The stream ends when the server shuts down. "
     f"{ATTRIBUTE_FILTERS}",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
@@ -160,5 +171,7 @@ async def stream(
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     key = tuple(sorted((k, v) for k, v in request.query_params.multi_items() if k not in ("poll", "resume")))
     return StreamingResponse(
-        tail(request, storage, flt, after, poll, key), media_type="text/event-stream", headers=headers
+        tail(request, storage, flt, after, poll, key, request.app.state.closing),
+        media_type="text/event-stream",
+        headers=headers,
     )
