@@ -99,6 +99,11 @@ def _check(response: requests.Response) -> requests.Response:
     if response.headers.get("Content-Type", "").startswith("text/html"):  # whatever its status (a 404 page)
         raise ApiError(f"{_where(response.url)} answered with an HTML page, not the query API: check --api")
     if response.status_code >= 400:
+        kind = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if kind not in ("application/json", "text/plain", ""):  # the OTLP/HTTP port's protobuf Status, say
+            raise ApiError(
+                f"{_where(response.url)} answered {response.status_code} with {kind}, not the query API: check --api"
+            )
         try:
             answer = response.json()
         except ValueError:
@@ -117,6 +122,8 @@ def _broken(error: requests.RequestException, url: str) -> ApiError:
             f"TLS with the query API at {_where(url)} failed ({_tls_reason(error)}): for a private CA set"
             " REQUESTS_CA_BUNDLE to its PEM file; a plain-HTTP API takes --api http://..."
         )
+    if isinstance(error, requests.exceptions.InvalidURL):
+        return ApiError(f"{url} is not a URL: check --api")
     if isinstance(error, requests.ConnectionError):
         return ApiError(f"cannot reach the query API at {_where(url)}: is `labtel serve` running?")
     if isinstance(error, requests.Timeout):
@@ -491,6 +498,10 @@ def export(
         err.print(Text.assemble((f"{written:,} bytes", "green"), f" written to {output}"))
     except requests.RequestException as error:
         raise _fail(_broken(error, base)) from None
+    except BrokenPipeError:
+        if str(output) != "-":
+            raise _fail(ApiError(f"cannot write {output}: broken pipe")) from None
+        raise  # a reader that stopped (`| head`): the command line ends quietly
     except OSError as error:
         raise _fail(ApiError(f"cannot write {output}: {error.strerror or error}")) from None
     except ApiError as error:

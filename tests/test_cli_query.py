@@ -261,6 +261,10 @@ def test_broken_or_foreign_answers_are_one_line_errors(tmp_path: Path) -> None:
             "404 Not Found", "text/html; charset=utf-8", b"<html><body>Not Found</body></html>"
         ),
         "500: [1, 2]": http_answer("500 Internal Server Error", "application/json", b"[1, 2]"),
+        # the OTLP/HTTP port (a wrong --api): a protobuf Status, once printed as bytes ('404: \x08\x05\x12Hno OTLP')
+        "answered 404 with application/x-protobuf, not the query API: check --api": http_answer(
+            "404 Not Found", "application/x-protobuf", b"\x08\x05\x12\x10no OTLP endpoint"
+        ),
     }
     for said, answer in answers.items():
         with raw_api(answer) as api:
@@ -392,3 +396,26 @@ def test_follow_across_a_restart_misses_nothing_stored_while_the_api_was_away(
     ]
     assert process.returncode == 0
     assert errors.splitlines() == ["labtel: connection lost; reconnecting...", "labtel: reconnected"]
+
+
+def test_a_url_that_is_not_one_is_named() -> None:
+    result = runner.invoke(app, ["events", "--api", "not a url"])
+    assert result.exit_code == 1
+    assert result.stderr == "labtel: http://not a url/events is not a URL: check --api\n"
+
+
+def test_export_to_a_pipe_its_reader_closed_ends_quietly() -> None:
+    """`labtel export -o - | head -c 1`: no 'cannot write -: Broken pipe' error line."""
+    with raw_api(http_answer("200 OK", "application/octet-stream", b"x" * (4 << 20))) as api:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "labtel.cli", "export", "-o", "-", "--api", api],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(1) == b"x"
+        process.stdout.close()
+        errors = process.stderr.read().decode()
+        process.wait(30)
+    assert errors == ""
