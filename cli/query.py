@@ -363,7 +363,9 @@ def sql(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Write the result to this file (as its suffix says, else CSV, unless -F says)"
+            "--output",
+            "-o",
+            help="Write the result to this file (as its suffix says, else CSV, unless -F says); - for stdout",
         ),
     ] = None,
     param: Annotated[
@@ -375,6 +377,8 @@ def sql(
     if fmt == "table" and output is not None:
         raise typer.BadParameter("a table is for the terminal: with --output choose csv, parquet, ...", param_hint="-F")
     fmt = fmt or (format_of(output, _SQL_FILE_FORMATS, "csv") if output is not None else "table")
+    if output is not None and str(output) == "-":  # stdout, as `labtel export -o -`
+        output = None
     text = sys.stdin.read() if query == "-" else query
     parameters = {}
     for item in param or []:

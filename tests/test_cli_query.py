@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -419,3 +420,13 @@ def test_export_to_a_pipe_its_reader_closed_ends_quietly() -> None:
         errors = process.stderr.read().decode()
         process.wait(30)
     assert errors == ""
+
+
+def test_sql_output_dash_is_stdout_as_for_export(
+    server: LabtelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["sql", "SELECT 1 AS n", "-o", "-", "--api", server.api])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == '"n"\n1\n'
+    assert not (tmp_path / "-").exists()
