@@ -65,7 +65,8 @@ RunOption = Annotated[str | None, typer.Option(help="lab.run.id")]
 SeverityOption = Annotated[str | None, typer.Option(help="Minimum severity: INFO, WARN, ERROR, ...")]
 SearchOption = Annotated[str | None, typer.Option("--search", "-q", help="Words in the body")]
 AttributeOption = Annotated[
-    list[str] | None, typer.Option("--attr", "-a", help="Attribute filter key=value (repeatable)")
+    list[str] | None,
+    typer.Option("--attr", "-a", help="Attribute filter (repeatable): key=value, key=>5, key=<5, key=!=x, key=in:a,b"),
 ]
 
 _SEVERITY_STYLES = {
@@ -323,6 +324,8 @@ def events(
         elif follow_:
             for event in latest:
                 out().print(event_line(event))
+        elif not latest:
+            _note("no events match" if params else "no events stored yet")
         else:
             out().print(events_table(latest))
             if page["next_cursor"]:

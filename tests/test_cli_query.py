@@ -333,6 +333,13 @@ def test_output_files_are_written_in_the_format_their_suffix_names(server: Labte
     assert forced.read_text().startswith('"event_id",')
 
 
+def test_no_events_is_said_not_shown_as_an_empty_table(server: LabtelServer) -> None:
+    result = runner.invoke(app, ["events", "--api", server.api, "--node", "nobody"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr == "no events match\n"
+
+
 def test_hints_name_what_helps(tmp_path: Path) -> None:
     refused = http_answer("401 Unauthorized", "application/json", b'{"detail": "an API key is required"}')
     with raw_api(refused) as api:
