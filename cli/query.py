@@ -87,6 +87,10 @@ class ApiError(Exception):
     """The query API could not be reached or refused the request."""
 
 
+class Unavailable(ApiError):
+    """The query API, or a proxy before it, answered 502, 503 or 504 (restarting, storage away)."""
+
+
 def _base(api: str) -> str:
     return (api if "://" in api else f"http://{api}").rstrip("/")
 
@@ -95,12 +99,18 @@ def _where(url: str) -> str:
     return url.split("/", 3)[:3][-1]
 
 
+UNAVAILABLE = (502, 503, 504)
+"""Statuses of a server (or a proxy before it) that is away for now: a follower waits them out."""
+
+
 def _check(response: requests.Response) -> requests.Response:
     """The response, if it is the query API's answer to the request; else an ApiError saying what it is."""
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip()
+    if response.status_code in UNAVAILABLE and kind != "application/json":  # a proxy's page
+        raise Unavailable(f"{_where(response.url)} answered {response.status_code}: the query API is unavailable")
     if response.headers.get("Content-Type", "").startswith("text/html"):  # whatever its status (a 404 page)
         raise ApiError(f"{_where(response.url)} answered with an HTML page, not the query API: check --api")
     if response.status_code >= 400:
-        kind = response.headers.get("Content-Type", "").split(";")[0].strip()
         if kind not in ("application/json", "text/plain", ""):  # the OTLP/HTTP port's protobuf Status, say
             raise ApiError(
                 f"{_where(response.url)} answered {response.status_code} with {kind}, not the query API: check --api"
@@ -112,7 +122,7 @@ def _check(response: requests.Response) -> requests.Response:
         detail = answer.get("detail", response.text) if isinstance(answer, dict) else response.text
         if response.status_code == 401:
             detail = f"{detail} (give an API key: --token or $LABTEL_API_KEY)"
-        raise ApiError(f"{response.status_code}: {detail}")
+        raise (Unavailable if response.status_code in UNAVAILABLE else ApiError)(f"{response.status_code}: {detail}")
     return response
 
 
@@ -285,7 +295,7 @@ def follow(base: str, params: list[tuple[str, str]], shown: set[str], as_json: b
                     console.print(event_line(event))
         except requests.exceptions.SSLError as error:  # reconnecting would fail the same way
             raise _broken(error, base) from None
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, Unavailable):
             pass
         if not lost:
             _note("labtel: connection lost; reconnecting...")

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from labtel.cli import app
 from labtel.cli.query import _utilization_table, events_table
-from tests.helpers import LabtelServer, log_record, logs_request, write_config
+from tests.helpers import LabtelServer, log_record, logs_request, wait_for, write_config
 
 runner = CliRunner()
 BASE = 1_786_000_000_000_000_000
@@ -437,3 +437,58 @@ def test_sql_output_dash_is_stdout_as_for_export(
     assert result.exit_code == 0, result.output
     assert result.stdout == '"n"\n1\n'
     assert not (tmp_path / "-").exists()
+
+
+def test_follow_waits_out_a_proxy_s_502_while_the_api_restarts() -> None:
+    """A reverse proxy answers 502 (its HTML page) while the query API behind it restarts: the
+    follower keeps trying instead of ending with 'not the query API: check --api'."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    streams: list[str] = []
+    event = {"event_id": "01a23f5b-0000-7000-8000-000000000001", "timestamp": "2026-08-06T10:00:00Z", "body": "back"}
+    event |= {"severity_text": "INFO", "service_name": "proxied", "event_type": "", "node_id": ""}
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/events/stream"):
+                streams.append(self.headers.get("Last-Event-ID", ""))
+                if len(streams) <= 2:
+                    self._answer("502 Bad Gateway", "text/html", b"<html>502 Bad Gateway</html>")
+                    return
+                body = b"retry: 2000\n\n"
+                if streams[-1] != event["event_id"]:  # as the query API does, nothing twice
+                    body += b"id: " + event["event_id"].encode() + b"\ndata: " + json.dumps(event).encode() + b"\n\n"
+                self._answer("200 OK", "text/event-stream", body)
+                return
+            self._answer("200 OK", "application/json", b'{"events": [], "next_cursor": null}')
+
+        def _answer(self, status: str, kind: str, body: bytes) -> None:
+            code, _, reason = status.partition(" ")
+            self.send_response(int(code), reason)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{proxy.server_address[1]}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labtel.cli", "events", "--api", api, "-f", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: len(streams) >= 4, timeout=30, what="the follower to come back")
+    finally:
+        process.send_signal(signal.SIGINT)
+        printed, errors = process.communicate(timeout=10)
+        proxy.shutdown()
+    assert process.returncode == 0, errors
+    assert [json.loads(line)["body"] for line in printed.splitlines()] == ["back"]
+    assert streams[3] == event["event_id"]  # resumed after it
+    assert errors.splitlines()[:2] == ["labtel: connection lost; reconnecting...", "labtel: reconnected"]
