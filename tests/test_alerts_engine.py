@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,23 +172,24 @@ def test_group_by_node_makes_one_alert_per_node_per_window(storage: Storage, svc
     assert sorted((a.group_key, a.event_count) for a in alerts) == [("node_id=n0", 3), ("node_id=n1", 3)]
 
 
+def aggregates_engine(storage: Storage, clock: FakeClock, svc: str, *rules: dict[str, Any]) -> AlertEngine:
+    """An engine with only aggregate `rules` (the default rule off), evaluating them every second."""
+    return engine_for(storage, clock, svc, alert_level="off", aggregate_interval="1s", rules=list(rules))
+
+
+def error_burst(svc: str, count: int, within: str, name: str = "error_burst", **extra: Any) -> dict[str, Any]:
+    """A threshold rule: more than `count` errors of `svc` within `within`."""
+    return {
+        "name": name,
+        "match": {"service": svc, "log_level": {"$gte": 40}},
+        "threshold": {"count": count, "within": within},
+        **extra,
+    }
+
+
 def test_threshold_rule_fires_per_node_and_resolves(storage: Storage, svc: str) -> None:
     clock = FakeClock()
-    engine = engine_for(
-        storage,
-        clock,
-        svc,
-        alert_level="off",
-        aggregate_interval="1s",
-        rules=[
-            {
-                "name": "error_burst",
-                "match": {"service": svc, "log_level": {"$gte": 40}},
-                "threshold": {"count": 3, "within": "5m"},
-                "group_by": ["node_id"],
-            }
-        ],
-    )
+    engine = aggregates_engine(storage, clock, svc, error_burst(svc, 3, "5m", group_by=["node_id"]))
     now_ns = int(clock() * NS)
     store_events(
         storage,
@@ -273,25 +275,16 @@ def test_a_node_whose_clock_runs_ahead_is_heard_when_its_events_arrive(storage: 
     is ten minutes fast is heard (it was ignored, so the node was 'silent'), and a burst of its
     errors is counted at once (it was counted only once its timestamps came, and for too long)."""
     clock = FakeClock(time.time() - 4 * MINUTE)  # the engine watches from four minutes ago
-    engine = engine_for(
+    engine = aggregates_engine(
         storage,
         clock,
         svc,
-        alert_level="off",
-        aggregate_interval="1s",
-        rules=[
-            {
-                "name": "heartbeat_lost",
-                "match": {"service": svc, "event_type": "heartbeat"},
-                "silence": {"for": "5m", "expect": ["fast_clock"]},
-            },
-            {
-                "name": "error_burst",
-                "match": {"service": svc, "log_level": {"$gte": 40}},
-                "threshold": {"count": 2, "within": "1m"},
-                "group_by": ["node_id"],
-            },
-        ],
+        {
+            "name": "heartbeat_lost",
+            "match": {"service": svc, "event_type": "heartbeat"},
+            "silence": {"for": "5m", "expect": ["fast_clock"]},
+        },
+        error_burst(svc, 2, "1m", group_by=["node_id"]),
     )
     ahead_ns = time.time_ns() + int(10 * MINUTE * NS)
     node = {"lab.node.id": "fast_clock"}
@@ -320,20 +313,7 @@ def test_a_node_whose_clock_runs_ahead_is_heard_when_its_events_arrive(storage: 
 def test_threshold_counts_more_than_count_inside_the_window(storage: Storage, svc: str) -> None:
     """Exactly `count` events do not fire, one more does; an event just outside `within` is not counted."""
     clock = FakeClock()
-    engine = engine_for(
-        storage,
-        clock,
-        svc,
-        alert_level="off",
-        aggregate_interval="1s",
-        rules=[
-            {
-                "name": "burst",
-                "match": {"service": svc, "log_level": {"$gte": 40}},
-                "threshold": {"count": 3, "within": "1m"},
-            }
-        ],
-    )
+    engine = aggregates_engine(storage, clock, svc, error_burst(svc, 3, "1m", name="burst"))
     now_ns = int(clock() * NS)
     errors = [{"severity": 17, "time_ns": now_ns - i * NS} for i in range(3)]
     store_events(storage, [*errors, {"severity": 17, "time_ns": now_ns - 61 * NS}], service=svc)
