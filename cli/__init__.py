@@ -96,11 +96,18 @@ async def _run_until_signalled(service, ready_file: Path | None, what: str) -> N
         return
     finally:
         stopping.cancel()
-    if stop.is_set():  # started after all, before the stop took effect
-        console.print("labtel: stopping; storing what was accepted...")
-        await service.shutdown()
-        console.print("labtel: stopped.")
-        return
+    if not stop.is_set():  # else it started after all, before the stop took effect
+        _announce(service, ready_file, what)
+        await stop.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)  # a second Ctrl-C stops at once
+    console.print("labtel: stopping; storing what was accepted...")
+    await service.shutdown()
+    console.print("labtel: stopped.")
+
+
+def _announce(service, ready_file: Path | None, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Say that the service runs and where it listens; write `ready_file` (tests wait for it)."""
     console.print(
         f"[bold green]labtel {__version__}[/bold green] {what} is running (storage: {service.storage_description()})"
     )
@@ -113,12 +120,6 @@ async def _run_until_signalled(service, ready_file: Path | None, what: str) -> N
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": listening}))
         tmp.replace(ready_file)
-    await stop.wait()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)  # a second Ctrl-C stops at once
-    console.print("labtel: stopping; storing what was accepted...")
-    await service.shutdown()
-    console.print("labtel: stopped.")
 
 
 def _serve(

@@ -93,10 +93,10 @@ def choose_format(formats: dict[str, Format], name: str | None, accept: str | No
     ranked: list[tuple[float, int, int, int, str]] = []
     for index, candidate in enumerate(formats):
         matches = [
-            (_specificity(media_range, media_type), quality, position)
+            (specificity, quality, position)
             for media_type in _media_types(formats, candidate)
             for media_range, quality, position in ranges
-            if _specificity(media_range, media_type) >= 0
+            if (specificity := _specificity(media_range, media_type)) >= 0
         ]
         if not matches:
             continue

@@ -150,16 +150,21 @@ def test_unreachable_api_is_a_clear_error() -> None:
     assert "cannot reach the query API" in result.output
 
 
-def test_follow_prints_events_as_they_arrive(server: LabtelServer) -> None:
-    now = time.time_ns()
-    send(server, ["already there"], service="tail", start=now - 10**9)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labtel.cli", "events", "--api", server.api, "--service", "tail", "--follow", "--json"],
+def follow(api: str, *filters: str) -> subprocess.Popen[str]:
+    """`labtel events --follow --json` against `api` with `filters`, its output unbuffered."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "labtel.cli", "events", "--api", api, *filters, "--follow", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def test_follow_prints_events_as_they_arrive(server: LabtelServer) -> None:
+    now = time.time_ns()
+    send(server, ["already there"], service="tail", start=now - 10**9)
+    process = follow(server.api, "--service", "tail")
     try:
         assert process.stdout is not None
         seen: list[str] = []
@@ -375,13 +380,7 @@ def test_follow_across_a_restart_misses_nothing_stored_while_the_api_was_away(
         )
     )
     server = server_factory(config=config, workdir=tmp_path).start()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labtel.cli", "events", "--api", server.api, "--service", "away", "-f", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = follow(server.api, "--service", "away")
     try:
         time.sleep(2)  # connected, nothing to show
         began = time.monotonic()
@@ -476,12 +475,7 @@ def test_follow_waits_out_a_proxy_s_502_while_the_api_restarts() -> None:
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     api = f"http://127.0.0.1:{proxy.server_address[1]}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labtel.cli", "events", "--api", api, "-f", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = follow(api)
     try:
         wait_for(lambda: len(streams) >= 4, timeout=30, what="the follower to come back")
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,28 +37,35 @@ def test_direct_inserts_are_stored(storage: Storage) -> None:
     assert client.get("/madsci/event/01JJ4S0WNGEF5FQAZG5KDGJRBV").json()["event_data"] == {"message": "hi"}
 
 
-def test_storage_failure_is_503_with_retry_after(
+@pytest.fixture
+def faulty(
     storage: Storage, chdb_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[tuple[TestClient, Path]]:
+    """A client of the API over a second storage of `storage`'s store, and the file whose
+    existence makes that storage fail (LABTEL_FAULT_INJECTION_FILE): touch it, storage is away."""
     fault = tmp_path / "storage-away"
     monkeypatch.setenv("LABTEL_FAULT_INJECTION_FILE", str(fault))
     failing = make_storage(chdb_path, storage.names.database)
     try:
-        client = TestClient(create_app(failing))
-        fault.touch()
-        for path, body in (
-            ("/madsci/event", {"event_data": "lost?"}),
-            ("/api/v1/logs", {"severity": "error", "body": "lost?"}),
-            ("/panoptes/event", {"type": "weather", "data": {}, "make_current": False}),
-        ):
-            answer = client.post(path, json=body)
-            assert answer.status_code == 503, (path, answer.text)
-            assert int(answer.headers["Retry-After"]) >= 1
-        fault.unlink()
-        assert client.post("/madsci/event", json={"event_data": "stored now"}).status_code == 200
-        assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 1
+        yield TestClient(create_app(failing)), fault
     finally:
         failing.close()
+
+
+def test_storage_failure_is_503_with_retry_after(storage: Storage, faulty: tuple[TestClient, Path]) -> None:
+    client, fault = faulty
+    fault.touch()
+    for path, body in (
+        ("/madsci/event", {"event_data": "lost?"}),
+        ("/api/v1/logs", {"severity": "error", "body": "lost?"}),
+        ("/panoptes/event", {"type": "weather", "data": {}, "make_current": False}),
+    ):
+        answer = client.post(path, json=body)
+        assert answer.status_code == 503, (path, answer.text)
+        assert int(answer.headers["Retry-After"]) >= 1
+    fault.unlink()
+    assert client.post("/madsci/event", json={"event_data": "stored now"}).status_code == 200
+    assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 1
 
 
 def test_direct_inserts_fit_the_storage_limits(storage: Storage) -> None:
@@ -155,32 +163,26 @@ def test_a_posted_madsci_event_is_answered_as_it_reads_back(storage: Storage) ->
 
 
 def test_a_large_master_log_batch_is_stored_whole_or_not_at_all(
-    storage: Storage, chdb_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    storage: Storage, faulty: tuple[TestClient, Path]
 ) -> None:
     # 12,000 events: three chunks, above the old limit of 10,000. While storage is away the
     # batch is a 503 and nothing of it is stored (no chunk went ahead); sent again, all of it is
     # stored once. Events that cannot be stored are left out by their index in the batch, in
     # whichever chunk they are.
-    fault = tmp_path / "storage-away"
-    monkeypatch.setenv("LABTEL_FAULT_INJECTION_FILE", str(fault))
-    failing = make_storage(chdb_path, storage.names.database)
+    client, fault = faulty
     logs: list[object] = [{"body": f"e{i}", "metadata": {"i": i}} for i in range(12_000)]
     logs[7_000] = "not an event"
     logs[11_000] = {"body": "bad \ud800 text"}  # a JSON "\ud800" escape
     logs[11_001] = {"tags": ["\ud800"]}
     posted = json.dumps({"logs": logs})  # ASCII: the lone surrogates as \u escapes
     headers = {"content-type": "application/json"}
-    try:
-        client = TestClient(create_app(failing))
-        fault.touch()
-        away = client.post("/api/v1/logs/batch", content=posted, headers=headers)
-        assert away.status_code == 503, away.text
-        assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 0
-        fault.unlink()
-        answer = client.post("/api/v1/logs/batch", content=posted, headers=headers)
-        assert answer.status_code == 200, answer.text
-    finally:
-        failing.close()
+    fault.touch()
+    away = client.post("/api/v1/logs/batch", content=posted, headers=headers)
+    assert away.status_code == 503, away.text
+    assert storage.command(f"SELECT count() FROM {storage.names.logs}") == 0
+    fault.unlink()
+    answer = client.post("/api/v1/logs/batch", content=posted, headers=headers)
+    assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["accepted"] == len(body["events"]) == 11_997
     assert [e["index"] for e in body["errors"]] == [7_000, 11_000, 11_001]

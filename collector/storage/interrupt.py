@@ -35,10 +35,6 @@ class Interrupt:
         self._running: tuple[Storage, str] | None = None
         """The storage and marker of the statement under way."""
 
-    @property
-    def asked(self) -> bool:
-        return self._asked.is_set()
-
     def check(self, where: str) -> None:
         """Raise StartInterrupted when a stop was asked for; `where` says what stops."""
         if self._asked.is_set():

@@ -87,10 +87,11 @@ def export(
 
     try:
         first = next(chunks, b"")  # planning runs now, so its errors are a proper 4xx/503
-    except BaseException as error:
+    except ExportTooLarge as error:
         close()
-        if isinstance(error, ExportTooLarge):
-            raise HTTPException(413, str(error)) from None
+        raise HTTPException(413, str(error)) from None
+    except BaseException:
+        close()
         raise
     filename = f"labtel-events-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{_EXTENSIONS[name]}"
 
