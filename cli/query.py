@@ -62,11 +62,17 @@ ServiceOption = Annotated[str | None, typer.Option(help="service.name")]
 NodeOption = Annotated[str | None, typer.Option(help="lab.node.id")]
 TypeOption = Annotated[str | None, typer.Option("--type", help="lab.event.type")]
 RunOption = Annotated[str | None, typer.Option(help="lab.run.id")]
+WorkflowOption = Annotated[str | None, typer.Option(help="lab.workflow.id")]
+ExperimentOption = Annotated[str | None, typer.Option(help="lab.experiment.id")]
 SeverityOption = Annotated[str | None, typer.Option(help="Minimum severity: INFO, WARN, ERROR, ...")]
 SearchOption = Annotated[str | None, typer.Option("--search", "-q", help="Words in the body")]
 AttributeOption = Annotated[
     list[str] | None,
     typer.Option("--attr", "-a", help="Attribute filter (repeatable): key=value, key=>5, key=<5, key=!=x, key=in:a,b"),
+]
+ResourceOption = Annotated[
+    list[str] | None,
+    typer.Option("--resource", "-r", help="Resource attribute filter (repeatable), as --attr: host.name=bench-3"),
 ]
 
 _SEVERITY_STYLES = {
@@ -174,16 +180,20 @@ def _note(message: str, style: str = "dim") -> None:
 
 
 def filter_params(
-    since: str | None,
-    start: str | None,
-    end: str | None,
-    service: str | None,
-    node: str | None,
-    event_type: str | None,
-    run: str | None,
-    severity: str | None,
-    query: str | None,
-    attributes: list[str] | None,
+    *,
+    since: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    service: str | None = None,
+    node: str | None = None,
+    event_type: str | None = None,
+    run: str | None = None,
+    workflow: str | None = None,
+    experiment: str | None = None,
+    severity: str | None = None,
+    query: str | None = None,
+    attributes: list[str] | None = None,
+    resources: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Query parameters of `/events`, `/events/stream` and `/export` from command-line filters."""
     params = [
@@ -196,16 +206,19 @@ def filter_params(
             ("node", node),
             ("event_type", event_type),
             ("run", run),
+            ("workflow", workflow),
+            ("experiment", experiment),
             ("severity_min", severity),
             ("q", query),
         )
         if value
     ]
-    for item in attributes or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r}: use key=value (operators: key=>5, key=!=x, key=in:a,b)")
-        params.append((f"attr.{key}", value))
+    for prefix, option, items in (("attr", "--attr", attributes), ("resource", "--resource", resources)):
+        for item in items or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise typer.BadParameter(f"{option} {item!r}: use key=value (operators: key=>5, key=!=x, key=in:a,b)")
+            params.append((f"{prefix}.{key}", value))
     return params
 
 
@@ -313,9 +326,12 @@ def events(
     node: NodeOption = None,
     event_type: TypeOption = None,
     run: RunOption = None,
+    workflow: WorkflowOption = None,
+    experiment: ExperimentOption = None,
     severity: SeverityOption = None,
     query: SearchOption = None,
     attribute: AttributeOption = None,
+    resource: ResourceOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="How many of the latest")] = 30,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing events as they arrive")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
@@ -323,7 +339,21 @@ def events(
     """Show the latest events (a table, oldest at the top); --follow tails them live."""
     use_token(token)
     base = _base(api)
-    params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
+    params = filter_params(
+        since=since,
+        start=start,
+        end=end,
+        service=service,
+        node=node,
+        event_type=event_type,
+        run=run,
+        workflow=workflow,
+        experiment=experiment,
+        severity=severity,
+        query=query,
+        attributes=attribute,
+        resources=resource,
+    )
     try:
         page = _json(_request("GET", f"{base}/events", params=[*params, ("limit", str(limit))]))
         latest = list(reversed(page["events"]))
@@ -479,14 +509,31 @@ def export(
     node: NodeOption = None,
     event_type: TypeOption = None,
     run: RunOption = None,
+    workflow: WorkflowOption = None,
+    experiment: ExperimentOption = None,
     severity: SeverityOption = None,
     query: SearchOption = None,
     attribute: AttributeOption = None,
+    resource: ResourceOption = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many events (the oldest)")] = None,
 ) -> None:
     """Download events (GET /export) to a file, streamed: Parquet by default."""
     use_token(token)
-    params = filter_params(since, start, end, service, node, event_type, run, severity, query, attribute)
+    params = filter_params(
+        since=since,
+        start=start,
+        end=end,
+        service=service,
+        node=node,
+        event_type=event_type,
+        run=run,
+        workflow=workflow,
+        experiment=experiment,
+        severity=severity,
+        query=query,
+        attributes=attribute,
+        resources=resource,
+    )
     params.append(("format", fmt or format_of(output, ("csv", "ndjson", "parquet"), "parquet")))
     if limit:
         params.append(("limit", str(limit)))

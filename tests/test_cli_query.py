@@ -486,3 +486,39 @@ def test_follow_waits_out_a_proxy_s_502_while_the_api_restarts() -> None:
     assert [json.loads(line)["body"] for line in printed.splitlines()] == ["back"]
     assert streams[3] == event["event_id"]  # resumed after it
     assert errors.splitlines()[:2] == ["labtel: connection lost; reconnecting...", "labtel: reconnected"]
+
+
+def test_workflow_experiment_and_resource_filters_reach_the_api(server: LabtelServer, tmp_path: Path) -> None:
+    def post(body: str, attributes: dict[str, str], host: str, offset_s: int) -> None:
+        record = log_record(body, {"lab.node.id": "ot2_1", **attributes}, time_ns=BASE + offset_s * 10**9)
+        request = logs_request([record], resource={"service.name": "filters", "host.name": host})
+        response = httpx.post(
+            f"{server.http}/v1/logs",
+            content=request.SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"},
+        )
+        response.raise_for_status()
+
+    post("wf1 on bench-1", {"lab.workflow.id": "wf1", "lab.experiment.id": "exp1"}, "bench-1", 0)
+    post("wf1 on bench-2", {"lab.workflow.id": "wf1", "lab.experiment.id": "exp2"}, "bench-2", 1)
+    post("wf2 on bench-1", {"lab.workflow.id": "wf2", "lab.experiment.id": "exp1"}, "bench-1", 2)
+
+    def bodies(*options: str) -> list[str]:
+        result = runner.invoke(app, ["events", "--api", server.api, "--service", "filters", "--json", *options])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["body"] for line in result.stdout.splitlines()]
+
+    assert bodies("--workflow", "wf1") == ["wf1 on bench-1", "wf1 on bench-2"]
+    assert bodies("--experiment", "exp1") == ["wf1 on bench-1", "wf2 on bench-1"]
+    assert bodies("-r", "host.name=bench-2") == ["wf1 on bench-2"]
+    assert bodies("--resource", "host.name=!=bench-2", "--workflow", "wf2") == ["wf2 on bench-1"]
+    bad = runner.invoke(app, ["events", "--api", server.api, "--resource", "host.name"])
+    assert bad.exit_code == 2
+    assert "--resource 'host.name': use key=value" in bad.output
+
+    target = tmp_path / "wf1.csv"
+    exported = runner.invoke(
+        app, ["export", "--api", server.api, "--workflow", "wf1", "-r", "host.name=bench-1", "-o", str(target)]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert [row["body"] for row in csv.DictReader(io.StringIO(target.read_text()))] == ["wf1 on bench-1"]
