@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import re
 import sys
@@ -192,8 +193,8 @@ def filter_params(
     experiment: str | None = None,
     severity: str | None = None,
     query: str | None = None,
-    attributes: list[str] | None = None,
-    resources: list[str] | None = None,
+    attribute: list[str] | None = None,
+    resource: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Query parameters of `/events`, `/events/stream` and `/export` from command-line filters."""
     params = [
@@ -213,13 +214,22 @@ def filter_params(
         )
         if value
     ]
-    for prefix, option, items in (("attr", "--attr", attributes), ("resource", "--resource", resources)):
+    for prefix, option, items in (("attr", "--attr", attribute), ("resource", "--resource", resource)):
         for item in items or []:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise typer.BadParameter(f"{option} {item!r}: use key=value (operators: key=>5, key=!=x, key=in:a,b)")
             params.append((f"{prefix}.{key}", value))
     return params
+
+
+FILTERS = tuple(inspect.signature(filter_params).parameters)
+"""The filter options of `labtel events` and `labtel export`, named as filter_params names them."""
+
+
+def given_filters(arguments: dict[str, Any]) -> list[tuple[str, str]]:
+    """filter_params of a command's arguments (its `locals()`), so the filters are listed once."""
+    return filter_params(**{name: arguments[name] for name in FILTERS})
 
 
 def _time(event: dict[str, Any]) -> str:
@@ -339,21 +349,7 @@ def events(
     """Show the latest events (a table, oldest at the top); --follow tails them live."""
     use_token(token)
     base = _base(api)
-    params = filter_params(
-        since=since,
-        start=start,
-        end=end,
-        service=service,
-        node=node,
-        event_type=event_type,
-        run=run,
-        workflow=workflow,
-        experiment=experiment,
-        severity=severity,
-        query=query,
-        attributes=attribute,
-        resources=resource,
-    )
+    params = given_filters(locals())
     try:
         page = _json(_request("GET", f"{base}/events", params=[*params, ("limit", str(limit))]))
         latest = list(reversed(page["events"]))
@@ -519,21 +515,7 @@ def export(
 ) -> None:
     """Download events (GET /export) to a file, streamed: Parquet by default."""
     use_token(token)
-    params = filter_params(
-        since=since,
-        start=start,
-        end=end,
-        service=service,
-        node=node,
-        event_type=event_type,
-        run=run,
-        workflow=workflow,
-        experiment=experiment,
-        severity=severity,
-        query=query,
-        attributes=attribute,
-        resources=resource,
-    )
+    params = given_filters(locals())
     params.append(("format", fmt or format_of(output, ("csv", "ndjson", "parquet"), "parquet")))
     if limit:
         params.append(("limit", str(limit)))
