@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from labtel.sdk import resource as resource_detection
 from labtel.sdk._version import __version__
+from labtel.sdk.global_tracing import CurrentTracerProvider
 from labtel.sdk.pipeline import FlushResult, Pipeline, exit_timeout_s
 from labtel.sdk.settings import SdkSettings, request_headers, resolve
 from labtel.sdk.transport import make_transport
@@ -119,7 +120,8 @@ def configure(
     """Set up labtel.sdk: where events go and what they say about their source.
 
     Arguments override `LABTEL_*` environment variables, which override the standard `OTEL_*`
-    ones (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
+    ones (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT and its per-signal
+    OTEL_EXPORTER_OTLP_{LOGS,TRACES,METRICS}_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
     OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_CERTIFICATE). Other
     options: level, console, headers, api_key (LABTEL_API_KEY), certificate_file, timeout_s, batch_max_records, batch_interval_s, queue_max_records, spool_dir,
     spool_max_bytes, metrics_interval_s, traces, metrics. Calling it again replaces the setup
@@ -183,10 +185,12 @@ def _build(settings: SdkSettings, extra_resource: dict[str, Any]) -> Sdk:
     sdk = Sdk(settings, attributes, pipeline, SEVERITY_OF_LEVEL.get(level, 5))
     otel_resource = Resource.create({k: v for k, v in attributes.items() if isinstance(v, (str, int, float, bool))})
     if settings.traces:
-        sdk.tracer_provider = _tracer_provider(otel_resource, protocol, endpoint, headers, certificate)
+        assert settings.traces_endpoint is not None
+        sdk.tracer_provider = _tracer_provider(otel_resource, protocol, settings.traces_endpoint, headers, certificate)
     if settings.metrics:
+        assert settings.metrics_endpoint is not None
         sdk.meter_provider = _meter_provider(
-            otel_resource, protocol, endpoint, headers, settings.metrics_interval_s, certificate
+            otel_resource, protocol, settings.metrics_endpoint, headers, settings.metrics_interval_s, certificate
         )
     return sdk
 
@@ -213,7 +217,7 @@ def _tracer_provider(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
         exporter: Any = HttpSpanExporter(
-            endpoint=endpoint.rstrip("/") + "/v1/traces",
+            endpoint=endpoint,
             headers=headers,
             certificate_file=str(certificate) if certificate else None,
         )
@@ -229,8 +233,15 @@ def _tracer_provider(
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # _at_exit shuts it down
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        trace.set_tracer_provider(provider)  # the process had none: OTel instrumentation uses ours
+        trace.set_tracer_provider(CurrentTracerProvider(_current_tracer_provider))
     return provider
+
+
+def _current_tracer_provider() -> TracerProvider | None:
+    """The tracer provider of the setup now in place: where the process's global tracers send
+    their spans (the global is set once; each configure() makes a provider of its own)."""
+    current = _state
+    return current.tracer_provider if current is not None else None
 
 
 def _meter_provider(
@@ -245,7 +256,7 @@ def _meter_provider(
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
         exporter: Any = HttpMetricExporter(
-            endpoint=endpoint.rstrip("/") + "/v1/metrics",
+            endpoint=endpoint,
             headers=headers,
             certificate_file=str(certificate) if certificate else None,
         )

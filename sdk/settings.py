@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Protocol = Literal["grpc", "http"]
+Signal = Literal["logs", "traces", "metrics"]
+SIGNALS: tuple[Signal, ...] = ("logs", "traces", "metrics")
 LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "exception", "critical", "fatal")
 """The level names `level` takes (case-insensitive)."""
 
@@ -23,6 +25,8 @@ class SdkSettings(BaseSettings):
 
     service_name: str | None = None
     endpoint: str | None = Field(None, description="Collector address, e.g. http://localhost:4317")
+    traces_endpoint: str | None = Field(None, description="Where spans go (default: derived from `endpoint`)")
+    metrics_endpoint: str | None = Field(None, description="Where metrics go (default: derived from `endpoint`)")
     protocol: Protocol | None = None
     lab_name: str | None = None
     level: str = Field("debug", description="Lowest level sent: trace, debug, info, warning, error, critical")
@@ -84,13 +88,10 @@ def resolve(settings: SdkSettings) -> SdkSettings:
         wanted = _env("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
         if wanted:
             protocol = "grpc" if wanted == "grpc" else "http"
-    endpoint = settings.endpoint or _env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    given = settings.endpoint or _env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
     if protocol is None:
-        protocol = "http" if endpoint and (endpoint.rstrip("/").endswith(":4318") or "/v1/" in endpoint) else "grpc"
-    if not endpoint:
-        endpoint = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
-    elif "://" not in endpoint:
-        endpoint = f"http://{endpoint}"  # `localhost:4318`: plain HTTP, as OTLP exporters take it
+        protocol = "http" if given and (given.rstrip("/").endswith(":4318") or "/v1/" in given) else "grpc"
+    endpoints = signal_endpoints(settings, protocol)
     headers = settings.headers or _env("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
     certificate = settings.certificate_file or _env(
         "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"
@@ -99,11 +100,48 @@ def resolve(settings: SdkSettings) -> SdkSettings:
         update={
             "service_name": service,
             "protocol": protocol,
-            "endpoint": endpoint,
+            "endpoint": endpoints["logs"],
+            "traces_endpoint": endpoints["traces"],
+            "metrics_endpoint": endpoints["metrics"],
             "headers": headers,
             "certificate_file": Path(certificate) if certificate else None,
         }
     )
+
+
+def signal_endpoints(settings: SdkSettings, protocol: Protocol) -> dict[Signal, str]:
+    """Where each signal goes, as the OTLP exporter specification has it: the `<SIGNAL>_ENDPOINT`
+    settings and variables are used as they are; `endpoint` (or OTEL_EXPORTER_OTLP_ENDPOINT) is
+    the base the others derive from, with `/v1/<signal>` for OTLP/HTTP. A base that names one
+    signal's path (`http://c:4318/v1/logs`) gives the others their own. `endpoint`, given, wins
+    over every OTEL_* variable."""
+    base = settings.endpoint or _env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not base:
+        base = "http://localhost:4317" if protocol == "grpc" else "http://localhost:4318"
+    own_settings = {"traces": settings.traces_endpoint, "metrics": settings.metrics_endpoint}
+    found: dict[Signal, str] = {}
+    for signal in SIGNALS:
+        own = own_settings.get(signal) or (
+            None if settings.endpoint else _env(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+        )
+        found[signal] = _with_scheme(own) if own else _derived(_with_scheme(base), signal, protocol)
+    return found
+
+
+def _with_scheme(endpoint: str) -> str:
+    """`localhost:4318` as `http://localhost:4318`: plain HTTP, as OTLP exporters take it."""
+    return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
+def _derived(base: str, signal: Signal, protocol: Protocol) -> str:
+    """The endpoint of `signal` from the base address: gRPC takes the address as it is (the
+    service names the signal); OTLP/HTTP posts to `/v1/<signal>` under the base's path."""
+    if protocol == "grpc":
+        return base
+    root = base.rstrip("/")
+    for other in SIGNALS:
+        root = root.removesuffix(f"/v1/{other}")
+    return f"{root}/v1/{signal}"
 
 
 def request_headers(settings: SdkSettings) -> dict[str, str]:

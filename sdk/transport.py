@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol as TypingProtocol
@@ -129,6 +130,11 @@ class GrpcTransport:
                 raise SendError(message, retryable=not too_large, too_large=too_large) from None
             auth = code in _AUTH_GRPC
             not_otlp = code is grpc.StatusCode.UNIMPLEMENTED
+            if code is grpc.StatusCode.UNAVAILABLE and "http1.x server" in message:
+                not_otlp = True  # an HTTP/1 server: the OTLP/HTTP port, most likely
+                message = (
+                    f"an HTTP/1 server answers, not OTLP/gRPC (the OTLP/HTTP port? use protocol 'http'): {message}"
+                )
             raise SendError(
                 message, retryable=auth or not_otlp or code in _RETRYABLE_GRPC, auth=auth, not_otlp=not_otlp
             ) from None
@@ -163,6 +169,12 @@ class HttpTransport:
                 verify=self._verify,
             )
         except (requests.RequestException, OSError) as error:  # OSError: e.g. an unreadable CA bundle
+            if _answered_in_http2(error):
+                raise SendError(
+                    "an HTTP/2 server answers, not OTLP/HTTP (the OTLP/gRPC port? use protocol 'grpc')",
+                    retryable=True,
+                    not_otlp=True,
+                ) from None
             raise SendError(str(error), retryable=True) from None
         status = response.status_code
         if status != 200:
@@ -178,6 +190,18 @@ class HttpTransport:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _answered_in_http2(error: BaseException) -> bool:
+    """Whether a failed HTTP/1 request was answered by an HTTP/2-only server (a gRPC port): its
+    first bytes, read as a status line, are a binary SETTINGS frame."""
+    found: list[BaseException] = [error]
+    while found:
+        cause = found.pop()
+        if isinstance(cause, http.client.BadStatusLine):
+            return str(cause.args[0] if cause.args else "").startswith("\x00\x00")
+        found.extend(arg for arg in cause.args if isinstance(arg, BaseException))
+    return False
 
 
 def _http_error_text(response: requests.Response) -> str:

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 import labtel.sdk as lab
 from labtel.collector.otlp.values import value_text
-from labtel.sdk import encoding, textform
+from labtel.sdk import core, encoding, textform
 from labtel.sdk.event_types import MADSCI_EVENT_TYPES, LabEventType
 from labtel.sdk.instruments import SECONDS_BUCKETS
 from labtel.sdk.settings import SdkSettings, resolve
@@ -467,7 +467,7 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     resolved = resolve(SdkSettings())
     assert (resolved.service_name, resolved.endpoint, resolved.protocol) == (
         "from-otel",
-        "http://collector:4318",
+        "http://collector:4318/v1/logs",
         "http",
     )
     monkeypatch.setenv("LABTEL_SERVICE_NAME", "from-labtel")
@@ -475,6 +475,94 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve(SdkSettings()).service_name == "from-labtel"
     assert resolve(SdkSettings()).protocol == "grpc"
     assert resolve(SdkSettings(service_name="explicit")).service_name == "explicit"
+
+
+def test_each_signal_has_its_own_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the OTLP exporter specification has it: `<SIGNAL>_ENDPOINT` is used as it is, the
+    general endpoint is a base (`/v1/<signal>` over HTTP), and a logs URL is no base for spans."""
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "LABTEL_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    endpoints = lambda r: (r.endpoint, r.traces_endpoint, r.metrics_endpoint)  # noqa: E731
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/v1/logs")
+    assert endpoints(resolve(SdkSettings())) == (
+        "http://c:4318/v1/logs",
+        "http://localhost:4318/v1/traces",
+        "http://localhost:4318/v1/metrics",
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318/otlp/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://spans:4318/custom")
+    assert endpoints(resolve(SdkSettings())) == (
+        "http://c:4318/v1/logs",
+        "http://spans:4318/custom",
+        "http://base:4318/otlp/v1/metrics",
+    )
+    given = resolve(SdkSettings(endpoint="http://given:4318/v1/logs"))  # an argument wins over OTEL_*
+    assert endpoints(given) == (
+        "http://given:4318/v1/logs",
+        "http://given:4318/v1/traces",
+        "http://given:4318/v1/metrics",
+    )
+    grpc = resolve(SdkSettings(endpoint="given:4317", metrics_endpoint="meter:4317"))
+    assert (grpc.protocol, *endpoints(grpc)) == ("grpc", "http://given:4317", "http://given:4317", "http://meter:4317")
+
+
+def test_spans_and_metrics_reach_the_collector_from_a_logs_url(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    """An endpoint that names the logs path (`http://c:4318/v1/logs`) still sends spans and
+    metrics to their own paths, not under it."""
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
+    server = server_factory(config=config, workdir=tmp_path).start()
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    lab.configure(
+        service_name=service,
+        endpoint=f"{server.http}/v1/logs",
+        spool_dir=tmp_path / "spool",
+        batch_interval_s=0.05,
+        metrics_interval_s=60,
+    )
+    try:
+        assert core.state().settings.protocol == "http"
+        lab.device_io(device="valve_B", operation="open")(lambda: None)()
+        with lab.span("over http"):
+            lab.get_logger("app").info("spans too")
+        event = by_body(delivered(server, service, 2))["spans too"]
+    finally:
+        lab.shutdown()
+    spans = wait_for(lambda: server.get(f"/traces/{event['trace_id']}").json()["spans"], what="the span")
+    assert [s["name"] for s in spans] == ["over http"]
+    names = wait_for(lambda: server.get("/series/names", service=service).json()["names"], what="the metrics")
+    assert "device_io_operations" in {n["name"] for n in names}
+
+
+def test_the_global_tracer_keeps_exporting_after_a_second_configure(server: LabtelServer, tmp_path: Path) -> None:
+    """Instrumentation keeps the tracer it got from the global provider: its spans go to the
+    setup now in place, not to the provider the first configure() made and the second shut down."""
+    import subprocess
+    import sys
+
+    script = f"""
+from opentelemetry import trace
+import labtel.sdk as lab
+lab.configure(service_name="first-setup", endpoint="http://{server.grpc}", spool_dir={str(tmp_path / "a")!r}, metrics=False)
+tracer = trace.get_tracer("app.instrumentation")
+with tracer.start_as_current_span("under the first"):
+    pass
+lab.configure(service_name="second-setup", endpoint="http://{server.grpc}", spool_dir={str(tmp_path / "b")!r}, metrics=False)
+with tracer.start_as_current_span("under the second") as span:
+    lab.get_logger("app").info("inside the second")
+print(f"{{span.get_span_context().trace_id:032x}}")
+lab.shutdown()
+with tracer.start_as_current_span("after shutdown") as idle:
+    assert not idle.get_span_context().is_valid
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    trace_id = result.stdout.strip()
+    spans = wait_for(lambda: server.get(f"/traces/{trace_id}").json()["spans"], what="the span")
+    assert [(s["name"], s["resource"]["service.name"]) for s in spans] == [("under the second", "second-setup")]
+    [event] = wait_for(lambda: server.all_events(service="second-setup", q="inside"), what="the event")
+    assert event["trace_id"] == trace_id
 
 
 def test_otel_resource_attributes_are_percent_decoded(

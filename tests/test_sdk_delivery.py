@@ -313,6 +313,31 @@ def test_an_endpoint_without_an_otlp_logs_receiver_keeps_the_records(
     assert [e["body"] for e in stored(collector, service, 1)] == ["kept while misdirected"]
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_other_protocols_port_is_named_in_the_warning(
+    protocol: str, collector: LabtelServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gRPC sent to the OTLP/HTTP port (or HTTP to the gRPC port) is a setting to fix, not a
+    collector that is away: the warning says which protocol answers, and the records wait."""
+    wrong = collector.http if protocol == "grpc" else f"http://{collector.grpc}"
+    other = "http" if protocol == "grpc" else "grpc"
+    service = f"sdk-{uuid.uuid4().hex[:8]}"
+    settings: dict[str, Any] = {"service_name": service, "spool_dir": tmp_path / "spool", "metrics": False}
+    try:
+        lab.configure(endpoint=wrong, protocol=protocol, batch_interval_s=0.05, traces=False, **settings)
+        lab.get_logger("crossed").info("sent to the other port")
+        with caplog.at_level(logging.WARNING, logger="labtel.sdk"):
+            result = lab.flush(5)
+        assert (result.rejected, result.pending) == (0, 1), result
+        [warning] = [r.getMessage() for r in caplog.records if "no OTLP logs receiver answers" in r.getMessage()]
+        assert f"use protocol '{other}'" in warning
+        lab.configure(endpoint=wrong, protocol=other, batch_interval_s=0.05, traces=False, **settings)
+        assert lab.flush(10).delivered == 1
+    finally:
+        lab.shutdown()
+    assert [e["body"] for e in stored(collector, service, 1)] == ["sent to the other port"]
+
+
 def _worker(endpoint: str, service: str, spool: str) -> None:
     """A multiprocessing worker that logs and returns without flushing."""
     if core._state is None:  # forkserver: a fresh interpreter
