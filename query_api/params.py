@@ -111,6 +111,20 @@ def since_ns(value: str, now_ns: int, name: str = "since") -> int:
     return clamp_time_ns(now_ns - parse_duration_ns(value, name, maximum_ns=None))
 
 
+def ordered_range(
+    start_ns: int | None, end_ns: int | None, start_name: str = "start", end_name: str = "end"
+) -> tuple[int | None, int | None]:
+    """`start_ns` and `end_ns` when the range they make can hold anything; a start after the end
+    is a mistake (swapped bounds, a `since` reaching past the end), said rather than answered
+    with nothing."""
+    if start_ns is not None and end_ns is not None and start_ns > end_ns:
+        raise ParamError(
+            f"{start_name}: {format_time_ns(start_ns)} is after {end_name} {format_time_ns(end_ns)}; "
+            f"{start_name} must not be after {end_name}"
+        )
+    return start_ns, end_ns
+
+
 def format_time_ns(ns: int) -> str:
     """Unix nanoseconds as RFC 3339 UTC with nine fractional digits."""
     seconds, fraction = divmod(ns, 1_000_000_000)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from labtel.collector.durations import parse_duration
 from labtel.collector.storage.schema import METRIC_TYPES
-from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.query_api.params import ParamError, ordered_range, parse_time_ns
 
 NUMBER_TYPES = ("gauge", "sum")
 NUMBER_AGGREGATIONS = ("avg", "sum", "min", "max", "count", "last", "rate")
@@ -55,8 +55,9 @@ def parse_series_query(params: Sequence[tuple[str, str]], now_ns: int) -> Series
         raise ParamError("name: required, the metric's name (see GET /series/names)")
     end_ns = parse_time_ns(values["end"], "end") if values.get("end") else now_ns
     start_ns = parse_time_ns(values["start"], "start") if values.get("start") else end_ns - DEFAULT_RANGE_NS
-    if start_ns >= end_ns:
-        raise ParamError("start: must be before end")
+    ordered_range(start_ns, end_ns)
+    if start_ns == end_ns:
+        raise ParamError("start: must be before end (a range of no time holds no points)")
     step_s = _parse_step(values.get("step", "1m"))
     buckets = (end_ns - start_ns) // (step_s * 10**9)
     if buckets > MAX_BUCKETS:

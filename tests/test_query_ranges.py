@@ -147,3 +147,35 @@ def test_utilization_periods_answer_at_the_edges(client: TestClient, params: dic
     assert response.status_code == 200, response.text
     periods = response.json()["periods"]
     assert all(p["start"] < p["end"] for p in periods)
+
+
+SWAPPED = {"start": "2026-11-24T09:00:00Z", "end": "2026-11-24T08:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "message"),
+    [
+        *((route, SWAPPED, "start: 2026-11-24T09:00:00.000000000Z is after end") for route in ROUTES),
+        ("/series/names", SWAPPED, "start: 2026-11-24T09:00:00.000000000Z is after end"),
+        ("/series", {"name": "x", **SWAPPED}, "start: 2026-11-24T09:00:00.000000000Z is after end"),
+        ("/events", {"since": "1h", "end": "2026-11-24T08:00:00Z"}, "since: "),
+        ("/alerts", {"since": "1h", "end": "2026-11-24T08:00:00Z"}, "since: "),
+        (
+            "/madsci/events",
+            {"start_time": "2026-11-24T09:00:00Z", "end_time": "2026-11-24T08:00:00Z"},
+            "start_time: 2026-11-24T09:00:00.000000000Z is after end_time",
+        ),
+    ],
+)
+def test_a_start_after_the_end_is_a_400_naming_both(
+    client: TestClient, route: str, params: dict[str, str], message: str
+) -> None:
+    """Swapped bounds hold nothing: every route says so instead of answering with nothing."""
+    response = client.get(route, params=params)
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert message in response.json()["detail"]
+
+
+def test_an_empty_range_is_no_error(client: TestClient) -> None:
+    """start == end is a range of nothing, asked for on purpose (a cursor at the edge)."""
+    assert bodies(client, start="2026-11-24T08:00:00Z", end="2026-11-24T08:00:00Z") == []

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from labtel.collector.alerts.history import STATUSES, list_alerts
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
-from labtel.query_api.params import ParamError, parse_time_ns, since_ns
+from labtel.query_api.params import ParamError, ordered_range, parse_time_ns, since_ns
 
 if TYPE_CHECKING:
     from labtel.collector.exporters.alerts import AlertsExporter
@@ -51,6 +51,8 @@ def alerts(
         if since is not None:
             start_ms = since_ns(since, time.time_ns()) // 1_000_000
         end_ms = _ms(end, "end")
+        if start_ms is not None and end_ms is not None:
+            ordered_range(start_ms * 1_000_000, end_ms * 1_000_000, start_name="since" if since else "start")
     except (ParamError, ValueError) as error:
         raise HTTPException(400, str(error)) from None
     if kind is not None and kind not in ("firing", "resolved", "test"):

@@ -16,7 +16,14 @@ from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.events import EventFilter, get_event, list_events, search_words
 from labtel.query_api.models import Event, EventPage
-from labtel.query_api.params import ParamError, parse_hex_id, parse_severity, parse_time_ns, since_ns
+from labtel.query_api.params import (
+    ParamError,
+    ordered_range,
+    parse_hex_id,
+    parse_severity,
+    parse_time_ns,
+    since_ns,
+)
 from labtel.query_api.selector import SelectorError
 
 router = APIRouter(tags=["events"])
@@ -149,9 +156,12 @@ def event_filter(
         start_ns = parse_time_ns(start, "start") if start else None
         if since:
             start_ns = since_ns(since, time.time_ns())
+        start_ns, end_ns = ordered_range(
+            start_ns, parse_time_ns(end, "end") if end else None, start_name="since" if since else "start"
+        )
         return EventFilter(
             start_ns=start_ns,
-            end_ns=parse_time_ns(end, "end") if end else None,
+            end_ns=end_ns,
             severity_min=parse_severity(severity_min, "severity_min") if severity_min else None,
             severity_max=parse_severity(severity_max, "severity_max", top=True) if severity_max else None,
             service=service,

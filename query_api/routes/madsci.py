@@ -33,7 +33,7 @@ from labtel.query_api.compat.madsci_reports import (
 )
 from labtel.query_api.compat.madsci_store import MAX_OFFSET, MAX_QUERY_EVENTS, MadsciStore
 from labtel.query_api.events import EventFilter, time_extent
-from labtel.query_api.params import ParamError
+from labtel.query_api.params import ParamError, ordered_range
 from labtel.query_api.selector import SelectorError
 from labtel.query_api.utilization import SECOND, Scope
 from labtel.sdk import __version__
@@ -144,9 +144,14 @@ def get_events(
         minimum = int(level) if level.lstrip("-").isdigit() else LEVELS[level.strip().upper()]
     except KeyError:
         raise HTTPException(400, f"level: {level!r} is not a log level") from None
+    start, end = _time(store, start_time, "start_time"), _time(store, end_time, "end_time")
+    try:
+        ordered_range(start, end, "start_time", "end_time")
+    except ParamError as error:
+        raise _bad(error) from None
     flt = EventFilter(
-        start_ns=_time(store, start_time, "start_time"),
-        end_ns=(end + 1) if (end := _time(store, end_time, "end_time")) is not None else None,
+        start_ns=start,
+        end_ns=end + 1 if end is not None else None,  # MADSci's end_time is inclusive
         severity_min=severity_of(minimum) if minimum > 0 else None,
     )
     return store.listing(flt, number, offset, include_archived)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.models import MetricNames, SeriesResult
-from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.query_api.params import ParamError, ordered_range, parse_time_ns
 from labtel.query_api.series import NotFound, get_series, list_names
 from labtel.query_api.series_query import parse_series_query
 
@@ -25,8 +25,9 @@ def series_names(
     service: Annotated[str | None, Query(description="service.name")] = None,
 ) -> MetricNames:
     try:
-        start_ns = parse_time_ns(start, "start") if start else None
-        end_ns = parse_time_ns(end, "end") if end else None
+        start_ns, end_ns = ordered_range(
+            parse_time_ns(start, "start") if start else None, parse_time_ns(end, "end") if end else None
+        )
     except ParamError as error:
         raise HTTPException(400, str(error)) from None
     return MetricNames(names=list_names(storage, start_ns, end_ns, service or None))

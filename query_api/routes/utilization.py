@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.events import EventFilter
-from labtel.query_api.params import MAX_TIME_NS, ParamError, parse_duration_ns, parse_time_ns, since_ns
+from labtel.query_api.params import MAX_TIME_NS, ParamError, ordered_range, parse_duration_ns, parse_time_ns, since_ns
 from labtel.query_api.routes.events import event_filter
 from labtel.query_api.utilization import (
     KEYS,
@@ -87,8 +87,9 @@ def utilization_scope(
             start_ns = since_ns(since, now)
         else:
             start_ns = parse_time_ns(start, "start") if start else end_ns - DEFAULT_RANGE_NS
-        if end_ns <= start_ns:
-            raise ParamError("end: must be after start")
+        ordered_range(start_ns, end_ns, start_name="since" if since else "start")
+        if end_ns == start_ns:
+            raise ParamError("end: must be after start (utilization over no time is no figure)")
         lookback_ns = _duration_ns(lookback, "lookback", 24 * 3600 * SECOND)
         try:
             ZoneInfo(tz)
