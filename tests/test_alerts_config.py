@@ -91,6 +91,18 @@ def test_an_alerts_exporter_with_rules_and_notifiers_loads() -> None:
             "notifiers.webhook.rate_limit: per must be longer than 0s",
         ),
         ({"alert_level": "loud"}, None, "logs", "exporters.alerts.alert_level: 'loud' is not a severity"),
+        (
+            {"repeat_interval": "0s"},
+            None,
+            "logs",
+            "exporters.alerts.repeat_interval: repeat_interval must be longer than 0s",
+        ),
+        (
+            {"rules": [{"name": "r", "repeat_interval": "0s"}]},
+            None,
+            "logs",
+            "exporters.alerts.rules.0.repeat_interval: repeat_interval must be longer than 0s",
+        ),
         ({"rules": [{"name": "default"}]}, None, "logs", "'default' is the built-in rule"),
         (
             {"rules": [{"name": "t", "threshold": {"count": 1}, "silence": {"for": "1m"}}]},

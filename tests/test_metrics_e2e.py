@@ -359,7 +359,10 @@ def test_invalid_metrics_are_rejected(server: LabtelServer) -> None:
         ({"name": "lab.transfer.duration", "agg": "max"}, "agg: a histogram takes avg, sum, count"),
         ({"name": "lab.chamber.pressure", "agg": "rate"}, "agg: rate applies to sums"),
         ({"name": "lab.queue.depth", "start": "yesterday"}, "start: 'yesterday' is not a time"),
-        ({"name": "lab.queue.depth", "start": "2030-01-01", "end": "2020-01-01"}, "start: 2030-01-01T00:00:00.000000000Z is after end"),
+        (
+            {"name": "lab.queue.depth", "start": "2030-01-01", "end": "2020-01-01"},
+            "start: 2030-01-01T00:00:00.000000000Z is after end",
+        ),
         ({"name": "lab.queue.depth", "type": "counter"}, "type: 'counter' is not one of"),
         ({"name": "lab.queue.depth", "lable.queue": "intake"}, "lable.queue: unknown parameter"),
     ],

@@ -92,6 +92,18 @@ class SilenceConfig(_Section):
         return self
 
 
+def repeat_window(value: timedelta) -> timedelta:
+    """A `repeat_interval`, which must be longer than 0s: it is the de-duplication window, and 0s
+    would notify each event and each evaluation of a firing group again (as Alertmanager, which
+    refuses a zero repeat_interval)."""
+    if value <= timedelta(0):
+        raise ValueError(
+            "repeat_interval must be longer than 0s: it is how long a notified key stays quiet; "
+            "to hear more often, use a shorter one (1s) or name more fields in dedup_by"
+        )
+    return value
+
+
 class RuleConfig(_Section):
     """One alert rule: a selector, optionally an aggregate condition over it, and who hears of it."""
 
@@ -116,6 +128,11 @@ class RuleConfig(_Section):
         if value == DEFAULT_RULE:
             raise ValueError(f"{DEFAULT_RULE!r} is the built-in rule; configure it with alert_level")
         return value
+
+    @field_validator("repeat_interval")
+    @classmethod
+    def _check_repeat(cls, value: timedelta | None) -> timedelta | None:
+        return None if value is None else repeat_window(value)
 
     @field_validator("min_severity", mode="before")
     @classmethod
@@ -285,6 +302,11 @@ class AlertsExporterConfig(_Section):
         if value <= timedelta(0):
             raise ValueError("the interval must be longer than 0s")
         return value
+
+    @field_validator("repeat_interval")
+    @classmethod
+    def _check_repeat(cls, value: timedelta) -> timedelta:
+        return repeat_window(value)
 
     @field_validator("notifiers", mode="before")
     @classmethod
