@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -342,6 +343,52 @@ def test_invalid_metrics_are_rejected(server: LabtelServer) -> None:
         status_pb2.Status.FromString(response.content).message
     )
     assert server.get("/series/names", service="invalid").json()["names"] == []
+
+
+def _unordered(metric: Any) -> None:
+    metric.histogram.data_points[0].explicit_bounds[1] = metric.histogram.data_points[0].explicit_bounds[0]
+
+
+def _infinite(metric: Any) -> None:
+    metric.histogram.data_points[0].explicit_bounds[2] = float("inf")
+
+
+def _nan(metric: Any) -> None:
+    metric.histogram.data_points[0].explicit_bounds[0] = float("nan")
+
+
+def _unspecified(metric: Any) -> None:
+    metric.histogram.aggregation_temporality = 0
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (
+            _unordered,
+            "histogram.data_points[0].explicit_bounds[1]: 1.0 is not above 1.0; bounds must strictly increase",
+        ),
+        (_infinite, "histogram.data_points[0].explicit_bounds[2]: inf is not a finite number"),
+        (_nan, "histogram.data_points[0].explicit_bounds[0]: nan is not a finite number"),
+        (_unspecified, "metrics[2].histogram.aggregation_temporality: UNSPECIFIED, which OTLP forbids"),
+    ],
+)
+def test_histograms_that_cannot_be_read_are_rejected(
+    server: LabtelServer, spoil: Callable[[Any], None], message: str
+) -> None:
+    """Bounds out of order or not finite would put quantiles in the wrong buckets, and a sum
+    without a temporality cannot be turned into a rate: INVALID_ARGUMENT / 400, naming the field."""
+    service = f"spoilt-{uuid.uuid4().hex[:6]}"
+    request = metrics_request(service)
+    spoil(request.resource_metrics[0].scope_metrics[0].metrics[2])
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(server, request.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (caught.value.details() or "")
+    response = post(server, request.SerializeToString())
+    assert response.status_code == 400
+    assert message in status_pb2.Status.FromString(response.content).message
+    assert server.get("/series/names", service=service).json()["names"] == []
 
 
 @pytest.mark.parametrize(

@@ -324,7 +324,7 @@ def test_a_metric_with_two_data_fields_keeps_the_last(store: Storage) -> None:
     first, second = Metric(name="twice"), Metric(name="twice")
     first.gauge.data_points.add(time_unix_nano=NOW_NS, as_double=1.0)
     second.sum.data_points.add(time_unix_nano=NOW_NS, as_double=2.0)
-    second.sum.is_monotonic = True
+    second.sum.is_monotonic, second.sum.aggregation_temporality = True, 2
     # One Metric whose bytes set `gauge`, then `sum`: protobuf keeps the last field of a oneof.
     resource = metrics_request("twice").resource_metrics[0]
     del resource.scope_metrics[:]

@@ -13,6 +13,7 @@ and the caller is told (an OTLP partial success); a request with nothing left is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, log_record_problem
 from labtel.collector.otlp.signals import LOGS, METRICS, TRACES, Signal
 from labtel.collector.otlp.values import value_json
+from labtel.collector.storage.metrics_schema import TEMPORAL_TYPES
 from labtel.collector.storage.schema import MAX_TIME_NANOS, MAX_TIME_TEXT
 
 
@@ -156,6 +158,24 @@ def _exemplars(exemplars: Iterable[Any], where: str) -> None:
         _flatten(exemplar.filtered_attributes)
 
 
+def _histogram_buckets(point: Any, where: str) -> None:
+    """An explicit-bucket histogram's bounds are finite and strictly increasing, with one bucket
+    more than bounds (or none): otherwise its quantiles would be read from the wrong buckets."""
+    bounds = list(point.explicit_bounds)
+    if len(point.bucket_counts) not in (0, len(bounds) + 1):
+        raise _Invalid(
+            f"{where}.bucket_counts: {len(point.bucket_counts)} buckets for "
+            f"{len(bounds)} explicit_bounds; OTLP needs one bucket more than bounds"
+        )
+    for b, bound in enumerate(bounds):
+        if not math.isfinite(bound):
+            raise _Invalid(f"{where}.explicit_bounds[{b}]: {bound} is not a finite number (+Inf is implied)")
+        if b and bound <= bounds[b - 1]:
+            raise _Invalid(
+                f"{where}.explicit_bounds[{b}]: {bound} is not above {bounds[b - 1]}; bounds must strictly increase"
+            )
+
+
 def _metrics(request: Message, rejections: _Rejections) -> int:
     """Counts data points (the rows they become), not Metric messages."""
     count = 0
@@ -167,19 +187,23 @@ def _metrics(request: Message, rejections: _Rejections) -> int:
                 kind = metric.WhichOneof("data")
                 if kind is None:
                     continue  # a metric without data stores nothing
-                points = getattr(metric, kind).data_points
+                data = getattr(metric, kind)
+                at = f"resource_metrics[{i}].scope_metrics[{j}].metrics[{k}].{kind}"
+                if kind in TEMPORAL_TYPES and data.data_points and data.aggregation_temporality == 0:
+                    raise _Invalid(
+                        f"{at}.aggregation_temporality: UNSPECIFIED, which OTLP forbids; "
+                        "send DELTA (1) or CUMULATIVE (2)"
+                    )
+                points = data.data_points
                 for n, point in enumerate(points):
-                    where = f"resource_metrics[{i}].scope_metrics[{j}].metrics[{k}].{kind}.data_points[{n}]"
+                    where = f"{at}.data_points[{n}]"
                     _check_time(point.start_time_unix_nano, f"{where}.start_time_unix_nano")
                     _check_time(point.time_unix_nano, f"{where}.time_unix_nano")
                     _flatten(point.attributes)
                     if kind != "summary":
                         _exemplars(point.exemplars, where)
-                    if kind == "histogram" and len(point.bucket_counts) not in (0, len(point.explicit_bounds) + 1):
-                        raise _Invalid(
-                            f"{where}.bucket_counts: {len(point.bucket_counts)} buckets for "
-                            f"{len(point.explicit_bounds)} explicit_bounds; OTLP needs one bucket more than bounds"
-                        )
+                    if kind == "histogram":
+                        _histogram_buckets(point, where)
                 count += len(points)
     return count
 

@@ -81,6 +81,8 @@ INGEST_COLUMNS = (
 
 _EXEMPLAR_TYPES = ("gauge", "sum", "histogram", "exponential_histogram")
 """The metric types whose data points carry exemplars (all but summaries)."""
+TEMPORAL_TYPES = ("sum", "histogram", "exponential_histogram")
+"""The metric types whose points sum over time, delta or cumulative (their aggregation_temporality)."""
 _POINTS = {
     "gauge": _NUMBER_POINT,
     "sum": _NUMBER_POINT,
@@ -141,12 +143,22 @@ def metric_view_select(source: str) -> str:
         f"OR e.time_unix_nano > {MAX_TIME_NANOS}, exemplars)",
         # OTLP: a histogram has one more bucket than bounds, or no buckets at all.
         "arrayExists(dp -> length(dp.bucket_counts) NOT IN (0, length(dp.explicit_bounds) + 1), histogram_points)",
+        # OTLP: bounds are finite (+Inf is implied) and strictly increase.
+        "arrayExists(dp -> NOT arrayAll(b -> isFinite(b), dp.explicit_bounds) OR arrayExists((b, previous) -> "
+        "b <= previous, arrayPopFront(dp.explicit_bounds), arrayPopBack(dp.explicit_bounds)), histogram_points)",
+        # OTLP forbids AGGREGATION_TEMPORALITY_UNSPECIFIED (0) for the kinds that sum over time.
+        " OR ".join(f"(notEmpty({kind}_points) AND {kind}_temporality = 0)" for kind in TEMPORAL_TYPES),
         _invalid_utf8(
             ["MetricName", "MetricDescription", "MetricUnit", "ScopeName", "ScopeVersion", "resource_url", "scope_url"],
             [f"arrayFlatten({array})" for array in _key_value_strings("attribute_lists")],
         ),
     ]
-    unpacked = ", ".join(f"metrics.{kind}.data_points AS {kind}_points" for kind in METRIC_TYPES)
+    unpacked = ", ".join(
+        [
+            *(f"metrics.{kind}.data_points AS {kind}_points" for kind in METRIC_TYPES),
+            *(f"metrics.{kind}.aggregation_temporality AS {kind}_temporality" for kind in TEMPORAL_TYPES),
+        ]
+    )
     return f"""WITH
     {point_lists} AS point_lists,
     {exemplars} AS exemplars,
