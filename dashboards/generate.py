@@ -273,13 +273,13 @@ def tz_variable() -> dict[str, Any]:
 
 
 def distinct(column: str, where: str = "1") -> str:
+    """SQL of a variable's choices, as the datasource reads them: a value first, its text second.
+    The value is the text's hex, so that no character of it (a quote, a backslash, a comma) can
+    bend the SQL or the list it goes into (`one_of`); the list shows the text."""
     return (
-        f"SELECT DISTINCT {column} FROM {LOGS} WHERE $__timeFilter(Timestamp) AND {column} != '' AND {where} "
-        f"ORDER BY {column} LIMIT 500"
+        f"SELECT DISTINCT hex({column}) AS value, {column} AS text FROM {LOGS} "
+        f"WHERE $__timeFilter(Timestamp) AND {column} != '' AND {where} ORDER BY text LIMIT 500"
     )
-
-
-SERVICE = "$__conditionalAll(ServiceName IN (${service:singlequote}), $service)"
 
 
 def text(variable: str) -> str:
@@ -289,8 +289,18 @@ def text(variable: str) -> str:
     return f"decodeURLComponent('${{{variable}:percentencode}}')"
 
 
+def one_of(column: str, variable: str) -> str:
+    """SQL: `column` is one of a multi-value variable's values (any, when All or nothing is chosen).
+
+    The choices' values are hex (see `distinct`), percent-encoded on the way in as text is: Grafana
+    joins several as `{a,b}`, which no hex value can blur, and nothing a user types into the box can
+    end the literal (a typed value that is not hex simply matches nothing)."""
+    chosen = f"splitByChar(',', trim(BOTH '{{}}' FROM {text(variable)}))"
+    return f"$__conditionalAll({column} IN arrayMap(h -> unhex(h), {chosen}), ${variable})"
+
+
 SEARCH, RUN = text("search"), text("run")
-NODE = "$__conditionalAll(NodeId IN (${node:singlequote}), $node)"
+SERVICE, NODE = one_of("ServiceName", "service"), one_of("NodeId", "node")
 
 
 # --- the dashboards -------------------------------------------------------------------------------
@@ -432,8 +442,8 @@ def explorer() -> Dashboard:
     ]
     where = (
         f"$__timeFilter(Timestamp) AND {SERVICE} AND {NODE}\n"
-        "  AND $__conditionalAll(EventType IN (${event_type:singlequote}), $event_type)\n"
-        "  AND $__conditionalAll(SeverityText IN (${severity:singlequote}), $severity)\n"
+        f"  AND {one_of('EventType', 'event_type')}\n"
+        f"  AND {one_of('SeverityText', 'severity')}\n"
         f"  AND ({SEARCH} = '' OR positionCaseInsensitiveUTF8(Body, {SEARCH}) > 0)\n"
         f"  AND ({RUN} = '' OR RunId = {RUN})"
     )
@@ -466,7 +476,7 @@ def device_io() -> Dashboard:
     )
     device = "LogAttributes['lab.device']"
     board.variables = [query_variable("device", "Device", distinct(device, "EventType = 'device_io'"))]
-    where = f"$__timeFilter(Timestamp) AND EventType = 'device_io' AND $__conditionalAll({device} IN (${{device:singlequote}}), $device)"
+    where = f"$__timeFilter(Timestamp) AND EventType = 'device_io' AND {one_of(device, 'device')}"
     board.add(
         "timeseries",
         "Operations per minute by device",

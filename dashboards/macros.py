@@ -19,7 +19,10 @@ macros, the frontend's `$__conditionalAll` and Grafana's template-variable forma
 | `${v}`, `$v` | the value; several values quoted and joined, unescaped: `'a','b'` (the datasource's format) |
 
 A free-text value therefore goes into SQL as `decodeURLComponent('${v:percentencode}')`: Grafana has
-no format that escapes both `'` and `\\` for ClickHouse (`singlequote` and `sqlstring` leave `\\`).
+no format that escapes both `'` and `\\` for ClickHouse (`singlequote` and `sqlstring` leave `\\`);
+so does a list of values (hex, `{a,b}` once decoded). `$__conditionalAll` puts its condition back
+with JavaScript's `String.replace`, whose replacement patterns (`$$` is `$`) apply to the
+condition; so they do here.
 
 `provisioning_value` is Grafana's substitution in provisioning files (`pkg/setting/expanders.go` and
 `os.ExpandEnv`): `$VAR`, `${VAR}` and `$__env{VAR}` only. `${VAR:-default}` is not understood: the
@@ -90,6 +93,16 @@ def _conditional_all_skips(value: str | list[str] | None) -> bool:
     return text is None or text in (ALL, "")
 
 
+def _js_replacement(text: str) -> str:
+    r"""`text` as JavaScript's String.replace inserts a replacement string: `$$` is one `$`. The
+    patterns that insert parts of the match (`$&`, `$\``, `$'`, `$1`, `$<name>`) are refused: a
+    dashboard condition holding one would be corrupted by the real frontend."""
+    special = re.search(r"\$[&`'<\d]", text.replace("$$", ""))
+    if special:
+        raise ValueError(f"{special.group(0)!r} in a $__conditionalAll condition is a replacement pattern")
+    return text.replace("$$", "$")
+
+
 def _values(value: str | list[str]) -> list[str]:
     return value if isinstance(value, list) else [value]
 
@@ -99,7 +112,8 @@ def expand(sql: str, from_ms: int, to_ms: int, interval_ms: int, variables: Vari
 
     def conditional_all(arguments: list[str]) -> str:
         condition, variable = arguments
-        return "1=1" if _conditional_all_skips(variables.get(variable.lstrip("$").strip("{}"))) else condition
+        skips = _conditional_all_skips(variables.get(variable.lstrip("$").strip("{}")))
+        return "1=1" if skips else _js_replacement(condition)
 
     sql = _calls(sql, "$__conditionalAll", conditional_all)
 

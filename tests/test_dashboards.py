@@ -139,6 +139,22 @@ def run(
     return result
 
 
+def pick(
+    storage: Storage,
+    board: dict[str, Any],
+    name: str,
+    texts: list[str],
+    span: tuple[int, int] = (START_NS, START_NS + DAY_NS),
+) -> list[str]:
+    """The values Grafana sends when `texts` are chosen in variable `name`'s list: its query's
+    first column for each (the datasource's convention: value first, text second)."""
+    [variable] = [v for v in board["templating"]["list"] if v["name"] == name]
+    rows = run(storage, variable["query"], variables_all(board, storage.names.database), *span)["data"]
+    listed = {row["text"]: row["value"] for row in rows}
+    assert set(texts) <= set(listed), (name, set(texts) - set(listed))
+    return [listed[text] for text in texts]
+
+
 def test_the_committed_files_are_what_the_generator_makes() -> None:
     for relative, text in generate.rendered().items():
         assert (DASHBOARDS / relative).read_text() == text, f"{relative} is stale: run `make dashboards`"
@@ -269,7 +285,11 @@ def test_quotes_and_backslashes_in_variables_keep_the_sql_whole(lab_day: Storage
     resource = {"service.name": "o'brien-lab"}
     lab_day.insert_otlp("logs", logs_request(records, resource=resource).SerializeToString(), "odd")
     board = boards()["event-explorer"]
-    chosen = variables_all(board, lab_day.names.database) | {"service": ["o'brien-lab"], "node": ["node'1"]}
+    span = (at - 10**9, at + 10 * 10**9)
+    chosen = variables_all(board, lab_day.names.database) | {
+        "service": pick(lab_day, board, "service", ["o'brien-lab"], span),
+        "node": pick(lab_day, board, "node", ["node'1"], span),
+    }
     matching, logs = (next(p for p in board["panels"] if p["type"] == kind) for kind in ("timeseries", "logs"))
     for search, run_id, bodies in (
         ("", "", {"it's in C:\\temp\\", "elsewhere"}),
@@ -283,6 +303,42 @@ def test_quotes_and_backslashes_in_variables_keep_the_sql_whole(lab_day: Storage
         assert {r["body"] for r in rows} == bodies, (search, run_id)
         counted = run(lab_day, matching["targets"][0]["rawSql"], values, at - 10**9, at + 10 * 10**9)["data"]
         assert sum(r["events"] for r in counted) == len(bodies), (search, run_id)
+
+
+def test_backslashes_and_quotes_in_multi_value_variables_keep_the_sql_whole(lab_day: Storage) -> None:
+    """Several values chosen, each holding what ends or bends a ClickHouse literal or the list
+    (`\\` before a quote, `\\t`, `'`, `"`, a comma, braces, `$`): each matches its own events."""
+    at = START_NS - 5 * 3600 * 10**9  # before the simulated day, and the other odd events
+    names = ["C:\\lab\\", "it's", 'say "hi"', "tab\\t", "a,b", "{x}", "$$", "ünïcode"]
+    records = [
+        log_record(f"from {name}", {"lab.node.id": name, "lab.event.type": f"type {name}"}, time_ns=at + i)
+        for i, name in enumerate(names)
+    ]
+    records.append(log_record("from ot", {"lab.node.id": "a", "lab.event.type": "b"}, time_ns=at + 100))
+    request = logs_request(records, resource={"service.name": "back\\slash"})
+    lab_day.insert_otlp("logs", request.SerializeToString(), "multi")
+    board = boards()["event-explorer"]
+    logs = next(p for p in board["panels"] if p["type"] == "logs")["targets"][0]["rawSql"]
+    span = (at - 10**9, at + 10**9)
+    base = variables_all(board, lab_day.names.database) | {"search": "", "run": ""}
+    for chosen in (names, names[:2], names[3:6], ["$$"]):
+        for variable, texts in (("node", chosen), ("event_type", [f"type {name}".lower() for name in chosen])):
+            values = base | {variable: pick(lab_day, board, variable, texts, span)}
+            rows = run(lab_day, logs, values, *span)["data"]
+            assert sorted(r["body"] for r in rows) == sorted(f"from {name}" for name in chosen), (variable, chosen)
+    service = base | {"service": pick(lab_day, board, "service", ["back\\slash"], span)}
+    assert len(run(lab_day, logs, service, *span)["data"]) == len(names) + 1
+    typed = base | {"node": ["x') OR 1=1 --", "\\'"]}  # typed into the box, not picked: no match, no error
+    assert run(lab_day, logs, typed, *span)["data"] == []
+
+
+def test_conditional_all_reinserts_its_condition_as_the_frontend_does() -> None:
+    """The frontend's String.replace reads `$$` in the condition as `$`: the simulation does too,
+    and refuses the patterns that would paste parts of the match."""
+    sql = "SELECT 1 WHERE $__conditionalAll(x = $$a$$, $v)"
+    assert expand(sql, 0, 1000, 1000, {"v": ["b"]}) == "SELECT 1 WHERE x = $a$"
+    with pytest.raises(ValueError, match="replacement pattern"):
+        expand("SELECT 1 WHERE $__conditionalAll(x = '$&', $v)", 0, 1000, 1000, {"v": ["b"]})
 
 
 def test_collector_rates_count_every_interval_and_keep_series_apart(lab_day: Storage) -> None:
@@ -310,7 +366,8 @@ def test_collector_rates_count_every_interval_and_keep_series_apart(lab_day: Sto
 
 def test_a_variable_narrows_the_panels(lab_day: Storage) -> None:
     board = boards()["event-explorer"]
-    variables = variables_all(board, lab_day.names.database) | {"node": ["ot2_1"], "search": "started"}
+    variables = variables_all(board, lab_day.names.database) | {"node": pick(lab_day, board, "node", ["ot2_1"])}
+    variables["search"] = "started"
     logs_panel = next(p for p in board["panels"] if p["type"] == "logs")
     rows = run(lab_day, logs_panel["targets"][0]["rawSql"], variables)["data"]
     assert rows
