@@ -631,12 +631,14 @@ def collector_health() -> Dashboard:
     board.add(
         "table",
         "Tables",
-        "SELECT table, sum(rows) AS total_rows, formatReadableSize(sum(bytes_on_disk)) AS on_disk, count() AS parts\n"
-        "FROM system.parts\nWHERE database = '${database}' AND active\nGROUP BY table\nORDER BY total_rows DESC",
+        "SELECT node, table, sum(rows) AS total_rows, formatReadableSize(sum(bytes_on_disk)) AS on_disk,\n"
+        "  count() AS parts, max(modification_time) AS last_write\n"
+        "FROM ${database}.labtel_parts\nGROUP BY node, table\nORDER BY node, total_rows DESC",
         12,
         8,
-        description="The parts on the server the datasource connects to: on a cluster, that node's "
-        "(its shard's <table>_local tables, one replica).",
+        description="The active parts of labtel's tables on every node (the view labtel_parts: on a "
+        "cluster, every replica of every shard, with its <table>_local tables; the datasource's user "
+        "needs the REMOTE grant there).",
     )
     return board
 

@@ -20,16 +20,18 @@ SHARDED = Topology(CLUSTER_NAME, "ReplicatedMergeTree", REPLICA_PARAMS, distribu
 """Shards of replicas: Distributed tables over `_local` ones."""
 
 _ON_CLUSTER = re.compile(r" ON CLUSTER `(?:[^`\\]|\\.)*`")
+_ALL_REPLICAS = re.compile(r"clusterAllReplicas\('(?:[^'\\]|\\.)*', (system\.\w+)\)")
 _REPLICATED = re.compile(r"\b(?:Replicated|Shared)(\w*MergeTree)(?:\((.*?)\))?(?=\s|$)", re.MULTILINE)
 DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|DELETE|RENAME|TRUNCATE|OPTIMIZE)\b", re.IGNORECASE)
 
 
 def strip_cluster(sql: str, topology: Topology) -> str:
     """The statement as one server runs it: without ON CLUSTER, with the plain MergeTree family
-    (a Replicated engine's first arguments removed), and no replica to wait for."""
+    (a Replicated engine's first arguments removed), a system table of every replica read on this
+    server, and no replica to wait for."""
     if sql.startswith("SYSTEM SYNC REPLICA"):
         return "SELECT 1"
-    text = _ON_CLUSTER.sub("", sql)
+    text = _ALL_REPLICAS.sub(r"\1", _ON_CLUSTER.sub("", sql))
     prefixes = [topology.engine_params, STATE_REPLICA_PARAMS]
 
     def plain(match: re.Match[str]) -> str:

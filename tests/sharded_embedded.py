@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from labtel.collector.storage import migrations
+from labtel.collector.storage import migrations, schema
 from labtel.collector.storage.client import Storage, parse_endpoint
 from labtel.collector.storage.schema import SchemaNames
 from labtel.query_api.events import EventFilter, list_events
@@ -87,6 +87,15 @@ def run(folder: Path) -> dict[str, Any]:
         f"SELECT count() AS n, min(Start) < max(End) AS ordered FROM {sharded.names.trace_id_ts} "
         "WHERE TraceId = {t:String}",
         parameters={"t": trace_id.hex()},
+    )
+    # The dashboards' parts view as a cluster has it (here with the cluster, only ON CLUSTER stripped):
+    # every replica's parts through clusterAllReplicas.
+    every_replica = schema.parts_view(sharded.names).replace(f" ON CLUSTER `{CLUSTER_NAME}`", "")
+    plain.command(every_replica.replace(schema.PARTS_VIEW, "labtel_parts_every_replica", 1))
+    out["parts"] = plain.rows(
+        "SELECT node != '' AS named, table, sum(rows) AS rows FROM `lab-db`.labtel_parts_every_replica "
+        "WHERE table = {t:String} GROUP BY node, table",
+        parameters={"t": SHARDED.local_name("my-logs.v1")},
     )
     out["metric_rows"] = {
         kind: sharded.command(f"SELECT count() FROM {table}")

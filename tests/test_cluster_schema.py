@@ -31,7 +31,7 @@ from tests.cluster_helpers import (
 
 ON = f"ON CLUSTER `{CLUSTER_NAME}`"
 _OBJECT = re.compile(
-    r"^(?:CREATE (?:TABLE|MATERIALIZED VIEW|DATABASE)(?: IF NOT EXISTS)?|ALTER TABLE|DROP TABLE(?: IF EXISTS)?|"
+    r"^(?:CREATE (?:TABLE|MATERIALIZED VIEW|VIEW|DATABASE)(?: IF NOT EXISTS)?|ALTER TABLE|DROP TABLE(?: IF EXISTS)?|"
     r"DELETE FROM) (`(?:[^`\\]|\\.)*`(?:\.`(?:[^`\\]|\\.)*`)?) (ON CLUSTER `[^`]*`)"
 )
 _ENGINE = re.compile(r"ENGINE = (\w+)(?:\((.*?)\))?(?=\s|$)", re.MULTILINE)

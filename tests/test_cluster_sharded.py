@@ -55,6 +55,7 @@ def test_ingest_goes_through_the_distributed_tables_and_reads_come_back(observed
     assert observed["bodies"] == [f"sharded {i}" for i in range(5)]
     assert observed["batch_rows"] == 5
     assert observed["local_rows"] == 5
+    assert observed["parts"] == [{"named": 1, "table": "my-logs.v1_local", "rows": 5}]  # the parts of every replica
     assert observed["trace_lookup"] == [{"n": 1, "ordered": True}]
     assert observed["metric_rows"] == {
         "gauge": 2,

@@ -421,7 +421,7 @@ for database in ("otel", "fresh"):
         parameters={"db": database},
     )
     tables[database] = {
-        r["name"]: re.sub(r" UUID '[0-9a-f-]+'", "", r["create_table_query"]).replace(f"{database}.", "db.")
+        r["name"]: re.sub(r" UUID '[0-9a-f-]+'", "", r["create_table_query"]).replace(f"{database}.", "db.").replace(f"'{database}'", "'db'")
         for r in rows
     }
 print(json.dumps(tables))

@@ -147,6 +147,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"MATERIALIZE INDEX {schema.BODY_WORDS_INDEX}",
         ),
     ),
+    Migration(
+        12,
+        "labtel_parts: the active parts of every node (clusterAllReplicas on a cluster) for the dashboards",
+        lambda n: [schema.parts_view(n)],
+    ),
 )
 
 

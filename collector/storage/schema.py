@@ -26,7 +26,7 @@ from functools import cache
 from importlib import resources
 
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, request_view_checks, view_checks
-from labtel.collector.storage.topology import LOCAL, Topology, quote_identifier
+from labtel.collector.storage.topology import LOCAL, Topology, quote_identifier, quote_string
 from labtel.sdk import semconv
 
 __all__ = ["SchemaNames", "Topology", "quote_identifier"]
@@ -503,6 +503,28 @@ FROM (
     ARRAY JOIN scopes.scope AS scope, scopes.schema_url AS scope_url, scopes.spans AS spans
 )
 ARRAY JOIN spans AS s"""
+
+
+# --- views for the dashboards -----------------------------------------------------------------
+
+PARTS_VIEW = "labtel_parts"
+"""Every node's active parts of labtel's database: what the collector-health dashboard's Tables
+panel reads, on one server and on a cluster alike."""
+
+
+def parts_view(names: SchemaNames) -> str:
+    """The view of `PARTS_VIEW`: on a cluster, the parts of every replica of every shard
+    (`clusterAllReplicas`), each with the node it is on; on one server, that server's."""
+    source = (
+        f"clusterAllReplicas({quote_string(names.topology.cluster)}, system.parts)"
+        if names.topology.cluster
+        else "system.parts"
+    )
+    return (
+        f"CREATE VIEW IF NOT EXISTS {names.qualified(PARTS_VIEW)}{names.on_cluster} AS\n"
+        f"SELECT hostName() AS node, table, rows, bytes_on_disk, modification_time\n"
+        f"FROM {source}\nWHERE database = {quote_string(names.database)} AND active"
+    )
 
 
 # --- table DDL ---------------------------------------------------------------------------------
