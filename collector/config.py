@@ -381,6 +381,15 @@ class ClickHouseExporterConfig(StrictModel):
             cls._check_storage_endpoint(endpoint)
         return value
 
+    def failover_order(self) -> list[str]:
+        """The servers in the order they are tried: `endpoint`, then each of `endpoints` not yet
+        listed. `endpoints` may name `endpoint` too, so every collector of a cluster can share one
+        list of all nodes and differ only in the node it prefers."""
+        order: dict[str, str] = {}
+        for endpoint in (self.endpoint, *self.endpoints):
+            order.setdefault(endpoint.rstrip("/").lower(), endpoint)
+        return list(order.values())
+
     @field_validator("cluster_name")
     @classmethod
     def _check_cluster(cls, value: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labtel.collector.config import ConfigError, expand_env, load_config, parse_config
+from labtel.collector.config import ClickHouseExporterConfig, ConfigError, expand_env, load_config, parse_config
 from labtel.collector.durations import parse_duration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,3 +313,12 @@ def test_service_telemetry_is_typed() -> None:
     )
     defaults = parse_config(minimal(service={"telemetry": {"metrics": None}, "pipelines": pipelines}))
     assert defaults.service.telemetry.metrics.interval == timedelta(seconds=15)
+
+
+def test_the_failover_order_lists_each_server_once() -> None:
+    """`endpoints` may list every node, `endpoint` among them: each is tried once, the preferred first."""
+    exporter = ClickHouseExporterConfig(
+        endpoint="http://ch-s2-r1:8123",
+        endpoints=["http://ch-s1-r1:8123", "http://CH-S2-R1:8123/", "http://ch-s1-r2:8123", "http://ch-s1-r1:8123"],
+    )
+    assert exporter.failover_order() == ["http://ch-s2-r1:8123", "http://ch-s1-r1:8123", "http://ch-s1-r2:8123"]

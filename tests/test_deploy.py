@@ -139,9 +139,12 @@ def test_labtel_services_run_labtel_commands_with_a_valid_config_and_a_wal_each(
         config_path, env = _config_of(service)
         config = load_config(config_path, environ=env)
         exporter = config.storage_exporter()
-        for endpoint in (exporter.endpoint, *exporter.endpoints):
-            host = urlparse(endpoint).hostname
-            assert host in _clickhouse_services(compose), f"{name}: {endpoint} is not a ClickHouse service"
+        order = exporter.failover_order()
+        hosts = [urlparse(endpoint).hostname for endpoint in order]
+        assert hosts[0] == urlparse(env["LABTEL_CLICKHOUSE_ENDPOINT"]).hostname, name
+        assert sorted(hosts) == sorted(_clickhouse_services(compose)), (
+            f"{name}: fails over to {hosts}"
+        )  # each node once
         assert (
             exporter.username
             == compose["services"][next(iter(_clickhouse_services(compose)))]["environment"]["CLICKHOUSE_USER"]

@@ -245,7 +245,7 @@ class Storage:
             config.limits.record_limits(),
         )
         return cls(
-            [parse_endpoint(endpoint, base_dir) for endpoint in (config.endpoint, *config.endpoints)],
+            [parse_endpoint(endpoint, base_dir) for endpoint in config.failover_order()],
             names,
             username=config.username,
             password=config.password.get_secret_value(),
