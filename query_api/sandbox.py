@@ -24,6 +24,7 @@ from typing import Any
 from clickhouse_connect.driver.binding import external_bind_re
 
 from labtel.collector.storage.client import Storage
+from labtel.collector.storage.schema import PARTS_VIEW
 
 ALLOWED_SYSTEM_TABLES = frozenset(
     {"one", "numbers", "numbers_mt", "zeros", "zeros_mt", "functions", "time_zones", "data_type_families"}
@@ -43,6 +44,8 @@ DENIED_FUNCTIONS = frozenset(
         "catboostEvaluate",
         "naiveBayesClassifier",
         "getServerSetting",
+        "getSetting",
+        "getSettingOrDefault",
         "getMergeTreeSetting",
         "getMacro",
         "hasColumnInTable",
@@ -83,6 +86,9 @@ DENIED_FUNCTIONS = frozenset(
 """Scalar functions that read files, dictionaries, other tables by name, server configuration, or
 say who and where the server is."""
 
+_SERVER_VIEWS = frozenset({PARTS_VIEW})
+"""Views of labtel's database over system tables (for the dashboards): they would show what the
+sandbox keeps from its users (host names, other tables), so they are refused like those."""
 _ALLOWED_TABLE_FUNCTIONS = frozenset(name.lower() for name in ALLOWED_TABLE_FUNCTIONS)
 _DENIED_FUNCTIONS = frozenset(name.lower() for name in DENIED_FUNCTIONS)
 _IN_FUNCTIONS = frozenset(
@@ -249,6 +255,8 @@ class Sandbox:
 
     def _check_table(self, identifier: str) -> None:
         parts = _name_parts(identifier)
+        if parts[-1] in _SERVER_VIEWS and (len(parts) < 2 or parts[0] == self.storage.names.database):
+            raise SandboxRefusal(f"table {parts[-1]}: it shows the servers themselves (their parts and names)")
         if len(parts) < 2:
             return  # the labtel database's own table, or a WITH name
         database, table = parts[0], parts[1]
@@ -291,9 +299,10 @@ class Sandbox:
         """labtel's tables and their columns, for analysts writing queries."""
         rows = self.storage.rows(
             "SELECT table, name, type, comment FROM system.columns WHERE database = {db:String} "
-            "AND table NOT LIKE '%\\\\_ingest\\\\_%' AND table NOT LIKE '%\\\\_mv' AND table != 'labtel_schema_migrations' "
+            "AND table NOT LIKE '%\\\\_ingest\\\\_%' AND table NOT LIKE '%\\\\_mv' "
+            "AND table != 'labtel_schema_migrations' AND NOT has({server_views:Array(String)}, table) "
             "ORDER BY table, position",
-            parameters={"db": self.storage.names.database},
+            parameters={"db": self.storage.names.database, "server_views": sorted(_SERVER_VIEWS)},
         )
         tables: dict[str, list[dict[str, str]]] = {}
         for row in rows:

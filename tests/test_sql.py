@@ -133,6 +133,7 @@ def test_schema_discovery(client: TestClient) -> None:
     names = [t["table"] for t in tables["tables"]]
     assert {"otel_logs", "otel_traces"} <= set(names)
     assert not any("_ingest_" in n or n.endswith("_mv") for n in names)
+    assert not {"labtel_schema_migrations", "labtel_parts"} & set(names)
     logs = next(t for t in tables["tables"] if t["table"] == "otel_logs")
     assert {"Timestamp", "Body", "LogAttributes", "NodeId"} <= {c["name"] for c in logs["columns"]}
     described = sql(client, "DESCRIBE TABLE otel_logs", format="ndjson")
@@ -202,13 +203,19 @@ REFUSED = [
     "SELECT * EXCEPT(q) APPLY(x -> dictGet('secrets', 'value', x)) FROM values('p String, q String', ('a', 'b'))",
     "SELECT showCertificate()",
     "SELECT getServerPort('tcp_port')",
+    "SELECT getSetting('max_memory_usage')",
+    "SELECT GETSETTING('readonly')",
+    "SELECT getSettingOrDefault('max_threads', 0)",
+    # the dashboards' view over system.parts (host names, every table's parts)
+    "SELECT * FROM labtel_parts",
+    "SELECT node FROM {database}.labtel_parts",
 ]
 
 
 @pytest.mark.parametrize("query", REFUSED)
 def test_the_sandbox_refuses(client: TestClient, store: Storage, query: str, tmp_path: Path) -> None:
     outfile = tmp_path / "stolen.csv"
-    response = sql(client, query.format(outfile=outfile))
+    response = sql(client, query.format(outfile=outfile, database=store.names.database))
     assert response.status_code == 403, (query, response.status_code, response.text)
     assert response.json()["detail"].startswith("not allowed: ")
     assert not outfile.exists()
