@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -286,3 +287,24 @@ def store_at_version(store: Storage, version: int) -> None:
             f"({migration.version}, {quote_string(migration.name)})"
         )
     migrations.ensure_ingest(store)
+
+
+@contextmanager
+def serving(app: Any, path: str = "/export") -> Iterator[str]:
+    """`app` on a real uvicorn server in this process (to see its threads, storage and timing):
+    its URL of `path`."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn started")
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}{path}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -8,12 +8,10 @@ import gc
 import io
 import itertools
 import json
-import socket
 import threading
 import tracemalloc
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,6 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from labtel.collector.config import ExportConfig, QueryApiConfig
@@ -32,7 +28,7 @@ from labtel.query_api.app import create_app
 from labtel.query_api.events import EventFilter
 from labtel.query_api.export import EXPORT_COLUMNS, export_chunks, plan_windows
 from tests.conftest import make_storage
-from tests.helpers import LabtelServer, log_record, logs_request, wait_for
+from tests.helpers import LabtelServer, log_record, logs_request, serving, wait_for
 
 BASE = 1_783_000_000_000_000_000
 NAMES = [name for name, _, _ in EXPORT_COLUMNS]
@@ -257,21 +253,6 @@ def test_export_streams_from_a_real_server(server: LabtelServer) -> None:
         assert r.headers.get("transfer-encoding") == "chunked"
         lines += [json.loads(line) for line in r.iter_lines() if line]
     assert [line["body"] for line in lines] == [f"served {i}" for i in range(500)]
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """`app` on a real uvicorn server in this process (to see its threads and storage): its /export URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, what="uvicorn started")
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/export"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _export_threads() -> list[threading.Thread]:

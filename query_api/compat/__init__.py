@@ -29,6 +29,7 @@ def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Cons
     from labtel.query_api.compat.madsci import naive_zone
     from labtel.query_api.compat.madsci_store import MadsciStore
     from labtel.query_api.compat.panoptes import Panoptes
+    from labtel.query_api.compat.unanswered import Unanswered
     from labtel.query_api.routes import madsci, masterlog, panoptes
 
     writer = EventWriter(storage, ingest)
@@ -45,6 +46,7 @@ def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Cons
             "the Master Log routes (/api/v1/logs) accept any key"
         )
     app.state.compat_writer = writer
+    app.state.masterlog_unanswered = Unanswered()
     app.state.madsci = MadsciStore(
         storage, writer, naive_zone(config.compat.madsci.timezone), config.compat.madsci.backup_dir
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,21 +187,28 @@ class Chunk:
     data: bytes
     """Serialized ExportLogsServiceRequests of the events to store (concatenated ones are one)."""
     records: int
-    answers: bytes
-    """The stored events' answers as JSON array items without the brackets (empty: none)."""
+    answers: list[bytes]
+    """The stored events' answers (JSON), in batch order."""
+    indexes: list[int]
+    """The stored events' indexes in the batch, as `answers`."""
     errors: list[dict[str, Any]]
     """The events left out: `index` in the batch, `error`."""
 
 
-def convert_chunk(events: Sequence[Any], offset: int, limits: RecordLimits = DEFAULT_LIMITS) -> Chunk:
+def convert_chunk(
+    events: Sequence[Any], offset: int, limits: RecordLimits = DEFAULT_LIMITS, skip: Container[int] = ()
+) -> Chunk:
     """The events `offset`, `offset + 1`, ... of a batch, converted (`to_record`) and encoded
-    within `limits`. An event that cannot be stored at all (not an object, an unknown severity,
-    text that is not valid Unicode) is left out and listed in `errors`, never fails the chunk."""
+    within `limits`, but those whose index is in `skip` (stored already). An event that cannot
+    be stored at all (not an object, an unknown severity, text that is not valid Unicode) is left
+    out and listed in `errors`, never fails the chunk."""
     answers: list[dict[str, Any]] = []
     records: list[Record] = []
     indexes: list[int] = []
     errors: list[dict[str, Any]] = []
     for index, event in enumerate(events, offset):
+        if index in skip:
+            continue
         try:
             answer, record = to_record(event, index, limits)
         except MasterLogError as error:
@@ -216,9 +223,9 @@ def convert_chunk(events: Sequence[Any], offset: int, limits: RecordLimits = DEF
     data, invalid = encode_each([fit(record, limits) for record in records], SCOPE)
     for position in reversed(invalid):  # in the body, title or attributes
         errors.append(_invalid_text(indexes[position]))
-        del answers[position]
+        del answers[position], indexes[position]
     errors.sort(key=lambda error: int(error["index"]))
-    return Chunk(data, len(answers), orjson.dumps(answers)[1:-1], errors)
+    return Chunk(data, len(answers), [orjson.dumps(answer) for answer in answers], indexes, errors)
 
 
 def _invalid_text(index: int) -> dict[str, Any]:

@@ -8,7 +8,9 @@ A batch of any size within `max_request_body_size` and `compat.master_log.max_ba
 stored, in one write: master-log-client keeps a batch that was not answered 2xx and sends all of
 it again, so a batch is stored wholly or not at all, and not at all when the client stopped
 waiting for the answer before it was stored (its `timeout_seconds`, 2 s by default: it sends
-the batch again)."""
+the batch again). When the client stopped waiting while the batch was being stored, its events
+are remembered (labtel.query_api.compat.unanswered) and the retry's copies of them are answered
+with the ids they were stored under, not stored again."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from labtel.query_api.compat.masterlog import (
     convert_chunk,
     to_record,
 )
+from labtel.query_api.compat.unanswered import Unanswered, fingerprint
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["Master Log"])
@@ -48,16 +51,24 @@ def _authorize(request: Request, authorization: str | None) -> None:
         )
 
 
-async def _store_one(request: Request, event: dict[str, Any]) -> dict[str, Any]:
-    """Store one event; answers `{accepted, events}`, or 422 / 400 for an event that cannot be stored."""
+async def _store_one(request: Request, event: dict[str, Any], client: str) -> dict[str, Any]:
+    """Store one event; answers `{accepted, events}`, or 422 / 400 for an event that cannot be
+    stored. One stored before for this client while it had gone is answered as it was."""
     writer: EventWriter = request.app.state.compat_writer
-    try:
-        answer, record = to_record(event, -1, writer.limits)
-    except MasterLogError as error:
-        raise HTTPException(422, str(error)) from None
-    except orjson.JSONEncodeError:  # a lone surrogate in tags or metadata
-        raise HTTPException(400, f"the event {INVALID_TEXT}") from None
-    await writer.write([record], SCOPE)  # a 400 when its one record is refused
+    ledger: Unanswered = request.app.state.masterlog_unanswered
+    key = fingerprint(event, client)
+    async with ledger.storing([key]) as earlier:
+        if earlier:
+            return {"accepted": 1, "events": [orjson.loads(earlier[0])]}
+        try:
+            answer, record = to_record(event, -1, writer.limits)
+        except MasterLogError as error:
+            raise HTTPException(422, str(error)) from None
+        except orjson.JSONEncodeError:  # a lone surrogate in tags or metadata
+            raise HTTPException(400, f"the event {INVALID_TEXT}") from None
+        await writer.write([record], SCOPE)  # a 400 when its one record is refused
+        if await request.is_disconnected():
+            ledger.remember([(key, orjson.dumps(answer))])
     return {"accepted": 1, "events": [answer]}
 
 
@@ -74,36 +85,49 @@ async def _unless_gone(request: Request, events: int) -> None:
         raise HTTPException(499, "the client went away before the batch was stored; nothing was stored")
 
 
-async def _store_batch(request: Request, logs: list[Any]) -> Response:
+async def _store_batch(request: Request, logs: list[Any], client: str) -> Response:
     """Store a batch; answers `{accepted, events, errors?}`. A batch is never refused for some of
     its events (master-log-client would send all of it again at every flush, forever): events
     that cannot be stored at all are listed in `errors` (`index`, `error`) and left out.
 
     The events are converted CHUNK_EVENTS at a time in a worker thread (the server keeps
     answering meanwhile), each chunk's posted events let go once encoded; the encoded chunks are
-    then stored in one write, so the batch is stored wholly or not at all."""
+    then stored in one write, so the batch is stored wholly or not at all. Events stored before
+    for this client while it had gone (`Unanswered`) are answered as they were, not stored again."""
     writer: EventWriter = request.app.state.compat_writer
-    chunks: list[Chunk] = []
-    for start in range(0, len(logs), CHUNK_EVENTS):
-        # Also lets the server read from the connection again (it stops while a body waits), so
-        # that a client that goes away is seen before the store.
-        await _unless_gone(request, len(logs))
-        end = min(start + CHUNK_EVENTS, len(logs))
-        chunks.append(await run_in_threadpool(convert_chunk, logs[start:end], start, writer.limits))
-        logs[start:end] = [None] * (end - start)
-    records = sum(chunk.records for chunk in chunks)
-    errors = [error for chunk in chunks for error in chunk.errors]
-    if records:
-        await _unless_gone(request, len(logs))
-    data = b"".join(chunk.data for chunk in chunks)
-    answers = b",".join(chunk.answers for chunk in chunks if chunk.answers)
-    chunks.clear()
-    partial = await writer.store(data, records)
-    del data
-    accepted = records
+    ledger: Unanswered = request.app.state.masterlog_unanswered
+    keys = await run_in_threadpool(lambda: [fingerprint(event, client) for event in logs])
+    async with ledger.storing(keys) as earlier:
+        chunks: list[Chunk] = []
+        for start in range(0, len(logs), CHUNK_EVENTS):
+            # Also lets the server read from the connection again (it stops while a body waits),
+            # so that a client that goes away is seen before the store.
+            await _unless_gone(request, len(logs))
+            end = min(start + CHUNK_EVENTS, len(logs))
+            chunks.append(await run_in_threadpool(convert_chunk, logs[start:end], start, writer.limits, earlier))
+            logs[start:end] = [None] * (end - start)
+        records = sum(chunk.records for chunk in chunks)
+        errors = [error for chunk in chunks for error in chunk.errors]
+        if records:
+            await _unless_gone(request, len(logs))
+        data = b"".join(chunk.data for chunk in chunks)
+        stored = [(i, answer) for chunk in chunks for i, answer in zip(chunk.indexes, chunk.answers, strict=True)]
+        chunks.clear()
+        partial = await writer.store(data, records)
+        del data
+        if partial is None and stored and await request.is_disconnected():
+            ledger.remember((keys[index], answer) for index, answer in stored)
+            log.warning(
+                "a Master Log batch of %d events was stored after its client stopped waiting for the answer; "
+                "its retry is answered without storing them again (master-log-client: raise timeout_seconds / "
+                "MASTER_LOG_TIMEOUT_SECONDS or lower batch_size / MASTER_LOG_BATCH_SIZE)",
+                len(stored),
+            )
+    accepted = records + len(earlier)
     if partial is not None:
         accepted -= partial.rejected
         errors.append({"index": None, "error": f"{partial.rejected} of the events were refused: {partial.message}"})
+    answers = b",".join(answer for _, answer in sorted([*stored, *earlier.items()]))
     body = b'{"accepted":%d,"events":[%b]' % (accepted, answers)
     if errors:
         body += b',"errors":' + orjson.dumps(errors)
@@ -117,7 +141,7 @@ async def post_log(
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     _authorize(request, authorization)
-    return await _store_one(request, event)
+    return await _store_one(request, event, authorization or "")
 
 
 @router.post(
@@ -142,4 +166,4 @@ async def post_batch(
             f"a batch holds at most {most} events ({BATCH_LIMIT}) and this one has {len(logs)}: send them in "
             f"batches of at most {most} (master-log-client: batch_size= or MASTER_LOG_BATCH_SIZE)",
         )
-    return await _store_batch(request, logs)
+    return await _store_batch(request, logs, authorization or "")
