@@ -10,6 +10,7 @@ import binascii
 import re
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -114,11 +115,13 @@ _WORD = re.compile(f"(?=[^\\W_])[{IDEOGRAPHS}]|(?:(?![{IDEOGRAPHS}])[^\\W_])+")
 
 
 def search_tokens(text: str) -> list[str]:
-    """The words of a search, lower-cased, as the word index splits bodies (schema.BODY_WORDS): every
-    character that is not a letter or digit separates words (`node-12` is `node` and `12`). The text
-    is lower-cased before it is split, as bodies are (`İ` lower-cases to `i` and a combining dot,
-    which is not a letter)."""
-    return list(dict.fromkeys(_WORD.findall(text.lower())))
+    """The words of a search, lower-cased and folded, as the word index splits bodies
+    (schema.BODY_WORDS): every character that is not a letter or digit separates words (`node-12`
+    is `node` and `12`). The text is lower-cased and folded before it is split, as bodies are:
+    decomposed (NFD) without its combining marks, so `Café` is `cafe` (and `İ`, which lower-cases
+    to `i` and a combining dot, is `i`)."""
+    folded = "".join(c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn")
+    return list(dict.fromkeys(_WORD.findall(folded)))
 
 
 def search_words(text: str, name: str = "q") -> list[str]:

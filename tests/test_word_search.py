@@ -1,6 +1,6 @@
 """Word search (`GET /events?q=`) beside non-ASCII text: words are runs of Unicode letters and digits
-(each ideograph one of its own), in any case, whatever surrounds them; a store migrated to the word
-index of migration 11 answers as a fresh one."""
+(each ideograph one of its own), in any case and with accents folded, whatever surrounds them; a
+store migrated to the word index of migration 11 (and its folding, 13) answers as a fresh one."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ BODIES = [
     "valve_10 opened—node-12 “lid” closed",  # ASCII words with ASCII and curly punctuation
     "reading 1 of the pressure gauge",  # ASCII only
     "pH 7·4 ±0.2 mg in 5 µL",  # a middle dot, a plus-minus sign, the micro sign (a letter)
+    "Café naïve İstanbul façade cafe\u0301s",  # accents, composed and (the last) decomposed
 ]
 SEARCHES: list[tuple[str, set[int]]] = [
     # the words beside non-ASCII punctuation and symbols
@@ -64,9 +65,21 @@ SEARCHES: list[tuple[str, set[int]]] = [
     ("node-12", {4}),
     ("opened closed", {4}),
     ("PRESSURE gauge", {5}),
+    # accents are folded, both ways, composed or decomposed
+    ("muller", {0, 1}),
+    ("ecole", {1}),
+    ("σοφια", {1}),
+    ("cafe", {7}),
+    ("CAFÉ", {7}),
+    ("cafe\u0301", {7}),
+    ("cafés", {7}),
+    ("naive", {7}),
+    ("istanbul", {7}),
+    ("İSTANBUL", {7}),
+    ("facade", {7}),
     # not found: parts of words, other spellings, words not all there
     ("mull", set()),
-    ("muller", set()),
+    ("caf", set()),
     ("don", set()),
     ("pres", set()),
     ("pressure valve", set()),
@@ -114,8 +127,8 @@ def test_a_search_is_split_as_the_index_splits_bodies(fresh: tuple[TestClient, S
     _, storage = fresh
     assert search_tokens("node-12 valve_10") == ["node", "12", "valve", "10"]  # as before migration 11
     assert search_tokens("Pump DONE—ok pump") == ["pump", "done", "ok"]
-    assert search_tokens("温度25℃ MÜLLER") == ["温", "度", "25", "müller"]
-    assert search_tokens("İstanbul") == ["i", "stanbul"]  # lower-cased first: İ is i and a combining dot
+    assert search_tokens("温度25℃ MÜLLER") == ["温", "度", "25", "muller"]  # accents folded
+    assert search_tokens("İstanbul") == ["istanbul"]  # lower-cased, then folded: İ is i and a combining dot
     assert search_tokens("🔥 — °") == []
     texts = [*BODIES, *(q for q, _ in SEARCHES), "İSTANBUL cafe\u0301 Ⅻ ²½ ＡＢＣ１ ΟΔΟΣ ǅ 한국어 ไทย\u200d"]
     rows = storage.rows(

@@ -152,6 +152,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "labtel_parts: the active parts of every node (clusterAllReplicas on a cluster) for the dashboards",
         lambda n: [schema.parts_view(n)],
     ),
+    Migration(
+        13,
+        "otel_logs: word search folds accents (idx_body_words on schema.BODY_WORDS: decomposed, combining "
+        "marks dropped, so café, cafe\u0301 and cafe are one word)",
+        lambda n: _logs(
+            n,
+            f"DROP INDEX IF EXISTS {schema.BODY_WORDS_INDEX}",
+            f"ADD INDEX IF NOT EXISTS {schema.body_words_index()}",
+            # Parts stored before get it in a background mutation; until then they are scanned.
+            f"MATERIALIZE INDEX {schema.BODY_WORDS_INDEX}",
+        ),
+    ),
 )
 
 

@@ -809,7 +809,8 @@ def _re2_class(ranges: str) -> str:
 
 
 BODY_WORDS = (
-    "if(isValidASCII(Body), lower(Body), replaceRegexpAll(replaceRegexpAll(lowerUTF8(Body), "
+    "if(isValidASCII(Body), lower(Body), replaceRegexpAll(replaceRegexpAll(replaceRegexpAll("
+    "normalizeUTF8NFD(lowerUTF8(Body)), '\\\\p{Mn}+', ''), "
     f"'[^\\\\x00-\\\\x7f\\\\p{{L}}\\\\p{{N}}]+', ' '), '[{_re2_class(IDEOGRAPHS)}]', ' \\\\0 '))"
 )
 """SQL: the body as the word index reads it, with its `splitByNonAlpha` tokenizer (which splits at
@@ -818,8 +819,9 @@ letters and digits, each ideograph a word of its own, lower-cased in every scrip
 
 Without it the UTF-8 bytes of `—`, `°` or an emoji are word bytes to the tokenizer (in
 "done—ok at 20°C" neither `done` nor `20` is a word), and `lower()` changes ASCII letters only. A
-body with a byte outside ASCII is lower-cased by `lowerUTF8`, each run of non-ASCII characters that
-are not letters or digits becomes a space, then each ideograph gets a space either side (two
+body with a byte outside ASCII is lower-cased by `lowerUTF8` and folded (decomposed, NFD, and its
+combining marks dropped: `café`, `cafe\u0301` and `cafe` are one word, `cafe`), each run of non-ASCII
+characters that are not letters or digits becomes a space, then each ideograph gets a space either side (two
 passes: a capture group would take RE2 off its fast path, 2x the cost). An ASCII body (most of
 them) is `lower(Body)`, as migration 4's index had it, with the same words: `if` runs the regexes for
 the other rows only. Cost: see bench/search_index.py and the README. `query_api.events.search_tokens`
