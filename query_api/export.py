@@ -274,7 +274,9 @@ def export_chunks(
                 return None
             window = windows[index]
             index += 1
-            window_limit = None if remaining is None or remaining >= window.rows else remaining
+            # With a limit, each window also stops at the events it was planned with: rows stored
+            # into it since (a write-ahead log replayed, a late batch) would carry the export past it.
+            window_limit = None if remaining is None else min(remaining, window.rows)
             if remaining is not None:
                 remaining -= min(remaining, window.rows)
             return prefetch.submit(fetch, window, window_limit)

@@ -184,6 +184,18 @@ def test_accept_is_negotiated_as_http_has_it(client: TestClient) -> None:
     assert sql.text.splitlines() == ['"one"', "1"]
 
 
+def test_rows_stored_during_an_export_do_not_carry_it_past_its_limit(store: Storage) -> None:
+    """Events stored into a window after the export planned it (a write-ahead log replayed while
+    it runs) are not sent beyond `limit`."""
+    service = f"late-{uuid.uuid4().hex[:6]}"
+    generate(store, 100, BASE + 7 * 10**12, 1_000_000, service)
+    chunks = export_chunks(store, EventFilter(service=service), "csv", 10_000, limit=150)
+    header = next(chunks)  # the export is planned (one window of 100 events), nothing read yet
+    generate(store, 100, BASE + 7 * 10**12 + 500_000, 1_000_000, service)  # into the same window
+    rows = list(csv.reader(io.StringIO(b"".join([header, *chunks]).decode())))[1:]
+    assert len(rows) == 100  # the window's planned events, not 200 (nor past the limit)
+
+
 def test_exports_over_max_rows_are_refused_naming_the_limit(store: Storage) -> None:
     with TestClient(create_app(store, QueryApiConfig(export=ExportConfig(chunk_rows=7, max_rows=20)))) as capped:
         refused = capped.get("/export", params={"service": "small", "format": "ndjson"})
