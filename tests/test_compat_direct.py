@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
 
 from labtel.collector.alerts.engine import AlertEngine
+from labtel.collector.config import CompatConfig, MadsciCompatConfig, QueryApiConfig
 from labtel.collector.storage.client import Storage
 from labtel.query_api.app import create_app
 from tests.alerting import FakeClock, alerts_config
 from tests.conftest import make_storage
+from tests.helpers import log_record, logs_request
 
 JSON = {"content-type": "application/json"}
 
@@ -157,9 +162,38 @@ def test_a_posted_madsci_event_is_answered_as_it_reads_back(storage: Storage) ->
     answer = client.post("/madsci/event", json=event | {"source": {"node_id": "01JJ4S0WNGEF5FQAZG5KDGNODE"}}).json()
     assert (answer["event_type"], answer["log_level"], answer["alert"]) == ("node_error", 40, False)
     assert answer["_id"]
-    assert answer["event_timestamp"].endswith("Z")
+    assert datetime.fromisoformat(answer["event_timestamp"]).tzinfo is None  # as MADSci's clients write times
     assert answer == client.get(f"/madsci/event/{answer['_id']}").json()
     assert client.post("/madsci/event", json={**event, "_id": answer["_id"]}).json() == answer  # a known id
+
+
+def test_times_labtel_stamped_read_back_as_madsci_writes_them(storage: Storage) -> None:
+    """MADSci's clients stamp naive local times: events from elsewhere, events posted without a
+    time and `archived_at` read back naive too, in compat.madsci.timezone, so that the documents'
+    times compare with each other (a naive and an aware datetime do not)."""
+    zone = "America/Chicago"
+    config = QueryApiConfig(compat=CompatConfig(madsci=MadsciCompatConfig(timezone=zone)))
+    client = TestClient(create_app(storage, config))
+    at_ns = 1_780_000_000_123_456_789  # 2026-05-28T20:26:40.123456789Z
+    service = f"elsewhere-{uuid.uuid4().hex[:6]}"
+    request = logs_request([log_record("from the OTLP side", time_ns=at_ns)], resource={"service.name": service})
+    storage.insert_otlp("logs", request.SerializeToString(), uuid.uuid4().hex)
+    sent = {"event_timestamp": "2026-05-28T15:00:00", "event_data": {"message": "naive, as sent"}}
+    posted = client.post("/madsci/event", json=sent).json()
+    unstamped = client.post("/madsci/event", json={"event_data": {"message": "no time"}}).json()
+    assert client.post("/madsci/events/archive", json={"event_ids": [unstamped["_id"]]}).status_code == 200
+    documents = client.get("/madsci/events", params={"number": 1000, "include_archived": True}).json().values()
+    by_message = {d["event_data"].get("message"): d for d in documents if isinstance(d["event_data"], dict)}
+    assert by_message["from the OTLP side"]["event_timestamp"] == "2026-05-28T15:26:40.123456"  # CDT, UTC-5
+    assert by_message["naive, as sent"]["event_timestamp"] == "2026-05-28T15:00:00"  # as sent
+    archived = by_message["no time"]
+    stamps = [datetime.fromisoformat(d["event_timestamp"]) for d in by_message.values()]
+    assert all(stamp.tzinfo is None for stamp in stamps)
+    assert sorted(stamps)  # they compare
+    archived_at = datetime.fromisoformat(archived["archived_at"])
+    assert archived_at.tzinfo is None
+    assert abs(archived_at.replace(tzinfo=ZoneInfo(zone)).timestamp() - time.time()) < 120
+    assert posted["event_timestamp"] == "2026-05-28T15:00:00"
 
 
 def test_a_large_master_log_batch_is_stored_whole_or_not_at_all(

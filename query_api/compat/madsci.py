@@ -5,7 +5,8 @@ An event posted by MADSci's `EventClient` becomes an ordinary labtel event:
 - `event_id` (a ULID) → `lab.event.id`; a second event with the same id is not stored again.
 - `event_timestamp` → the record's time; a naive timestamp (MADSci's client stamps its local
   time without a zone) is read in `compat.madsci.timezone`, by default the server's zone. The
-  text as sent is kept in `madsci.event_timestamp` and answered back unchanged. A time storage
+  text as sent is kept in `madsci.event_timestamp` and answered back unchanged; times labtel
+  stamped are answered naive in that zone too (`to_madsci`). A time storage
   cannot hold (before 1970, after 2106-02-07T06:28:15Z) stores the event at its arrival; a number
   that is not a time (NaN, 1e300, milliseconds) is a 422.
 - `event_type` → `lab.event.type`; when it is generic (`unknown`, `log`, `log_*`) and
@@ -293,19 +294,26 @@ def _loads(text: str) -> Any:
         return text
 
 
-def _iso_utc(ns: int) -> str:
-    return format_time_ns(ns)[:26] + "Z"
+def _local_iso(ns: int, zone: tzinfo) -> str:
+    """Unix nanoseconds as MADSci writes times: ISO 8601 without a zone (its `datetime.now()`),
+    local to `zone`, to the microsecond."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    moment = datetime.fromtimestamp(seconds, zone).replace(tzinfo=None, microsecond=fraction // 1000)
+    return moment.isoformat(timespec="microseconds")
 
 
-def to_madsci(event: Event, archived_at_ns: int = 0) -> dict[str, Any]:
-    """A stored labtel event as a MADSci Event document (what MADSci's server answers)."""
+def to_madsci(event: Event, archived_at_ns: int = 0, zone: tzinfo = UTC) -> dict[str, Any]:
+    """A stored labtel event as a MADSci Event document (what MADSci's server answers). Times
+    labtel stamped (an event from elsewhere, one posted without a time, `archived_at`) are
+    written as MADSci's clients write theirs, without a zone, in `zone` (compat.madsci.timezone,
+    the zone naive times are read in): every document's times compare with each other."""
     attributes = event.attributes
     if semconv.LAB_EVENT_ID in attributes and (ATTR_DATA in attributes or ATTR_DATA_IN_BODY in attributes):
         data = _loads(attributes.get(ATTR_DATA, event.body))
         source = _loads(attributes.get(ATTR_SOURCE, "{}")) or {}
         event_type = attributes.get(ATTR_TYPE) or event.event_type
         level = int(attributes.get(ATTR_LEVEL, level_of(event.severity_number)) or 0)
-        stamp = attributes.get(ATTR_TIMESTAMP) or _iso_utc(event.time_unix_nano)
+        stamp = attributes.get(ATTR_TIMESTAMP) or _local_iso(event.time_unix_nano, zone)
     else:  # any other labtel event
         data = {"message": event.body, "event_type": event.event_type, "service": event.service_name, **attributes}
         source = {}
@@ -315,7 +323,7 @@ def to_madsci(event: Event, archived_at_ns: int = 0) -> dict[str, Any]:
                 source[key] = value
         event_type = event.event_type
         level = level_of(event.severity_number)
-        stamp = _iso_utc(event.time_unix_nano)
+        stamp = _local_iso(event.time_unix_nano, zone)
     if event_type not in CATALOG:
         event_type = "unknown"
     return {
@@ -329,11 +337,11 @@ def to_madsci(event: Event, archived_at_ns: int = 0) -> dict[str, Any]:
         "trace_id": event.trace_id or None,
         "span_id": event.span_id or None,
         "archived": archived_at_ns > 0,
-        "archived_at": _iso_utc(archived_at_ns) if archived_at_ns > 0 else None,
+        "archived_at": _local_iso(archived_at_ns, zone) if archived_at_ns > 0 else None,
     }
 
 
-def posted_document(event_id: str, record: Record) -> dict[str, Any]:
+def posted_document(event_id: str, record: Record, zone: tzinfo = UTC) -> dict[str, Any]:
     """The document a posted event reads back as (`to_madsci` of its record, its attributes as
     storage keeps them: text), answered before storage may show it."""
     attributes = {
@@ -364,7 +372,7 @@ def posted_document(event_id: str, record: Record) -> dict[str, Any]:
         resource_schema_url="",
         scope=Scope(name=SCOPE),
     )
-    return to_madsci(event)
+    return to_madsci(event, zone=zone)
 
 
 # --- selectors ---------------------------------------------------------------------------------

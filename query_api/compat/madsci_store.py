@@ -82,7 +82,7 @@ class MadsciStore:
                 return await self._known(event_id, record)
             await self.writer.write([record], SCOPE)
             self._remember(event_id)
-            return posted_document(event_id, record)
+            return posted_document(event_id, record, self.zone)
         finally:
             del self._pending[event_id]
             future.set_result(None)
@@ -90,7 +90,7 @@ class MadsciStore:
     async def _known(self, event_id: str, record: Record) -> dict[str, Any]:
         """The stored document of a known id (the posted one while storage does not show it yet)."""
         found = await run_in_threadpool(self.find, event_id)
-        return found if found is not None else posted_document(event_id, record)
+        return found if found is not None else posted_document(event_id, record, self.zone)
 
     def _remember(self, event_id: str) -> None:
         self._recent[event_id] = None
@@ -131,7 +131,7 @@ class MadsciStore:
     def documents(self, events: list[Event]) -> dict[str, dict[str, Any]]:
         """MADSci documents of labtel events, with their archive state, keyed by labtel id."""
         archived = self.archived_at([e.event_id for e in events])
-        return {e.event_id: to_madsci(e, archived.get(e.event_id, 0)) for e in events}
+        return {e.event_id: to_madsci(e, archived.get(e.event_id, 0), self.zone) for e in events}
 
     def archived_at(self, event_ids: list[str]) -> dict[str, int]:
         """When each of these (labtel) events was archived, in Unix nanoseconds; absent when not."""
