@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from labtel.sdk import resource as resource_detection
 from labtel.sdk._version import __version__
-from labtel.sdk.global_tracing import CurrentTracerProvider
+from labtel.sdk.global_providers import CurrentMeterProvider, CurrentTracerProvider, meter_provider_unset
 from labtel.sdk.pipeline import FlushResult, Pipeline, exit_timeout_s
 from labtel.sdk.settings import SdkSettings, request_headers, resolve
 from labtel.sdk.transport import make_transport
@@ -138,6 +138,7 @@ def configure(
             _state.shutdown()
             _state = None
         _state = _build(settings, resource or {})
+        _bind_global_meters(_state.meter_provider)
         return _state
 
 
@@ -270,10 +271,20 @@ def _meter_provider(
             credentials=_grpc_credentials(endpoint, certificate),
         )
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=int(interval_s * 1000))
-    provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
-    if not isinstance(metrics.get_meter_provider(), MeterProvider):
-        metrics.set_meter_provider(provider)  # the process had none: OTel instrumentation uses ours
-    return provider
+    return MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+
+
+_GLOBAL_METERS = CurrentMeterProvider()
+"""The process's global meter provider, when the process had none of its own (set once)."""
+
+
+def _bind_global_meters(provider: MeterProvider | None) -> None:
+    """Point the global meters at the setup now in place (None: at nothing), first setting
+    labtel's stand-in as the global provider if the process has none (OTel instrumentation then
+    records into ours)."""
+    if provider is not None and meter_provider_unset():
+        metrics.set_meter_provider(_GLOBAL_METERS)
+    _GLOBAL_METERS.use(provider)
 
 
 def state() -> Sdk:
@@ -317,6 +328,7 @@ def shutdown(timeout_s: float = 5.0) -> FlushResult:
     global _state
     with _lock:
         current, _state = _state, None
+        _bind_global_meters(None)
     if current is None:
         return FlushResult(0, 0, 0)
     return current.shutdown(timeout_s)

@@ -535,34 +535,47 @@ def test_spans_and_metrics_reach_the_collector_from_a_logs_url(
     assert "device_io_operations" in {n["name"] for n in names}
 
 
-def test_the_global_tracer_keeps_exporting_after_a_second_configure(server: LabtelServer, tmp_path: Path) -> None:
-    """Instrumentation keeps the tracer it got from the global provider: its spans go to the
-    setup now in place, not to the provider the first configure() made and the second shut down."""
+def test_the_global_tracer_and_meter_keep_exporting_after_a_second_configure(
+    tmp_path: Path, server_factory: Callable[..., LabtelServer]
+) -> None:
+    """Instrumentation keeps the tracer and the instruments it got from the global providers: its
+    spans and metrics go to the setup now in place, not to the providers the first configure()
+    made and the second shut down; after shutdown() they go nowhere."""
     import subprocess
     import sys
 
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
+    server = server_factory(config=config, workdir=tmp_path).start()
+    first, second = f"first-{uuid.uuid4().hex[:6]}", f"second-{uuid.uuid4().hex[:6]}"
     script = f"""
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 import labtel.sdk as lab
-lab.configure(service_name="first-setup", endpoint="http://{server.grpc}", spool_dir={str(tmp_path / "a")!r}, metrics=False)
+setup = dict(endpoint="http://{server.grpc}", metrics_interval_s=60)
+lab.configure(service_name={first!r}, spool_dir={str(tmp_path / "a")!r}, **setup)
 tracer = trace.get_tracer("app.instrumentation")
+plates = metrics.get_meter("app.instrumentation").create_counter("app.plates")
 with tracer.start_as_current_span("under the first"):
     pass
-lab.configure(service_name="second-setup", endpoint="http://{server.grpc}", spool_dir={str(tmp_path / "b")!r}, metrics=False)
+lab.configure(service_name={second!r}, spool_dir={str(tmp_path / "b")!r}, **setup)
 with tracer.start_as_current_span("under the second") as span:
     lab.get_logger("app").info("inside the second")
+plates.add(3)
 print(f"{{span.get_span_context().trace_id:032x}}")
 lab.shutdown()
 with tracer.start_as_current_span("after shutdown") as idle:
     assert not idle.get_span_context().is_valid
+plates.add(100)  # recorded nowhere, without an error
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     trace_id = result.stdout.strip()
     spans = wait_for(lambda: server.get(f"/traces/{trace_id}").json()["spans"], what="the span")
-    assert [(s["name"], s["resource"]["service.name"]) for s in spans] == [("under the second", "second-setup")]
-    [event] = wait_for(lambda: server.all_events(service="second-setup", q="inside"), what="the event")
+    assert [(s["name"], s["resource"]["service.name"]) for s in spans] == [("under the second", second)]
+    [event] = wait_for(lambda: server.all_events(service=second, q="inside"), what="the event")
     assert event["trace_id"] == trace_id
+    names = wait_for(lambda: server.get("/series/names", service=second).json()["names"], what="the metrics")
+    assert "app.plates" in {n["name"] for n in names}
+    assert "app.plates" not in {n["name"] for n in server.get("/series/names", service=first).json()["names"]}
 
 
 def test_otel_resource_attributes_are_percent_decoded(
