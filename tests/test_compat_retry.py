@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from master_log_client import MasterLogClient
 
-from labtel.collector.storage import migrations
 from labtel.collector.storage.client import Storage
 from labtel.query_api.app import create_app
 from labtel.query_api.compat.ingest import EventWriter
 from labtel.query_api.compat.unanswered import Unanswered, fingerprint
-from tests.conftest import make_storage
+from tests.conftest import migrated_storage
 from tests.helpers import serving, wait_for
 
 SLOW_S = 1.5
@@ -46,10 +45,8 @@ class SlowFirstStores:
 
 @pytest.fixture(scope="module")
 def store(chdb_path: Path) -> Iterator[Storage]:
-    storage = make_storage(chdb_path)
-    migrations.migrate(storage)
-    yield storage
-    storage.command(f"DROP DATABASE IF EXISTS `{storage.names.database}`")
+    with migrated_storage(chdb_path) as storage:
+        yield storage
 
 
 @pytest.fixture(scope="module")

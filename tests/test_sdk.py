@@ -367,6 +367,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def every_signal_server(tmp_path: Path, factory: Callable[..., LabtelServer]) -> LabtelServer:
+    """A running collector storing logs, traces and metrics (the `server` fixture stores no metrics)."""
+    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
+    return factory(config=config, workdir=tmp_path).start()
+
+
 def server_on(port: int, tmp_path: Path, factory: Callable[..., LabtelServer]) -> LabtelServer:
     config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", grpc_extra="")
     config.write_text(
@@ -511,8 +517,7 @@ def test_spans_and_metrics_reach_the_collector_from_a_logs_url(
 ) -> None:
     """An endpoint that names the logs path (`http://c:4318/v1/logs`) still sends spans and
     metrics to their own paths, not under it."""
-    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
-    server = server_factory(config=config, workdir=tmp_path).start()
+    server = every_signal_server(tmp_path, server_factory)
     service = f"sdk-{uuid.uuid4().hex[:8]}"
     lab.configure(
         service_name=service,
@@ -544,8 +549,7 @@ def test_the_global_tracer_and_meter_keep_exporting_after_a_second_configure(
     import subprocess
     import sys
 
-    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
-    server = server_factory(config=config, workdir=tmp_path).start()
+    server = every_signal_server(tmp_path, server_factory)
     first, second = f"first-{uuid.uuid4().hex[:6]}", f"second-{uuid.uuid4().hex[:6]}"
     script = f"""
 from opentelemetry import metrics, trace
@@ -695,8 +699,7 @@ print("ok")
 
 
 def test_instrument_metrics_reach_the_collector(tmp_path: Path, server_factory: Callable[..., LabtelServer]) -> None:
-    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
-    server = server_factory(config=config, workdir=tmp_path).start()
+    server = every_signal_server(tmp_path, server_factory)
     service = f"sdk-{uuid.uuid4().hex[:8]}"
     lab.configure(
         service_name=service,
@@ -789,8 +792,7 @@ def test_spans_and_metrics_are_delivered_at_exit(tmp_path: Path, server_factory:
     import subprocess
     import sys
 
-    config = write_config(tmp_path / "otel-config.yaml", tmp_path / "data", signals=("logs", "traces", "metrics"))
-    server = server_factory(config=config, workdir=tmp_path).start()
+    server = every_signal_server(tmp_path, server_factory)
     service = f"sdk-{uuid.uuid4().hex[:8]}"
     script = f"""
 import labtel.sdk as lab
