@@ -253,11 +253,11 @@ def test_silence_detection_fires_for_quiet_and_expected_nodes_and_resolves(stora
     clock.advance(MINUTE)
     fired = {a.group_key: a for a in engine.evaluate().deliver}
     assert set(fired) == {"node_id=robot_arm", "node_id=never_seen"}
-    assert "last seen 40m ago" in fired["node_id=robot_arm"].summary
+    assert "last seen 10m ago" in fired["node_id=robot_arm"].summary  # heard when it arrived, not 40m ago
     assert fired["node_id=robot_arm"].events[0].node_id == "robot_arm"
     assert "nothing seen" in fired["node_id=never_seen"].summary
 
-    clock.advance(9 * MINUTE)  # ot2_1 is now quiet too
+    clock.advance(10 * MINUTE)  # ot2_1 is now quiet too: the engine heard its beat at the last evaluation
     [quiet] = engine.evaluate().deliver
     assert quiet.group_key == "node_id=ot2_1"
 
@@ -308,6 +308,85 @@ def test_a_node_whose_clock_runs_ahead_is_heard_when_its_events_arrive(storage: 
     assert "last seen" in quiet.summary
     assert quiet.value is not None
     assert 5 * MINUTE <= quiet.value < 6 * MINUTE
+
+
+def test_a_node_whose_clock_runs_slow_is_heard_when_its_events_arrive(storage: Storage, svc: str) -> None:
+    """Silence counts arrivals: heartbeats stamped half an hour behind keep a node heard while they
+    come (it read as silent, its last event 30m old), and it is silent `for` after the last came."""
+    clock = FakeClock()
+    engine = aggregates_engine(
+        storage,
+        clock,
+        svc,
+        {
+            "name": "heartbeat_lost",
+            "match": {"service": svc, "event_type": "heartbeat"},
+            "silence": {"for": "5m", "expect": ["slow_clock"]},
+        },
+    )
+    beat = {"lab.event.type": "heartbeat", "lab.node.id": "slow_clock"}
+    for _ in range(3):
+        store_events(storage, [{"time_ns": int((clock() - 30 * MINUTE) * NS), "attributes": beat}], service=svc)
+        assert engine.evaluate().deliver == []
+        clock.advance(4 * MINUTE)
+    clock.advance(MINUTE)  # watched for 13m; the last heartbeat arrived 5m ago
+    [quiet] = engine.evaluate().deliver
+    assert (quiet.group_key, quiet.kind) == ("node_id=slow_clock", "firing")
+    assert "last seen 5m ago" in quiet.summary
+    assert quiet.value is not None
+    assert 5 * MINUTE <= quiet.value < 5 * MINUTE + 5
+
+
+def test_a_late_burst_is_counted_where_its_times_fall_once(storage: Storage, svc: str) -> None:
+    """Errors that arrive long after their time (a node's spool sent after an outage) fire a
+    threshold rule when more than `count` of them fall within `within`, also with earlier events
+    they join, once; late errors spread wider than `within` do not fire."""
+    clock = FakeClock()
+    engine = aggregates_engine(storage, clock, svc, error_burst(svc, 3, "1m", group_by=["node_id"]))
+    on_time_ns = int(clock() * NS)
+    joined = {"lab.node.id": "joined"}
+    store_events(
+        storage, [{"severity": 17, "time_ns": on_time_ns - i * NS, "attributes": joined} for i in range(3)], svc
+    )
+    assert engine.evaluate().deliver == []  # three within the minute: not more than three
+    clock.advance(20 * MINUTE)
+    stamped_ns = int((clock() - 15 * MINUTE) * NS)
+    store_events(
+        storage,
+        [
+            *(
+                {"severity": 17, "time_ns": stamped_ns + i * NS, "attributes": {"lab.node.id": "spooled"}}
+                for i in range(5)
+            ),
+            *(
+                {
+                    "severity": 17,
+                    "time_ns": stamped_ns - i * 5 * int(MINUTE * NS),
+                    "attributes": {"lab.node.id": "spread"},
+                }
+                for i in range(5)
+            ),
+            {"severity": 17, "time_ns": on_time_ns - 30 * NS, "attributes": joined},
+        ],
+        svc,
+    )
+    clock.advance(1)
+    fired = {a.group_key: a for a in engine.evaluate().deliver}
+    assert set(fired) == {"node_id=spooled", "node_id=joined"}
+    spooled, late_one = fired["node_id=spooled"], fired["node_id=joined"]
+    assert (spooled.kind, spooled.value, len(spooled.events)) == ("firing", 5.0, 5)
+    assert "arrived late" in spooled.summary
+    assert {e.node_id for e in spooled.events} == {"spooled"}
+    assert (late_one.value, len(late_one.events)) == (4.0, 4)
+    clock.advance(1)
+    resolved = engine.evaluate().deliver  # nothing within the last minute
+    assert sorted((a.kind, a.group_key) for a in resolved) == [
+        ("resolved", "node_id=joined"),
+        ("resolved", "node_id=spooled"),
+    ]
+    for _ in range(3):  # looked at again within `lookback`: not new, no second alert
+        clock.advance(1)
+        assert engine.evaluate().deliver == []
 
 
 def test_threshold_counts_more_than_count_inside_the_window(storage: Storage, svc: str) -> None:

@@ -9,16 +9,21 @@ joins its rule's open group; a group is sent `group_wait` after it opened, as on
 its events, less the events whose de-duplication key (rule, node, event type) was notified
 within `repeat_interval` (recorded as suppressed).
 
-Aggregate rules, every `aggregate_interval`, over event time: a threshold rule fires per group
-with more than `count` matching events within `within`; a silence rule fires per group (node)
-with no matching event for `for`, once the engine has watched that long. An event stamped later
-than its arrival (a node whose clock runs ahead) counts from its arrival. Both resolve when the
+Aggregate rules, every `aggregate_interval`. A threshold rule fires per group with more than
+`count` matching events within `within` of event time; an event stamped later than its arrival
+(a node whose clock runs ahead) counts from its arrival, and events that arrive late (a client's
+spool, the write-ahead log) are counted where their times fall: the windows they join are
+checked when they arrive, and fire once. A silence rule fires per group (node) from which no
+matching event arrived for `for`, once the engine has watched that long: it counts arrivals, so a
+node whose clock runs slow or ahead is heard when its events come. Both resolve when the
 condition clears. An aggregate's alert (firing or resolved) that no notifier delivered is made
 again at a later evaluation, after the notifiers' own retry back-off continued (at least
 `aggregate_interval`, at most `repeat_interval`); once one is delivered, a firing group repeats
 every `repeat_interval`.
 
-All time is the engine's `clock` (tests drive it); insert times are ClickHouse's. What the
+All time is the engine's `clock` (tests drive it); insert times are ClickHouse's, and the engine
+hears an arrival at its own time less the arrival's age on ClickHouse's clock, so the two clocks
+need not agree. What the
 engine knows survives a restart: the checkpoint never passes events still waiting in a group,
 and handled events, notified keys, firing aggregates (and whether their last notice was
 delivered) and pending deliveries are read back from the history.
@@ -58,8 +63,10 @@ Clock = Callable[[], float]
 
 _INSERTED = "UUIDv7ToDateTime(EventId)"
 _HEARD = f"least(Timestamp, {_INSERTED})"
-"""When an aggregate rule counts an event: at its time, or at its arrival if its time is later (a
-node whose clock runs ahead is neither silent nor counted late)."""
+"""When a threshold rule counts an event: at its time, or at its arrival if its time is later (a
+node whose clock runs ahead is not counted late). Silence rules count arrivals (`_INSERTED`)."""
+_NOW_MS = "SELECT toUnixTimestamp64Milli(now64(3))"
+"""ClickHouse's time, the clock of insert times."""
 MAX_HANDLED = 20_000
 """Handled events remembered inside the look-back window; beyond it the oldest are forgotten."""
 
@@ -72,6 +79,26 @@ class OpenGroup:
     key: str
     opened_at: float
     events: list[EventBrief] = field(default_factory=list)
+
+
+@dataclass
+class Heard:
+    """A silence rule's group's newest arrival: its insert time (ClickHouse's clock), when the
+    engine takes it to have arrived (its own clock), and the event."""
+
+    inserted_ms: int
+    at: float
+    event_id: str
+
+
+@dataclass
+class LateBurst:
+    """Events of a threshold rule's group within `within` of each other, of which some arrived
+    late: the most in any window holding a late one, and the event times of that window."""
+
+    count: int
+    first_ns: int
+    last_ns: int
 
 
 @dataclass
@@ -134,6 +161,17 @@ class AlertEngine:
         """When this engine began watching (its load): a silence rule fires only once it has
         watched for `for` (events could not arrive while the collector was down)."""
         self._last_alert: dict[str, float] = {}
+        self._arrivals_ms = 0
+        """ClickHouse's time at the last aggregate round: events inserted since (less `lookback`)
+        are new to the threshold rules' check of late arrivals; none inserted before the load
+        (`_arrivals_floor_ms`) are."""
+        self._arrivals_floor_ms = 0
+        self._heard: dict[tuple[str, str], Heard] = {}
+        self._arrived: dict[str, dict[str, int]] = {}
+        """Per threshold rule, the events seen within `lookback` (id: insert time), not new again."""
+        self._late_fired: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+        """Per threshold group, the late windows alerted on (first and last event time, when):
+        arrivals looked at again within `lookback` do not alert on the same window twice."""
 
     # --- start ----------------------------------------------------------------------------
 
@@ -151,6 +189,7 @@ class AlertEngine:
                 self._floor_ms = saved - lookback_ms
                 self._handled = self.history.handled_since(self._floor_ms)
             self._saved_watermark = saved
+            self._arrivals_ms = self._arrivals_floor_ms = int(self.storage.command(_NOW_MS))
             self._watching_since = self.clock()
             longest = max((r.repeat_interval for r in self.rules), default=timedelta(0))
             self._notified = self.history.last_fired(self.clock() - longest.total_seconds())
@@ -355,14 +394,18 @@ class AlertEngine:
 
     def _aggregates(self, now: float) -> list[Alert]:
         alerts: list[Alert] = []
+        server_ms = int(self.storage.command(_NOW_MS))
+        lookback_ms = int(self.config.lookback.total_seconds() * 1000)
+        arrived = (max(self._arrivals_ms - lookback_ms, self._arrivals_floor_ms), server_ms)
         for rule in self.aggregate_rules:
             try:
                 if rule.kind == "threshold":
-                    alerts += self._threshold(rule, now)
+                    alerts += self._threshold(rule, now, arrived)
                 else:
-                    alerts += self._silence(rule, now)
+                    alerts += self._silence(rule, now, server_ms)
             except Exception:
                 log.exception("%s: evaluating rule %s failed", self.name, rule.name)
+        self._arrivals_ms = server_ms
         return alerts + self._resend_resolves(now)
 
     def _resend_resolves(self, now: float) -> list[Alert]:
@@ -388,13 +431,14 @@ class AlertEngine:
             return "CAST([], 'Array(String)')"
         return "[" + ", ".join(field_sql(name, parameters, f"{rule.name}_g") for name in rule.group_by) + "]"
 
-    def _threshold(self, rule: CompiledRule, now: float) -> list[Alert]:
+    def _threshold(self, rule: CompiledRule, now: float, arrived: tuple[int, int]) -> list[Alert]:
         assert rule.config is not None
         assert rule.config.threshold is not None
         threshold = rule.config.threshold
         parameters = dict(rule.parameters)
         groups = self._group_select(rule, parameters)
         listed = self.config.max_events_listed
+        t_from = int((now - threshold.within.total_seconds()) * 1000)
         rows = self.storage.rows(
             f"SELECT {groups} AS g, count() AS n, "
             f"groupArraySorted({listed})((-toUnixTimestamp64Nano(Timestamp), toString(EventId))) AS newest "
@@ -402,12 +446,7 @@ class AlertEngine:
             f"AND {_HEARD} > fromUnixTimestamp64Milli({{t_from:Int64}}) "
             f"AND {_HEARD} <= fromUnixTimestamp64Milli({{t_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
             "GROUP BY g HAVING n > {t_count:UInt64}",
-            parameters={
-                **parameters,
-                "t_from": int((now - threshold.within.total_seconds()) * 1000),
-                "t_now": math.ceil(now * 1000),
-                "t_count": threshold.count,
-            },
+            parameters={**parameters, "t_from": t_from, "t_now": math.ceil(now * 1000), "t_count": threshold.count},
         )
         over = {format_key(rule.group_by, [str(v) for v in row["g"]]): row for row in rows}
         within = format_duration(threshold.within)
@@ -420,35 +459,147 @@ class AlertEngine:
             alert = self._transition(rule, key, now, summary, float(count), events)
             if alert is not None:
                 alerts.append(alert)
+        late = self._late_bursts(rule, now, arrived, t_from, set(over))
+        for (key, values), burst in late.items():
+            summary = (
+                f"{burst.count} events matched rule {rule.name!r} within {within}{f' ({key})' if key else ''}"
+                f", more than {threshold.count}, stamped {iso_time(burst.first_ns / 1e9)} to "
+                f"{iso_time(burst.last_ns / 1e9)}: they arrived late"
+            )
+            events = self._window_events(rule, values, burst)
+            alert = self._transition(rule, key, now, summary, float(burst.count), events)
+            if alert is not None:
+                alerts.append(alert)
+        firing_keys = set(over) | {key for key, _ in late}
         for (name, key), firing in list(self._firing.items()):
-            if name == rule.name and key not in over:
+            if name == rule.name and key not in firing_keys:
                 summary = f"rule {rule.name!r}{f' ({key})' if key else ''}: at most {threshold.count} events within {within} now"
                 alerts.append(self._resolve(rule, key, firing, now, summary))
         return alerts
 
-    def _silence(self, rule: CompiledRule, now: float) -> list[Alert]:
+    def _late_arrivals(self, rule: CompiledRule, arrived: tuple[int, int], t_from: int) -> list[tuple[str, int]]:
+        """The events of a threshold rule first seen this round (inserted within `arrived`,
+        ClickHouse's milliseconds, and not seen at an earlier round) that came too late to be
+        counted in the window they belong to (a time before the current window, which starts at
+        `t_from`): their ids and times (nanoseconds)."""
+        seen = self._arrived.setdefault(rule.name, {})
+        rows = self.storage.rows(
+            f"SELECT toString(EventId) AS id, toUnixTimestamp64Milli({_INSERTED}) AS inserted_ms, "
+            f"toUnixTimestamp64Nano({_HEARD}) AS t, {_HEARD} <= fromUnixTimestamp64Milli({{t_from:Int64}}) AS late "
+            f"FROM {self.storage.names.logs} WHERE {_INSERTED} > fromUnixTimestamp64Milli({{a_lo:Int64}}) "
+            f"AND {_INSERTED} <= fromUnixTimestamp64Milli({{a_hi:Int64}}) AND NOT has({{seen:Array(String)}}, id) "
+            f"AND {NOT_EXPIRED} AND {rule.condition} ORDER BY inserted_ms LIMIT {MAX_HANDLED}",
+            parameters={
+                **rule.parameters,
+                "a_lo": arrived[0],
+                "a_hi": arrived[1],
+                "t_from": t_from,
+                "seen": list(seen),
+            },
+        )
+        for row in rows:
+            seen[str(row["id"])] = int(row["inserted_ms"])
+        kept = sorted((ms, i) for i, ms in seen.items() if ms > arrived[0])[-MAX_HANDLED:]
+        self._arrived[rule.name] = {i: ms for ms, i in kept}
+        return [(str(row["id"]), int(row["t"])) for row in rows if row["late"]]
+
+    def _late_bursts(
+        self, rule: CompiledRule, now: float, arrived: tuple[int, int], t_from: int, firing: set[str]
+    ) -> dict[tuple[str, tuple[str, ...]], LateBurst]:
+        """The groups (key and values) with more than `count` events within `within` in a window
+        of event time that holds an event arrived late, less groups of `firing` and windows
+        already alerted on: per group, the window holding the most."""
+        assert rule.config is not None
+        assert rule.config.threshold is not None
+        threshold = rule.config.threshold
+        late = self._late_arrivals(rule, arrived, t_from)
+        if not late:
+            return {}
+        parameters: dict[str, Any] = {**rule.parameters, "late": [i for i, _ in late]}
+        logs = self.storage.names.logs
+        window_ns = int(threshold.within.total_seconds() * 1e9)
+        # a RANGE frame's offset is a 32-bit integer: milliseconds, or seconds past 24 days
+        unit = 1_000_000 if window_ns // 1_000_000 < 2**31 else 1_000_000_000
+        groups = self._group_select(rule, parameters)
+        rows = self.storage.rows(
+            f"SELECT g, n, first * {unit} AS first_ns, last * {unit} + {unit - 1} AS last_ns FROM ("
+            "SELECT g, t AS last, count() OVER w AS n, max(late) OVER w AS has_late, min(t) OVER w AS first "
+            f"FROM (SELECT {groups} AS g, intDiv(toUnixTimestamp64Nano({_HEARD}), {unit}) AS t, "
+            "toUInt8(has({late:Array(String)}, toString(EventId))) AS late "
+            f"FROM {logs} "
+            f"WHERE Timestamp >= fromUnixTimestamp64Nano({{r_lo:Int64}}) AND {_HEARD} >= fromUnixTimestamp64Nano({{r_lo:Int64}}) "
+            f"AND {_HEARD} <= fromUnixTimestamp64Nano({{r_hi:Int64}}) AND {NOT_EXPIRED} AND {rule.condition}) "
+            f"WINDOW w AS (PARTITION BY g ORDER BY t ASC RANGE BETWEEN {window_ns // unit - 1} PRECEDING AND CURRENT ROW)) "
+            "WHERE has_late AND n > {t_count:UInt64} ORDER BY n DESC, last_ns DESC LIMIT 1 BY g",
+            parameters={
+                **parameters,
+                "r_lo": min(t for _, t in late) - window_ns,
+                "r_hi": max(t for _, t in late) + window_ns,
+                "t_count": threshold.count,
+            },
+        )
+        remember = now - rule.repeat_interval.total_seconds()
+        for group, windows in list(self._late_fired.items()):
+            if group[0] == rule.name:
+                self._late_fired[group] = [w for w in windows if w[2] > remember]
+                if not self._late_fired[group]:
+                    del self._late_fired[group]
+        bursts: dict[tuple[str, tuple[str, ...]], LateBurst] = {}
+        for row in rows:
+            values = tuple(str(v) for v in row["g"])
+            key = format_key(rule.group_by, list(values))
+            burst = LateBurst(int(row["n"]), int(row["first_ns"]), int(row["last_ns"]))
+            alerted = self._late_fired.get((rule.name, key), [])
+            if key in firing or any(w[0] <= burst.last_ns and burst.first_ns <= w[1] for w in alerted):
+                continue
+            self._late_fired[(rule.name, key)] = [*alerted, (burst.first_ns, burst.last_ns, now)]
+            bursts[(key, values)] = burst
+        return bursts
+
+    def _window_events(self, rule: CompiledRule, values: tuple[str, ...], burst: LateBurst) -> list[EventBrief]:
+        """The newest events (`max_events_listed`) of a group's late window."""
+        parameters = dict(rule.parameters)
+        groups = self._group_select(rule, parameters)
+        rows = self.storage.rows(
+            f"SELECT toString(EventId) AS id FROM {self.storage.names.logs} "
+            f"WHERE Timestamp >= fromUnixTimestamp64Nano({{w_lo:Int64}}) AND {_HEARD} >= fromUnixTimestamp64Nano({{w_lo:Int64}}) "
+            f"AND {_HEARD} <= fromUnixTimestamp64Nano({{w_hi:Int64}}) AND {groups} = {{w_g:Array(String)}} "
+            f"AND {NOT_EXPIRED} AND {rule.condition} ORDER BY {_HEARD} DESC LIMIT {{w_n:UInt32}}",
+            parameters={
+                **parameters,
+                "w_lo": burst.first_ns,
+                "w_hi": burst.last_ns,
+                "w_g": list(values),
+                "w_n": self.config.max_events_listed,
+            },
+        )
+        return self._events([str(row["id"]) for row in rows])
+
+    def _silence(self, rule: CompiledRule, now: float, server_ms: int) -> list[Alert]:
         assert rule.config is not None
         assert rule.config.silence is not None
         silence = rule.config.silence
         parameters = dict(rule.parameters)
         groups = self._group_select(rule, parameters)
+        seen_within = silence.seen_within.total_seconds()
         rows = self.storage.rows(
-            f"SELECT {groups} AS g, toUnixTimestamp64Milli(max({_HEARD})) AS last_ms, "
-            f"argMax(toString(EventId), {_HEARD}) AS last_id "
-            f"FROM {self.storage.names.logs} WHERE Timestamp > fromUnixTimestamp64Milli({{s_from:Int64}}) "
-            f"AND {_HEARD} > fromUnixTimestamp64Milli({{s_from:Int64}}) "
-            f"AND {_HEARD} <= fromUnixTimestamp64Milli({{s_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
+            f"SELECT {groups} AS g, toUnixTimestamp64Milli(max({_INSERTED})) AS last_ms, "
+            f"argMax(toString(EventId), {_INSERTED}) AS last_id "
+            f"FROM {self.storage.names.logs} WHERE {_INSERTED} > fromUnixTimestamp64Milli({{s_from:Int64}}) "
+            f"AND {_INSERTED} <= fromUnixTimestamp64Milli({{s_now:Int64}}) AND {NOT_EXPIRED} AND {rule.condition} "
             "GROUP BY g",
-            parameters={
-                **parameters,
-                "s_from": int((now - silence.seen_within.total_seconds()) * 1000),
-                "s_now": math.ceil(now * 1000),
-            },
+            parameters={**parameters, "s_from": server_ms - int(seen_within * 1000), "s_now": server_ms},
         )
-        last: dict[str, tuple[float | None, str]] = {
-            format_key(rule.group_by, [str(v) for v in row["g"]]): (int(row["last_ms"]) / 1000, str(row["last_id"]))
-            for row in rows
-        }
+        last: dict[str, tuple[float | None, str]] = {}
+        present: set[tuple[str, str]] = set()
+        for row in rows:
+            key = format_key(rule.group_by, [str(v) for v in row["g"]])
+            heard = self._hear((rule.name, key), int(row["last_ms"]), str(row["last_id"]), now, server_ms)
+            present.add((rule.name, key))
+            if now - heard.at < seen_within:
+                last[key] = (heard.at, heard.event_id)
+        for group in [g for g in self._heard if g[0] == rule.name and g not in present]:
+            del self._heard[group]
         for value in silence.expect:
             last.setdefault(format_key(rule.group_by, [value]), (None, ""))
         quiet_for = silence.for_.total_seconds()
@@ -480,6 +631,16 @@ class AlertEngine:
                 alert.notifiers = []
                 alerts.append(alert)
         return alerts
+
+    def _hear(self, group: tuple[str, str], inserted_ms: int, event_id: str, now: float, server_ms: int) -> Heard:
+        """A silence group's newest arrival, heard at the engine's time less its age on
+        ClickHouse's clock (so the engine hears an arrival when it comes, whatever the two clocks
+        read, and one it first sees later, such as after a restart, when it came)."""
+        heard = self._heard.get(group)
+        if heard is None or inserted_ms > heard.inserted_ms:
+            at = now - max(0, server_ms - inserted_ms) / 1000
+            heard = self._heard[group] = Heard(inserted_ms, max(at, heard.at) if heard else at, event_id)
+        return heard
 
     def _transition(
         self, rule: CompiledRule, key: str, now: float, summary: str, value: float | None, events: list[EventBrief]
