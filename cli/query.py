@@ -657,12 +657,20 @@ def _utilization_table(report: str, result: dict[str, Any], by: str, unit: str, 
         ]  # fmt: skip
         columns = [("node", NAME), ("workcell", NAME)]
         columns += _figures("busy h", "idle h", "utilization", "actions", "failed", "mean s", "p95 s")
-        workcells = {n["workcell"] for n in result["nodes"]}
+        workcells = list(dict.fromkeys(n["workcell"] for n in result["nodes"]))
         if len(workcells) == 1:  # named in the title, not in a column of its own
             if workcell := workcells.pop():
                 title = f"nodes of {workcell}, {title.removeprefix('nodes, ')}"
             del columns[1]
             rows = [[row[0], *row[2:]] for row in rows]
+        elif not fits_whole(columns, rows, width):  # a section per workcell, headed by its name
+            *nodes, total = rows
+            rows = []
+            for workcell in workcells:
+                rows += [SECTION, [Text(workcell or "(no workcell)", style="bold"), *[""] * (len(columns) - 2)]]
+                rows += [[row[0], *row[2:]] for row in nodes if str(row[1]) == workcell]
+            rows += [SECTION, [total[0], *total[2:]]]
+            del columns[1]
         return report_table(title, columns, rows, width)
     if report == "periods":
         rows = [
@@ -699,16 +707,38 @@ def _figures(*headers: str) -> list[tuple[str, str]]:
     return [(header, FIGURE) for header in headers]
 
 
-def report_table(title: str, columns: list[tuple[str, str]], rows: list[list[str | Text]], width: int) -> Table:
-    """A report as a rich table of `columns` (header, kind) that fits a terminal `width` wide (when
-    even the figures cannot all fit whole, they fold too). Text cells are shown as they are, never as markup."""
-    cells = [[Text(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
+SECTION: list[str | Text] = []
+"""A row of a report that is a rule between sections, not a row."""
+
+
+def _layout(
+    columns: list[tuple[str, str]], rows: list[list[str | Text]], width: int, compact: bool
+) -> tuple[list[int], int, int]:
+    """What a report's columns need (characters), the room they have in `width` (compact: without
+    the outer border and padding), and the part of it that the figures and times take."""
+    cells = [[Text(cell) if isinstance(cell, str) else cell for cell in row] for row in rows if row is not SECTION]
     needed = [max([len(name)] + [row[index].cell_len for row in cells]) for index, (name, _) in enumerate(columns)]
-    room = width - 3 * len(columns) - 1  # less the borders and padding
-    names = sum(kind == NAME for _, kind in columns)
+    room = width - (3 * len(columns) - 3 if compact else 3 * len(columns) + 1)  # less the borders and padding
     fixed = sum(need for need, (_, kind) in zip(needed, columns, strict=True) if kind != NAME)
-    whole = fixed + names * NAME_MIN_WIDTH <= room
-    table = Table(title=Text(title), header_style="bold")
+    return needed, room, fixed
+
+
+def fits_whole(columns: list[tuple[str, str]], rows: list[list[str | Text]], width: int, compact: bool = True) -> bool:
+    """Whether a report's figures and times fit `width` whole, beside its names folded to NAME_MIN_WIDTH."""
+    _, room, fixed = _layout(columns, rows, width, compact)
+    return fixed + sum(kind == NAME for _, kind in columns) * NAME_MIN_WIDTH <= room
+
+
+def report_table(title: str, columns: list[tuple[str, str]], rows: list[list[str | Text]], width: int) -> Table:
+    """A report as a rich table of `columns` (header, kind) that fits a terminal `width` wide:
+    without its outer border when the figures need that room, and when even then they cannot all
+    fit whole, they fold too; a SECTION row draws a rule. Text cells are shown as they are, never
+    as markup."""
+    compact = not fits_whole(columns, rows, width, compact=False)
+    needed, room, fixed = _layout(columns, rows, width, compact)
+    names = sum(kind == NAME for _, kind in columns)
+    whole = fits_whole(columns, rows, width, compact)
+    table = Table(title=Text(title), header_style="bold", show_edge=not compact, pad_edge=not compact)
     for need, (name, kind) in zip(needed, columns, strict=True):
         if kind == TIME:
             table.add_column(name, no_wrap=whole, overflow="fold")
@@ -716,6 +746,10 @@ def report_table(title: str, columns: list[tuple[str, str]], rows: list[list[str
             table.add_column(name, overflow="fold", max_width=(room - fixed) // names if whole else None)
         else:
             table.add_column(name, justify="right", overflow="fold", min_width=need if whole else None)
-    for row in cells:
-        table.add_row(*row)
+    for row in rows:
+        if row is SECTION:
+            if table.row_count:
+                table.add_section()
+        else:
+            table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in row))
     return table

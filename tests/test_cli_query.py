@@ -138,10 +138,44 @@ def test_utilization_tables_keep_figures_whole_in_a_narrow_terminal() -> None:
     two = rendered([*chem, node("mount", "observatory", 10.0)], 100)
     assert "workcell" in two
     assert all(figure in two for figure in figures)
+
+    # two workcells in 80 columns: a section per workcell, headed by its name, instead of a column
+    mixed = [chem[0], node("mount", "observatory", 10.0), chem[1]]
+    narrow = rendered(mixed, 80)
+    assert "workcell" not in narrow
+    assert all(figure in narrow for figure in figures)
+    first_cells = "".join(line.split("│")[1].strip() for line in narrow.splitlines() if line.startswith("│"))
+    assert first_cells == "wc_chem_1thermocycler_1ot2_1observatorymountall"
+    assert narrow.count("├") == 2  # a rule before the second workcell and before the total
+
     # too narrow for the figures to stay whole: they fold too, and nothing is cut
-    narrow = rendered([*chem, node("mount", "observatory", 10.0)], 60)
-    cells = "".join(line.split("│")[-2] for line in narrow.splitlines() if line.startswith("│"))
+    narrowest = rendered([*chem, node("mount", "observatory", 10.0)], 60)
+    assert "┏" not in narrowest  # without the outer border, for the room it takes
+    cells = "".join(line.split("│")[-1] for line in narrowest.splitlines() if "│" in line)
     assert cells.replace(" ", "").count("12345.6") == 3
+
+
+def test_period_and_session_tables_drop_their_outer_border_to_keep_figures_whole_in_80_columns() -> None:
+    span = {"start": "2026-08-06T00:00:00Z", "until": "2026-08-07T00:00:00Z"}
+    period = {"start": "2026-08-06T00:00:00Z", "nodes": 12, "busy_s": 40_000.0, "available_s": 400_000.0,
+              "utilization_percent": 10.0, "actions": 12_345, "failed": 678}  # fmt: skip
+    session = {"node": "thermocycler_1", "start": "2026-08-06T01:02:03Z", "duration_s": 7200.0, "busy_s": 3600.0,
+               "utilization_percent": 50.0, "actions": 123, "users": ["alice", "bob"]}  # fmt: skip
+    for report, result, cells in (
+        (
+            "periods",
+            {**span, "periods": [period]},
+            ["2026-08-06 00:00", "available h", "111.11", "utilization", "12345"],
+        ),
+        ("sessions", {**span, "sessions": [session]}, ["start (UTC)", "2026-08-06 01:02:03", "utilization", "50.0 %"]),
+    ):
+        for width, edged in ((80, False), (120, True)):
+            console = Console(width=width, record=True, color_system=None)
+            console.print(_utilization_table(report, result, "user", "node", width))
+            text = console.export_text()
+            assert max(len(line) for line in text.splitlines()) <= width
+            assert all(cell in text for cell in cells), (report, width, text)  # whole, not folded
+            assert ("┏" in text) == edged, text
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
