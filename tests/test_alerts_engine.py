@@ -187,6 +187,15 @@ def error_burst(svc: str, count: int, within: str, name: str = "error_burst", **
     }
 
 
+def heartbeat_lost(svc: str, quiet_for: str, expect: str) -> dict[str, Any]:
+    """A silence rule: no heartbeat of `svc` for `quiet_for` from a node, `expect` among them."""
+    return {
+        "name": "heartbeat_lost",
+        "match": {"service": svc, "event_type": "heartbeat"},
+        "silence": {"for": quiet_for, "expect": [expect]},
+    }
+
+
 def test_threshold_rule_fires_per_node_and_resolves(storage: Storage, svc: str) -> None:
     clock = FakeClock()
     engine = aggregates_engine(storage, clock, svc, error_burst(svc, 3, "5m", group_by=["node_id"]))
@@ -279,11 +288,7 @@ def test_a_node_whose_clock_runs_ahead_is_heard_when_its_events_arrive(storage: 
         storage,
         clock,
         svc,
-        {
-            "name": "heartbeat_lost",
-            "match": {"service": svc, "event_type": "heartbeat"},
-            "silence": {"for": "5m", "expect": ["fast_clock"]},
-        },
+        heartbeat_lost(svc, "5m", "fast_clock"),
         error_burst(svc, 2, "1m", group_by=["node_id"]),
     )
     ahead_ns = time.time_ns() + int(10 * MINUTE * NS)
@@ -318,11 +323,7 @@ def test_a_node_whose_clock_runs_slow_is_heard_when_its_events_arrive(storage: S
         storage,
         clock,
         svc,
-        {
-            "name": "heartbeat_lost",
-            "match": {"service": svc, "event_type": "heartbeat"},
-            "silence": {"for": "5m", "expect": ["slow_clock"]},
-        },
+        heartbeat_lost(svc, "5m", "slow_clock"),
     )
     beat = {"lab.event.type": "heartbeat", "lab.node.id": "slow_clock"}
     for _ in range(3):
