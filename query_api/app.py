@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from labtel.collector.auth import Authenticator
 from labtel.collector.component import Consumer
@@ -16,6 +16,7 @@ from labtel.collector.storage.client import Storage
 from labtel.query_api import errors, security
 from labtel.query_api.body_limit import BodyLimit
 from labtel.query_api.compat import install as install_compat
+from labtel.query_api.known_params import refuse_unknown_parameters
 from labtel.query_api.routes import alerts as alerts_routes
 from labtel.query_api.routes import (
     events,
@@ -74,9 +75,10 @@ def create_app(
     security.install(app, authenticator)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_body_size)
     # stream before events: /events/stream must not be read as /events/{event_id}
+    for router in (health.router, metrics.router, series.router):  # /series checks its parameters itself
+        app.include_router(router)
+    # stream before events: /events/stream must not be read as /events/{event_id}
     for router in (
-        health.router,
-        metrics.router,
         stream.router,
         events.router,
         stats.router,
@@ -84,10 +86,9 @@ def create_app(
         export.router,
         utilization.router,
         traces.router,
-        series.router,
         alerts_routes.router,
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(refuse_unknown_parameters)])
     install_compat(app, storage, config, ingest)
     _document_error_shapes(app)
     return app

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.events import EventFilter, get_event, list_events, search_words
+from labtel.query_api.known_params import reads_parameters
 from labtel.query_api.models import Event, EventPage
 from labtel.query_api.params import (
     ParamError,
@@ -121,6 +122,7 @@ def attribute_selector(items: list[tuple[str, str]]) -> dict[str, Any]:
     return {"$and": conditions} if conditions else {}
 
 
+@reads_parameters(*ID_ALIASES, prefixes=tuple(_PREFIXES))
 def event_filter(
     request: Request,
     start: Annotated[str | None, Query(description="Events at or after this time (RFC 3339 or epoch seconds)")] = None,
