@@ -313,3 +313,31 @@ def test_madsci_event_pages_go_on_past_ten_thousand_events(storage: Storage) -> 
     assert page(10_050) == [f"e{i}" for i in range(9, -1, -1)]
     assert page(10_060) == []
     assert page(10, 10_000) == [f"e{i}" for i in range(10_049, 49, -1)]
+
+
+def test_integers_beyond_64_bits_are_stored_and_read_back_digit_for_digit(storage: Storage) -> None:
+    """Python's json writes any integer, and the clients labtel stands in for are Python: such an
+    integer was a 500 (MADSci, PANOPTES), a 400 blaming a lone surrogate (Master Log), or read
+    back rounded to a float."""
+    big = 123456789012345678901234567890
+    client = TestClient(create_app(storage))
+    posted = client.post("/madsci/event", json={"_id": "01JJ4S0WNGEF5FQAZG5KDGJRBW", "event_data": {"count": big}})
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["event_data"] == {"count": big}
+    assert client.get("/madsci/event/01JJ4S0WNGEF5FQAZG5KDGJRBW").json()["event_data"] == {"count": big}
+    found = client.post("/madsci/events/query", json={"selector": {"event_data.count": {"$exists": True}}})
+    assert [e["event_data"]["count"] for e in found.json().values()] == [big]
+
+    text = '{"type": "counter", "data": {"photons": %d, "bad": NaN}, "meta": {"serial": %d}}' % (big, -big)
+    envelope = client.post("/panoptes/event", content=text, headers=JSON)
+    assert envelope.status_code == 200, envelope.text
+    assert (envelope.json()["data"], envelope.json()["meta"]) == ({"photons": big, "bad": None}, {"serial": -big})
+    current = client.get("/panoptes/current/counter").json()
+    assert (current["data"], current["meta"]) == ({"photons": big, "bad": None}, {"serial": -big})
+
+    logged = client.post("/api/v1/logs", json={"body": "counted", "metadata": {"photons": big}})
+    assert logged.status_code == 200, logged.text
+    [stored] = storage.rows(
+        f"SELECT LogAttributes['master_log.metadata'] AS m FROM {storage.names.logs} WHERE Body = 'counted'"
+    )
+    assert json.loads(stored["m"]) == {"photons": big}

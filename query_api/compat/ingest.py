@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +28,7 @@ from labtel.collector.otlp.records import Record, Scalar, logs_request
 from labtel.collector.otlp.signals import LOGS
 from labtel.collector.storage.client import Storage, StorageError
 from labtel.collector.storage.schema import EXACT_PATH_ERROR, MAX_TIME_NANOS, MAX_TIME_TEXT
+from labtel.query_api.compat import jsontext
 from labtel.sdk import __version__
 
 MAX_DEPTH = 6
@@ -44,7 +44,7 @@ MARKERS = (TRUNCATED, LEFT_OUT)
 
 def compact_json(value: Any) -> str:
     """JSON text of any decoded JSON value, compact, keys in their order (non-JSON values as text)."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    return jsontext.dumps(value, default=str).decode()
 
 
 def scalar(value: Any) -> Scalar:

@@ -46,6 +46,7 @@ import orjson
 from labtel.collector.alerts.rules import LAB_ALERT
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits, fits
 from labtel.collector.otlp.records import Record
+from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import add_flattened, compact_json, storable
 from labtel.query_api.models import Event, Scope
 from labtel.query_api.params import ParamError, format_time_ns, number_time_ns, parse_time_ns
@@ -289,7 +290,7 @@ def to_record(event: Mapping[str, Any], zone: tzinfo, limits: RecordLimits = DEF
 
 def _loads(text: str) -> Any:
     try:
-        return orjson.loads(text)
+        return jsontext.loads(text)
     except orjson.JSONDecodeError:
         return text
 
@@ -384,7 +385,7 @@ def selector_from_text(text: str) -> Any:
     if len(text) > MAX_SELECTOR_TEXT:
         raise MadsciError("selector: longer than 64 KiB")
     try:
-        return orjson.loads(text)
+        return jsontext.loads(text)
     except orjson.JSONDecodeError:
         pass
     try:

@@ -28,6 +28,7 @@ import orjson
 
 from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
+from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import STORABLE_TIMES, add_flattened, compact_json, encode_each, fit, storable
 from labtel.query_api.params import ParamError, number_time_ns, parse_time_ns
 from labtel.sdk import semconv
@@ -225,7 +226,7 @@ def convert_chunk(
         errors.append(_invalid_text(indexes[position]))
         del answers[position], indexes[position]
     errors.sort(key=lambda error: int(error["index"]))
-    return Chunk(data, len(answers), [orjson.dumps(answer) for answer in answers], indexes, errors)
+    return Chunk(data, len(answers), [jsontext.dumps(answer) for answer in answers], indexes, errors)
 
 
 def _invalid_text(index: int) -> dict[str, Any]:

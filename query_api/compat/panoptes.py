@@ -41,6 +41,7 @@ from labtel.collector.otlp.records import Record
 from labtel.collector.storage.client import Storage
 from labtel.collector.storage.compat_schema import PANOPTES_CURRENT, PANOPTES_RUNS, PANOPTES_SEQ
 from labtel.collector.storage.schema import NOT_EXPIRED
+from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json, storable
 from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import __version__, semconv
@@ -60,7 +61,7 @@ def utc_iso_z(ns: int) -> str:
 def _loads(text: str) -> Any:
     """Stored JSON, or the text itself when it is not JSON (a copy cut to fit the storage's limits)."""
     try:
-        return orjson.loads(text)
+        return jsontext.loads(text)
     except orjson.JSONDecodeError:
         return text
 
@@ -125,7 +126,7 @@ class Panoptes:
         if not rows:
             return None
         r = rows[0]
-        return Run(r["RunKey"], r["id"], r["dir"], orjson.loads(r["meta"] or "{}"), r["started"])
+        return Run(r["RunKey"], r["id"], r["dir"], jsontext.loads(r["meta"] or "{}"), r["started"])
 
     def _save_run(self, run: Run, stopped: bool) -> None:
         self.storage.command(
@@ -280,7 +281,7 @@ class Panoptes:
         rows = self.storage.rows(sql + " GROUP BY Stream, Type", parameters=params)
         merged: dict[str, dict[str, Any]] = {}
         for r in sorted(rows, key=lambda r: r["Stream"] == "run"):  # run values override site values
-            merged[r["Type"]] = orjson.loads(r["e"])
+            merged[r["Type"]] = jsontext.loads(r["e"])
         return merged
 
     async def current(self, event_type: str | None = None) -> dict[str, dict[str, Any]]:
@@ -310,7 +311,7 @@ class Panoptes:
         for r in rows:
             line = {"seq": r["seq"], "ts": r["ts"], "stream": stream, "type": r["type"]}
             line |= {"data": _loads(r["data"] or "null"), "meta": _loads(r["meta"] or "{}")}
-            lines.append(orjson.dumps(line) + b"\n")
+            lines.append(jsontext.dumps(line) + b"\n")
         return b"".join(lines)
 
     def run_known(self, run_id: str) -> bool:

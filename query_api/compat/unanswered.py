@@ -27,11 +27,13 @@ from typing import Any
 
 import orjson
 
+from labtel.query_api.compat import jsontext
+
 
 def fingerprint(event: Any, client: str) -> bytes:
     """What identifies a posted event across a retry: its JSON (keys sorted) and the key that sent it."""
     try:
-        text = orjson.dumps(event, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        text = jsontext.dumps(event, sort_keys=True)
     except (orjson.JSONEncodeError, TypeError):  # a lone surrogate: refused anyway, still told apart
         text = repr(event).encode("utf-8", "backslashreplace")
     return hashlib.blake2b(client.encode("utf-8", "backslashreplace") + b"\0" + text, digest_size=16).digest()

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from labtel.collector.storage import migrations
+from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.madsci import (
     LEVELS,
     MadsciError,
@@ -168,7 +169,7 @@ async def query_events(
     try:
         if body.strip():
             try:
-                raw = orjson.loads(body)
+                raw = jsontext.loads(body)
             except orjson.JSONDecodeError:
                 raise MadsciError("the body is not JSON; send the selector as a JSON object") from None
             if isinstance(raw, dict) and set(raw) == {"selector"} and isinstance(raw["selector"], dict):
@@ -224,7 +225,7 @@ async def create_backup(request: Request) -> dict[str, Any]:
     description = None
     if raw.strip():
         try:
-            parsed = orjson.loads(raw)
+            parsed = jsontext.loads(raw)
         except orjson.JSONDecodeError:
             raise HTTPException(422, 'the body must be JSON, e.g. {"description": "before upgrade"}') from None
         description = parsed.get("description") if isinstance(parsed, dict) else None

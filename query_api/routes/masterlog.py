@@ -23,6 +23,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from labtel.collector.config import QueryApiConfig
+from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import EventWriter
 from labtel.query_api.compat.masterlog import (
     CHUNK_EVENTS,
@@ -59,7 +60,7 @@ async def _store_one(request: Request, event: dict[str, Any], client: str) -> di
     key = fingerprint(event, client)
     async with ledger.storing([key]) as earlier:
         if earlier:
-            return {"accepted": 1, "events": [orjson.loads(earlier[0])]}
+            return {"accepted": 1, "events": [jsontext.loads(earlier[0])]}
         try:
             answer, record = to_record(event, -1, writer.limits)
         except MasterLogError as error:
@@ -68,7 +69,7 @@ async def _store_one(request: Request, event: dict[str, Any], client: str) -> di
             raise HTTPException(400, f"the event {INVALID_TEXT}") from None
         await writer.write([record], SCOPE)  # a 400 when its one record is refused
         if await request.is_disconnected():
-            ledger.remember([(key, orjson.dumps(answer))])
+            ledger.remember([(key, jsontext.dumps(answer))])
     return {"accepted": 1, "events": [answer]}
 
 
@@ -130,7 +131,7 @@ async def _store_batch(request: Request, logs: list[Any], client: str) -> Respon
     answers = b",".join(answer for _, answer in sorted([*stored, *earlier.items()]))
     body = b'{"accepted":%d,"events":[%b]' % (accepted, answers)
     if errors:
-        body += b',"errors":' + orjson.dumps(errors)
+        body += b',"errors":' + jsontext.dumps(errors)
     return Response(body + b"}", media_type="application/json")
 
 
