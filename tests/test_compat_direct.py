@@ -328,7 +328,7 @@ def test_integers_beyond_64_bits_are_stored_and_read_back_digit_for_digit(storag
     found = client.post("/madsci/events/query", json={"selector": {"event_data.count": {"$exists": True}}})
     assert [e["event_data"]["count"] for e in found.json().values()] == [big]
 
-    text = '{"type": "counter", "data": {"photons": %d, "bad": NaN}, "meta": {"serial": %d}}' % (big, -big)
+    text = f'{{"type": "counter", "data": {{"photons": {big}, "bad": NaN}}, "meta": {{"serial": {-big}}}}}'
     envelope = client.post("/panoptes/event", content=text, headers=JSON)
     assert envelope.status_code == 200, envelope.text
     assert (envelope.json()["data"], envelope.json()["meta"]) == ({"photons": big, "bad": None}, {"serial": -big})
