@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from labtel.collector.storage.client import StorageError, StorageUnavailable
 from labtel.collector.storage.errors import RETRY_CODES, TIMEOUT_CODES, error_code
@@ -51,8 +56,26 @@ def describe(error: Exception) -> tuple[int, str]:
     return 503, f"storage error, try again: {message}"
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with every character past ASCII escaped: it can carry a lone surrogate (`\\ud800`)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def on_invalid_request(request: Request, error: Exception) -> Response:
+    """FastAPI's 422 for a request that does not validate; its errors repeat the input, so one
+    holding a lone surrogate (a JSON `\\ud800` escape) is written escaped instead of failing."""
+    assert isinstance(error, RequestValidationError)
+    try:
+        return await request_validation_exception_handler(request, error)
+    except UnicodeEncodeError:
+        return _AsciiJSON({"detail": jsonable_encoder(error.errors())}, status_code=422)
+
+
 def install(app: FastAPI) -> None:
-    """Answer storage errors from any route with a clear status and message."""
+    """Answer storage errors from any route with a clear status and message, and requests that do
+    not validate with FastAPI's 422, whatever text they hold."""
 
     async def on_storage_error(request: Request, error: Exception) -> JSONResponse:
         status, message = describe(error)
@@ -61,3 +84,4 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(ClickHouseError, on_storage_error)
     app.add_exception_handler(StorageError, on_storage_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_request)

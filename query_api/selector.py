@@ -108,9 +108,15 @@ def translate(selector: Any, prefix: str = "s") -> tuple[str, dict[str, Any]]:
     if not isinstance(selector, Mapping):
         raise SelectorError("a selector must be a JSON object")
     try:
-        size = len(json.dumps(selector, separators=(",", ":"), default=str))
+        text = json.dumps(selector, separators=(",", ":"), default=str, ensure_ascii=False)
     except (ValueError, RecursionError):
         raise SelectorError(f"the selector nests deeper than {MAX_DEPTH} levels (max_selector_depth)") from None
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a JSON \ud800 escape: no text to compare with
+        raise SelectorError(
+            "the selector holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
+        ) from None
     if size > MAX_BYTES:
         raise SelectorError(f"the selector is {size} bytes as JSON, more than {MAX_BYTES} (max_selector_bytes)")
     state = Translation(prefix=f"{prefix}_")

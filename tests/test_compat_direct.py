@@ -341,3 +341,34 @@ def test_integers_beyond_64_bits_are_stored_and_read_back_digit_for_digit(storag
         f"SELECT LogAttributes['master_log.metadata'] AS m FROM {storage.names.logs} WHERE Body = 'counted'"
     )
     assert json.loads(stored["m"]) == {"photons": big}
+
+
+@pytest.mark.parametrize(
+    ("route", "text"),
+    [
+        ("/madsci/event", '{"event_data": {"a": "\\ud800"}}'),
+        ("/madsci/event", '{"event_data": {"\\ud800": 1}}'),
+        ("/panoptes/event", '{"type": "weather", "data": {"a": "\\ud800"}}'),
+        ("/panoptes/event", '{"type": "weather", "meta": {"a": "\\udfff"}}'),
+        ("/panoptes/run/start", '{"meta": {"a": "\\ud800"}}'),
+        ("/api/v1/logs", '{"body": "b", "metadata": {"k": "\\ud800"}}'),
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_a_400_naming_it(storage: Storage, route: str, text: str) -> None:
+    """A JSON escape of a lone surrogate makes text that cannot be stored: the client's mistake (it was a 500)."""
+    response = TestClient(create_app(storage)).post(route, content=text, headers=JSON)
+    assert response.status_code == 400, response.text
+    assert "not valid Unicode (a lone surrogate such as \\ud800)" in response.json()["detail"]
+
+
+def test_a_request_that_does_not_validate_is_a_422_also_when_it_holds_a_lone_surrogate(storage: Storage) -> None:
+    """FastAPI's 422 repeats the input; with a lone surrogate in it, writing it failed (a 500)."""
+    client = TestClient(create_app(storage))
+    for route, text in (("/panoptes/event", '{"type": "\\ud800"}'), ("/events/query", '{"limit": "\\ud800\\u00e9"}')):
+        response = client.post(route, content=text, headers=JSON)
+        assert response.status_code == 422, response.text
+        [error] = response.json()["detail"]
+        assert error["input"] in ("\ud800", "\ud800é")
+    plain = client.post("/events/query", content='{"limit": "é"}', headers=JSON)  # written as FastAPI writes it
+    assert plain.status_code == 422
+    assert '"input":"é"' in plain.text.replace(" ", "")

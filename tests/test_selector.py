@@ -220,6 +220,14 @@ def test_limits_are_named() -> None:
         translate({"a": {"$in": [1]}, "$and": [{"b": i} for i in range(300)]})
 
 
+@pytest.mark.parametrize("selector", [{"body": "\ud800"}, {"\udfff": 1}, {"x": {"$in": ["a", "b\ud800"]}}])
+def test_text_that_is_not_valid_unicode_is_named(selector: dict[str, Any]) -> None:
+    """A lone surrogate (a JSON \\ud800 escape) cannot be compared with stored text: the
+    client's mistake, not storage trouble (it was a 503 saying to try again)."""
+    with pytest.raises(SelectorError, match=r"not valid Unicode \(a lone surrogate"):
+        translate(selector)
+
+
 def test_trace_and_span_ids_match_in_any_case(chdb_path: Path) -> None:
     storage = make_storage(chdb_path)
     migrations.migrate(storage)

@@ -16,6 +16,14 @@ from typing import Any
 
 import orjson
 
+INVALID_TEXT = "holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
+
+
+class InvalidText(orjson.JSONEncodeError):
+    """A value holds text that is not valid Unicode: a lone surrogate, which a client's JSON
+    escape (`\\ud800`) makes. The client's mistake: the compatibility routes answer it with a 400."""
+
+
 _LONG_DIGITS = re.compile(r"\d{20}")
 _LONG_DIGITS_BYTES = re.compile(rb"\d{20}")
 """Twenty digits in a row: perhaps an integer orjson would read as a float (past 2^64 - 1)."""
@@ -23,18 +31,20 @@ _LONG_DIGITS_BYTES = re.compile(rb"\d{20}")
 
 def dumps(value: Any, *, sort_keys: bool = False, default: Callable[[Any], Any] | None = None) -> bytes:
     """Compact JSON of a decoded JSON value, keys in their order (or sorted). Text that is not
-    valid Unicode (a lone surrogate) raises orjson.JSONEncodeError, as orjson does."""
+    valid Unicode (a lone surrogate) raises InvalidText."""
     option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
         return orjson.dumps(value, default=default, option=option)
     except orjson.JSONEncodeError as error:
+        if "surrogates" in str(error):
+            raise InvalidText(str(error)) from None
         if "64-bit" not in str(error):
             raise
     text = json.dumps(_finite(value), default=default, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode()
     except UnicodeEncodeError:
-        raise orjson.JSONEncodeError("str is not valid UTF-8: surrogates not allowed") from None
+        raise InvalidText("str is not valid UTF-8: surrogates not allowed") from None
 
 
 def loads(text: str | bytes) -> Any:

@@ -30,6 +30,7 @@ from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import STORABLE_TIMES, add_flattened, compact_json, encode_each, fit, storable
+from labtel.query_api.compat.jsontext import INVALID_TEXT
 from labtel.query_api.params import ParamError, number_time_ns, parse_time_ns
 from labtel.sdk import semconv
 
@@ -50,7 +51,6 @@ CLIENT_RESOURCE = {
 }
 CHUNK_EVENTS = 5_000
 """Events of a batch converted at a time (a few MB of Python records)."""
-INVALID_TEXT = "holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
 
 
 class MasterLogError(ValueError):

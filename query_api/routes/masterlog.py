@@ -25,9 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from labtel.collector.config import QueryApiConfig
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import EventWriter
+from labtel.query_api.compat.jsontext import INVALID_TEXT
 from labtel.query_api.compat.masterlog import (
     CHUNK_EVENTS,
-    INVALID_TEXT,
     SCOPE,
     Chunk,
     MasterLogError,
