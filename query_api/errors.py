@@ -13,7 +13,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from labtel.collector.storage.client import StorageError, StorageUnavailable
+from labtel.collector.storage.client import StorageError, StorageUnavailable, TextNotUnicode
 from labtel.collector.storage.errors import RETRY_CODES, TIMEOUT_CODES, error_code
 
 # Storage being unreachable, overloaded or broken (RETRY_CODES) is a 503: try again later. Any
@@ -73,9 +73,13 @@ async def on_invalid_request(request: Request, error: Exception) -> Response:
         return _AsciiJSON({"detail": jsonable_encoder(error.errors())}, status_code=422)
 
 
+INVALID_TEXT = "holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
+
+
 def install(app: FastAPI) -> None:
-    """Answer storage errors from any route with a clear status and message, and requests that do
-    not validate with FastAPI's 422, whatever text they hold."""
+    """Answer storage errors from any route with a clear status and message, requests that do
+    not validate with FastAPI's 422, whatever text they hold, and text that is not valid Unicode
+    (a parameter's, a posted event's) with a 400."""
 
     async def on_storage_error(request: Request, error: Exception) -> JSONResponse:
         status, message = describe(error)
@@ -85,3 +89,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ClickHouseError, on_storage_error)
     app.add_exception_handler(StorageError, on_storage_error)
     app.add_exception_handler(RequestValidationError, on_invalid_request)
+
+    async def on_text_not_unicode(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"the request {INVALID_TEXT}"}, status_code=400)
+
+    app.add_exception_handler(TextNotUnicode, on_text_not_unicode)

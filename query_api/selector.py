@@ -21,6 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from labtel.query_api.errors import INVALID_TEXT
 from labtel.query_api.params import ParamError, clamp_time_ns, epoch_seconds_ns, parse_time_ns
 from labtel.sdk import semconv
 
@@ -114,9 +115,7 @@ def translate(selector: Any, prefix: str = "s") -> tuple[str, dict[str, Any]]:
     try:
         size = len(text.encode())
     except UnicodeEncodeError:  # a JSON \ud800 escape: no text to compare with
-        raise SelectorError(
-            "the selector holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
-        ) from None
+        raise SelectorError(f"the selector {INVALID_TEXT}") from None
     if size > MAX_BYTES:
         raise SelectorError(f"the selector is {size} bytes as JSON, more than {MAX_BYTES} (max_selector_bytes)")
     state = Translation(prefix=f"{prefix}_")

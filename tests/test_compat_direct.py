@@ -352,6 +352,7 @@ def test_integers_beyond_64_bits_are_stored_and_read_back_digit_for_digit(storag
         ("/panoptes/event", '{"type": "weather", "meta": {"a": "\\udfff"}}'),
         ("/panoptes/run/start", '{"meta": {"a": "\\ud800"}}'),
         ("/api/v1/logs", '{"body": "b", "metadata": {"k": "\\ud800"}}'),
+        ("/madsci/events/archive", '{"event_ids": ["\\ud800"]}'),  # a query parameter: it was a 503
     ],
 )
 def test_text_that_is_not_valid_unicode_is_a_400_naming_it(storage: Storage, route: str, text: str) -> None:

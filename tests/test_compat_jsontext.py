@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from labtel.collector.storage.client import TextNotUnicode, check_text
 from labtel.query_api.compat import jsontext
 
 BIG = 2**64  # one past what orjson writes
@@ -32,3 +33,12 @@ def test_a_lone_surrogate_is_orjsons_encode_error_also_beside_a_long_integer() -
     for value in ({"s": "\ud800"}, {"s": "\ud800", "n": BIG}):
         with pytest.raises(orjson.JSONEncodeError):
             jsontext.dumps(value)
+
+
+def test_storage_refuses_a_parameter_holding_a_lone_surrogate_before_sending_it() -> None:
+    """chDB failed such a statement as storage trouble (a 503 saying to try again), a server's
+    driver with a UnicodeEncodeError (a 500): it is the caller's text, named as such."""
+    check_text({"a": "plain", "b": ["Müller", "温度"], "c": 5, "d": {"k": ("x",)}})
+    for bad in ({"s": "\ud800"}, {"ids": ["ok", "\udfff"]}, {"m": {"\ud800": "v"}}):
+        with pytest.raises(TextNotUnicode, match="not valid Unicode"):
+            check_text(bad)

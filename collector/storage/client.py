@@ -38,6 +38,37 @@ class StorageError(RuntimeError):
     """ClickHouse could not be reached or refused a statement."""
 
 
+class TextNotUnicode(ValueError):
+    """A statement's parameter holds text that is not valid Unicode (a lone surrogate, which a
+    JSON `\\ud800` escape makes): the caller's input, never storage trouble."""
+
+
+def check_text(parameters: dict[str, Any] | None) -> None:
+    """Raise TextNotUnicode for a parameter holding text that cannot be sent (ASCII, the usual
+    case, is known valid without encoding)."""
+    for name, value in (parameters or {}).items():
+        for text in _texts(value):
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    raise TextNotUnicode(
+                        f"{name}: the text is not valid Unicode (a lone surrogate such as \\ud800)"
+                    ) from None
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(key)
+            yield from _texts(item)
+
+
 class StorageUnavailable(StorageError):
     """No client could be made: no endpoint answered, or the embedded store cannot be opened (its
     directory held by another process, another store open in this one). Never a statement's fault,
@@ -404,6 +435,7 @@ class Storage:
         self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> Any:
         """Run a statement that returns at most a scalar (DDL, small inserts, counts)."""
+        check_text(parameters)
         with self.client() as client:
             return client.command(sql, parameters=parameters, settings=settings)
 
@@ -419,6 +451,7 @@ class Storage:
         self, sql: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """Run a SELECT and return its rows as dicts keyed by column name."""
+        check_text(parameters)
         with self.client() as client:
             result = client.query(sql, parameters=parameters, settings=settings)
             return list(result.named_results())
@@ -432,6 +465,7 @@ class Storage:
     ) -> bytes:
         """Run a SELECT and return its result as ClickHouse writes it in format `fmt` (CSV, Parquet, ...);
         None leaves the statement's text as it is (its own FORMAT, or TabSeparated)."""
+        check_text(parameters)
         with self.client() as client:
             data: bytes = client.raw_query(sql, parameters=parameters, settings=settings, fmt=fmt)
             return data

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from labtel.collector.component import Consumer
 from labtel.collector.config import QueryApiConfig
@@ -27,7 +26,6 @@ def api_keys(config: QueryApiConfig) -> frozenset[str]:
 def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Consumer | None) -> None:
     """Add the compatibility routes to the query API, writing through `ingest` when given."""
     from labtel.query_api.compat.ingest import EventWriter
-    from labtel.query_api.compat.jsontext import INVALID_TEXT, InvalidText
     from labtel.query_api.compat.madsci import naive_zone
     from labtel.query_api.compat.madsci_store import MadsciStore
     from labtel.query_api.compat.panoptes import Panoptes
@@ -57,8 +55,3 @@ def install(app: FastAPI, storage: Storage, config: QueryApiConfig, ingest: Cons
     site = config.compat.panoptes
     app.state.panoptes = Panoptes(storage, writer, naive_zone(site.timezone), site.site_dir)
     app.include_router(panoptes.router)
-
-    async def on_invalid_text(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"the request {INVALID_TEXT}"}, status_code=400)
-
-    app.add_exception_handler(InvalidText, on_invalid_text)

@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 
-INVALID_TEXT = "holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
+from labtel.collector.storage.client import TextNotUnicode
 
 
-class InvalidText(orjson.JSONEncodeError):
+class InvalidText(orjson.JSONEncodeError, TextNotUnicode):
     """A value holds text that is not valid Unicode: a lone surrogate, which a client's JSON
-    escape (`\\ud800`) makes. The client's mistake: the compatibility routes answer it with a 400."""
+    escape (`\\ud800`) makes. The client's mistake: the query API answers it with a 400."""
 
 
 _LONG_DIGITS = re.compile(r"\d{20}")

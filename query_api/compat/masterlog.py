@@ -30,7 +30,7 @@ from labtel.collector.otlp.limits import DEFAULT_LIMITS, RecordLimits
 from labtel.collector.otlp.records import Record
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import STORABLE_TIMES, add_flattened, compact_json, encode_each, fit, storable
-from labtel.query_api.compat.jsontext import INVALID_TEXT
+from labtel.query_api.errors import INVALID_TEXT
 from labtel.query_api.params import ParamError, number_time_ns, parse_time_ns
 from labtel.sdk import semconv
 

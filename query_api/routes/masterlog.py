@@ -25,7 +25,6 @@ from starlette.concurrency import run_in_threadpool
 from labtel.collector.config import QueryApiConfig
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import EventWriter
-from labtel.query_api.compat.jsontext import INVALID_TEXT
 from labtel.query_api.compat.masterlog import (
     CHUNK_EVENTS,
     SCOPE,
@@ -35,6 +34,7 @@ from labtel.query_api.compat.masterlog import (
     to_record,
 )
 from labtel.query_api.compat.unanswered import Unanswered, fingerprint
+from labtel.query_api.errors import INVALID_TEXT
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["Master Log"])
