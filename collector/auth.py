@@ -64,7 +64,12 @@ def check_hash(value: str) -> str:
         return value
     if value.startswith(PBKDF2_PREFIX):
         parts = value[len(PBKDF2_PREFIX) :].split("$")
-        if len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) < 1000 or not all(_is_hex(p) for p in parts[1:]):
+        if (
+            len(parts) != 3
+            or not (parts[0].isascii() and parts[0].isdigit())
+            or int(parts[0]) < 1000
+            or not all(_is_hex(p) for p in parts[1:])
+        ):
             raise HashFormatError(f"bad pbkdf2_sha256 hash (at least 1000 iterations): {expected}")
         return value
     if value.startswith(TOKEN_PREFIX):

@@ -131,12 +131,17 @@ def format_time_ns(ns: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:09d}Z"
 
 
+def digits(text: str) -> bool:
+    """Whether `text` is digits 0-9 only (str.isdigit also takes ² and other characters int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_severity(value: str, name: str, top: bool = False) -> int:
     """A severity number (1-24), or a level name such as WARN or error: the bottom of the name's
     range of four (WARN 13), or with `top` its top (WARN 16: WARN2-WARN4 included), as a maximum
     means it. NOTICE is the one number 10."""
     text = value.strip()
-    if text.isdigit():
+    if digits(text):
         number = int(text)
         if 0 <= number <= 24:
             return number

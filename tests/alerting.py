@@ -59,9 +59,10 @@ class ReceivedRequest:
 
 @dataclass
 class WebhookReceiver:
-    """A real HTTP server in a thread; answers the statuses queued in `responses`, then 200."""
+    """A real HTTP server in a thread; answers the statuses queued in `responses` (a status, or a
+    status and its Retry-After header), then 200."""
 
-    responses: list[int] = field(default_factory=list)
+    responses: list[int | tuple[int, str]] = field(default_factory=list)
     received: list[ReceivedRequest] = field(default_factory=list)
     url: str = ""
 
@@ -75,7 +76,7 @@ class WebhookReceiver:
 
 
 @contextmanager
-def webhook_receiver(responses: list[int] | None = None) -> Iterator[WebhookReceiver]:
+def webhook_receiver(responses: list[int | tuple[int, str]] | None = None) -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver(responses=list(responses or []))
 
     class Handler(BaseHTTPRequestHandler):
@@ -83,8 +84,11 @@ def webhook_receiver(responses: list[int] | None = None) -> Iterator[WebhookRece
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"null")
             receiver.received.append(ReceivedRequest(self.path, dict(self.headers.items()), body))
-            status = receiver.responses.pop(0) if receiver.responses else 200
+            answer = receiver.responses.pop(0) if receiver.responses else 200
+            status, retry_after = answer if isinstance(answer, tuple) else (answer, None)
             self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")

@@ -195,6 +195,26 @@ async def test_slack_webhook_is_retried_after_a_500_with_back_off(store: Storage
     assert row["deliveries"][0]["attempts"] == 3
 
 
+async def test_a_webhook_s_retry_after_is_waited_for_and_one_not_in_seconds_is_ignored(store: Storage) -> None:
+    """Retry-After in seconds lengthens the back-off (up to `max_interval`); "\u00b2" (which
+    str.isdigit takes and float() refuses) was an error in the delivery instead of a retry."""
+    exporter = f"retry-after-{uuid.uuid4().hex[:6]}"
+    sleeps = Sleeps()
+    with webhook_receiver(responses=[(503, "\u00b2"), (503, "3"), (503, "60")]) as hook:
+        config = alerts_config(
+            notifiers={
+                "webhook/ops": {
+                    "url": hook.url,
+                    "retry": {"max_attempts": 4, "initial_interval": "1s", "max_interval": "5s"},
+                }
+            }
+        )
+        [delivery] = await dispatcher(config, store, FakeClock(), sleeps, exporter).deliver(alert(["webhook/ops"]))
+        hook.wait(4)
+    assert (delivery.status, delivery.attempts) == ("delivered", 4)
+    assert sleeps.delays == [1.0, 3.0, 5.0]  # the back-off, Retry-After 3 s, 60 s capped at max_interval
+
+
 async def test_json_webhook_payload(store: Storage) -> None:
     exporter = f"json-{uuid.uuid4().hex[:6]}"
     with webhook_receiver() as hook:

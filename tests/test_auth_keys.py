@@ -52,6 +52,7 @@ def test_tokens_and_hashes() -> None:
         ("sha256:" + "z" * 64, "bad sha256 hash"),
         ("pbkdf2_sha256$10$00$00", "at least 1000 iterations"),
         ("pbkdf2_sha256$1000$00", "bad pbkdf2_sha256 hash"),
+        ("pbkdf2_sha256$\u00b2$00$00", "at least 1000 iterations"),  # a digit int() refuses
         ("labtel_abcdef", "looks like a token"),
         ("hunter2", "expected 'sha256:"),
     ],

@@ -128,6 +128,10 @@ def test_unset_variables_and_other_providers_are_named(value: str, message: str)
             {"receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "localhost:http"}}}}},
             "has a bad port 'http'",
         ),
+        (
+            {"receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "localhost:\u00b2"}}}}},
+            "has a bad port '\u00b2'",
+        ),
         ({"receivers": {"otlp": {"protocols": {}}}}, "receivers.otlp.protocols: enable at least one"),
         ({"service": {}}, "service.pipelines: missing"),
         (

@@ -463,3 +463,21 @@ def test_every_parameter_a_route_takes_passes_the_check(world: tuple[TestClient,
     madsci = client.get("/madsci/events?number=2&unknown=1")
     assert madsci.status_code == 200, madsci.text
     assert len(madsci.json()) == 2
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/events?severity_min=\u00b2",
+        "/events?severity_max=\u00b2",
+        "/utilization/periods?day_start=\u00b2:00",
+        "/utilization/periods?day_start=\u00b2",
+        "/madsci/events?level=\u00b2",
+    ],
+)
+def test_digits_int_refuses_are_a_400_not_a_500(world: tuple[TestClient, Storage, int], query: str) -> None:
+    """str.isdigit() takes "\u00b2" (superscript two), which int() refuses: such a value was a 500."""
+    client, _, _ = world
+    response = client.get(query)
+    assert response.status_code == 400, response.text
+    assert "\u00b2" in response.json()["detail"]

@@ -474,3 +474,15 @@ def test_enum_values_and_an_endpoint_without_a_scheme(collector: LabtelServer, t
     assert (event["event_type"], event["event_name"]) == ("workflow_complete", "workflow_complete")
     assert event["attributes"]["color"] == "red"
     assert event["attributes"]["colors"] == '["red"]'
+
+
+def test_spool_files_named_with_digits_int_refuses_are_read_not_a_crash(tmp_path: Path) -> None:
+    """A claim owned by "\u00b2" (str.isdigit takes it, int() does not) is put back, and a request
+    whose name ends in one counts no records; opening the spool raised ValueError."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "00000000000000000001-1-000000-2.otlp.sending-\u00b2").write_bytes(b"x")
+    (spool_dir / "00000000000000000002-1-000001-\u00b2.otlp").write_bytes(b"y")
+    spool = Spool(spool_dir, 1 << 20)
+    assert spool.pending_files == 2
+    assert spool.pending_records == 2  # the claim put back holds 2, the other counts none

@@ -155,5 +155,5 @@ class WebhookNotifier:
         raise DeliveryError(
             f"POST {redacted(self.config.url)}: HTTP {response.status_code} {answer}".strip(),
             retryable=response.status_code >= 500 or response.status_code in _RETRYABLE,
-            retry_after_s=float(retry_after) if retry_after.isdigit() else None,
+            retry_after_s=float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None,
         )

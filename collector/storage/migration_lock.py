@@ -74,7 +74,7 @@ def holder_is_gone(holder: str) -> bool:
     """True when `holder` (a new_holder id) names a process of this machine and PID namespace
     that no longer runs. Holders elsewhere, or named otherwise, are judged by their lease."""
     parts = holder.split(":")
-    if len(parts) != 4 or not parts[1].isdigit() or not parts[2]:
+    if len(parts) != 4 or not (parts[1].isascii() and parts[1].isdigit()) or not parts[2]:
         return False
     host, pid, namespace, _ = parts
     return host == socket.gethostname() and namespace == _pid_namespace() and not _alive(int(pid))

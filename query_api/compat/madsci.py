@@ -49,7 +49,7 @@ from labtel.collector.otlp.records import Record
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import add_flattened, compact_json, storable
 from labtel.query_api.models import Event, Scope
-from labtel.query_api.params import ParamError, format_time_ns, number_time_ns, parse_time_ns
+from labtel.query_api.params import ParamError, digits, format_time_ns, number_time_ns, parse_time_ns
 from labtel.query_api.selector import stdlib_level_to_severity
 from labtel.sdk import semconv
 from labtel.sdk.event_types import MADSCI_EVENT_TYPES, event_type_value
@@ -179,7 +179,7 @@ def parse_level(value: Any) -> int:
         text = value.strip().upper().removeprefix("EVENTLOGLEVEL.")
         if text in LEVELS:
             return LEVELS[text]
-        if text.isdigit() and int(text) in LEVELS.values():
+        if digits(text) and int(text) in LEVELS.values():
             return int(text)
     raise MadsciError(f"log_level: {value!r} is not one of 0, 10, 20, 30, 40, 50 or their names")
 

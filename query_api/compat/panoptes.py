@@ -43,7 +43,7 @@ from labtel.collector.storage.compat_schema import PANOPTES_CURRENT, PANOPTES_RU
 from labtel.collector.storage.schema import NOT_EXPIRED
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json, storable
-from labtel.query_api.params import ParamError, parse_time_ns
+from labtel.query_api.params import ParamError, digits, parse_time_ns
 from labtel.sdk import __version__, semconv
 
 SERVICE = "panoptes-telemetry"
@@ -188,7 +188,7 @@ class Panoptes:
 
     def _next_run_id(self) -> str:
         rows = self.storage.rows(f"SELECT DISTINCT RunId FROM {self._table(PANOPTES_RUNS)}")
-        numbers = [r["RunId"] for r in rows if str(r["RunId"]).isdigit()]
+        numbers = [r["RunId"] for r in rows if digits(str(r["RunId"]))]
         if not numbers:
             return "001"
         width = max(3, *(len(n) for n in numbers))

@@ -34,7 +34,7 @@ from labtel.query_api.compat.madsci_reports import (
 )
 from labtel.query_api.compat.madsci_store import MAX_OFFSET, MAX_QUERY_EVENTS, MadsciStore
 from labtel.query_api.events import EventFilter, time_extent
-from labtel.query_api.params import ParamError, ordered_range
+from labtel.query_api.params import ParamError, digits, ordered_range
 from labtel.query_api.selector import SelectorError
 from labtel.query_api.utilization import SECOND, Scope
 from labtel.sdk import __version__
@@ -142,7 +142,7 @@ def get_events(
 ) -> dict[str, Any]:
     store = _store(request)
     try:
-        minimum = int(level) if level.lstrip("-").isdigit() else LEVELS[level.strip().upper()]
+        minimum = int(level) if digits(level.strip().lstrip("-")) else LEVELS[level.strip().upper()]
     except KeyError:
         raise HTTPException(400, f"level: {level!r} is not a log level") from None
     start, end = _time(store, start_time, "start_time"), _time(store, end_time, "end_time")

@@ -16,7 +16,15 @@ from fastapi.responses import Response
 from labtel.collector.storage.client import Storage
 from labtel.query_api.deps import get_storage
 from labtel.query_api.events import EventFilter
-from labtel.query_api.params import MAX_TIME_NS, ParamError, ordered_range, parse_duration_ns, parse_time_ns, since_ns
+from labtel.query_api.params import (
+    MAX_TIME_NS,
+    ParamError,
+    digits,
+    ordered_range,
+    parse_duration_ns,
+    parse_time_ns,
+    since_ns,
+)
 from labtel.query_api.routes.events import event_filter
 from labtel.query_api.utilization import (
     KEYS,
@@ -57,9 +65,9 @@ def _day_start(value: str | None) -> int:
     text = value.strip()
     if ":" in text:
         hours, _, minutes = text.partition(":")
-        if hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60:
+        if digits(hours) and digits(minutes) and int(hours) < 24 and int(minutes) < 60:
             return int(hours) * 3600 + int(minutes) * 60
-    elif text.isdigit() and int(text) < 86_400:
+    elif digits(text) and int(text) < 86_400:
         return int(text)
     raise ParamError(f"day_start: {value!r} is not a time of day such as 12:00 (or seconds after midnight)")
 
