@@ -307,6 +307,7 @@ def _read_some(response: httpx.Response) -> Iterator[bytes]:
     return chunks
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # closed while a chunk was made
 def test_exports_beyond_max_concurrent_are_a_429_and_a_slot_is_given_back_however_an_export_ends(
     store: Storage,
 ) -> None:

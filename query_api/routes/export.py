@@ -78,10 +78,14 @@ def export(
             headers={"Retry-After": "5"},
         )
     chunks = export_chunks(storage, flt, name, config.export.chunk_rows, limit, config.export.max_rows)
+    reading = threading.Lock()
+    """Held while a chunk is made: closing waits for it (a generator cannot be closed while it runs,
+    and a client that hangs up leaves a worker thread inside `next`)."""
 
     def close() -> None:
         try:
-            chunks.close()
+            with reading:
+                chunks.close()
         finally:
             slots.release()
 
@@ -97,7 +101,12 @@ def export(
 
     def body() -> Iterator[bytes]:
         yield first
-        yield from chunks
+        while True:
+            with reading:
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
 
     return ClosingStreamingResponse(
         body(),
