@@ -373,3 +373,24 @@ def test_a_request_that_does_not_validate_is_a_422_also_when_it_holds_a_lone_sur
     plain = client.post("/events/query", content='{"limit": "é"}', headers=JSON)  # written as FastAPI writes it
     assert plain.status_code == 422
     assert '"input":"é"' in plain.text.replace(" ", "")
+
+
+def test_madsci_trace_and_span_ids_that_are_not_otel_ids_read_back_as_sent(storage: Storage) -> None:
+    """MADSci's ids are text: one that is not an OpenTelemetry id read back as null."""
+    client = TestClient(create_app(storage))
+    otel_trace, otel_span = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
+    cases = {
+        "01JJ4S0WNGEF5FQAZG5KDGJRC1": ("workflow-run-7", "step-3"),
+        "01JJ4S0WNGEF5FQAZG5KDGJRC2": (otel_trace, otel_span),
+        "01JJ4S0WNGEF5FQAZG5KDGJRC3": ("not-hex", otel_span),  # a span of no trace is not a context
+        "01JJ4S0WNGEF5FQAZG5KDGJRC4": (None, None),
+    }
+    for event_id, (trace, span) in cases.items():
+        posted = client.post("/madsci/event", json={"_id": event_id, "trace_id": trace, "span_id": span})
+        assert (posted.json()["trace_id"], posted.json()["span_id"]) == (trace, span), posted.text
+        read = client.get(f"/madsci/event/{event_id}").json()
+        assert (read["trace_id"], read["span_id"]) == (trace, span)
+    [row] = storage.rows(
+        f"SELECT TraceId, SpanId FROM {storage.names.logs} WHERE LogAttributes['lab.event.id'] = '01JJ4S0WNGEF5FQAZG5KDGJRC2'"
+    )
+    assert (row["TraceId"], row["SpanId"]) == (otel_trace, otel_span)  # an OTel context stays the record's

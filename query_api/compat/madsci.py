@@ -23,7 +23,8 @@ An event posted by MADSci's `EventClient` becomes an ordinary labtel event:
   (`node_id`, `workflow_id`, …) fill the `lab.*.id` attributes `source` left empty. The body is
   `event_data.message`, or the text, or the JSON. JSON longer than an attribute value may be is
   the body instead (`madsci.event_data_in_body`), read back from there.
-- `trace_id` / `span_id` → the record's trace context when they are OTel ids.
+- `trace_id` / `span_id` → the record's trace context when they are OTel ids, else kept as sent
+  (`madsci.trace_id`, `madsci.span_id`).
 
 Read back, any labtel event is a MADSci event: ids other than ULIDs are left out of `source`,
 types outside MADSci's catalog are `unknown` (the labtel type is in `event_data.event_type`).
@@ -63,6 +64,9 @@ ATTR_TIMESTAMP = "madsci.event_timestamp"
 ATTR_DATA = "madsci.event_data"
 ATTR_DATA_IN_BODY = "madsci.event_data_in_body"
 ATTR_SOURCE = "madsci.source"
+ATTR_TRACE = "madsci.trace_id"
+ATTR_SPAN = "madsci.span_id"
+"""A posted `trace_id` / `span_id` that is not an OpenTelemetry id, kept as sent (MADSci's are text)."""
 
 LEVELS = {"NOTSET": 0, "DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
 OWNERSHIP = (
@@ -276,6 +280,9 @@ def to_record(event: Mapping[str, Any], zone: tzinfo, limits: RecordLimits = DEF
     trace_id, span_id = _trace(event.get("trace_id"), 16), _trace(event.get("span_id"), 8)
     if not trace_id:
         span_id = b""
+    for name, attribute, kept in (("trace_id", ATTR_TRACE, trace_id), ("span_id", ATTR_SPAN, span_id)):
+        if event.get(name) not in (None, "") and not kept:
+            attributes[attribute] = str(event[name])
     return event_id, Record(
         body=body,
         time_ns=time_ns,
@@ -335,8 +342,8 @@ def to_madsci(event: Event, archived_at_ns: int = 0, zone: tzinfo = UTC) -> dict
         "event_timestamp": stamp,
         "source": source if isinstance(source, dict) else {},
         "event_data": data,
-        "trace_id": event.trace_id or None,
-        "span_id": event.span_id or None,
+        "trace_id": event.trace_id or attributes.get(ATTR_TRACE) or None,
+        "span_id": event.span_id or attributes.get(ATTR_SPAN) or None,
         "archived": archived_at_ns > 0,
         "archived_at": _local_iso(archived_at_ns, zone) if archived_at_ns > 0 else None,
     }
