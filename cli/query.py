@@ -737,7 +737,7 @@ def report_table(title: str, columns: list[tuple[str, str]], rows: list[list[str
     compact = not fits_whole(columns, rows, width, compact=False)
     needed, room, fixed = _layout(columns, rows, width, compact)
     names = sum(kind == NAME for _, kind in columns)
-    whole = fits_whole(columns, rows, width, compact)
+    whole = fixed + names * NAME_MIN_WIDTH <= room  # fits_whole, from the layout at hand
     table = Table(title=Text(title), header_style="bold", show_edge=not compact, pad_edge=not compact)
     for need, (name, kind) in zip(needed, columns, strict=True):
         if kind == TIME:

@@ -3,7 +3,7 @@
 A filter typed wrong (`severity=WARN` for `severity_min`, `sort=` for `order`, `by=` for
 `group_by`) would otherwise answer as if it were not there: every event, the default grouping.
 The parameters a route takes are those its function and its dependencies declare, and those a
-dependency reads by prefix (`attr.<key>`), marked with `reads_prefixes`.
+dependency reads itself, by name or prefix (`node_id`, `attr.<key>`), marked with `reads_parameters`.
 """
 
 from __future__ import annotations
