@@ -19,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from labtel.sdk.textform import digits
+
 Scope = Literal["ingest", "read", "sql", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 """`ingest`: send events (OTLP, compatibility writes); `read`: query routes and `/metrics`;
@@ -64,12 +66,7 @@ def check_hash(value: str) -> str:
         return value
     if value.startswith(PBKDF2_PREFIX):
         parts = value[len(PBKDF2_PREFIX) :].split("$")
-        if (
-            len(parts) != 3
-            or not (parts[0].isascii() and parts[0].isdigit())
-            or int(parts[0]) < 1000
-            or not all(_is_hex(p) for p in parts[1:])
-        ):
+        if len(parts) != 3 or not digits(parts[0]) or int(parts[0]) < 1000 or not all(_is_hex(p) for p in parts[1:]):
             raise HashFormatError(f"bad pbkdf2_sha256 hash (at least 1000 iterations): {expected}")
         return value
     if value.startswith(TOKEN_PREFIX):

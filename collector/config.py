@@ -32,6 +32,7 @@ from labtel.collector.auth import ApiKey, Authenticator, HashFormatError, Scope,
 from labtel.collector.durations import Duration
 from labtel.collector.otlp.limits import RecordLimits
 from labtel.collector.storage.topology import Topology, check_engine_name
+from labtel.sdk.textform import digits
 
 
 class ConfigError(ValueError):
@@ -53,7 +54,7 @@ def parse_endpoint(value: str) -> tuple[str, int]:
         host, sep, port_text = text.rpartition(":")
     if not sep:
         raise ValueError(f"endpoint {value!r} must be host:port, for example 'localhost:4317'")
-    if not (port_text.isascii() and port_text.isdigit()):
+    if not digits(port_text):
         raise ValueError(f"endpoint {value!r} has a bad port {port_text!r}: expected a number 0-65535")
     port = int(port_text)
     if port > 65535:

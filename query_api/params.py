@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from labtel.collector.durations import parse_duration
+from labtel.sdk.textform import digits
 
 SEVERITY_NAMES = {
     "TRACE": 1,
@@ -129,11 +130,6 @@ def format_time_ns(ns: int) -> str:
     """Unix nanoseconds as RFC 3339 UTC with nine fractional digits."""
     seconds, fraction = divmod(ns, 1_000_000_000)
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:09d}Z"
-
-
-def digits(text: str) -> bool:
-    """Whether `text` is digits 0-9 only (str.isdigit also takes ² and other characters int() refuses)."""
-    return text.isascii() and text.isdigit()
 
 
 def parse_severity(value: str, name: str, top: bool = False) -> int:

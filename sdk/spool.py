@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from labtel.sdk.textform import digits
+
 
 class Spool:
     """Requests waiting on disk, oldest first, bounded by `max_bytes`."""
@@ -34,7 +36,7 @@ class Spool:
         for claimed in self.directory.glob("*.sending-*"):
             owner = claimed.name.rsplit("-", 1)[-1]
             # Claimed by a process that is gone (or by an earlier process with our pid): put it back.
-            if not (owner.isascii() and owner.isdigit()) or int(owner) == os.getpid() or not _alive(int(owner)):
+            if not digits(owner) or int(owner) == os.getpid() or not _alive(int(owner)):
                 claimed.rename(claimed.with_name(claimed.name.split(".sending-")[0]))
         for path in self.directory.glob("*.otlp"):
             self._count(path, +1)
@@ -124,7 +126,7 @@ class Spool:
 def _records_in(name: str) -> int:
     stem = name.split(".", 1)[0]
     tail = stem.rsplit("-", 1)[-1]
-    return int(tail) if tail.isascii() and tail.isdigit() else 0
+    return int(tail) if digits(tail) else 0
 
 
 def _alive(pid: int) -> bool:

@@ -125,3 +125,8 @@ def scalar_text(value: Any) -> str:
     if isinstance(value, (Mapping, list, tuple, set, frozenset)):
         return json_text(value)
     return str(value)
+
+
+def digits(text: str) -> bool:
+    """Whether `text` is digits 0-9 only (str.isdigit also takes ² and other characters int() refuses)."""
+    return text.isascii() and text.isdigit()

@@ -13,6 +13,7 @@ from labtel.collector.alerts.model import Alert
 from labtel.collector.alerts.notifiers import DeliveryError
 from labtel.collector.alerts.templates import alert_fields, event_link, render
 from labtel.sdk import __version__
+from labtel.sdk.textform import digits
 
 _RETRYABLE = {408, 425, 429}
 
@@ -155,5 +156,5 @@ class WebhookNotifier:
         raise DeliveryError(
             f"POST {redacted(self.config.url)}: HTTP {response.status_code} {answer}".strip(),
             retryable=response.status_code >= 500 or response.status_code in _RETRYABLE,
-            retry_after_s=float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None,
+            retry_after_s=float(retry_after) if digits(retry_after) else None,
         )

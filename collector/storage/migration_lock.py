@@ -25,6 +25,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from labtel.collector.storage.client import Storage, StorageError
 from labtel.collector.storage.interrupt import Interrupt
 from labtel.collector.storage.topology import quote_string
+from labtel.sdk.textform import digits
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def holder_is_gone(holder: str) -> bool:
     """True when `holder` (a new_holder id) names a process of this machine and PID namespace
     that no longer runs. Holders elsewhere, or named otherwise, are judged by their lease."""
     parts = holder.split(":")
-    if len(parts) != 4 or not (parts[1].isascii() and parts[1].isdigit()) or not parts[2]:
+    if len(parts) != 4 or not digits(parts[1]) or not parts[2]:
         return False
     host, pid, namespace, _ = parts
     return host == socket.gethostname() and namespace == _pid_namespace() and not _alive(int(pid))

@@ -50,10 +50,11 @@ from labtel.collector.otlp.records import Record
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import add_flattened, compact_json, storable
 from labtel.query_api.models import Event, Scope
-from labtel.query_api.params import ParamError, digits, format_time_ns, number_time_ns, parse_time_ns
+from labtel.query_api.params import ParamError, format_time_ns, number_time_ns, parse_time_ns
 from labtel.query_api.selector import stdlib_level_to_severity
 from labtel.sdk import semconv
 from labtel.sdk.event_types import MADSCI_EVENT_TYPES, event_type_value
+from labtel.sdk.textform import digits
 
 SERVICE = "madsci"
 SCOPE = "labtel.compat.madsci"

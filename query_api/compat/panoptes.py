@@ -43,8 +43,9 @@ from labtel.collector.storage.compat_schema import PANOPTES_CURRENT, PANOPTES_RU
 from labtel.collector.storage.schema import NOT_EXPIRED
 from labtel.query_api.compat import jsontext
 from labtel.query_api.compat.ingest import EventWriter, add_flattened, compact_json, storable
-from labtel.query_api.params import ParamError, digits, parse_time_ns
+from labtel.query_api.params import ParamError, parse_time_ns
 from labtel.sdk import __version__, semconv
+from labtel.sdk.textform import digits
 
 SERVICE = "panoptes-telemetry"
 SCOPE = "labtel.compat.panoptes"

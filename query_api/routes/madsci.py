@@ -34,10 +34,11 @@ from labtel.query_api.compat.madsci_reports import (
 )
 from labtel.query_api.compat.madsci_store import MAX_OFFSET, MAX_QUERY_EVENTS, MadsciStore
 from labtel.query_api.events import EventFilter, time_extent
-from labtel.query_api.params import ParamError, digits, ordered_range
+from labtel.query_api.params import ParamError, ordered_range
 from labtel.query_api.selector import SelectorError
 from labtel.query_api.utilization import SECOND, Scope
 from labtel.sdk import __version__
+from labtel.sdk.textform import digits
 
 router = APIRouter(prefix="/madsci", tags=["MADSci Event Manager"])
 DAY_NS = 86_400 * SECOND

@@ -19,7 +19,6 @@ from labtel.query_api.events import EventFilter
 from labtel.query_api.params import (
     MAX_TIME_NS,
     ParamError,
-    digits,
     ordered_range,
     parse_duration_ns,
     parse_time_ns,
@@ -40,6 +39,7 @@ from labtel.query_api.utilization import (
     timeseries_report,
     users_report,
 )
+from labtel.sdk.textform import digits
 
 router = APIRouter(prefix="/utilization", tags=["utilization"])
 
